@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks against peer implementations. Run all: ``python -m benchmarks``."""
