@@ -1,0 +1,101 @@
+"""One interface for every WireGuard backend, and the read → plan → apply → verify loop.
+
+A backend reads a :class:`DeviceState` and applies a list of operations; kernel (netlink),
+userspace (UAPI socket), config-only (a file) and the in-memory fake all look the same to
+:func:`reconcile`, which is what ``ppn wg sync`` and the mesh agent call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ._wg_model import (
+    DEFAULT_STALE_AFTER,
+    DeviceState,
+    Endpoint,
+    InterfaceConfig,
+    VerifyError,
+)
+from ._wg_plan import Operation, Ownership, Plan, describe, plan
+
+__all__ = ["Backend", "SyncReport", "reconcile"]
+
+
+class Backend(Protocol):
+    """What every backend offers. ``kind`` is a short name (``kernel``, ``userspace``...)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
+
+    def read(self) -> DeviceState:
+        """The device as it is now (private keys already redacted)."""
+        ...
+
+    def apply(self, ops: Sequence[Operation]) -> None:
+        """Apply ``ops`` in order. May be interrupted half way; re-planning converges."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyncReport:
+    """What :func:`reconcile` did."""
+
+    interface: str
+    backend: str
+    plan: Plan
+    applied: bool
+    verified: bool
+
+
+def reconcile(
+    backend: Backend,
+    desired: InterfaceConfig,
+    *,
+    now: float,
+    owned: Ownership = None,
+    previous: Mapping[bytes, Endpoint | None] | None = None,
+    stale_after: float = DEFAULT_STALE_AFTER,
+    dry_run: bool = False,
+) -> SyncReport:
+    """Read the device, plan, apply (unless ``dry_run`` or nothing to do) and read back.
+
+    Read-back must plan to zero operations (with ``previous`` set to what was just applied, so
+    the endpoints we wrote count as the desired ones); otherwise :class:`VerifyError`.
+    """
+    current = backend.read()
+    the_plan = plan(
+        desired, current, now=now, owned=owned, previous=previous, stale_after=stale_after
+    )
+    if dry_run or not the_plan:
+        return SyncReport(
+            interface=current.name,
+            backend=backend.kind,
+            plan=the_plan,
+            applied=False,
+            verified=not the_plan,
+        )
+    backend.apply(the_plan.operations)
+    after = backend.read()
+    applied_endpoints = {p.public_key: p.endpoint for p in desired.peers}
+    remaining = plan(
+        desired,
+        after,
+        now=now,
+        owned=owned,
+        previous=applied_endpoints,
+        stale_after=stale_after,
+    )
+    if remaining:
+        first = describe(remaining.operations[0])
+        raise VerifyError(
+            f"read-back of {current.name} differs from the desired state in "
+            f"{len(remaining)} place(s), first: {first}"
+        )
+    return SyncReport(
+        interface=current.name, backend=backend.kind, plan=the_plan, applied=True, verified=True
+    )

@@ -1,0 +1,274 @@
+"""The WireGuard data model: what an interface should be (config) and what a device reports (state).
+
+Everything is a frozen, keyword-only dataclass. Keys are raw 32-byte values; they are shown as
+base64 (as ``wg`` prints them) and put on the UAPI as hex. Secret fields (private and preshared
+keys) never appear in ``repr``; a device *state* never holds a private key at all: readers derive
+the public key and drop the private one as they parse, and keep only a fingerprint of a preshared
+key, enough to tell whether it must change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Union
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from ._errors import LocalProtocolError, PPNError, RemoteProtocolError
+from ._keys import KEY_SIZE, KeyFormatError, encode_key
+
+__all__ = [
+    "DEFAULT_STALE_AFTER",
+    "ConfigError",
+    "DesiredStateError",
+    "DeviceError",
+    "DeviceState",
+    "Endpoint",
+    "IPNetwork",
+    "InterfaceConfig",
+    "PeerConfig",
+    "PeerState",
+    "QuickExtras",
+    "UAPIProtocolError",
+    "VerifyError",
+    "key_fingerprint",
+    "parse_network",
+    "public_key_of",
+    "short_key",
+]
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]  # noqa: UP007 (runtime alias)
+
+# A peer whose last handshake is older than this is "stale": its roamed endpoint may be
+# overwritten by the configured one (RFC-NOTES §6.5). WireGuard rekeys every 120 s while traffic
+# flows and gives up on a handshake after 90 s of retries, so 180 s without one means the path is
+# not working.
+DEFAULT_STALE_AFTER = 180.0
+
+ZERO_KEY = bytes(KEY_SIZE)
+
+
+class ConfigError(PPNError, ValueError):
+    """A wg(8)/wg-quick(8) configuration that cannot be parsed; ``line`` is 1-based (0 = none)."""
+
+    def __init__(self, message: str, line: int = 0) -> None:
+        super().__init__(f"line {line}: {message}" if line else message)
+        self.reason = message
+        self.line = line
+
+
+class DesiredStateError(LocalProtocolError, ValueError):
+    """A desired configuration that must not be applied (e.g. one prefix claimed by two peers)."""
+
+
+class UAPIProtocolError(RemoteProtocolError):
+    """The device answered on its configuration socket with something the protocol forbids."""
+
+
+class DeviceError(PPNError):
+    """The device refused a request (``errno`` is the positive error number it reported)."""
+
+    def __init__(self, message: str, errno: int = 0) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class VerifyError(PPNError):
+    """Read-back after an apply does not match the desired state."""
+
+
+def public_key_of(private_key: bytes) -> bytes:
+    """The X25519 public key of a 32-byte private key (clamped as every WireGuard does)."""
+    if len(private_key) != KEY_SIZE:
+        raise KeyFormatError(f"a private key is {KEY_SIZE} bytes")
+    return X25519PrivateKey.from_private_bytes(private_key).public_key().public_bytes_raw()
+
+
+def key_fingerprint(key: bytes) -> bytes:
+    """A one-way 16-byte tag of a secret key, so state can be compared without keeping the key."""
+    return hashlib.blake2b(key, digest_size=16, person=b"ppn-wg-psk").digest()
+
+
+def short_key(public_key: bytes) -> str:
+    """The first 8 base64 characters of a key, for messages."""
+    return encode_key(public_key)[:8] + "…"
+
+
+def parse_network(text: str) -> IPNetwork:
+    """A prefix as ``wg`` accepts it: host bits are masked, a bare address is a host route."""
+    text = text.strip()
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not an IP prefix") from exc
+
+
+@dataclass(frozen=True, kw_only=True)
+class Endpoint:
+    """A peer's UDP endpoint. ``host`` is an IP literal or (in config files only) a host name."""
+
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} is outside 1..65535")
+        if not self.host or any(c in self.host for c in " \t\n[]"):
+            raise ValueError(f"{self.host!r} is not a host")
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        """``1.2.3.4:51820``, ``[fd00::1]:51820`` or ``host.example:51820``."""
+        text = text.strip()
+        if text.startswith("["):
+            host, sep, rest = text[1:].partition("]")
+            if not sep or not rest.startswith(":"):
+                raise ValueError(f"{text!r} is not [address]:port")
+            port_text = rest[1:]
+            try:
+                ipaddress.IPv6Address(host.split("%", 1)[0])
+            except ValueError as exc:
+                raise ValueError(f"{host!r} is not an IPv6 address") from exc
+        else:
+            host, sep, port_text = text.rpartition(":")
+            if not sep or ":" in host:
+                raise ValueError(f"{text!r} is not host:port (put IPv6 addresses in brackets)")
+        if not port_text.isdigit() or len(port_text) > 5:
+            raise ValueError(f"{port_text!r} is not a port number")
+        try:  # literal addresses in one spelling, so equal endpoints compare equal
+            address, pct, zone = host.partition("%")
+            host = str(ipaddress.ip_address(address)) + pct + zone
+        except ValueError:
+            pass
+        return cls(host=host, port=int(port_text))
+
+    @property
+    def is_literal(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host.split("%", 1)[0])
+        except ValueError:
+            return False
+        return True
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeerConfig:
+    """One ``[Peer]`` as it should be. ``persistent_keepalive`` 0 means off."""
+
+    public_key: bytes
+    preshared_key: bytes | None = field(default=None, repr=False)
+    endpoint: Endpoint | None = None
+    allowed_ips: tuple[IPNetwork, ...] = ()
+    persistent_keepalive: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.public_key) != KEY_SIZE:
+            raise KeyFormatError("a public key is 32 bytes")
+        if self.preshared_key is not None and len(self.preshared_key) != KEY_SIZE:
+            raise KeyFormatError("a preshared key is 32 bytes")
+        if not 0 <= self.persistent_keepalive <= 65535:
+            raise ValueError("persistent keepalive is 0..65535 seconds")
+
+    @property
+    def public_key_b64(self) -> str:
+        return encode_key(self.public_key)
+
+    @property
+    def preshared_fingerprint(self) -> bytes | None:
+        if self.preshared_key is None or self.preshared_key == ZERO_KEY:
+            return None
+        return key_fingerprint(self.preshared_key)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuickExtras:
+    """wg-quick(8) settings, kept as data: wg(8) ignores them, plumbing may use them."""
+
+    addresses: tuple[str, ...] = ()
+    dns: tuple[str, ...] = ()
+    mtu: int | None = None
+    table: str | None = None
+    pre_up: tuple[str, ...] = ()
+    post_up: tuple[str, ...] = ()
+    pre_down: tuple[str, ...] = ()
+    post_down: tuple[str, ...] = ()
+    save_config: bool | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self == QuickExtras()
+
+
+@dataclass(frozen=True, kw_only=True)
+class InterfaceConfig:
+    """An ``[Interface]`` and its peers. ``None`` fields are left as the device has them."""
+
+    private_key: bytes | None = field(default=None, repr=False)
+    listen_port: int | None = None
+    fwmark: int | None = None
+    peers: tuple[PeerConfig, ...] = ()
+    extras: QuickExtras = field(default_factory=QuickExtras)
+
+    def __post_init__(self) -> None:
+        if self.private_key is not None and len(self.private_key) != KEY_SIZE:
+            raise KeyFormatError("a private key is 32 bytes")
+        if self.listen_port is not None and not 0 <= self.listen_port <= 65535:
+            raise ValueError("listen port is 0..65535")
+        if self.fwmark is not None and not 0 <= self.fwmark <= 0xFFFFFFFF:
+            raise ValueError("fwmark is a 32-bit number")
+
+    @property
+    def public_key(self) -> bytes | None:
+        return None if self.private_key is None else public_key_of(self.private_key)
+
+    def peer_map(self) -> dict[bytes, PeerConfig]:
+        return {p.public_key: p for p in self.peers}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeerState:
+    """One peer as the device reports it. ``last_handshake`` is Unix seconds, None = never."""
+
+    public_key: bytes
+    preshared_fingerprint: bytes | None = None
+    endpoint: Endpoint | None = None
+    allowed_ips: tuple[IPNetwork, ...] = ()
+    persistent_keepalive: int = 0
+    last_handshake: float | None = None
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    protocol_version: int = 1
+
+    @property
+    def public_key_b64(self) -> str:
+        return encode_key(self.public_key)
+
+    def handshake_age(self, now: float) -> float | None:
+        return None if self.last_handshake is None else max(0.0, now - self.last_handshake)
+
+    def is_stale(self, now: float, stale_after: float = DEFAULT_STALE_AFTER) -> bool:
+        age = self.handshake_age(now)
+        return age is None or age > stale_after
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceState:
+    """What a device reports. Holds the interface's public key, never its private key."""
+
+    name: str
+    public_key: bytes | None = None
+    listen_port: int = 0
+    fwmark: int = 0
+    peers: Mapping[bytes, PeerState] = field(default_factory=dict)
+
+    @property
+    def public_key_b64(self) -> str | None:
+        return None if self.public_key is None else encode_key(self.public_key)
