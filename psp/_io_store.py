@@ -1,0 +1,406 @@
+"""The vault's embedded WORM store: SQLite (stdlib), append or supersede, never update or delete.
+
+WORM is enforced by the database itself (triggers that ``RAISE(ABORT)`` on UPDATE and DELETE,
+and on an INSERT whose sequence number is not the next one), not only by this module. Every
+entry carries its hash-chain link (``_chain``); :meth:`Store.verify` recomputes the chain and
+names the first broken link. Crash safety: WAL journal with ``synchronous=FULL``, so a
+transaction that returned has reached the disk, and a killed writer leaves no torn entry.
+
+Queries are pinned to an ``as_of`` sequence number: an entry is visible when its seq is at most
+``as_of`` and no entry at or below ``as_of`` supersedes it, so a query repeated with the same
+``as_of`` returns the same rows while appends go on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._chain import GENESIS, RecordError, canonical_json, entry_hash
+from ._errors import ErrorCode, PSPError, QueryError
+from ._query import Filter, Query
+from ._scope import ANY, Scope, valid_collection
+
+__all__ = ["DB_FILE", "KEY_FILE", "ChainReport", "ResultCursor", "Store", "StoreError"]
+
+DB_FILE = "vault.sqlite"
+KEY_FILE = "vault.key"
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+CREATE TABLE entries (
+    seq INTEGER PRIMARY KEY,
+    collection TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    supersedes INTEGER,
+    payload TEXT NOT NULL,
+    hash BLOB NOT NULL
+) STRICT;
+CREATE INDEX entries_by_collection ON entries (collection, seq);
+CREATE INDEX entries_by_supersedes ON entries (supersedes) WHERE supersedes IS NOT NULL;
+CREATE TABLE revocations (id INTEGER PRIMARY KEY, link BLOB NOT NULL UNIQUE, ts INTEGER NOT NULL) STRICT;
+
+CREATE TRIGGER entries_never_updated BEFORE UPDATE ON entries
+BEGIN SELECT RAISE(ABORT, 'WORM: entries are never updated'); END;
+CREATE TRIGGER entries_never_deleted BEFORE DELETE ON entries
+BEGIN SELECT RAISE(ABORT, 'WORM: entries are never deleted'); END;
+CREATE TRIGGER entries_appended_in_order BEFORE INSERT ON entries
+WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(seq), 0) + 1 FROM entries)
+BEGIN SELECT RAISE(ABORT, 'WORM: sequence numbers are consecutive'); END;
+CREATE TRIGGER entries_supersede_existing BEFORE INSERT ON entries
+WHEN NEW.supersedes IS NOT NULL AND (
+    NOT EXISTS (SELECT 1 FROM entries WHERE seq = NEW.supersedes AND collection = NEW.collection)
+    OR EXISTS (SELECT 1 FROM entries WHERE supersedes = NEW.supersedes))
+BEGIN SELECT RAISE(ABORT, 'WORM: supersede a current entry of the same collection'); END;
+CREATE TRIGGER meta_never_updated BEFORE UPDATE ON meta
+BEGIN SELECT RAISE(ABORT, 'WORM: metadata is never updated'); END;
+CREATE TRIGGER meta_never_deleted BEFORE DELETE ON meta
+BEGIN SELECT RAISE(ABORT, 'WORM: metadata is never deleted'); END;
+CREATE TRIGGER revocations_never_updated BEFORE UPDATE ON revocations
+BEGIN SELECT RAISE(ABORT, 'WORM: revocations are never updated'); END;
+CREATE TRIGGER revocations_never_deleted BEFORE DELETE ON revocations
+BEGIN SELECT RAISE(ABORT, 'WORM: revocations are never deleted'); END;
+"""
+
+
+class StoreError(PSPError):
+    """The store is missing, not a vault, or refused a write (the message says which)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChainReport:
+    entries: int
+    head: bytes
+    first_broken: int | None = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.first_broken is None
+
+
+def _path(field: str) -> str:
+    return f"$.{field}"  # field names are [A-Za-z][A-Za-z0-9_]*, so this path is exact
+
+
+def _filter_sql(f: Filter, params: list[Any]) -> str:
+    """SQL for one filter, appending its parameters. ``nil`` matches a JSON null only."""
+    expr = "json_extract(e.payload, ?)"
+    path = _path(f.field)
+    if f.op == "eq":
+        if f.args[0] is None:
+            params.append(path)
+            return "json_type(e.payload, ?) = 'null'"
+        params.extend([path, f.args[0]])
+        return f"{expr} = ?"
+    if f.op == "in":
+        values = [v for v in f.args if v is not None]
+        parts = []
+        if values:
+            parts.append(f"{expr} IN ({', '.join('?' * len(values))})")
+            params.extend([path, *values])
+        if len(values) != len(f.args):
+            parts.append("json_type(e.payload, ?) = 'null'")
+            params.append(path)
+        return "(" + " OR ".join(parts) + ")"
+    if f.op == "range":
+        parts = []
+        for bound, op in zip(f.args, (">=", "<"), strict=True):
+            if bound is not None:
+                parts.append(f"{expr} {op} ?")
+                params.extend([path, bound])
+        return "(" + " AND ".join(parts) + ")"
+    # prefix: an exact leading-substring test (LIKE would treat % and _ as wildcards)
+    prefix = f.args[0]
+    params.extend([path, path, len(prefix), prefix])
+    return "(json_type(e.payload, ?) = 'text' AND substr(json_extract(e.payload, ?), 1, ?) = ?)"
+
+
+class ResultCursor:
+    """The rows of one admitted query, fetched in batches (so a slow reader costs no memory)."""
+
+    def __init__(
+        self, rows: Iterator[tuple[Any, ...]], *, as_of: int, limit: int, offset: int, shape: Any
+    ) -> None:
+        self._rows = rows
+        self.as_of = as_of
+        self._limit = limit
+        self._offset = offset
+        self._shape = shape
+        self.count = 0
+        self.more = False
+        self.done = False
+
+    def fetch(self, n: int) -> list[bytes]:
+        """Up to ``n`` rows as JSON text bytes; ``done`` is set once every row was fetched."""
+        out: list[bytes] = []
+        while len(out) < n and not self.done:
+            row = next(self._rows, None)
+            if row is None:
+                self.done = True
+                break
+            if self.count == self._limit:
+                self.more, self.done = True, True  # the (limit+1)th row exists: resumable
+                break
+            out.append(self._shape(row))
+            self.count += 1
+        return out
+
+    @property
+    def resume_offset(self) -> int | None:
+        """Offset to resume from with the same ``as_of`` if rows remain, else None."""
+        return self._offset + self.count if self.more else None
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class Store:
+    """One vault's store directory: ``vault.sqlite`` and the vault key ``vault.key``."""
+
+    def __init__(self, directory: Path, db: sqlite3.Connection) -> None:
+        self.directory = directory
+        self._db = db
+        self._revocations_seen = 0
+
+    # --- lifecycle ---
+
+    @classmethod
+    def create(
+        cls, directory: str | os.PathLike[str], *, name: str, vault_id: bytes, now: int
+    ) -> Store:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        if (path / DB_FILE).exists():
+            raise StoreError(f"{path} already holds a vault")
+        db = cls._connect(path / DB_FILE)
+        with db:
+            db.executescript(_SCHEMA)
+            db.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [
+                    ("format", "psp-vault-1"),
+                    ("name", name),
+                    ("vault_id", vault_id.hex()),
+                    ("created", str(now)),
+                ],
+            )
+        return cls(path, db)
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str]) -> Store:
+        path = Path(directory)
+        if not (path / DB_FILE).is_file():
+            raise StoreError(f"{path} holds no vault (run 'ppn vault init --store {path}')")
+        try:
+            db = cls._connect(path / DB_FILE)
+            fmt = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+        except sqlite3.DatabaseError:
+            raise StoreError(f"{path / DB_FILE} is not a PSP vault store") from None
+        if fmt is None or fmt[0] != "psp-vault-1":
+            raise StoreError(f"{path / DB_FILE} is not a PSP vault store")
+        return cls(path, db)
+
+    @staticmethod
+    def _connect(file: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(file, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    def close(self) -> None:
+        self._db.close()
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    @property
+    def vault_id(self) -> bytes:
+        return bytes.fromhex(self.meta("vault_id") or "")
+
+    @property
+    def name(self) -> str:
+        return self.meta("name") or ""
+
+    # --- writing ---
+
+    def head(self) -> tuple[int, bytes]:
+        row = self._db.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+        return (0, GENESIS) if row is None else (int(row[0]), bytes(row[1]))
+
+    def append(
+        self, collection: str, record: Any, *, now: int, supersedes: int | None = None
+    ) -> int:
+        """Append one record (one transaction). Returns its sequence number once durable."""
+        return self.append_many(collection, [record], now=now, supersedes=[supersedes])
+
+    def append_many(
+        self,
+        collection: str,
+        records: Iterable[Any],
+        *,
+        now: int,
+        supersedes: list[int | None] | None = None,
+    ) -> int:
+        """Append records in one transaction; all or none. Returns the last sequence number."""
+        if not valid_collection(collection):
+            raise StoreError("a collection name is letters, digits, '_', '.', '-' (at most 64)")
+        try:
+            payloads = [canonical_json(r) for r in records]
+        except RecordError as exc:
+            raise StoreError(str(exc)) from None
+        sups = supersedes or [None] * len(payloads)
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            seq, prev = self.head()
+            rows = []
+            for payload, sup in zip(payloads, sups, strict=True):
+                seq += 1
+                prev = entry_hash(
+                    prev, seq=seq, ts=now, supersedes=sup, collection=collection, payload=payload
+                )
+                rows.append((seq, collection, now, sup, payload.decode("utf-8"), prev))
+            db.executemany(
+                "INSERT INTO entries (seq, collection, ts, supersedes, payload, hash) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            db.execute("ROLLBACK") if db.in_transaction else None
+            raise StoreError(f"the store refused the append: {exc}") from None
+        return seq
+
+    def revoke(self, link: bytes, *, now: int) -> bool:
+        """Record a revoked link id. False if it was already revoked."""
+        try:
+            self._db.execute("INSERT INTO revocations (link, ts) VALUES (?, ?)", (link, now))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def new_revocations(self) -> list[bytes]:
+        """Revocations recorded since the last call (another process may add them)."""
+        rows = self._db.execute(
+            "SELECT id, link FROM revocations WHERE id > ? ORDER BY id", (self._revocations_seen,)
+        ).fetchall()
+        if rows:
+            self._revocations_seen = int(rows[-1][0])
+        return [bytes(r[1]) for r in rows]
+
+    # --- verifying ---
+
+    def verify(self) -> ChainReport:
+        """Recompute the whole chain; report the first entry whose link does not hold."""
+        prev, count, expected_seq = GENESIS, 0, 1
+        cur = self._db.execute(
+            "SELECT seq, collection, ts, supersedes, payload, hash FROM entries ORDER BY seq"
+        )
+        for seq, collection, ts, sup, payload, stored in cur:
+            if seq != expected_seq:
+                return ChainReport(
+                    entries=count, head=prev, first_broken=expected_seq, reason="entry missing"
+                )
+            data = payload.encode("utf-8")
+            try:
+                canonical = canonical_json(json.loads(payload)) == data
+            except (ValueError, RecordError):
+                canonical = False
+            if not canonical:
+                return ChainReport(
+                    entries=count, head=prev, first_broken=seq, reason="payload not canonical JSON"
+                )
+            h = entry_hash(
+                prev, seq=seq, ts=ts, supersedes=sup, collection=collection, payload=data
+            )
+            if h != bytes(stored):
+                return ChainReport(
+                    entries=count,
+                    head=prev,
+                    first_broken=seq,
+                    reason="hash does not match its contents and predecessor",
+                )
+            prev, count, expected_seq = h, count + 1, expected_seq + 1
+        return ChainReport(entries=count, head=prev)
+
+    # --- querying ---
+
+    def execute(self, query: Query, scope: Scope, *, limit: int) -> ResultCursor:
+        """Run an admitted query within ``scope``; rows come out of the returned cursor."""
+        head, _ = self.head()
+        as_of = query.as_of or head
+        if as_of > head:
+            raise QueryError(ErrorCode.AS_OF_AHEAD)
+        params: list[Any] = [query.collection, as_of, scope.time[0], scope.time[1], as_of]
+        where = [
+            "e.collection = ?",
+            "e.seq <= ?",
+            "e.ts >= ?",
+            "e.ts < ?",
+            "NOT EXISTS (SELECT 1 FROM entries s WHERE s.supersedes = e.seq AND s.seq <= ?)",
+        ]
+        for f in query.where:
+            where.append(_filter_sql(f, params))
+        clause = " AND ".join(where)
+        if query.op == "count":
+            sql = f"SELECT COUNT(*) FROM entries e WHERE {clause}"
+            rows = iter(self._db.execute(sql, params).fetchall())
+            return ResultCursor(
+                rows, as_of=as_of, limit=1, offset=0, shape=lambda r: _dumps({"count": r[0]})
+            )
+        if query.op == "aggregate":
+            assert query.agg is not None
+            agg = query.agg
+            group_sql = "json_extract(e.payload, ?)" if agg.group else "NULL"
+            group_params = [_path(agg.group)] if agg.group else []
+            value_sql = (
+                "COUNT(*)" if agg.fn == "count" else f"{agg.fn.upper()}(json_extract(e.payload, ?))"
+            )
+            value_params = [] if agg.fn == "count" else [_path(agg.field or "")]
+            sql = (
+                f"SELECT {group_sql} AS g, {value_sql} FROM entries e WHERE {clause} "
+                f"GROUP BY g ORDER BY g LIMIT ? OFFSET ?"
+            )
+            all_params = group_params + value_params + params + [limit + 1, query.offset]
+            fn, group = agg.fn, agg.group
+
+            def shape_agg(r: tuple[Any, ...]) -> bytes:
+                out = {fn: r[1]}
+                if group:
+                    out = {"group": r[0], **out}
+                return _dumps(out)
+
+            cur = self._db.execute(sql, all_params)
+            return ResultCursor(
+                iter(cur), as_of=as_of, limit=limit, offset=query.offset, shape=shape_agg
+            )
+        order = "e.seq"
+        if query.order is not None:
+            params.append(_path(query.order[0]))
+            order = f"json_extract(e.payload, ?) {'DESC' if query.order[1] else 'ASC'}, e.seq"
+        sql = f"SELECT e.seq, e.ts, e.payload FROM entries e WHERE {clause} ORDER BY {order} LIMIT ? OFFSET ?"
+        params += [limit + 1, query.offset]
+        fields = query.select or (None if scope.fields == (ANY,) else scope.fields)
+
+        def shape_row(r: tuple[Any, ...]) -> bytes:
+            record = json.loads(r[2])
+            if fields is not None:
+                record = {k: record[k] for k in fields if k in record}
+            return _dumps({"_seq": r[0], "_ts": r[1], **record})
+
+        cur = self._db.execute(sql, params)
+        return ResultCursor(
+            iter(cur), as_of=as_of, limit=limit, offset=query.offset, shape=shape_row
+        )
+
+    def raw_connection(self) -> sqlite3.Connection:
+        """The underlying connection (tests use it to prove the triggers hold)."""
+        return self._db
