@@ -1,0 +1,330 @@
+"""What ``ppn genesis``, ``ppn invite`` and ``ppn join`` do: state directory, UI and trio."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ppn import encode_key
+from ppn._cli import CommandError
+
+from . import _trio
+from ._bundle import MemberRecord, lowest_free_address, parse_endpoint
+from ._code import CodeFormatError, JoinCode, parse_code
+from ._derive import PartyInfo, mesh_id_for, valid_name
+from ._events import Abort, ConfirmSas, Failed, FailureReason, Grant, Joined, SasReady
+from ._io_state import (
+    MeshState,
+    NodeState,
+    StateError,
+    add_member,
+    load_mesh,
+    load_node,
+    new_node,
+    write_membership,
+)
+from ._window import AttemptLimiter, WindowBook
+
+STRONG_DIGITS = 13
+DEFAULT_DIGITS = 7
+
+
+def _fail(reason: FailureReason, detail: str | None = None) -> CommandError:
+    return CommandError(detail or reason.sentence, reason.status)
+
+
+def _split_hostport(text: str, what: str) -> tuple[str, int]:
+    if what == "listen address" and text.endswith(":0"):
+        return _split_hostport(text[:-2] + ":1", what)[0], 0  # port 0: the system picks
+    try:
+        return parse_endpoint(text)
+    except ValueError as exc:
+        raise CommandError(f"{what} {text!r}: {exc}", 2) from exc
+
+
+def _default_name() -> str:
+    raw = socket.gethostname().lower()
+    name = "".join(ch if ch.isalnum() and ch.isascii() else "-" for ch in raw).strip("-")[:63]
+    return name.strip("-") or "node"
+
+
+def _checked_name(name: str | None) -> str:
+    name = name or _default_name()
+    if not valid_name(name):
+        raise CommandError(f"node name {name!r}: use 1-63 of a-z, 0-9 and '-'", 2)
+    return name
+
+
+def _checked_endpoints(values: list[str]) -> tuple[str, ...]:
+    for value in values:
+        _split_hostport(value, "endpoint")
+    return tuple(values)
+
+
+def _party(node: NodeState) -> PartyInfo:
+    return PartyInfo(name=node.name, identity=node.identity.public, wg=node.wg.public)
+
+
+def _member_json(member: MemberRecord) -> dict[str, Any]:
+    return {
+        "name": member.name,
+        "address": member.address,
+        "identity": encode_key(member.identity),
+        "wg": encode_key(member.wg),
+        "endpoints": list(member.endpoints),
+        "roles": list(member.roles),
+    }
+
+
+@dataclass
+class UI:
+    """Text mode: progress and prompts on stderr, the code on stdout. JSON mode: events on
+    stdout, one object per line, and 'yes'/'no' lines on stdin."""
+
+    json_mode: bool
+
+    def emit(self, event: str, **fields: Any) -> None:
+        if self.json_mode:
+            print(json.dumps({"event": event, **fields}, sort_keys=True), flush=True)
+
+    def say(self, line: str) -> None:
+        if not self.json_mode:
+            print(line, file=sys.stderr, flush=True)
+
+    async def ask_sas(self, event: SasReady, role: str) -> bool:
+        peer = event.peer
+        self.emit(
+            "sas",
+            sas=event.sas,
+            peer={
+                "name": peer.name,
+                "identity": encode_key(peer.identity),
+                "wg": encode_key(peer.wg),
+            },
+        )
+        if not self.json_mode:
+            other = "joining node" if role == "sponsor" else "sponsor"
+            self.say("")
+            self.say(
+                f"  Keys confirmed with {other} {peer.name!r}. Compare this with the other screen:"
+            )
+            self.say("")
+            self.say(f"        {event.sas}")
+            self.say("")
+            print("  Same number on both screens? [y/N] ", end="", file=sys.stderr, flush=True)
+        line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+        answer = line.strip().lower()
+        accepted = answer in ("y", "yes")
+        if accepted:
+            self.say("  confirmed; waiting for the other operator ...")
+        return accepted
+
+    def failed(self, failure: Failed) -> CommandError:
+        reason = failure.reason
+        self.emit("failed", reason=reason.token, message=reason.sentence, status=reason.status)
+        return _fail(reason)
+
+
+def run(command: str, args: argparse.Namespace) -> int:
+    ui = UI(json_mode=args.events == "json")
+    digits = STRONG_DIGITS if args.strong else DEFAULT_DIGITS
+    directory = Path(args.state)
+    try:
+        if command == "join":
+            return _join(args, ui, directory, digits)
+        return _sponsor(command, args, ui, directory, digits)
+    except StateError as exc:
+        ui.emit("failed", reason=FailureReason.STATE.token, message=str(exc), status=18)
+        raise CommandError(str(exc), FailureReason.STATE.status) from exc
+
+
+# --- joiner --------------------------------------------------------------------------------------
+
+
+def _join(args: argparse.Namespace, ui: UI, directory: Path, digits: int) -> int:
+    try:
+        code = parse_code(args.code)
+    except CodeFormatError as exc:
+        ui.emit("failed", reason=FailureReason.BAD_CODE.token, message=str(exc), status=10)
+        raise CommandError(str(exc), FailureReason.BAD_CODE.status) from exc
+    host, port = _split_hostport(args.sponsor, "sponsor")
+    mesh = load_mesh(directory)
+    if mesh is not None:
+        raise StateError(
+            f"{directory} is already a member of mesh {mesh.mesh_id.hex()} as {mesh.address}; "
+            "use a fresh state directory to join again"
+        )
+    node = load_node(directory)
+    if node is None:
+        node = new_node(_checked_name(args.name), _checked_endpoints(args.endpoint))
+    ui.say(f"connecting to sponsor {args.sponsor} ...")
+    return trio.run(_join_async, host, port, node, code, ui, directory, digits)
+
+
+async def _join_async(
+    host: str, port: int, node: NodeState, code: JoinCode, ui: UI, directory: Path, digits: int
+) -> int:
+    async def decide(event: SasReady) -> ConfirmSas | Abort:
+        return ConfirmSas(accept=await ui.ask_sas(event, "joiner"))
+
+    async def joined(event: Joined) -> None:
+        mesh = MeshState(
+            mesh_id=event.mesh_id,
+            cidr=event.cidr,
+            address=event.member.address,
+            sponsor=event.sponsor,
+            roster=event.roster,
+        )
+        write_membership(directory, node, mesh)
+
+    result = await _trio.join(
+        host,
+        port,
+        me=_party(node),
+        code=code,
+        endpoints=node.endpoints,
+        decide=decide,
+        joined=joined,
+        sas_digits=digits,
+    )
+    if isinstance(result, Failed):
+        raise ui.failed(result)
+    ui.emit(
+        "joined",
+        name=result.member.name,
+        address=result.member.address,
+        mesh_id=result.mesh_id.hex(),
+        roster=[_member_json(m) for m in result.roster],
+    )
+    ui.say(f"joined mesh {result.mesh_id.hex()} as {result.member.name} ({result.member.address})")
+    return 0
+
+
+# --- sponsor -------------------------------------------------------------------------------------
+
+
+def _sponsor(command: str, args: argparse.Namespace, ui: UI, directory: Path, digits: int) -> int:
+    host, port = _split_hostport(args.listen, "listen address")
+    if command == "genesis":
+        if load_mesh(directory) is not None:
+            raise StateError(f"{directory} is already a mesh member; use 'ppn invite' there")
+        try:
+            network = ipaddress.ip_network(args.mesh_cidr, strict=True)
+        except ValueError as exc:
+            raise CommandError(f"mesh CIDR {args.mesh_cidr!r}: {exc}", 2) from exc
+        node = load_node(directory) or new_node(
+            _checked_name(args.name), _checked_endpoints(args.endpoint)
+        )
+        first = next(iter(network.hosts()), None)
+        if first is None:
+            raise CommandError(f"mesh CIDR {network} has no host addresses", 2)
+        me = MemberRecord(
+            name=node.name,
+            identity=node.identity.public,
+            wg=node.wg.public,
+            address=str(first),
+            endpoints=node.endpoints,
+            roles=("genesis",),
+        )
+        mesh = MeshState(
+            mesh_id=mesh_id_for(node.identity.public),
+            cidr=str(network),
+            address=str(first),
+            sponsor=node.identity.public,
+            roster=(me,),
+        )
+        write_membership(directory, node, mesh)
+        ui.say(f"created mesh {mesh.mesh_id.hex()} ({network}); this node is {node.name} ({first})")
+    else:
+        loaded = load_node(directory)
+        mesh_loaded = load_mesh(directory)
+        if loaded is None or mesh_loaded is None:
+            raise StateError(
+                f"{directory} is not a mesh member; run 'ppn genesis' or 'ppn join' first"
+            )
+        node = loaded
+    return trio.run(_serve_async, host, port, node, ui, directory, digits, args.keep_open)
+
+
+async def _serve_async(
+    host: str,
+    port: int,
+    node: NodeState,
+    ui: UI,
+    directory: Path,
+    digits: int,
+    keep_open: bool,
+) -> int:
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 1) from exc
+    bound = listeners[0].socket.getsockname()
+    address = f"{bound[0]}:{bound[1]}" if ":" not in bound[0] else f"[{bound[0]}]:{bound[1]}"
+    mesh = load_mesh(directory)
+    assert mesh is not None
+    book = WindowBook(limiter=AttemptLimiter())
+
+    async def show_code(code: JoinCode) -> None:
+        lifetime = int(book.lifetime)
+        ui.emit("code", code=str(code), window=code.window, address=address, expires_in=lifetime)
+        if ui.json_mode:
+            return
+        print(str(code), flush=True)
+        ui.say(
+            f"join window {code.window} open on {address} for {lifetime // 60} min; read the code "
+            f"above to the new node's operator, who runs:\n"
+            f"  ppn join {code} --sponsor {address} --state DIR\n"
+            "waiting for the joining node ..."
+        )
+
+    async def decide(event: SasReady) -> ConfirmSas | Abort:
+        current = load_mesh(directory)
+        assert current is not None
+        peer = event.peer
+        clash = any(
+            m.name == peer.name or m.identity == peer.identity or m.wg == peer.wg
+            for m in current.roster
+        )
+        address_for_joiner = lowest_free_address(current.cidr, current.roster)
+        if clash or address_for_joiner is None:
+            return Abort(reason=FailureReason.REFUSED)
+        accepted = await ui.ask_sas(event, "sponsor")
+        grant = Grant(cidr=current.cidr, address=address_for_joiner, roster=current.roster)
+        return ConfirmSas(accept=accepted, grant=grant if accepted else None)
+
+    async def joined(event: Joined) -> None:
+        add_member(directory, node, event.member)
+
+    outcome = await _trio.serve_windows(
+        listeners,
+        me=_party(node),
+        mesh_id=mesh.mesh_id,
+        book=book,
+        decide=decide,
+        joined=joined,
+        show_code=show_code,
+        keep_open=keep_open,
+        sas_digits=digits,
+    )
+    if outcome.joined is None:
+        reason = outcome.failure or FailureReason.TIMEOUT
+        raise ui.failed(Failed(reason=reason))
+    member = outcome.joined.member
+    ui.emit(
+        "joined",
+        name=member.name,
+        address=member.address,
+        mesh_id=outcome.joined.mesh_id.hex(),
+        roster=[_member_json(m) for m in outcome.joined.roster],
+    )
+    ui.say(f"{member.name} joined the mesh as {member.address}")
+    return 0

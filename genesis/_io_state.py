@@ -1,0 +1,282 @@
+"""The node's state directory: the one place the ceremony's result is written (RFC-NOTES §5.9).
+
+Layout (every file 0600, the directory 0700, each file written atomically: temporary file in
+the same directory, fsync, rename, fsync of the directory)::
+
+    identity.key      the Ed25519 identity seed, base64, one line
+    wireguard.key     the WireGuard private key, base64, one line (as `wg genkey` prints it)
+    node.json         {"version": 1, "name", "identity", "wg", "endpoints"}   (public keys, base64)
+    mesh.json         {"version": 1, "mesh_id" (hex), "cidr", "address", "interface",
+                       "sponsor" (base64 identity key), "roster": [member, ...]}
+                      member = {"name", "identity", "wg" (base64), "address", "endpoints", "roles"}
+    wg-<iface>.conf   a wg-quick configuration derived from the two JSON files
+
+``mesh.json`` is written last: its presence means "this node is a member". A failed or
+aborted ceremony writes nothing at all, so the directory stays byte-identical.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ppn import IdentityKey, KeyFormatError, WireGuardKeyPair, decode_key, encode_key
+
+from ._bundle import MemberRecord, parse_endpoint
+from ._errors import GenesisError
+
+__all__ = [
+    "DEFAULT_INTERFACE",
+    "MeshState",
+    "NodeState",
+    "StateError",
+    "add_member",
+    "atomic_write",
+    "load_mesh",
+    "load_node",
+    "member_from_json",
+    "member_to_json",
+    "new_node",
+    "render_wg_quick",
+    "wg_config_path",
+    "write_membership",
+]
+
+DEFAULT_INTERFACE = "ppn0"
+WG_PORT = 51820
+STATE_VERSION = 1
+
+
+class StateError(GenesisError):
+    """The state directory is missing, unreadable, malformed or in the wrong condition."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeState:
+    name: str
+    identity: IdentityKey
+    wg: WireGuardKeyPair
+    endpoints: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeshState:
+    mesh_id: bytes
+    cidr: str
+    address: str
+    sponsor: bytes
+    roster: tuple[MemberRecord, ...]
+    interface: str = DEFAULT_INTERFACE
+
+    def member(self, identity: bytes) -> MemberRecord | None:
+        return next((m for m in self.roster if m.identity == identity), None)
+
+
+def new_node(name: str, endpoints: tuple[str, ...] = ()) -> NodeState:
+    """Fresh keys, in memory only (written by :func:`write_membership` on success)."""
+    return NodeState(
+        name=name,
+        identity=IdentityKey.generate(),
+        wg=WireGuardKeyPair.generate(),
+        endpoints=endpoints,
+    )
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` so a reader sees the old file or the new one, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def member_to_json(member: MemberRecord) -> dict[str, Any]:
+    return {
+        "name": member.name,
+        "identity": encode_key(member.identity),
+        "wg": encode_key(member.wg),
+        "address": member.address,
+        "endpoints": list(member.endpoints),
+        "roles": list(member.roles),
+    }
+
+
+def member_from_json(value: Any) -> MemberRecord:
+    try:
+        return MemberRecord(
+            name=str(value["name"]),
+            identity=decode_key(value["identity"]),
+            wg=decode_key(value["wg"]),
+            address=str(ipaddress.ip_address(value["address"])),
+            endpoints=tuple(str(e) for e in value["endpoints"]),
+            roles=tuple(str(r) for r in value["roles"]),
+        )
+    except (KeyError, TypeError, ValueError, KeyFormatError) as exc:
+        raise StateError(f"malformed member record in mesh.json: {exc}") from exc
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StateError(f"cannot read {path}: {exc}") from exc
+
+
+def _read_key(path: Path) -> bytes:
+    try:
+        return decode_key(path.read_text())
+    except (OSError, KeyFormatError) as exc:
+        raise StateError(f"cannot read {path}: {exc}") from exc
+
+
+def load_node(directory: Path) -> NodeState | None:
+    """The node's keys and name, or None when the directory holds no node yet."""
+    if not (directory / "node.json").exists():
+        return None
+    info = _read_json(directory / "node.json")
+    identity = IdentityKey.from_seed(_read_key(directory / "identity.key"))
+    wg = WireGuardKeyPair.from_private(_read_key(directory / "wireguard.key"))
+    try:
+        if info["version"] != STATE_VERSION:
+            raise StateError(f"{directory / 'node.json'}: unknown version {info['version']}")
+        if decode_key(info["identity"]) != identity.public or decode_key(info["wg"]) != wg.public:
+            raise StateError(f"{directory}: node.json does not match the key files")
+        endpoints = tuple(str(e) for e in info["endpoints"])
+        return NodeState(name=str(info["name"]), identity=identity, wg=wg, endpoints=endpoints)
+    except (KeyError, TypeError, KeyFormatError) as exc:
+        raise StateError(f"malformed {directory / 'node.json'}") from exc
+
+
+def load_mesh(directory: Path) -> MeshState | None:
+    """The node's mesh membership, or None when it is not a member of any mesh."""
+    path = directory / "mesh.json"
+    if not path.exists():
+        return None
+    info = _read_json(path)
+    try:
+        if info["version"] != STATE_VERSION:
+            raise StateError(f"{path}: unknown version {info['version']}")
+        return MeshState(
+            mesh_id=bytes.fromhex(info["mesh_id"]),
+            cidr=str(ipaddress.ip_network(info["cidr"])),
+            address=str(ipaddress.ip_address(info["address"])),
+            sponsor=decode_key(info["sponsor"]),
+            interface=str(info["interface"]),
+            roster=tuple(member_from_json(m) for m in info["roster"]),
+        )
+    except (KeyError, TypeError, ValueError, KeyFormatError) as exc:
+        raise StateError(f"malformed {path}: {exc}") from exc
+
+
+def render_wg_quick(node: NodeState, mesh: MeshState) -> str:
+    """A wg-quick file: our key and address, one [Peer] per other member (its mesh /32)."""
+    prefix = ipaddress.ip_network(mesh.cidr).prefixlen
+    me = mesh.member(node.identity.public)
+    port = WG_PORT
+    if me and me.endpoints:
+        port = parse_endpoint(me.endpoints[0])[1]
+    lines = [
+        f"# Written by the PPN genesis ceremony for node {node.name}, mesh {mesh.mesh_id.hex()}.",
+        "[Interface]",
+        f"PrivateKey = {encode_key(node.wg.private)}",
+        f"Address = {mesh.address}/{prefix}",
+        f"ListenPort = {port}",
+        "MTU = 1420",
+    ]
+    for member in mesh.roster:
+        if member.identity == node.identity.public:
+            continue
+        host_bits = 32 if ipaddress.ip_address(member.address).version == 4 else 128
+        lines += ["", f"# {member.name}", "[Peer]", f"PublicKey = {encode_key(member.wg)}"]
+        lines.append(f"AllowedIPs = {member.address}/{host_bits}")
+        if member.endpoints:
+            lines.append(f"Endpoint = {member.endpoints[0]}")
+            lines.append("PersistentKeepalive = 25")
+    return "\n".join(lines) + "\n"
+
+
+def wg_config_path(directory: Path, mesh: MeshState) -> Path:
+    return directory / f"wg-{mesh.interface}.conf"
+
+
+def _json_bytes(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _mesh_json(mesh: MeshState) -> dict[str, Any]:
+    return {
+        "version": STATE_VERSION,
+        "mesh_id": mesh.mesh_id.hex(),
+        "cidr": mesh.cidr,
+        "address": mesh.address,
+        "interface": mesh.interface,
+        "sponsor": encode_key(mesh.sponsor),
+        "roster": [member_to_json(m) for m in mesh.roster],
+    }
+
+
+def write_membership(directory: Path, node: NodeState, mesh: MeshState) -> None:
+    """Persist a node and its mesh membership: keys, node.json, wg-quick file, mesh.json last."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    existing = load_node(directory)
+    if existing is None:
+        atomic_write(directory / "identity.key", (encode_key(node.identity.seed) + "\n").encode())
+        atomic_write(directory / "wireguard.key", (encode_key(node.wg.private) + "\n").encode())
+        node_info = {
+            "version": STATE_VERSION,
+            "name": node.name,
+            "identity": node.identity.public_b64,
+            "wg": node.wg.public_b64,
+            "endpoints": list(node.endpoints),
+        }
+        atomic_write(directory / "node.json", _json_bytes(node_info))
+    elif existing.identity.public != node.identity.public or existing.wg.public != node.wg.public:
+        raise StateError(f"{directory} holds another node's keys")
+    atomic_write(wg_config_path(directory, mesh), render_wg_quick(node, mesh).encode())
+    atomic_write(directory / "mesh.json", _json_bytes(_mesh_json(mesh)))
+
+
+def add_member(directory: Path, node: NodeState, member: MemberRecord) -> MeshState:
+    """Sponsor side: add a joined member to the roster on disk and return the new membership."""
+    mesh = load_mesh(directory)
+    if mesh is None:
+        raise StateError(f"{directory} is not a mesh member")
+    clash = [
+        m
+        for m in mesh.roster
+        if m.identity == member.identity
+        or m.wg == member.wg
+        or m.name == member.name
+        or m.address == member.address
+    ]
+    if clash:
+        raise StateError(f"{member.name} clashes with {clash[0].name} in the roster")
+    updated = MeshState(
+        mesh_id=mesh.mesh_id,
+        cidr=mesh.cidr,
+        address=mesh.address,
+        sponsor=mesh.sponsor,
+        interface=mesh.interface,
+        roster=(*mesh.roster, member),
+    )
+    write_membership(directory, node, updated)
+    return updated

@@ -1,0 +1,299 @@
+"""The one trio adapter for both ceremony roles: sockets, tasks, clocks and cancellation.
+
+:func:`run_ceremony` drives a Sponsor or Joiner core over a byte stream, asking an
+application object for the decisions the core leaves open (which window, does the operator
+confirm the SAS, persist the result). :func:`serve_windows` is the sponsor's pairing server;
+:func:`join` the joiner's client. All waits use ``trio.current_time()``, so tests can run every
+timeout under ``autojump_clock``.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from ._code import JoinCode
+from ._core import CeremonyCore
+from ._derive import PartyInfo
+from ._errors import RemoteProtocolError
+from ._events import (
+    Abort,
+    AcceptWindow,
+    ConfirmSas,
+    Failed,
+    FailureReason,
+    Joined,
+    JoinRequested,
+    SasReady,
+)
+from ._joiner import Joiner
+from ._sponsor import DEFAULT_SAS_DIGITS, Sponsor
+from ._window import RateLimited, WindowBook, WindowStatus
+
+__all__ = ["CeremonyApp", "SponsorApp", "join", "run_ceremony", "serve_windows"]
+
+RECEIVE_SIZE = 65536
+
+
+class CeremonyApp(Protocol):
+    """The decisions a ceremony needs from its application (the CLI, a node agent, a test)."""
+
+    async def decide(self, event: SasReady) -> ConfirmSas | Abort:
+        """Show the SAS, return the operator's answer (sponsor: with a Grant when accepting),
+        or an Abort (e.g. REFUSED when the joiner's name or keys are already in the roster)."""
+
+    async def joined(self, event: Joined) -> None:
+        """Persist the result; runs before the last message is sent."""
+
+
+class SponsorApp(CeremonyApp, Protocol):
+    def window_requested(self, event: JoinRequested) -> AcceptWindow | Abort:
+        """Claim the window a joiner asked for, or refuse it."""
+
+
+async def run_ceremony(
+    stream: trio.abc.Stream, core: CeremonyCore[Any], app: CeremonyApp
+) -> Joined | Failed:
+    """Drive ``core`` over ``stream`` to its end. Never raises for peer behaviour."""
+    result: Joined | Failed | None = None
+    wake: list[trio.CancelScope] = []
+
+    async def ask(event: SasReady) -> None:
+        decision = await app.decide(event)
+        if not core.wants_close:
+            core.send(decision, trio.current_time())
+        for scope in wake:
+            scope.cancel()
+
+    async def flush() -> None:
+        data = core.data_to_send()
+        if data:
+            try:
+                await stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                if not core.wants_close:
+                    core.receive_data(b"", trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        while True:
+            while (event := core.next_event()) is not None:
+                if isinstance(event, JoinRequested):
+                    core.send(_sponsor_app(app).window_requested(event), trio.current_time())
+                elif isinstance(event, SasReady):
+                    nursery.start_soon(ask, event)
+                elif isinstance(event, Joined):
+                    await app.joined(event)
+                    result = event
+                elif isinstance(event, Failed):
+                    result = event
+            await flush()
+            if core.wants_close:
+                break
+            deadline = core.get_timer()
+            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+                wake.append(scope)
+                try:
+                    data = bytes(await stream.receive_some(RECEIVE_SIZE))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                try:
+                    core.receive_data(data, trio.current_time())
+                except RemoteProtocolError:
+                    pass  # the core queued an abort and a Failed event; loop to send them
+            wake.clear()
+            if scope.cancelled_caught:
+                core.handle_timer(trio.current_time())
+        nursery.cancel_scope.cancel()
+    with trio.move_on_after(1):
+        await stream.aclose()
+    assert result is not None
+    return result
+
+
+def _sponsor_app(app: CeremonyApp) -> SponsorApp:
+    assert hasattr(app, "window_requested")
+    return app  # type: ignore[return-value]
+
+
+# --- sponsor -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ServeOutcome:
+    """How a sponsor's pairing server ended: the joined member, or why it stopped."""
+
+    joined: Joined | None = None
+    failure: FailureReason | None = None
+    failures: list[Failed] = field(default_factory=list)
+
+
+@dataclass
+class _Connection:
+    """Per-connection glue between one Sponsor core and the window book."""
+
+    book: WindowBook
+    decide_cb: Callable[[SasReady], Awaitable[ConfirmSas | Abort]]
+    joined_cb: Callable[[Joined], Awaitable[None]]
+    claimed: int | None = None
+
+    def window_requested(self, event: JoinRequested) -> AcceptWindow | Abort:
+        status, code = self.book.claim(event.window, trio.current_time())
+        if status is WindowStatus.BUSY:
+            return Abort(reason=FailureReason.CROWDED)
+        if status is WindowStatus.MISSING or code is None:
+            return Abort(reason=FailureReason.NO_WINDOW)
+        self.claimed = event.window
+        return AcceptWindow(code=code)
+
+    async def decide(self, event: SasReady) -> ConfirmSas | Abort:
+        return await self.decide_cb(event)
+
+    async def joined(self, event: Joined) -> None:
+        await self.joined_cb(event)
+
+
+async def serve_windows(
+    listeners: list[trio.SocketListener],
+    *,
+    me: PartyInfo,
+    mesh_id: bytes,
+    book: WindowBook,
+    decide: Callable[[SasReady], Awaitable[ConfirmSas | Abort]],
+    joined: Callable[[Joined], Awaitable[None]],
+    show_code: Callable[[JoinCode], Awaitable[None]],
+    keep_open: bool = False,
+    sas_digits: int = DEFAULT_SAS_DIGITS,
+    step_timeout: float = 60.0,
+    sas_timeout: float = 120.0,
+    sas_modulus: int | None = None,
+) -> ServeOutcome:
+    """Open a window, show its code, serve joiners until one joins or the window is spent.
+
+    A ceremony that spent the code burns the window: then the server stops with that failure,
+    or — with ``keep_open`` — opens a new window (new code) unless the attempt limit says no.
+    A ceremony that ended before a guess (crowded, vanished early) leaves the window open.
+    """
+    outcome = ServeOutcome()
+
+    async def open_window() -> bool:
+        try:
+            code = book.open(trio.current_time(), secrets.token_bytes(5))
+        except RateLimited:
+            outcome.failure = FailureReason.RATE_LIMITED
+            return False
+        await show_code(code)
+        return True
+
+    if not await open_window():
+        return outcome
+
+    async with trio.open_nursery() as nursery:
+
+        async def handle(stream: trio.SocketStream) -> None:
+            connection = _Connection(book=book, decide_cb=decide, joined_cb=joined)
+            core = Sponsor(
+                me=me,
+                mesh_id=mesh_id,
+                nonce=secrets.token_bytes(16),
+                now=trio.current_time(),
+                sas_digits=sas_digits,
+                sas_modulus=sas_modulus,
+                step_timeout=step_timeout,
+                sas_timeout=sas_timeout,
+            )
+            result = await run_ceremony(stream, core, connection)
+            if connection.claimed is None:
+                return  # crowded or no such window: the open window is untouched
+            spent = isinstance(result, Joined) or result.code_spent
+            book.release(
+                connection.claimed,
+                trio.current_time(),
+                joined=isinstance(result, Joined),
+                code_spent=spent,
+            )
+            if isinstance(result, Joined):
+                outcome.joined = result
+                nursery.cancel_scope.cancel()
+                return
+            outcome.failures.append(result)
+            if spent and not (keep_open and await open_window()):
+                outcome.failure = outcome.failure or result.reason
+                nursery.cancel_scope.cancel()
+
+        for listener in listeners:
+            nursery.start_soon(trio.serve_listeners, handle, [listener])
+
+        async def expire() -> None:
+            # A window past its lifetime closes once no ceremony is using it.
+            while True:
+                expiry = book.next_expiry()
+                now = trio.current_time()
+                target = math.inf if expiry is None else max(expiry, now + 1.0)
+                await trio.sleep_until(target)
+                book.expire(trio.current_time())
+                if len(book) == 0:
+                    outcome.failure = FailureReason.TIMEOUT
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(expire)
+    for listener in listeners:
+        with trio.move_on_after(1):
+            await listener.aclose()
+    return outcome
+
+
+# --- joiner --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _JoinerApp:
+    decide_cb: Callable[[SasReady], Awaitable[ConfirmSas | Abort]]
+    joined_cb: Callable[[Joined], Awaitable[None]]
+
+    async def decide(self, event: SasReady) -> ConfirmSas | Abort:
+        return await self.decide_cb(event)
+
+    async def joined(self, event: Joined) -> None:
+        await self.joined_cb(event)
+
+
+async def join(
+    host: str,
+    port: int,
+    *,
+    me: PartyInfo,
+    code: JoinCode,
+    endpoints: tuple[str, ...],
+    decide: Callable[[SasReady], Awaitable[ConfirmSas | Abort]],
+    joined: Callable[[Joined], Awaitable[None]],
+    sas_digits: int = DEFAULT_SAS_DIGITS,
+    step_timeout: float = 60.0,
+    sas_timeout: float = 120.0,
+    sas_modulus: int | None = None,
+) -> Joined | Failed:
+    """Connect to a sponsor's pairing port and run the joiner's side of the ceremony."""
+    with trio.move_on_after(step_timeout) as scope:
+        try:
+            stream = await trio.open_tcp_stream(host, port)
+        except OSError:
+            return Failed(reason=FailureReason.PEER_VANISHED)
+    if scope.cancelled_caught:
+        return Failed(reason=FailureReason.TIMEOUT)
+    core = Joiner(
+        me=me,
+        code=code,
+        endpoints=endpoints,
+        nonce=secrets.token_bytes(16),
+        now=trio.current_time(),
+        sas_digits=sas_digits,
+        sas_modulus=sas_modulus,
+        step_timeout=step_timeout,
+        sas_timeout=sas_timeout,
+    )
+    return await run_ceremony(stream, core, _JoinerApp(decide_cb=decide, joined_cb=joined))
