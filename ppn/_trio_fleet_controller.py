@@ -15,6 +15,7 @@ import math
 import os
 import secrets
 import stat
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,8 @@ class FleetControllerConfig:
     spawn_port: int = SPAWN_PORT
     eviction_timeout: float = DEFAULT_EVICTION_TIMEOUT
     connection_timeout: float = 10.0
+    # Seam for embedders and tests: how to reach a vm-host.
+    connect: Callable[[str, int], Awaitable[trio.abc.Stream]] = trio.open_tcp_stream
 
 
 async def _read_frame(stream: trio.abc.Stream, max_size: int) -> bytes:
@@ -102,7 +105,8 @@ class FleetController:
             deadline = self.table.get_timer()
             self._timer_scope.deadline = math.inf if deadline is None else deadline
 
-    async def _eviction_timer(self) -> None:
+    async def eviction_timer(self) -> None:
+        """Evict silent nodes on time: sleep until the table's next deadline, forever."""
         while True:
             deadline = self.table.get_timer()
             with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
@@ -112,7 +116,8 @@ class FleetController:
             self.table.handle_timer(trio.current_time())
             self._after_table_change()
 
-    async def _serve_heartbeat(self, stream: trio.abc.Stream) -> None:
+    async def serve_heartbeat_stream(self, stream: trio.abc.Stream) -> None:
+        """Handle one heartbeat connection: one frame in, one reply frame out."""
         try:
             with trio.fail_after(self.config.connection_timeout):
                 payload = await _read_frame(stream, MAX_HEARTBEAT_SIZE)
@@ -194,7 +199,7 @@ class FleetController:
         address = record.member.mesh_address
         try:
             with trio.fail_after(self.config.connection_timeout):
-                stream = await trio.open_tcp_stream(address, self.config.spawn_port)
+                stream = await self.config.connect(address, self.config.spawn_port)
                 async with stream:
                     while client.state is not SpawnState.DONE:
                         client.receive_data(bytes(await stream.receive_some(MAX_SPAWN_FRAME)))
@@ -285,11 +290,11 @@ class FleetController:
         async with trio.open_nursery() as nursery:
             listeners = await trio.open_tcp_listeners(self.config.port, host=host)
             self.port = listeners[0].socket.getsockname()[1]
-            nursery.start_soon(trio.serve_listeners, self._serve_heartbeat, listeners)
+            nursery.start_soon(trio.serve_listeners, self.serve_heartbeat_stream, listeners)
             if control:
                 control_listener = await self._control_listener(control)
                 nursery.start_soon(trio.serve_listeners, self._serve_control, [control_listener])
-            nursery.start_soon(self._eviction_timer)
+            nursery.start_soon(self.eviction_timer)
             log.info(
                 "fleet controller %s on %s port %d (eviction after %g s)%s",
                 self.member.name,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import trio
@@ -26,9 +26,10 @@ from ._fleet_heartbeat import (
     encode_heartbeat,
 )
 from ._fleet_spawn import MAX_SPAWN_FRAME, SpawnDecision, SpawnRequested, SpawnServer, SpawnState
-from ._fleet_vm import VmRecord, VmState
+from ._fleet_vm import VmRecord, VmSpec, VmState
 from ._io_fleet_host import (
     HostFacts,
+    ProvisionerResult,
     SequenceClock,
     read_boot_id,
     read_host_facts,
@@ -60,6 +61,9 @@ class VmHostConfig:
     provisioner_timeout: float = 600.0
     max_ram_mb: int | None = None  # advertise at most this much RAM to the pool
     facts: Callable[[], HostFacts] = read_host_facts
+    # Seams for embedders and tests: how to reach the controller, how to launch a VM.
+    connect: Callable[[str, int], Awaitable[trio.abc.Stream]] = trio.open_tcp_stream
+    provision: Callable[[VmSpec, bytes], Awaitable[ProvisionerResult]] | None = None
     boot_id: bytes = field(default_factory=read_boot_id)
     sequence: Callable[[], int] = field(default_factory=lambda: SequenceClock().next)
 
@@ -120,7 +124,7 @@ class VmHostService:
             payload = encode_heartbeat(self.build_heartbeat(), self.config.identity)
             frame = wire.encode_frame(payload, max_size=len(payload))
             with trio.fail_after(self.config.send_timeout):
-                stream = await trio.open_tcp_stream(address, self.config.controller_port)
+                stream = await self.config.connect(address, self.config.controller_port)
                 async with stream:
                     await stream.send_all(frame)
                     decoder = wire.FrameDecoder(max_size=1024)
@@ -158,7 +162,7 @@ class VmHostService:
     # --- spawn -------------------------------------------------------------------------------
 
     def _decide(self, event: SpawnRequested) -> SpawnDecision:
-        if not self.config.provisioner:
+        if not self.config.provisioner and self.config.provision is None:
             reason = "this node has no provisioner command configured"
         elif event.request_id in self.vms:
             reason = "this request was already received"
@@ -173,17 +177,22 @@ class VmHostService:
 
     async def _provision(self, request_id: bytes) -> None:
         record = self.vms[request_id]
-        result = await run_provisioner(
-            self.config.provisioner,
-            record.spec,
-            request_id,
-            timeout=self.config.provisioner_timeout,
-        )
+        if self.config.provision is not None:
+            result = await self.config.provision(record.spec, request_id)
+        else:
+            result = await run_provisioner(
+                self.config.provisioner,
+                record.spec,
+                request_id,
+                timeout=self.config.provisioner_timeout,
+            )
         state = VmState.RUNNING if result.ok else VmState.FAILED
         self.vms[request_id] = replace(record, state=state, detail=result.detail)
         log.info("VM %s: provisioner finished, %s %s", record.spec.name, state.value, result.detail)
 
-    async def _serve_spawn(self, stream: trio.abc.Stream, nursery: trio.Nursery) -> None:
+    async def serve_spawn_stream(self, stream: trio.abc.Stream) -> None:
+        """Handle one spawn connection; if accepted, run the provisioner after answering."""
+        accepted: bytes | None = None
         core = SpawnServer(
             node_id=self.member.node_id,
             directory=self.config.directory,
@@ -202,7 +211,7 @@ class VmHostService:
                     self.vms[event.request_id] = VmRecord(
                         request_id=event.request_id, spec=event.spec, state=VmState.PROVISIONING
                     )
-                    nursery.start_soon(self._provision, event.request_id)
+                    accepted = event.request_id
                     log.info("spawn request accepted: %s", event.spec)
                 else:
                     log.warning("spawn request refused: %s", decision.reason)
@@ -212,6 +221,8 @@ class VmHostService:
             log.warning("spawn connection dropped: %s", exc or "timed out")
         finally:
             await trio.aclose_forcefully(stream)
+        if accepted is not None:
+            await self._provision(accepted)
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve spawn requests and heartbeat forever. ``started`` reports the spawn port."""
@@ -220,10 +231,7 @@ class VmHostService:
             listeners = await trio.open_tcp_listeners(self.config.spawn_port, host=host)
             self.spawn_port = listeners[0].socket.getsockname()[1]
 
-            async def handler(stream: trio.SocketStream) -> None:
-                await self._serve_spawn(stream, nursery)
-
-            nursery.start_soon(trio.serve_listeners, handler, listeners)
+            nursery.start_soon(trio.serve_listeners, self.serve_spawn_stream, listeners)
             nursery.start_soon(self.heartbeat_loop)
             log.info(
                 "vm-host %s serving spawn on %s port %d; heartbeats every %g s",
