@@ -31,8 +31,9 @@ _A = CURVE25519_A
 _NEG_A = _P - _A
 _A_SQUARED = _A * _A  # < p, so already reduced
 
-# For odd n, the factor (2/n) of the Jacobi symbol is -1 exactly when n = 3 or 5 (mod 8).
-_TWO_FLIPS = (0, 0, 0, 1, 0, 1, 0, 0)
+# For odd n, each factor two stripped from a contributes (2/n) = -1 exactly when
+# n = 3 or 5 (mod 8). Sign changes are collected in bit 1 of an accumulator (value 2).
+_TWO_FLIPS = (0, 0, 0, 2, 0, 2, 0, 0)
 
 
 def jacobi(a: int, n: int) -> int:
@@ -41,21 +42,27 @@ def jacobi(a: int, n: int) -> int:
     For a prime n this is the Legendre symbol: 1 for a non-zero square mod n, -1 for a
     non-square, 0 for a multiple of n.
     """
+    # The loop runs about 100 times for 255-bit inputs, so it is written for CPython: the
+    # low three bits of both numbers are kept as small ints (n's are the previous a's), and
+    # each sign change is an XOR into bit 1 of ``flips``.
     flips = 0
+    n_low = n & 7
     while a:
-        if not a & 1:
-            # Strip every factor of two at once; each one contributes (2/n).
-            twos = (a & -a).bit_length() - 1
+        a_low = a & 7
+        if not a_low & 1:
+            twos = (a & -a).bit_length() - 1  # strip every factor two at once
             a >>= twos
             if twos & 1:
-                flips ^= _TWO_FLIPS[n & 7]
-        # Quadratic reciprocity: swapping odd a and n flips the sign iff both are 3 mod 4.
-        if a & n & 2:
-            flips ^= 1
+                flips ^= _TWO_FLIPS[n_low]
+            a_low = a & 7
+        # Quadratic reciprocity for odd a, n: swapping flips the sign iff both are 3 mod 4,
+        # i.e. iff bit 1 is set in both.
+        flips ^= a_low & n_low
         a, n = n % a, a
+        n_low = a_low
     if n != 1:
         return 0
-    return -1 if flips else 1
+    return -1 if flips & 2 else 1
 
 
 def elligator2_u(r: int) -> int:

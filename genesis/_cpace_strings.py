@@ -69,5 +69,9 @@ def generator_string(dsi: bytes, prs: bytes, ci: bytes, sid: bytes, s_in_bytes: 
     The zero padding makes DSI and PRS fill the hash's whole first input block, so for short
     passwords the amount hashed does not depend on the password's length.
     """
-    len_zpad = max(0, s_in_bytes - 1 - len(prepend_len(prs)) - len(prepend_len(dsi)))
-    return lv_cat(dsi, prs, bytes(len_zpad), ci, sid)
+    dsi_lv = prepend_len(dsi)
+    prs_lv = prepend_len(prs)
+    len_zpad = max(0, s_in_bytes - 1 - len(prs_lv) - len(dsi_lv))
+    return b"".join(
+        (dsi_lv, prs_lv, prepend_len(bytes(len_zpad)), prepend_len(ci), prepend_len(sid))
+    )

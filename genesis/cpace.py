@@ -42,7 +42,7 @@ import enum
 import hashlib
 import hmac
 
-from ._cpace_strings import prepend_len, transcript_ir, transcript_oc
+from ._cpace_strings import lv_cat, o_cat
 from ._cpace_x25519 import (
     DSI_ISK,
     FIELD_SIZE_BYTES,
@@ -114,6 +114,8 @@ _MISUSE_MESSAGE = "CPace object used out of order (each object runs one exchange
 
 
 def _as_bytes(value: bytes, name: str) -> bytes:
+    if type(value) is bytes:  # the usual case, checked first: this runs five times per object
+        return value
     if not isinstance(value, bytes | bytearray | memoryview):
         raise LocalProtocolError(f"CPace {name} must be bytes, not {type(value).__name__}")
     return bytes(value)
@@ -123,9 +125,9 @@ class CPace:
     """One party of one CPACE-X25519-SHA512 exchange (single use)."""
 
     __slots__ = (
-        "_ad",
         "_mac_key",
-        "_peer_ad",
+        "_message",
+        "_peer_message",
         "_peer_share",
         "_role",
         "_scalar",
@@ -148,8 +150,8 @@ class CPace:
             raise LocalProtocolError(f"CPace role must be a Role, not {role!r}")
         prs = _as_bytes(prs, "PRS")
         ci = _as_bytes(ci, "CI")
-        self._sid = _as_bytes(sid, "sid")
-        self._ad = _as_bytes(ad, "AD")
+        sid = _as_bytes(sid, "sid")
+        ad = _as_bytes(ad, "AD")
         if scalar is None:
             scalar = sample_scalar()
         else:
@@ -157,13 +159,16 @@ class CPace:
             if len(scalar) != FIELD_SIZE_BYTES:
                 raise LocalProtocolError(f"CPace scalar must be {FIELD_SIZE_BYTES} bytes")
         self._role = role
+        self._sid = sid
         self._scalar = scalar
         # Ya / Yb = G.scalar_mult(y, g). (A low-order g is out of reach of any hash output
         # one could find; should it happen, X25519 gives G.I and the peer aborts.)
-        self._share = scalar_mult_vfy(scalar, calculate_generator(prs, ci, self._sid))
+        self._share = share = scalar_mult_vfy(scalar, calculate_generator(prs, ci, sid))
+        # lv_cat(own share, own AD): this party's half of the transcript, and its tag's input.
+        self._message = lv_cat(share, ad)
         self._state = _State.WAITING
         self._peer_share = b""
-        self._peer_ad = b""
+        self._peer_message = b""
         self._transcript = b""
         self._mac_key = b""
 
@@ -182,34 +187,40 @@ class CPace:
     def finish(self, peer_share: bytes, peer_ad: bytes = b"") -> bytes:
         """Derive the 64-byte ISK from the peer's share and AD (draft section 7.2)."""
         self._transition("finish")
-        try:
-            if (
-                not isinstance(peer_share, bytes | bytearray | memoryview)
-                or len(peer_share) != SHARE_SIZE
-            ):
+        scalar, self._scalar = self._scalar, b""  # never reuse y (section 10.9)
+        if type(peer_share) is not bytes:
+            if not isinstance(peer_share, bytearray | memoryview):
+                self._state = _State.FAILED
                 raise CPaceError(_FAILED_MESSAGE)
             peer_share = bytes(peer_share)
+        if len(peer_share) != SHARE_SIZE:
+            self._state = _State.FAILED
+            raise CPaceError(_FAILED_MESSAGE)
+        try:
             peer_ad = _as_bytes(peer_ad, "peer AD")
-            k = scalar_mult_vfy(self._scalar, peer_share)
-            if hmac.compare_digest(k, IDENTITY):
-                raise CPaceError(_FAILED_MESSAGE)
-        except BaseException:
+        except LocalProtocolError:
             self._state = _State.FAILED
             raise
-        finally:
-            self._scalar = b""  # never reuse y (section 10.9); drop it whatever happened
+        # K = G.scalar_mult_vfy(y, Y_peer); abort if K = G.I.
+        k = scalar_mult_vfy(scalar, peer_share)
+        if hmac.compare_digest(k, IDENTITY):
+            self._state = _State.FAILED
+            raise CPaceError(_FAILED_MESSAGE)
+        peer_message = lv_cat(peer_share, peer_ad)
+        # transcript_ir(Ya, ADa, Yb, ADb) = lv_cat(Ya, ADa) || lv_cat(Yb, ADb);
+        # transcript_oc(...) = o_cat(lv_cat(Ya, ADa), lv_cat(Yb, ADb)).
         if self._role is Role.INITIATOR:
-            transcript = transcript_ir(self._share, self._ad, peer_share, peer_ad)
+            transcript = self._message + peer_message
         elif self._role is Role.RESPONDER:
-            transcript = transcript_ir(peer_share, peer_ad, self._share, self._ad)
+            transcript = peer_message + self._message
         else:
-            transcript = transcript_oc(self._share, self._ad, peer_share, peer_ad)
-        isk = hashlib.sha512(
-            prepend_len(DSI_ISK) + prepend_len(self._sid) + prepend_len(k) + transcript
-        ).digest()
+            transcript = o_cat(self._message, peer_message)
+        # ISK = H.hash(lv_cat(G.DSI || b"_ISK", sid, K) || transcript)
+        isk = hashlib.sha512(lv_cat(DSI_ISK, self._sid, k) + transcript).digest()
         self._peer_share = peer_share
-        self._peer_ad = peer_ad
+        self._peer_message = peer_message
         self._transcript = transcript
+        # mac_key = H.hash(b"CPaceMac" || sid || ISK) (section 10.4; plain ||, not lv_cat)
         self._mac_key = hashlib.sha512(_MAC_KEY_PREFIX + self._sid + isk).digest()
         return isk
 
@@ -222,19 +233,15 @@ class CPace:
     def tag(self) -> bytes:
         """This party's key-confirmation tag: ``HMAC-SHA-512(mac_key, lv_cat(share, AD))``."""
         self._query("tag")
-        return hmac.digest(
-            self._mac_key, prepend_len(self._share) + prepend_len(self._ad), "sha512"
-        )
+        return hmac.digest(self._mac_key, self._message, "sha512")
 
     def verify(self, peer_tag: bytes) -> bool:
         """True iff ``peer_tag`` confirms the peer derived the same ISK (constant-time)."""
         self._query("verify")
-        expected = hmac.digest(
-            self._mac_key, prepend_len(self._peer_share) + prepend_len(self._peer_ad), "sha512"
-        )
         if not isinstance(peer_tag, bytes | bytearray | memoryview):
             return False
-        tag_ok = hmac.compare_digest(expected, bytes(peer_tag))
+        expected = hmac.digest(self._mac_key, self._peer_message, "sha512")
+        tag_ok = hmac.compare_digest(expected, peer_tag)
         # A reflected message (our own share back) makes the expected tag equal our own tag,
         # which the attacker also reflects; no honest peer ever sends our share.
         reflected = hmac.compare_digest(self._peer_share, self._share)
