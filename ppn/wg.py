@@ -44,6 +44,7 @@ from ._wg_model import (
     QuickExtras,
     UAPIProtocolError,
     VerifyError,
+    parse_network,
     public_key_of,
 )
 from ._wg_netlink import build_set_messages, merge_dump
@@ -106,6 +107,7 @@ __all__ = [
     "operation_to_json",
     "parse_config",
     "parse_get",
+    "parse_network",
     "plan",
     "public_key_of",
     "reconcile",
