@@ -290,11 +290,6 @@ class FleetController:
         async with trio.open_nursery() as nursery:
             listeners = await trio.open_tcp_listeners(self.config.port, host=host)
             self.port = listeners[0].socket.getsockname()[1]
-            nursery.start_soon(trio.serve_listeners, self.serve_heartbeat_stream, listeners)
-            if control:
-                control_listener = await self._control_listener(control)
-                nursery.start_soon(trio.serve_listeners, self._serve_control, [control_listener])
-            nursery.start_soon(self.eviction_timer)
             log.info(
                 "fleet controller %s on %s port %d (eviction after %g s)%s",
                 self.member.name,
@@ -303,6 +298,11 @@ class FleetController:
                 self.config.eviction_timeout,
                 f", operator socket {control}" if control else "",
             )
+            nursery.start_soon(trio.serve_listeners, self.serve_heartbeat_stream, listeners)
+            if control:
+                control_listener = await self._control_listener(control)
+                nursery.start_soon(trio.serve_listeners, self._serve_control, [control_listener])
+            nursery.start_soon(self.eviction_timer)
             task_status.started(self.port)
             try:
                 await trio.sleep_forever()

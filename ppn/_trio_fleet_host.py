@@ -188,7 +188,9 @@ class VmHostService:
             )
         state = VmState.RUNNING if result.ok else VmState.FAILED
         self.vms[request_id] = replace(record, state=state, detail=result.detail)
-        log.info("VM %s: provisioner finished, %s %s", record.spec.name, state.value, result.detail)
+        log.info(
+            "VM %s is %s (provisioner: %s)", record.spec.name, state.value, result.detail or "-"
+        )
 
     async def serve_spawn_stream(self, stream: trio.abc.Stream) -> None:
         """Handle one spawn connection; if accepted, run the provisioner after answering."""
