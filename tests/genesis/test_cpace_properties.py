@@ -219,3 +219,21 @@ def test_sid_output_is_public_transcript_hash() -> None:
     a, b, _, _ = _run(PAIRS[0], (b"pw", b"pw"), ad=(b"x", b"y"))
     transcript = bytes([32]) + a.share + b"\x01x" + bytes([32]) + b.share + b"\x01y"
     assert a.sid_output == hashlib.sha512(b"CPaceSidOutput" + transcript).digest()
+
+
+def test_bytes_like_inputs_work_like_bytes() -> None:
+    a = CPace(Role.INITIATOR, bytearray(b"pw"), ci=memoryview(b"ci"), ad=bytearray(b"A"))
+    b = CPace(Role.RESPONDER, b"pw", ci=b"ci", ad=b"B")
+    isk_a = a.finish(bytearray(b.share), memoryview(b"B"))
+    assert isk_a == b.finish(memoryview(a.share), b"A")
+    assert a.verify(bytearray(b.tag())) and b.verify(memoryview(a.tag()))
+
+
+def test_module_docstring_example_holds() -> None:
+    import doctest
+
+    import genesis.cpace
+
+    result = doctest.testmod(genesis.cpace, verbose=False)
+    assert result.attempted >= 2
+    assert result.failed == 0
