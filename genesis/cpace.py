@@ -17,7 +17,8 @@ Contract:
 
 * ``calculate_generator(prs, ci, sid)`` — the 32-byte u-coordinate g (draft section 8.2).
 * ``CPace(role, prs, ci=b"", sid=b"", ad=b"", scalar=None)``; ``scalar=None`` draws 32 bytes
-  from :mod:`secrets`, a given 32-byte scalar exists for known-answer tests only.
+  from :mod:`secrets`. A given 32-byte scalar is how a sans-IO core injects its randomness and
+  how known-answer tests run; it must be uniformly random and never used twice.
 * ``share``: Ya for the initiator, Yb for the responder, the own share in symmetric mode.
 * ``finish(peer_share, peer_ad=b"")`` returns the 64-byte ISK, or raises :class:`CPaceError`
   for a share of the wrong length or a low-order share (K = G.I), and on any second use.
