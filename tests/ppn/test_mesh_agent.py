@@ -1,0 +1,82 @@
+"""The agent core's decisions: pull schedule with jitter, push fan-out, self-publication."""
+
+from __future__ import annotations
+
+from ppn._mesh_agent import MeshAgent, PullFrom, PushTo, Reconcile, SaveState
+from ppn._roster import MergeResult
+from tests.ppn._mesh_support import Fleet, identity
+
+
+def drain(agent: MeshAgent) -> list[object]:
+    out = []
+    while (action := agent.next_action()) is not None:
+        out.append(action)
+    return out
+
+
+def fleet3() -> Fleet:
+    fleet = Fleet()
+    fleet.admit("relay", roles=("relay",))
+    fleet.admit("cloud", now=1002)
+    return fleet
+
+
+def test_start_pulls_everyone_and_republishes_an_admitter_signed_entry() -> None:
+    fleet = fleet3()
+    agent = MeshAgent(
+        fleet.roster, identity=fleet.keys["cloud"], now=100.0, endpoints=["198.51.100.3:51820"]
+    )
+    record = fleet.roster.get(fleet.keys["cloud"].public)
+    assert record is not None and record.signer == fleet.keys["cloud"].public
+    assert record.version == 2 and record.endpoints == ("198.51.100.3:51820",)  # type: ignore[union-attr]
+    actions = drain(agent)
+    assert SaveState() in actions and Reconcile() in actions
+    pushes = [a for a in actions if isinstance(a, PushTo)]
+    assert sorted(p.address for p in pushes) == ["10.8.0.1", "10.8.0.2"]
+    assert agent.get_timer() == 100.0
+    agent.handle_timer(100.0)
+    pulls = [a for a in drain(agent) if isinstance(a, PullFrom)]
+    assert sorted(p.address for p in pulls) == ["10.8.0.1", "10.8.0.2"]
+
+
+def test_pull_period_is_30_seconds_with_bounded_jitter() -> None:
+    for r, expected in ((0.0, 127.0), (0.5, 130.0), (1.0, 133.0)):
+        fleet = fleet3()
+        agent = MeshAgent(fleet.roster, identity=fleet.genesis, now=100.0, rng=lambda r=r: r)
+        agent.handle_timer(100.0)
+        drain(agent)
+        agent.handle_timer(105.0)  # a reconcile tick, no pull
+        assert not [a for a in drain(agent) if isinstance(a, PullFrom)]
+        assert agent.get_timer() == 110.0
+        agent.handle_timer(expected - 0.01)
+        assert not [a for a in drain(agent) if isinstance(a, PullFrom)]
+        agent.handle_timer(expected)
+        assert [a for a in drain(agent) if isinstance(a, PullFrom)]
+
+
+def test_changes_are_pushed_to_everyone_but_their_source_and_coalesced() -> None:
+    fleet = fleet3()
+    agent = MeshAgent(fleet.roster, identity=fleet.genesis, now=0.0)
+    drain(agent)
+    one = fleet.admit("delta", now=1500)
+    two = fleet.admit("echo", now=1501)
+    agent.roster_changed(MergeResult(changed=(one,)), source="10.8.0.2")
+    agent.roster_changed(MergeResult(changed=(two,)), source="10.8.0.2")
+    pushes = {a.address: a.records for a in drain(agent) if isinstance(a, PushTo)}
+    assert "10.8.0.2" not in pushes
+    assert set(pushes["10.8.0.3"]) == {one, two}  # one push carrying both
+    assert "10.8.0.4" in pushes and "10.8.0.5" in pushes  # the new members too
+    agent.roster_changed(MergeResult())
+    assert drain(agent) == []
+
+
+def test_a_joiner_pulls_from_bootstrap_addresses_until_it_knows_members() -> None:
+    fleet = fleet3()
+    from ppn._roster import Roster
+
+    empty = Roster(mesh=fleet.mesh, network=fleet.roster.network)
+    agent = MeshAgent(empty, identity=identity("newbie"), now=0.0, bootstrap=["10.8.0.1"])
+    agent.handle_timer(0.0)
+    assert PullFrom(address="10.8.0.1") in drain(agent)
+    empty.merge(fleet.roster.records())
+    assert sorted(agent.control_targets()) == ["10.8.0.1", "10.8.0.2", "10.8.0.3"]

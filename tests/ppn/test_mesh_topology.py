@@ -1,0 +1,168 @@
+"""Topology: full mesh without a hub; with a relay hub, direct routes only where handshakes are
+fresh, everything else through the hub's mesh-CIDR route; keepalives; names and hosts file."""
+
+from __future__ import annotations
+
+from ppn._addressing import parse_cidr
+from ppn._names import hosts_fragment, replace_hosts_block, resolve
+from ppn._topology import KEEPALIVE, Observation, PathKind, plan_topology
+from tests.ppn._mesh_support import CIDR, Fleet, wg
+
+NET = parse_cidr(CIDR)
+NOW = 100_000
+
+
+def platform_fleet() -> Fleet:
+    """genesis (laptop A), relay (laptop B, the hub), cloud — A and cloud on different nets."""
+    fleet = Fleet()  # genesis endpoint 192.0.2.1:51820
+    fleet.admit("relay", roles=("relay",), endpoints=("192.0.2.2:51820", "198.51.100.2:51820"))
+    fleet.admit("cloud", roles=("cloud",), endpoints=("198.51.100.3:51820",), now=1002)
+    return fleet
+
+
+def peers_by_name(fleet: Fleet, me: str, observations: dict[bytes, Observation] | None = None):  # type: ignore[no-untyped-def]
+    topo = plan_topology(
+        fleet.roster.view(),
+        network=NET,
+        self_identity=fleet.keys[me].public,
+        observations=observations or {},
+        now=NOW,
+    )
+    assert topo.config is not None
+    names = {wg(n).public: n for n in fleet.keys}
+    return topo, {names[p.wg_key]: p for p in topo.config.peers}
+
+
+def fresh(name: str, endpoint: str | None = None, age: int = 10) -> tuple[bytes, Observation]:
+    key = wg(name).public
+    return key, Observation(wg_key=key, endpoint=endpoint, last_handshake=NOW - age)
+
+
+def test_without_a_hub_everyone_peers_directly() -> None:
+    fleet = Fleet()
+    fleet.admit("alpha", endpoints=("192.0.2.5:51820",))
+    fleet.admit("nat")  # no endpoint
+    topo, peers = peers_by_name(fleet, "genesis")
+    assert peers["alpha"].allowed_ips == ("10.8.0.2/32",)
+    assert peers["alpha"].persistent_keepalive == 0
+    assert peers["nat"].persistent_keepalive == KEEPALIVE  # toward NATed members
+    assert peers["nat"].endpoint is None
+    assert topo.config is not None and not topo.config.forwarding
+    assert topo.config.address == "10.8.0.1/24"
+    assert {p.kind for p in topo.paths} == {PathKind.SELF, PathKind.DIRECT}
+
+
+def test_the_hub_routes_each_member_and_forwards() -> None:
+    topo, peers = peers_by_name(platform_fleet(), "relay")
+    assert topo.config is not None and topo.config.forwarding
+    assert peers["genesis"].allowed_ips == ("10.8.0.1/32",)
+    assert peers["cloud"].allowed_ips == ("10.8.0.3/32",)
+    assert peers["cloud"].endpoint == "198.51.100.3:51820"
+
+
+def test_members_route_the_mesh_cidr_through_the_hub_until_a_direct_handshake() -> None:
+    fleet = platform_fleet()
+    topo, peers = peers_by_name(fleet, "genesis")
+    assert peers["relay"].allowed_ips == ("10.8.0.2/32", CIDR)
+    assert peers["relay"].persistent_keepalive == KEEPALIVE
+    # cloud is probed (endpoint + keepalive) but not routed directly: via hub.
+    assert peers["cloud"].allowed_ips == ()
+    assert peers["cloud"].persistent_keepalive == KEEPALIVE
+    assert peers["cloud"].endpoint == "198.51.100.3:51820"
+    paths = {p.member.name: p for p in topo.paths}
+    assert paths["cloud"].kind is PathKind.VIA_HUB and not paths["cloud"].reachable
+    # Once the hub and cloud have fresh handshakes, cloud is reachable via the hub…
+    obs = dict([fresh("relay", "192.0.2.2:51820")])
+    topo, peers = peers_by_name(fleet, "genesis", obs)
+    paths = {p.member.name: p for p in topo.paths}
+    assert paths["cloud"].kind is PathKind.VIA_HUB and paths["cloud"].reachable
+    assert paths["relay"].kind is PathKind.DIRECT and paths["relay"].handshake_age == 10
+    # …and a direct handshake with cloud turns its /32 on.
+    obs.update([fresh("cloud", "198.51.100.3:51820")])
+    topo, peers = peers_by_name(fleet, "genesis", obs)
+    assert peers["cloud"].allowed_ips == ("10.8.0.3/32",)
+    assert {p.member.name: p.kind for p in topo.paths}["cloud"] is PathKind.DIRECT
+    # A handshake older than 180 s no longer counts.
+    obs.update([fresh("cloud", "198.51.100.3:51820", age=181)])
+    _, peers = peers_by_name(fleet, "genesis", obs)
+    assert peers["cloud"].allowed_ips == ()
+
+
+def test_no_prefix_is_claimed_twice() -> None:
+    fleet = platform_fleet()
+    obs = dict([fresh("relay"), fresh("cloud"), fresh("genesis")])
+    for me in ("genesis", "relay", "cloud"):
+        topo, _ = peers_by_name(fleet, me, obs)
+        assert topo.config is not None
+        prefixes = [ip for p in topo.config.peers for ip in p.allowed_ips]
+        assert len(prefixes) == len(set(prefixes))
+
+
+def test_endpoints_are_tried_in_turn_and_a_working_roamed_one_is_kept() -> None:
+    fleet = platform_fleet()
+    seen = set()
+    for t in range(NOW, NOW + 40, 5):
+        topo = plan_topology(
+            fleet.roster.view(),
+            network=NET,
+            self_identity=fleet.keys["cloud"].public,
+            observations={},
+            now=t,
+        )
+        assert topo.config is not None
+        relay = next(p for p in topo.config.peers if p.wg_key == wg("relay").public)
+        seen.add(relay.endpoint)
+    assert seen == {"192.0.2.2:51820", "198.51.100.2:51820"}
+    obs = dict([fresh("relay", "203.0.113.9:4444")])
+    _, peers = peers_by_name(fleet, "cloud", obs)
+    assert peers["relay"].endpoint == "203.0.113.9:4444"
+
+
+def test_a_node_without_a_routed_entry_configures_nothing() -> None:
+    fleet = platform_fleet()
+    fleet.roster.remove(fleet.genesis, fleet.keys["cloud"].public, now=5000)
+    topo = plan_topology(
+        fleet.roster.view(),
+        network=NET,
+        self_identity=fleet.keys["cloud"].public,
+        observations={},
+        now=NOW,
+    )
+    assert topo.config is None
+    assert all(p.kind is PathKind.UNREACHABLE for p in topo.paths)
+
+
+def test_two_natted_members_go_through_the_hub_without_a_peer_entry() -> None:
+    fleet = Fleet()
+    fleet.admit("hub", roles=("relay",), endpoints=("192.0.2.7:51820",))
+    fleet.admit("n1")
+    fleet.admit("n2")
+    topo, peers = peers_by_name(fleet, "n1")
+    assert "n2" not in peers
+    assert peers["hub"].allowed_ips == ("10.8.0.2/32", CIDR)
+    assert {p.member.name: p.kind for p in topo.paths}["n2"] is PathKind.VIA_HUB
+
+
+def test_resolve_and_hosts_fragment() -> None:
+    fleet = platform_fleet()
+    view = fleet.roster.view()
+    found = resolve(view, "cloud")
+    assert found is not None and found.address == "10.8.0.3"
+    assert found.endpoints == ("198.51.100.3:51820",)
+    assert resolve(view, "CLOUD.ppn.") == found
+    assert resolve(view, found.node_id.hex()[:8]) == found
+    assert resolve(view, "nobody") is None
+    fragment = hosts_fragment(view, mesh=fleet.mesh)
+    lines = fragment.splitlines()
+    assert lines[1:-1] == [
+        "10.8.0.1\tgenesis.ppn genesis",
+        "10.8.0.2\trelay.ppn relay",
+        "10.8.0.3\tcloud.ppn cloud",
+    ]
+    original = "127.0.0.1 localhost\n::1 localhost\n"
+    once = replace_hosts_block(original, fragment, mesh=fleet.mesh)
+    assert once.startswith(original)
+    fleet.admit("extra", now=1003)
+    newer = hosts_fragment(fleet.roster.view(), mesh=fleet.mesh)
+    twice = replace_hosts_block(once + "10.0.0.1 other\n", newer, mesh=fleet.mesh)
+    assert twice == original + newer + "10.0.0.1 other\n"
