@@ -22,6 +22,7 @@ from ._capability import (
     mint,
     query_hash,
 )
+from ._connection import ClientConnection, ConnectionClosed, ServerConnection, State
 from ._errors import (
     AuthorizationError,
     ErrorCode,
@@ -31,12 +32,48 @@ from ._errors import (
     RemoteProtocolError,
     VaultError,
 )
+from ._messages import (
+    MAX_FRAME,
+    PROTOCOL_VERSIONS,
+    Cancel,
+    ClientHello,
+    Credit,
+    Cursor,
+    End,
+    Error,
+    Header,
+    Request,
+    RowBatch,
+    RowDigest,
+    ServerHello,
+    decode_message,
+    encode_message,
+)
 from ._query import Aggregate, Filter, Query, check_permitted, decode_query
 from ._scope import ANY, OPERATIONS, Scope
 from ._verifier import Authorization, ReplaySet, Verifier
 
 __all__ = [
     "ANY",
+    "MAX_FRAME",
+    "PROTOCOL_VERSIONS",
+    "Cancel",
+    "ClientConnection",
+    "ClientHello",
+    "ConnectionClosed",
+    "Credit",
+    "Cursor",
+    "End",
+    "Error",
+    "Header",
+    "Request",
+    "RowBatch",
+    "RowDigest",
+    "ServerConnection",
+    "ServerHello",
+    "State",
+    "decode_message",
+    "encode_message",
     "OPERATIONS",
     "Admitted",
     "Aggregate",

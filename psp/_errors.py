@@ -138,6 +138,7 @@ class QueryError(RemoteProtocolError):
 
     def __init__(self, code: ErrorCode, detail: str = "") -> None:
         super().__init__(f"{code.name}: {detail or code.sentence}", code)
+        self.detail = detail or code.sentence
 
 
 class VaultError(RemoteProtocolError):
@@ -145,3 +146,4 @@ class VaultError(RemoteProtocolError):
 
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(f"{code.name}: {message}", code)
+        self.detail = message

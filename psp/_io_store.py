@@ -136,10 +136,12 @@ class ResultCursor:
         self.more = False
         self.done = False
 
-    def fetch(self, n: int) -> list[bytes]:
-        """Up to ``n`` rows as JSON text bytes; ``done`` is set once every row was fetched."""
+    def fetch(self, n: int, max_bytes: int = 512 * 1024) -> list[bytes]:
+        """Up to ``n`` rows (and about ``max_bytes``) as JSON text bytes; ``done`` is set once
+        every row was fetched."""
         out: list[bytes] = []
-        while len(out) < n and not self.done:
+        size = 0
+        while len(out) < n and size < max_bytes and not self.done:
             row = next(self._rows, None)
             if row is None:
                 self.done = True
@@ -148,6 +150,7 @@ class ResultCursor:
                 self.more, self.done = True, True  # the (limit+1)th row exists: resumable
                 break
             out.append(self._shape(row))
+            size += len(out[-1])
             self.count += 1
         return out
 

@@ -1,0 +1,299 @@
+"""Sans-IO cores for both ends of a PSP connection (RFC-NOTES §9.5).
+
+Bytes in with ``receive_data`` (``b""`` is EOF), events out with ``next_event``, events in with
+``send``, bytes out with ``data_to_send``. One request at a time per connection; a client may
+send its request right behind its hello (no extra round trip).
+
+Flow control: a request carries an initial *credit* (row batches the client can take) and the
+client grants more with ``Credit``. The server core refuses to emit a batch without credit, so a
+vault adapter that honours ``credit`` never holds more than one batch for a slow reader; a server
+that overruns a client's credit is a protocol error at the client.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+
+from ppn.wire import FrameDecoder, WireError, encode_frame
+
+from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from ._messages import (
+    MAX_CREDIT,
+    MAX_FRAME,
+    PROTOCOL_VERSIONS,
+    Cancel,
+    ClientHello,
+    Credit,
+    End,
+    Error,
+    Event,
+    Header,
+    Request,
+    RowBatch,
+    RowDigest,
+    ServerHello,
+    decode_message,
+    encode_message,
+)
+
+__all__ = ["ClientConnection", "ConnectionClosed", "ServerConnection", "State"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectionClosed:
+    """The peer closed its side at a frame boundary."""
+
+
+class State(enum.Enum):
+    AWAIT_HELLO = "await-hello"
+    IDLE = "idle"
+    REQUESTED = "requested"  # request sent/received, header not yet
+    STREAMING = "streaming"  # header sent/received, rows until end or error
+    CLOSED = "closed"
+    ERROR = "error"
+
+
+# (state, event type) -> next state, for events this end sends (S) and receives (R).
+_SERVER_RECV: dict[tuple[State, type], State] = {
+    (State.AWAIT_HELLO, ClientHello): State.IDLE,
+    (State.IDLE, Request): State.REQUESTED,
+    (State.REQUESTED, Credit): State.REQUESTED,
+    (State.STREAMING, Credit): State.STREAMING,
+    (State.REQUESTED, Cancel): State.REQUESTED,
+    (State.STREAMING, Cancel): State.STREAMING,
+}
+_SERVER_SEND: dict[tuple[State, type], State] = {
+    (State.REQUESTED, Header): State.STREAMING,
+    (State.REQUESTED, Error): State.IDLE,
+    (State.STREAMING, RowBatch): State.STREAMING,
+    (State.STREAMING, End): State.IDLE,
+    (State.STREAMING, Error): State.IDLE,
+}
+_CLIENT_SEND: dict[tuple[State, type], State] = {
+    (State.AWAIT_HELLO, Request): State.REQUESTED,
+    (State.IDLE, Request): State.REQUESTED,
+    (State.REQUESTED, Credit): State.REQUESTED,
+    (State.STREAMING, Credit): State.STREAMING,
+    (State.REQUESTED, Cancel): State.REQUESTED,
+    (State.STREAMING, Cancel): State.STREAMING,
+}
+_CLIENT_RECV: dict[tuple[State, type], State] = {
+    (State.REQUESTED, Header): State.STREAMING,
+    (State.REQUESTED, Error): State.IDLE,
+    (State.STREAMING, RowBatch): State.STREAMING,
+    (State.STREAMING, End): State.IDLE,
+    (State.STREAMING, Error): State.IDLE,
+}
+
+
+class _Core:
+    _from_server: bool
+
+    def __init__(self) -> None:
+        self.state = State.AWAIT_HELLO
+        self._decoder = FrameDecoder(max_size=MAX_FRAME)
+        self._out = bytearray()
+        self._events: deque[Event | ConnectionClosed] = deque()
+        self.request_id = 0  # the current (or last) request
+        self.credit = 0
+
+    def data_to_send(self) -> bytes:
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def next_event(self) -> Event | ConnectionClosed | None:
+        return self._events.popleft() if self._events else None
+
+    def receive_data(self, data: bytes) -> None:
+        if self.state is State.ERROR:
+            raise RemoteProtocolError("the connection already failed")
+        self._decoder.feed(data)
+        try:
+            while True:
+                frame = self._decoder.next_frame()
+                if frame is None:
+                    break
+                self._receive(decode_message(frame, from_server=self._from_server))
+        except WireError as exc:
+            self._fail(str(exc))
+        except RemoteProtocolError as exc:
+            self._fail(str(exc), exc.code)
+        if self._decoder.at_eof and self.state not in (State.CLOSED, State.ERROR):
+            self.state = State.CLOSED
+            self._events.append(ConnectionClosed())
+
+    def _fail(self, message: str, code: ErrorCode = ErrorCode.PROTOCOL) -> None:
+        self.state = State.ERROR
+        raise RemoteProtocolError(message, code)
+
+    def _emit(self, event: Event) -> None:
+        self._out += encode_frame(encode_message(event), max_size=MAX_FRAME)
+
+    def _transition(
+        self, table: dict[tuple[State, type], State], event: Event, remote: bool
+    ) -> None:
+        nxt = table.get((self.state, type(event)))
+        if nxt is None:
+            what = f"{type(event).__name__} in state {self.state.value}"
+            if remote:
+                self._fail(f"peer sent {what}")
+            self.state = State.ERROR
+            raise LocalProtocolError(f"cannot send {what}")
+        self.state = nxt
+
+    def _receive(self, event: Event) -> None:
+        raise NotImplementedError
+
+
+class ServerConnection(_Core):
+    """The vault's end. Answers the client's hello itself (with ``vault_id``)."""
+
+    _from_server = False
+
+    def __init__(self, *, vault_id: bytes, versions: tuple[int, ...] = PROTOCOL_VERSIONS) -> None:
+        super().__init__()
+        self.vault_id = vault_id
+        self.versions = versions
+        self.version = 0
+        self._digest = RowDigest()
+        self._finished: int = 0
+
+    def _fail(self, message: str, code: ErrorCode = ErrorCode.PROTOCOL) -> None:
+        # Tell the client why before giving up: a connection-level error frame (id 0).
+        if self.state is not State.ERROR:
+            self._emit(Error(request_id=0, code=code, message=message[:500]))
+        super()._fail(message, code)
+
+    @property
+    def rows_sent(self) -> int:
+        return self._digest.count
+
+    @property
+    def rows_digest(self) -> bytes:
+        return self._digest.digest()
+
+    def _receive(self, event: Event) -> None:
+        if isinstance(event, Credit | Cancel):
+            if event.request_id == self._finished:
+                return  # crossed our End or Error on the wire: harmless
+            if event.request_id != self.request_id:
+                self._fail("credit or cancel for an unknown request")
+        if isinstance(event, ClientHello) and self.state is State.AWAIT_HELLO:
+            common = set(event.versions) & set(self.versions)
+            if not common:
+                self._emit(
+                    Error(
+                        request_id=0,
+                        code=ErrorCode.VERSION_MISMATCH,
+                        message=ErrorCode.VERSION_MISMATCH.sentence,
+                    )
+                )
+                self._fail("no common protocol version", ErrorCode.VERSION_MISMATCH)
+            self.version = max(common)
+            self._emit(ServerHello(version=self.version, vault=self.vault_id))
+        self._transition(_SERVER_RECV, event, remote=True)
+        if isinstance(event, Request):
+            if event.request_id <= self.request_id:
+                self._fail("request ids must increase")
+            self.request_id, self.credit, self._digest = event.request_id, event.credit, RowDigest()
+        elif isinstance(event, Credit):
+            if self.credit + event.batches > MAX_CREDIT:
+                self._fail("credit beyond the protocol limit")
+            self.credit += event.batches
+        self._events.append(event)
+
+    def send(self, event: Event) -> None:
+        if self.state is State.ERROR:
+            raise LocalProtocolError("the connection already failed")
+        if isinstance(event, Error) and event.request_id == 0:
+            self._emit(event)
+            self.state = State.CLOSED
+            return
+        if getattr(event, "request_id", None) != self.request_id:
+            self.state = State.ERROR
+            raise LocalProtocolError("event for a request that is not current")
+        if isinstance(event, RowBatch) and self.credit <= 0:
+            raise LocalProtocolError("no credit: wait for the client to grant more")
+        if isinstance(event, End) and (
+            event.count != self.rows_sent or event.digest != self.rows_digest
+        ):
+            self.state = State.ERROR
+            raise LocalProtocolError("End must carry rows_sent and rows_digest")
+        self._transition(_SERVER_SEND, event, remote=False)
+        if isinstance(event, RowBatch):
+            self.credit -= 1
+            self._digest.update(event.rows)
+        if isinstance(event, End | Error):
+            self._finished, self.credit = self.request_id, 0
+        self._emit(event)
+
+
+class ClientConnection(_Core):
+    """The client's end: hello goes out at once; one request at a time; rows are checked
+    against the end frame's count and digest before ``End`` is delivered."""
+
+    _from_server = True
+
+    def __init__(self, *, versions: tuple[int, ...] = PROTOCOL_VERSIONS) -> None:
+        super().__init__()
+        self.versions = versions
+        self.server: ServerHello | None = None
+        self._digest = RowDigest()
+        self._emit(ClientHello(versions=versions))
+
+    @property
+    def rows_received(self) -> int:
+        return self._digest.count
+
+    def _receive(self, event: Event) -> None:
+        if isinstance(event, ServerHello):
+            if self.server is not None or self.state in (State.CLOSED, State.ERROR):
+                self._fail("a second hello")
+            if event.version not in self.versions:
+                self._fail("the vault chose a version we did not offer", ErrorCode.VERSION_MISMATCH)
+            self.server = event
+            if self.state is State.AWAIT_HELLO:
+                self.state = State.IDLE
+            self._events.append(event)
+            return
+        if isinstance(event, Error) and event.request_id == 0:
+            self.state = State.CLOSED
+            self._events.append(event)
+            return
+        if self.server is None:
+            self._fail("a response before the hello")
+        if getattr(event, "request_id", None) != self.request_id:
+            self._fail("a response for a request that is not current")
+        self._transition(_CLIENT_RECV, event, remote=True)
+        if isinstance(event, RowBatch):
+            if self.credit <= 0:
+                self._fail("the vault sent rows beyond the granted credit")
+            self.credit -= 1
+            self._digest.update(event.rows)
+        elif isinstance(event, End) and (
+            event.count != self._digest.count or event.digest != self._digest.digest()
+        ):
+            self._fail("row count or digest does not match the rows received")
+        self._events.append(event)
+
+    def send(self, event: Event) -> None:
+        if self.state is State.ERROR:
+            raise LocalProtocolError("the connection already failed")
+        if isinstance(event, Request) and event.request_id <= self.request_id:
+            raise LocalProtocolError("request ids must increase")
+        if isinstance(event, Credit | Cancel) and event.request_id != self.request_id:
+            raise LocalProtocolError("credit or cancel for a request that is not current")
+        self._transition(_CLIENT_SEND, event, remote=False)
+        if isinstance(event, Request):
+            self.request_id, self.credit, self._digest = event.request_id, event.credit, RowDigest()
+        elif isinstance(event, Credit):
+            if self.credit + event.batches > MAX_CREDIT:
+                raise LocalProtocolError("credit beyond the protocol limit")
+            self.credit += event.batches
+        self._emit(event)
+
+    def next_request_id(self) -> int:
+        return self.request_id + 1

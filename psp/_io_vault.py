@@ -1,0 +1,94 @@
+"""A vault: its store, its key and its verifier, answering one request at a time.
+
+The I/O-free half of serving (what to answer) lives in the cores; this module binds them to the
+SQLite store. Transports (``_trio``) call :meth:`Vault.begin` for a request and then pull row
+batches from the returned cursor only as the client's credit allows.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+from ppn import IdentityKey, KeyFormatError
+
+from ._admit import admit
+from ._errors import AuthorizationError, ErrorCode, QueryError
+from ._io_store import KEY_FILE, ResultCursor, Store
+from ._messages import Error, Header, Request
+from ._verifier import Verifier
+
+__all__ = ["Vault", "read_key_file", "write_key_file"]
+
+
+def write_key_file(path: str | os.PathLike[str], key: IdentityKey) -> None:
+    """Write an Ed25519 seed as one base64 line, readable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(base64.b64encode(key.seed).decode("ascii") + "\n")
+
+
+def read_key_file(path: str | os.PathLike[str]) -> IdentityKey:
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as exc:
+        raise KeyFormatError(f"cannot read key file {path}: {exc.strerror}") from None
+    try:
+        seed = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise KeyFormatError(f"{path} is not a PSP key file (one base64 line)") from None
+    return IdentityKey.from_seed(seed)
+
+
+class Vault:
+    def __init__(
+        self, store: Store, key: IdentityKey, *, trusted_roots: Iterable[bytes] = ()
+    ) -> None:
+        if key.public != store.vault_id:
+            raise KeyFormatError("the vault key does not match the store's vault id")
+        self.store = store
+        self.key = key
+        self.vault_id = key.public
+        self.verifier = Verifier(
+            self.vault_id, trusted_roots=trusted_roots, revoked=store.new_revocations()
+        )
+
+    @classmethod
+    def open(
+        cls, directory: str | os.PathLike[str], *, trusted_roots: Iterable[bytes] = ()
+    ) -> Vault:
+        store = Store.open(directory)
+        return cls(store, read_key_file(Path(directory) / KEY_FILE), trusted_roots=trusted_roots)
+
+    def begin(self, request: Request, *, now: int) -> tuple[Header, ResultCursor] | Error:
+        """Admit and start a request: a header and the rows to stream, or an error frame."""
+        for link in self.store.new_revocations():
+            self.verifier.revoke(link)
+        try:
+            admitted = admit(self.verifier, request.envelope, request.query, now=now)
+            cursor = self.store.execute(
+                admitted.query, admitted.authorization.scope, limit=admitted.row_limit
+            )
+        except AuthorizationError as exc:
+            return Error(request_id=request.request_id, code=exc.code, message=exc.code.sentence)
+        except QueryError as exc:
+            return Error(request_id=request.request_id, code=exc.code, message=exc.detail[:500])
+        except sqlite3.Error:
+            return Error(
+                request_id=request.request_id,
+                code=ErrorCode.INTERNAL,
+                message=ErrorCode.INTERNAL.sentence,
+            )
+        header = Header(
+            request_id=request.request_id,
+            vault=self.vault_id,
+            query_id=admitted.query_id,
+            as_of=cursor.as_of,
+        )
+        return header, cursor
+
+    def close(self) -> None:
+        self.store.close()

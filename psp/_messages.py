@@ -1,0 +1,294 @@
+"""PSP wire messages (RFC-NOTES §9.5): frame payloads as canonical msgpack maps with a type ``t``.
+
+Client → vault: ``hello``, ``req`` (invocation envelope + query bytes + initial credit),
+``credit`` (more row batches the client can take), ``cancel``.
+Vault → client: ``hello`` (chosen version, vault id), ``head``, ``rows``, ``end``, ``err``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from ppn.wire import EncodingError, pack_canonical, unpack_canonical
+
+from ._errors import ErrorCode, RemoteProtocolError
+
+__all__ = [
+    "MAX_BATCH_ROWS",
+    "MAX_CREDIT",
+    "MAX_FRAME",
+    "PROTOCOL_VERSIONS",
+    "Cancel",
+    "ClientHello",
+    "Credit",
+    "Cursor",
+    "End",
+    "Error",
+    "Event",
+    "Header",
+    "Request",
+    "RowBatch",
+    "RowDigest",
+    "ServerHello",
+    "decode_message",
+    "encode_message",
+]
+
+MAX_FRAME = 1 << 20
+PROTOCOL_VERSIONS = (1,)
+MAX_BATCH_ROWS = 4096
+MAX_CREDIT = 1 << 16  # outstanding batches a client may grant at once
+MAX_REQUEST_ID = 2**32 - 1
+MAX_MESSAGE = 512
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientHello:
+    versions: tuple[int, ...] = PROTOCOL_VERSIONS
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerHello:
+    version: int
+    vault: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class Request:
+    request_id: int
+    envelope: bytes
+    query: bytes
+    credit: int = 8
+
+
+@dataclass(frozen=True, kw_only=True)
+class Credit:
+    request_id: int
+    batches: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cancel:
+    request_id: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Header:
+    request_id: int
+    vault: bytes
+    query_id: bytes
+    as_of: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RowBatch:
+    request_id: int
+    rows: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cursor:
+    """Where to resume: the same query with this ``as_of`` and ``offset``."""
+
+    as_of: int
+    offset: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class End:
+    request_id: int
+    count: int
+    digest: bytes
+    cursor: Cursor | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Error:
+    """An error frame. ``request_id`` 0 means the connection itself (it closes after)."""
+
+    request_id: int
+    code: ErrorCode
+    message: str = ""
+
+    @property
+    def retryable(self) -> bool:
+        return self.code.retryable
+
+
+Event = ClientHello | ServerHello | Request | Credit | Cancel | Header | RowBatch | End | Error
+
+
+class RowDigest:
+    """SHA-256 over the rows in order, each as ``u32(len(row)) || row``."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+        self.count = 0
+
+    def update(self, rows: tuple[bytes, ...] | list[bytes]) -> None:
+        for row in rows:
+            self._h.update(struct.pack(">I", len(row)))
+            self._h.update(row)
+        self.count += len(rows)
+
+    def digest(self) -> bytes:
+        return self._h.digest()
+
+
+def encode_message(event: Event) -> bytes:
+    m: dict[str, Any]
+    if isinstance(event, ClientHello):
+        m = {"t": "hello", "v": list(event.versions)}
+    elif isinstance(event, ServerHello):
+        m = {"t": "hello", "v": event.version, "vault": event.vault}
+    elif isinstance(event, Request):
+        m = {
+            "t": "req",
+            "id": event.request_id,
+            "inv": event.envelope,
+            "q": event.query,
+            "credit": event.credit,
+        }
+    elif isinstance(event, Credit):
+        m = {"t": "credit", "id": event.request_id, "n": event.batches}
+    elif isinstance(event, Cancel):
+        m = {"t": "cancel", "id": event.request_id}
+    elif isinstance(event, Header):
+        m = {
+            "t": "head",
+            "id": event.request_id,
+            "vault": event.vault,
+            "qid": event.query_id,
+            "as_of": event.as_of,
+        }
+    elif isinstance(event, RowBatch):
+        m = {"t": "rows", "id": event.request_id, "rows": list(event.rows)}
+    elif isinstance(event, End):
+        m = {"t": "end", "id": event.request_id, "count": event.count, "digest": event.digest}
+        if event.cursor is not None:
+            m["cursor"] = [event.cursor.as_of, event.cursor.offset]
+    else:
+        m = {"t": "err", "id": event.request_id, "code": int(event.code), "msg": event.message}
+    return pack_canonical(m)
+
+
+def _bad(detail: str) -> RemoteProtocolError:
+    return RemoteProtocolError(f"malformed PSP message: {detail}")
+
+
+class _Fields:
+    """Typed access to a decoded map; any mismatch is the peer's protocol error."""
+
+    def __init__(
+        self,
+        m: dict[str, Any],
+        keys: set[str] | frozenset[str],
+        optional: frozenset[str] = frozenset(),
+    ) -> None:
+        if not keys <= set(m) <= keys | optional:
+            raise _bad(f"keys {sorted(m)}")
+        self.m = m
+
+    def integer(self, key: str, low: int = 0, high: int = 2**63 - 1) -> int:
+        v = self.m[key]
+        if type(v) is not int or not low <= v <= high:
+            raise _bad(f"{key!r} must be an integer in [{low}, {high}]")
+        return v
+
+    def blob(self, key: str, size: int | None = None, max_size: int = MAX_FRAME) -> bytes:
+        v = self.m[key]
+        if not isinstance(v, bytes) or (size is not None and len(v) != size) or len(v) > max_size:
+            raise _bad(f"{key!r} must be bytes")
+        return v
+
+
+def decode_message(data: bytes, *, from_server: bool) -> Event:
+    """Decode one frame payload sent by the server (``from_server``) or by a client."""
+    try:
+        m = unpack_canonical(data, max_depth=3)
+    except EncodingError as exc:
+        raise _bad(str(exc)) from None
+    if not isinstance(m, dict) or not isinstance(m.get("t"), str):
+        raise _bad("not a typed map")
+    t = m["t"]
+    if t == "hello" and not from_server:
+        f = _Fields(m, {"t", "v"})
+        v = m["v"]
+        if (
+            not isinstance(v, list)
+            or not 1 <= len(v) <= 16
+            or not all(type(x) is int and 0 < x < 2**16 for x in v)
+        ):
+            raise _bad("'v' must list versions")
+        return ClientHello(versions=tuple(v))
+    if t == "hello":
+        f = _Fields(m, {"t", "v", "vault"})
+        return ServerHello(version=f.integer("v", 1, 2**16 - 1), vault=f.blob("vault", 32))
+    if t == "req" and not from_server:
+        f = _Fields(m, {"t", "id", "inv", "q", "credit"})
+        return Request(
+            request_id=f.integer("id", 1, MAX_REQUEST_ID),
+            envelope=f.blob("inv"),
+            query=f.blob("q"),
+            credit=f.integer("credit", 0, MAX_CREDIT),
+        )
+    if t == "credit" and not from_server:
+        f = _Fields(m, {"t", "id", "n"})
+        return Credit(
+            request_id=f.integer("id", 1, MAX_REQUEST_ID), batches=f.integer("n", 1, MAX_CREDIT)
+        )
+    if t == "cancel" and not from_server:
+        f = _Fields(m, {"t", "id"})
+        return Cancel(request_id=f.integer("id", 1, MAX_REQUEST_ID))
+    if t == "head" and from_server:
+        f = _Fields(m, {"t", "id", "vault", "qid", "as_of"})
+        return Header(
+            request_id=f.integer("id", 1, MAX_REQUEST_ID),
+            vault=f.blob("vault", 32),
+            query_id=f.blob("qid", max_size=64),
+            as_of=f.integer("as_of"),
+        )
+    if t == "rows" and from_server:
+        f = _Fields(m, {"t", "id", "rows"})
+        rows = m["rows"]
+        if (
+            not isinstance(rows, list)
+            or not 1 <= len(rows) <= MAX_BATCH_ROWS
+            or not all(isinstance(r, bytes) for r in rows)
+        ):
+            raise _bad("'rows' must be 1..4096 byte strings")
+        return RowBatch(request_id=f.integer("id", 1, MAX_REQUEST_ID), rows=tuple(rows))
+    if t == "end" and from_server:
+        f = _Fields(m, {"t", "id", "count", "digest"}, frozenset({"cursor"}))
+        cursor = None
+        if "cursor" in m:
+            c = m["cursor"]
+            if (
+                not isinstance(c, list)
+                or len(c) != 2
+                or not all(type(x) is int and 0 <= x < 2**63 for x in c)
+            ):
+                raise _bad("'cursor' must be [as_of, offset]")
+            cursor = Cursor(as_of=c[0], offset=c[1])
+        return End(
+            request_id=f.integer("id", 1, MAX_REQUEST_ID),
+            count=f.integer("count"),
+            digest=f.blob("digest", 32),
+            cursor=cursor,
+        )
+    if t == "err" and from_server:
+        f = _Fields(m, {"t", "id", "code", "msg"})
+        msg = m["msg"]
+        if not isinstance(msg, str) or len(msg) > MAX_MESSAGE:
+            raise _bad("'msg' must be a short text")
+        raw_code = f.integer("code", 0, 65535)
+        try:
+            code = ErrorCode(raw_code)
+        except ValueError:
+            # An unknown code from a newer vault: keep its retry class, report it as such.
+            code = ErrorCode.INTERNAL if raw_code >= 200 else ErrorCode.PROTOCOL
+        return Error(request_id=f.integer("id", 0, MAX_REQUEST_ID), code=code, message=msg)
+    raise _bad(f"unexpected message type {t!r}")

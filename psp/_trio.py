@@ -1,0 +1,376 @@
+"""The trio adapter: serve a vault over TCP, and query one (RFC-NOTES §9.5).
+
+Server: :func:`serve_vault` accepts connections and drives a :class:`ServerConnection` per
+connection; rows are pulled from the store only while the client has credit, so a slow reader
+holds at most one batch in the vault. Client: :class:`VaultClient` drives a
+:class:`ClientConnection`; :meth:`VaultClient.stream` yields protocol events as they arrive
+(what an aggregator passing rows through wants), :meth:`VaultClient.fetch` collects them.
+The clock is injected (``clock`` returns integer seconds) on both sides.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import trio
+
+from ppn import IdentityKey
+
+from ._capability import Capability, invoke
+from ._connection import ClientConnection, ConnectionClosed, ServerConnection, State
+from ._errors import ErrorCode, RemoteProtocolError, VaultError
+from ._io_vault import Vault
+from ._messages import (
+    Cancel,
+    Credit,
+    Cursor,
+    End,
+    Error,
+    Event,
+    Header,
+    Request,
+    RowBatch,
+    ServerHello,
+)
+from ._query import Query
+
+__all__ = [
+    "QueryResult",
+    "Response",
+    "VaultClient",
+    "handle_connection",
+    "query_vault",
+    "serve_vault",
+    "wall_clock",
+]
+
+BATCH_ROWS = 256
+CREDIT_WAIT = 60.0  # seconds a vault waits for a client to grant credit before giving up
+RECEIVE_SIZE = 65536
+
+
+def wall_clock() -> int:
+    return int(time.time())
+
+
+async def serve_vault(
+    vault: Vault,
+    host: str | None,
+    port: int,
+    *,
+    clock: Callable[[], int] = wall_clock,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on ``host:port`` (port 0 picks one; see the listeners passed to ``started``)."""
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    task_status.started(listeners)
+    await trio.serve_listeners(partial(handle_connection, vault, clock=clock), listeners)
+
+
+async def _pump(stream: trio.abc.Stream, conn: ServerConnection | ClientConnection) -> bool:
+    """Read once into the core. False at EOF."""
+    try:
+        data = await stream.receive_some(RECEIVE_SIZE)
+    except trio.BrokenResourceError:
+        data = b""
+    conn.receive_data(bytes(data))
+    return bool(data)
+
+
+async def handle_connection(
+    vault: Vault, stream: trio.abc.Stream, *, clock: Callable[[], int] = wall_clock
+) -> None:
+    conn = ServerConnection(vault_id=vault.vault_id)
+    async with stream:
+        try:
+            while True:
+                event = conn.next_event()
+                if event is None:
+                    await _pump(stream, conn)  # EOF arrives as ConnectionClosed
+                    await _flush(stream, conn)  # the hello answer, if that was the hello
+                    continue
+                if isinstance(event, ConnectionClosed):
+                    return
+                if isinstance(event, Request):
+                    await _serve_request(vault, stream, conn, event, clock)
+        except RemoteProtocolError:
+            await _flush(stream, conn, quiet=True)  # the core queued an error frame
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
+
+async def _flush(
+    stream: trio.abc.Stream, conn: ServerConnection | ClientConnection, *, quiet: bool = False
+) -> None:
+    data = conn.data_to_send()
+    if not data:
+        return
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        if not quiet:
+            raise
+
+
+async def _serve_request(
+    vault: Vault,
+    stream: trio.abc.Stream,
+    conn: ServerConnection,
+    request: Request,
+    clock: Callable[[], int],
+) -> None:
+    try:
+        started = vault.begin(request, now=clock())
+    except Exception:
+        started = Error(
+            request_id=request.request_id,
+            code=ErrorCode.INTERNAL,
+            message=ErrorCode.INTERNAL.sentence,
+        )
+    if isinstance(started, Error):
+        conn.send(started)
+        await _flush(stream, conn)
+        return
+    header, cursor = started
+    conn.send(header)
+    while not cursor.done:
+        while conn.credit == 0:
+            await _flush(stream, conn)
+            with trio.move_on_after(CREDIT_WAIT) as scope:
+                alive = await _pump(stream, conn)
+            if scope.cancelled_caught:
+                conn.send(
+                    Error(
+                        request_id=request.request_id,
+                        code=ErrorCode.DEADLINE,
+                        message="no credit granted in time",
+                    )
+                )
+                await _flush(stream, conn)
+                return
+            while (event := conn.next_event()) is not None:
+                if isinstance(event, Cancel):
+                    conn.send(
+                        Error(
+                            request_id=request.request_id,
+                            code=ErrorCode.CANCELLED,
+                            message=ErrorCode.CANCELLED.sentence,
+                        )
+                    )
+                    await _flush(stream, conn)
+                    return
+                if isinstance(event, ConnectionClosed) or not alive:
+                    return
+        try:
+            rows = cursor.fetch(BATCH_ROWS)
+        except Exception:
+            conn.send(
+                Error(
+                    request_id=request.request_id,
+                    code=ErrorCode.INTERNAL,
+                    message=ErrorCode.INTERNAL.sentence,
+                )
+            )
+            await _flush(stream, conn)
+            return
+        if rows:
+            conn.send(RowBatch(request_id=request.request_id, rows=tuple(rows)))
+            await _flush(stream, conn)
+    resume = cursor.resume_offset
+    conn.send(
+        End(
+            request_id=request.request_id,
+            count=conn.rows_sent,
+            digest=conn.rows_digest,
+            cursor=None if resume is None else Cursor(as_of=cursor.as_of, offset=resume),
+        )
+    )
+    await _flush(stream, conn)
+
+
+# --- client ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueryResult:
+    header: Header
+    rows: list[bytes] = field(default_factory=list)
+    end: End | None = None
+
+    @property
+    def cursor(self) -> Cursor | None:
+        return None if self.end is None else self.end.cursor
+
+
+class VaultClient:
+    """One connection to a vault. Use :meth:`connect`; close with :meth:`aclose`."""
+
+    def __init__(self, stream: trio.abc.Stream, *, window: int = 8) -> None:
+        self._stream = stream
+        self.conn = ClientConnection()
+        self.window = window
+
+    @classmethod
+    async def connect(cls, host: str, port: int, *, window: int = 8) -> VaultClient:
+        try:
+            stream = await trio.open_tcp_stream(host, port)
+        except OSError as exc:
+            raise VaultError(
+                ErrorCode.UNAVAILABLE, f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+            ) from None
+        client = cls(stream, window=window)
+        await _flush(stream, client.conn)
+        return client
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def __aenter__(self) -> VaultClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _next(self) -> Event | ConnectionClosed:
+        while True:
+            event = self.conn.next_event()
+            if event is not None:
+                return event
+            try:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            self.conn.receive_data(bytes(data))
+
+    async def hello(self) -> ServerHello:
+        """The vault's hello (its id and the chosen version), waiting for it if needed."""
+        while self.conn.server is None:
+            event = await self._next()
+            if isinstance(event, Error):
+                raise VaultError(event.code, event.message)
+            if isinstance(event, ConnectionClosed):
+                raise VaultError(ErrorCode.UNAVAILABLE, "the vault closed the connection")
+        return self.conn.server
+
+    async def request(self, envelope: bytes, query: bytes) -> Response:
+        """Send one request; iterate the returned :class:`Response` for its events."""
+        rid = self.conn.next_request_id()
+        self.conn.send(Request(request_id=rid, envelope=envelope, query=query, credit=self.window))
+        await _flush(self._stream, self.conn)
+        return Response(self, rid)
+
+    async def fetch(self, envelope: bytes, query: bytes) -> QueryResult:
+        header: Header | None = None
+        rows: list[bytes] = []
+        async for event in await self.request(envelope, query):
+            if isinstance(event, Header):
+                header = event
+            elif isinstance(event, RowBatch):
+                rows.extend(event.rows)
+            else:
+                assert header is not None
+                return QueryResult(header=header, rows=rows, end=event)
+        raise VaultError(
+            ErrorCode.PROTOCOL, "the response ended without an end frame"
+        )  # pragma: no cover
+
+    async def query(
+        self,
+        key: IdentityKey,
+        capability: Capability,
+        query: Query,
+        *,
+        clock: Callable[[], int] = wall_clock,
+        rng: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> QueryResult:
+        """Sign an invocation of ``capability`` for this vault and ``query``, and run it."""
+        hello = await self.hello()
+        if hello.vault not in capability.scope.vaults:
+            raise VaultError(ErrorCode.WRONG_VAULT, "this vault is not one the capability names")
+        query_bytes = query.encode()
+        envelope = invoke(
+            capability,
+            key,
+            vaults=[hello.vault],
+            query_bytes=query_bytes,
+            now=clock(),
+            nonce=rng(16),
+        )
+        return await self.fetch(envelope.raw, query_bytes)
+
+
+class Response:
+    """The events of one request: a :class:`Header`, :class:`RowBatch` es, then :class:`End`.
+
+    Iterate with ``async for``. An error frame raises :class:`VaultError` (its ``code`` says
+    whether to retry). Credit is granted back as batches are consumed, keeping ``window``
+    batches in flight; a consumer that stops reading stops the vault. Call :meth:`cancel` to
+    abandon the request early (the connection stays usable).
+    """
+
+    def __init__(self, client: VaultClient, request_id: int) -> None:
+        self._client = client
+        self.request_id = request_id
+        self.finished = False
+
+    def __aiter__(self) -> Response:
+        return self
+
+    async def __anext__(self) -> Header | RowBatch | End:
+        event = await self.next_event()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def next_event(self) -> Header | RowBatch | End | None:
+        if self.finished:
+            return None
+        client, conn = self._client, self._client.conn
+        while True:
+            event = await client._next()
+            if isinstance(event, ServerHello):
+                continue
+            if isinstance(event, ConnectionClosed):
+                self.finished = True
+                raise VaultError(ErrorCode.UNAVAILABLE, "the vault closed the connection mid-query")
+            if isinstance(event, Error):
+                self.finished = True
+                raise VaultError(event.code, event.message)
+            if isinstance(event, End):
+                self.finished = True
+                return event
+            if (
+                isinstance(event, RowBatch)
+                and conn.credit <= client.window // 2
+                and conn.state is State.STREAMING  # not if its End is already in
+            ):
+                conn.send(Credit(request_id=self.request_id, batches=client.window - conn.credit))
+                await _flush(client._stream, conn)
+            if isinstance(event, Header | RowBatch):
+                return event
+
+    async def cancel(self) -> None:
+        """Ask the vault to stop, then drain what it already sent up to its error or end."""
+        if self.finished:
+            return
+        self._client.conn.send(Cancel(request_id=self.request_id))
+        await _flush(self._client._stream, self._client.conn)
+        try:
+            while await self.next_event() is not None:
+                pass
+        except VaultError as exc:
+            if exc.code is not ErrorCode.CANCELLED:
+                raise
+
+
+async def query_vault(
+    host: str, port: int, key: IdentityKey, capability: Capability, query: Query, **kw: Any
+) -> QueryResult:
+    """Connect, run one query, close."""
+    async with await VaultClient.connect(host, port) as client:
+        return await client.query(key, capability, query, **kw)
