@@ -1,4 +1,4 @@
-"""``ppn fleet …``, ``ppn vmhost …`` and ``ppn vm …``: the fleet's commands (RFC-NOTES §8.9).
+"""``ppn fleet …``, ``ppn vmhost …`` and ``ppn vm …``: the fleet's commands (RFC-NOTES §8.8).
 
 Exit statuses (fleet range 60–69):
 60 the fleet controller's operator socket cannot be reached · 61 placement refused ·

@@ -1,7 +1,7 @@
 """The operator's channel to the fleet controller: status, advisory placement, create.
 
 It runs over a local stream socket (a Unix socket, mode 0600, on the cloud node), so the right
-to create VMs is the right to open that file (RFC-NOTES §8.8). One request frame and one reply
+to create VMs is the right to open that file (RFC-NOTES §8.6). One request frame and one reply
 frame per connection, canonical msgpack, replies always ``{"ok": bool, ...}``. Everything in a
 reply is JSON-compatible (ints, text, bools, lists, maps) so ``--json`` prints it unchanged.
 """

@@ -190,10 +190,10 @@ class ReplayGuard:
     Within one boot the sequence number must strictly increase. A boot id never seen before from
     that signer starts a new boot (its sequence restarts anywhere); the previous boot ids are
     retired and refused from then on, so a recording from before a reboot cannot be replayed.
-    Only the last ``retired_limit`` boot ids per signer are remembered (RFC-NOTES §8.6).
+    Only the last ``retired_limit`` boot ids per signer are remembered (RFC-NOTES §8.3.1).
     """
 
-    def __init__(self, *, retired_limit: int = 64) -> None:
+    def __init__(self, *, retired_limit: int = 1024) -> None:
         self._progress: dict[bytes, _Progress] = {}
         self._retired_limit = retired_limit
 
