@@ -35,7 +35,15 @@ from ._joiner import Joiner
 from ._sponsor import DEFAULT_SAS_DIGITS, Sponsor
 from ._window import RateLimited, WindowBook, WindowStatus
 
-__all__ = ["CeremonyApp", "SponsorApp", "join", "run_ceremony", "serve_windows"]
+__all__ = [
+    "CeremonyApp",
+    "ServeOutcome",
+    "SponsorApp",
+    "join",
+    "join_stream",
+    "run_ceremony",
+    "serve_windows",
+]
 
 RECEIVE_SIZE = 65536
 
@@ -61,14 +69,19 @@ async def run_ceremony(
 ) -> Joined | Failed:
     """Drive ``core`` over ``stream`` to its end. Never raises for peer behaviour."""
     result: Joined | Failed | None = None
-    wake: list[trio.CancelScope] = []
+    # The operator's answer arrives in another task; it marks the core dirty and wakes the
+    # main loop out of its receive so the answer's bytes and events are handled at once.
+    dirty = False
+    receiving: trio.CancelScope | None = None
 
     async def ask(event: SasReady) -> None:
+        nonlocal dirty
         decision = await app.decide(event)
         if not core.wants_close:
             core.send(decision, trio.current_time())
-        for scope in wake:
-            scope.cancel()
+            dirty = True
+            if receiving is not None:
+                receiving.cancel()
 
     async def flush() -> None:
         data = core.data_to_send()
@@ -81,6 +94,7 @@ async def run_ceremony(
 
     async with trio.open_nursery() as nursery:
         while True:
+            dirty = False
             while (event := core.next_event()) is not None:
                 if isinstance(event, JoinRequested):
                     core.send(_sponsor_app(app).window_requested(event), trio.current_time())
@@ -92,11 +106,13 @@ async def run_ceremony(
                 elif isinstance(event, Failed):
                     result = event
             await flush()
+            if dirty:
+                continue  # an answer came in while we were flushing: handle it first
             if core.wants_close:
                 break
             deadline = core.get_timer()
             with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
-                wake.append(scope)
+                receiving = scope
                 try:
                     data = bytes(await stream.receive_some(RECEIVE_SIZE))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -105,8 +121,8 @@ async def run_ceremony(
                     core.receive_data(data, trio.current_time())
                 except RemoteProtocolError:
                     pass  # the core queued an abort and a Failed event; loop to send them
-            wake.clear()
-            if scope.cancelled_caught:
+            receiving = None
+            if scope.cancelled_caught and not dirty:
                 core.handle_timer(trio.current_time())
         nursery.cancel_scope.cancel()
     with trio.move_on_after(1):
@@ -158,7 +174,7 @@ class _Connection:
 
 
 async def serve_windows(
-    listeners: list[trio.SocketListener],
+    listeners: list[trio.abc.Listener[trio.abc.Stream]] | list[trio.SocketListener],
     *,
     me: PartyInfo,
     mesh_id: bytes,
@@ -194,7 +210,7 @@ async def serve_windows(
 
     async with trio.open_nursery() as nursery:
 
-        async def handle(stream: trio.SocketStream) -> None:
+        async def handle(stream: trio.abc.Stream) -> None:
             connection = _Connection(book=book, decide_cb=decide, joined_cb=joined)
             core = Sponsor(
                 me=me,
@@ -207,6 +223,8 @@ async def serve_windows(
                 sas_timeout=sas_timeout,
             )
             result = await run_ceremony(stream, core, connection)
+            if isinstance(result, Failed):
+                outcome.failures.append(result)
             if connection.claimed is None:
                 return  # crowded or no such window: the open window is untouched
             spent = isinstance(result, Joined) or result.code_spent
@@ -220,7 +238,6 @@ async def serve_windows(
                 outcome.joined = result
                 nursery.cancel_scope.cancel()
                 return
-            outcome.failures.append(result)
             if spent and not (keep_open and await open_window()):
                 outcome.failure = outcome.failure or result.reason
                 nursery.cancel_scope.cancel()
@@ -285,6 +302,34 @@ async def join(
             return Failed(reason=FailureReason.PEER_VANISHED)
     if scope.cancelled_caught:
         return Failed(reason=FailureReason.TIMEOUT)
+    return await join_stream(
+        stream,
+        me=me,
+        code=code,
+        endpoints=endpoints,
+        decide=decide,
+        joined=joined,
+        sas_digits=sas_digits,
+        step_timeout=step_timeout,
+        sas_timeout=sas_timeout,
+        sas_modulus=sas_modulus,
+    )
+
+
+async def join_stream(
+    stream: trio.abc.Stream,
+    *,
+    me: PartyInfo,
+    code: JoinCode,
+    endpoints: tuple[str, ...],
+    decide: Callable[[SasReady], Awaitable[ConfirmSas | Abort]],
+    joined: Callable[[Joined], Awaitable[None]],
+    sas_digits: int = DEFAULT_SAS_DIGITS,
+    step_timeout: float = 60.0,
+    sas_timeout: float = 120.0,
+    sas_modulus: int | None = None,
+) -> Joined | Failed:
+    """The joiner's side over an already connected stream."""
     core = Joiner(
         me=me,
         code=code,
