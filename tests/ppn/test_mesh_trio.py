@@ -127,7 +127,7 @@ async def test_anti_entropy_pull_every_30_seconds(autojump_clock: Any) -> None:
         assert not knows(relay, echo)
         await trio.sleep_until(started + 30.5)
         assert knows(relay, echo)
-        assert relay.stats.pulls_ok >= 2 and genesis.stats.pulls_ok >= 2
+        assert relay.stats.pulls_ok >= 2 and genesis.stats.pulls_ok >= 1  # cloud is offline
         nursery.cancel_scope.cancel()
 
 
