@@ -219,10 +219,8 @@ class VaultClient:
     async def connect(cls, host: str, port: int, *, window: int = 8) -> VaultClient:
         try:
             stream = await trio.open_tcp_stream(host, port)
-        except OSError as exc:
-            raise VaultError(
-                ErrorCode.UNAVAILABLE, f"cannot connect to {host}:{port}: {exc.strerror or exc}"
-            ) from None
+        except OSError:
+            raise VaultError(ErrorCode.UNAVAILABLE, f"cannot connect to {host}:{port}") from None
         client = cls(stream, window=window)
         await _flush(stream, client.conn)
         return client
