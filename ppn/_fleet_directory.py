@@ -11,7 +11,6 @@ Sans-IO: parsing takes an already-decoded JSON value; reading the file is the ca
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -20,6 +19,7 @@ from typing import Any, Protocol
 
 from ._errors import PPNError
 from ._keys import KeyFormatError, decode_key, encode_key
+from ._mesh_ids import node_id as roster_node_id
 
 __all__ = [
     "CONTROLLER_ROLES",
@@ -39,9 +39,8 @@ _NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def derive_node_id(identity: bytes) -> str:
-    """A member's node id as text: hex of the roster's derivation (RFC-NOTES §7.1), the first
-    16 bytes of SHA-512 over a label and the identity key."""
-    return hashlib.sha512(b"PPN-v1 node id\x00" + identity).digest()[:16].hex()
+    """A member's node id as text: the lowercase hex of the roster's node id (RFC-NOTES §7.1)."""
+    return roster_node_id(identity).hex()
 
 
 class DirectoryError(PPNError, ValueError):

@@ -6,8 +6,8 @@ command when the controller asks; the cloud node runs the controller (:class:`Fl
 that keeps the live node table, evicts a node 30 s after its last heartbeat by its own clock,
 advises where a VM should go, and dispatches it once the operator confirmed.
 
-Membership comes from a :class:`MemberDirectory`; :class:`StaticDirectory` reads one from a JSON
-document until the signed roster is wired in. The sans-IO cores (:class:`NodeTable`,
+Membership comes from a :class:`MemberDirectory`: :class:`RosterDirectory` over the signed mesh
+roster (``RosterDirectory(roster.view)``), or :class:`StaticDirectory` from a JSON document. The sans-IO cores (:class:`NodeTable`,
 :func:`place`, the heartbeat and spawn codecs) are public so other event loops can drive them.
 """
 
@@ -37,6 +37,7 @@ from ._fleet_placement import (
     Refused,
     place,
 )
+from ._fleet_roster import RosterDirectory
 from ._fleet_spawn import (
     SpawnAnswer,
     SpawnAuthError,
@@ -79,6 +80,7 @@ __all__ = [
     "PlacementRequest",
     "Refused",
     "ReplayGuard",
+    "RosterDirectory",
     "SignedHeartbeat",
     "SpawnAnswer",
     "SpawnAuthError",
