@@ -32,6 +32,7 @@ __all__ = [
     "BOOT_ID_SIZE",
     "HEARTBEAT_CONTEXT",
     "MAX_HEARTBEAT_SIZE",
+    "MAX_VMS",
     "Heartbeat",
     "HeartbeatAuthError",
     "ReplayGuard",

@@ -249,7 +249,11 @@ class FleetController:
                 except RemoteProtocolError as exc:
                     reply: dict[str, Any] = {"ok": False, "error": "request", "message": str(exc)}
                 else:
-                    reply = await self.handle_control(request)
+                    try:
+                        reply = await self.handle_control(request)
+                    except PPNError as exc:  # a bug must not take the controller down
+                        log.exception("control request %s failed", request.op)
+                        reply = {"ok": False, "error": "request", "message": str(exc)}
                 data = wire.pack_canonical(reply)
                 await stream.send_all(wire.encode_frame(data, max_size=MAX_CONTROL_FRAME))
         except (RemoteProtocolError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:

@@ -21,6 +21,7 @@ from . import wire
 from ._errors import PPNError
 from ._fleet_directory import Member, MemberDirectory
 from ._fleet_heartbeat import (
+    MAX_VMS,
     Heartbeat,
     decode_heartbeat_reply,
     encode_heartbeat,
@@ -104,7 +105,8 @@ class VmHostService:
             load_milli=facts.load_milli,
             kvm=facts.kvm,
             reserved=self.config.reserved,
-            vms=tuple(self.vms.values()),
+            # The newest records, within what one heartbeat may carry.
+            vms=tuple(self.vms.values())[-MAX_VMS:],
             boot_id=self.config.boot_id,
             seq=self.config.sequence(),
         )

@@ -10,7 +10,7 @@ from ppn._fleet_control import decode_control_request
 from ppn._fleet_heartbeat import HEARTBEAT_CONTEXT, decode_heartbeat_reply
 from ppn.fleet import NodeTable, SpawnClient, SpawnServer, VmSpec, decode_heartbeat
 
-from .fleet_helpers import fleet_directory, make_heartbeat, make_key, make_member
+from ._fleet_support import fleet_directory, make_heartbeat, make_key, make_member
 
 _VALUES = st.recursive(
     st.none()

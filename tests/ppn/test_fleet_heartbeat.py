@@ -18,7 +18,7 @@ from ppn.fleet import (
     encode_heartbeat,
 )
 
-from .fleet_helpers import make_heartbeat, make_key
+from ._fleet_support import make_heartbeat, make_key
 
 
 def test_round_trip_with_vms() -> None:

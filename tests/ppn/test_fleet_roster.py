@@ -10,7 +10,7 @@ from ppn._fleet_roster import RosterDirectory
 from ppn._roster import Roster
 from ppn.fleet import HeartbeatAuthError, NodeTable, derive_node_id, encode_heartbeat
 
-from .fleet_helpers import make_heartbeat
+from ._fleet_support import make_heartbeat
 
 
 def _key(n: int) -> IdentityKey:

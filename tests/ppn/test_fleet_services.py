@@ -24,7 +24,7 @@ from ppn.fleet import (
     VmSpec,
 )
 
-from .fleet_helpers import fleet_directory, make_key, make_member
+from ._fleet_support import fleet_directory, make_key, make_member
 
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 

@@ -21,7 +21,7 @@ from ppn.fleet import (
     derive_node_id,
 )
 
-from .fleet_helpers import fleet_directory, make_key, make_member
+from ._fleet_support import fleet_directory, make_key, make_member
 
 SPEC = VmSpec(vm_type="generic", name="web-1", ram_mb=1024, vcpus=2)
 NODE_A = make_member(2, "a").node_id

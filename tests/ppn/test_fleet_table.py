@@ -14,7 +14,7 @@ from ppn.fleet import (
     encode_heartbeat,
 )
 
-from .fleet_helpers import fleet_directory, make_heartbeat, make_key
+from ._fleet_support import fleet_directory, make_heartbeat, make_key
 
 
 def beat(table: NodeTable, n: int, now: float, *, seq: int, boot: int = 1) -> None:
