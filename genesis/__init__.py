@@ -2,32 +2,86 @@
 
 ``genesis.cpace`` is the low-level CPace implementation (public for interop tests and
 benchmarks). The ceremony's sans-IO cores (:class:`Sponsor`, :class:`Joiner`), their events,
-the join code, the window book and the state directory are re-exported here; the trio adapter
-is ``genesis._trio`` (:func:`run_ceremony`, :func:`serve_windows`, :func:`join`), re-exported
-lazily so importing ``genesis`` does not import trio. RFC-NOTES §5 is the specification.
+the join code, the window book and the state directory are re-exported here (loaded on first
+use). The trio adapter is ``genesis._trio`` (:func:`run_ceremony`, :func:`serve_windows`,
+:func:`join`, :func:`join_stream`); importing ``genesis`` does not import trio.
+RFC-NOTES §5 is the specification.
 """
 
 from __future__ import annotations
 
-from ._bundle import JoinerBundle, MemberRecord, SponsorBundle, lowest_free_address
-from ._code import CodeFormatError, JoinCode, make_code, parse_code
-from ._derive import PartyInfo, mesh_id_for
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from ._errors import GenesisError, LocalProtocolError, RemoteProtocolError
-from ._events import (
-    Abort,
-    AcceptWindow,
-    ConfirmSas,
-    Failed,
-    FailureReason,
-    Grant,
-    Joined,
-    JoinRequested,
-    SasReady,
-)
-from ._io_state import MeshState, NodeState, StateError, load_mesh, load_node, write_membership
-from ._joiner import Joiner, JoinerState
-from ._sponsor import Sponsor, SponsorState
-from ._window import AttemptLimiter, RateLimited, WindowBook, WindowStatus
+
+if TYPE_CHECKING:
+    from ._bundle import JoinerBundle, MemberRecord, SponsorBundle, lowest_free_address
+    from ._code import CodeFormatError, JoinCode, make_code, parse_code
+    from ._derive import PartyInfo, mesh_id_for
+    from ._events import (
+        Abort,
+        AcceptWindow,
+        ConfirmSas,
+        Failed,
+        FailureReason,
+        Grant,
+        Joined,
+        JoinRequested,
+        SasReady,
+    )
+    from ._io_state import MeshState, NodeState, StateError, load_mesh, load_node, write_membership
+    from ._joiner import Joiner, JoinerState
+    from ._sponsor import Sponsor, SponsorState
+    from ._window import AttemptLimiter, RateLimited, WindowBook, WindowStatus
+
+# Loaded on first use, so `ppn` commands of other families do not pay for the ceremony's
+# imports (cryptography, the cores) at start-up.
+_LAZY = {
+    "JoinerBundle": "_bundle",
+    "MemberRecord": "_bundle",
+    "SponsorBundle": "_bundle",
+    "lowest_free_address": "_bundle",
+    "CodeFormatError": "_code",
+    "JoinCode": "_code",
+    "make_code": "_code",
+    "parse_code": "_code",
+    "PartyInfo": "_derive",
+    "mesh_id_for": "_derive",
+    "Abort": "_events",
+    "AcceptWindow": "_events",
+    "ConfirmSas": "_events",
+    "Failed": "_events",
+    "FailureReason": "_events",
+    "Grant": "_events",
+    "Joined": "_events",
+    "JoinRequested": "_events",
+    "SasReady": "_events",
+    "MeshState": "_io_state",
+    "NodeState": "_io_state",
+    "StateError": "_io_state",
+    "load_mesh": "_io_state",
+    "load_node": "_io_state",
+    "write_membership": "_io_state",
+    "Joiner": "_joiner",
+    "JoinerState": "_joiner",
+    "Sponsor": "_sponsor",
+    "SponsorState": "_sponsor",
+    "AttemptLimiter": "_window",
+    "RateLimited": "_window",
+    "WindowBook": "_window",
+    "WindowStatus": "_window",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'genesis' has no attribute {name!r}")
+    value = getattr(import_module(f"genesis.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Abort",
