@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Union
@@ -34,6 +35,7 @@ __all__ = [
     "QuickExtras",
     "UAPIProtocolError",
     "VerifyError",
+    "canonical_address",
     "key_fingerprint",
     "parse_network",
     "public_key_of",
@@ -97,13 +99,114 @@ def short_key(public_key: bytes) -> str:
     return encode_key(public_key)[:8] + "…"
 
 
+_HEX_GROUP = re.compile(r"[0-9a-fA-F]{1,4}\Z")
+_CACHE_LIMIT = 1 << 17
+# Parsed prefixes and addresses by their text. A config and a device read in the same pass
+# spell most prefixes identically, so the second lookup returns the *same* object and the
+# planner's tuple comparison short-cuts on identity; a long-lived agent hits on every pass.
+_network_cache: dict[str, IPNetwork] = {}
+_address_cache: dict[str, str] = {}
+_endpoint_cache: dict[str, Endpoint] = {}
+
+
+def _v4_int(text: str) -> int:
+    parts = text.split(".")
+    if len(parts) != 4:
+        raise ValueError(text)
+    value = 0
+    for part in parts:
+        if not (0 < len(part) <= 3 and part.isdigit() and part.isascii()):
+            raise ValueError(text)
+        if len(part) > 1 and part[0] == "0":
+            raise ValueError(text)  # ambiguous (octal?) spelling, as ipaddress refuses it
+        octet = int(part)
+        if octet > 255:
+            raise ValueError(text)
+        value = value << 8 | octet
+    return value
+
+
+def _v6_int(text: str) -> int:
+    if "." in text or "%" in text:
+        return int(ipaddress.IPv6Address(text))  # embedded IPv4 or zone: the slow, exact path
+    head, sep, tail = text.partition("::")
+    if "::" in tail:
+        raise ValueError(text)
+    head_groups = head.split(":") if head else []
+    tail_groups = tail.split(":") if tail else []
+    if sep:
+        missing = 8 - len(head_groups) - len(tail_groups)
+        if missing < 1:
+            raise ValueError(text)
+    elif len(head_groups) != 8:
+        raise ValueError(text)
+    else:
+        missing = 0
+    value = 0
+    for group in head_groups:
+        if not _HEX_GROUP.match(group):
+            raise ValueError(text)
+        value = value << 16 | int(group, 16)
+    value <<= 16 * missing
+    for group in tail_groups:
+        if not _HEX_GROUP.match(group):
+            raise ValueError(text)
+        value = value << 16 | int(group, 16)
+    return value
+
+
+def _parse_network(text: str) -> IPNetwork:
+    address, slash, length_text = text.partition("/")
+    v6 = ":" in address
+    bits = 128 if v6 else 32
+    if slash:
+        if not (0 < len(length_text) <= 3 and length_text.isdigit() and length_text.isascii()):
+            raise ValueError(text)
+        length = int(length_text)
+        if length > bits or (len(length_text) > 1 and length_text[0] == "0"):
+            raise ValueError(text)
+    else:
+        length = bits
+    value = _v6_int(address) if v6 else _v4_int(address)
+    value &= ((1 << bits) - 1) ^ ((1 << (bits - length)) - 1)
+    if v6:
+        return ipaddress.IPv6Network((value, length))
+    return ipaddress.IPv4Network((value, length))
+
+
 def parse_network(text: str) -> IPNetwork:
     """A prefix as ``wg`` accepts it: host bits are masked, a bare address is a host route."""
-    text = text.strip()
+    found = _network_cache.get(text)
+    if found is not None:
+        return found
+    stripped = text.strip()
     try:
-        return ipaddress.ip_network(text, strict=False)
-    except ValueError as exc:
-        raise ValueError(f"{text!r} is not an IP prefix") from exc
+        network = _parse_network(stripped)
+    except ValueError:
+        raise ValueError(f"{stripped!r} is not an IP prefix") from None
+    if len(_network_cache) >= _CACHE_LIMIT:
+        _network_cache.clear()
+    _network_cache[text] = network
+    return network
+
+
+def canonical_address(text: str) -> str:
+    """An IP literal in its one canonical spelling (zone kept); ValueError if not a literal."""
+    found = _address_cache.get(text)
+    if found is not None:
+        return found
+    address, pct, zone = text.partition("%")
+    if ":" in address:
+        canonical = str(ipaddress.IPv6Address(_v6_int(address))) + pct + zone
+    else:
+        if pct:
+            raise ValueError(text)
+        _v4_int(address)
+        canonical = address
+    if len(_address_cache) >= _CACHE_LIMIT:
+        _address_cache.clear()
+    _address_cache[text] = canonical
+    return canonical
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,16 +225,22 @@ class Endpoint:
     @classmethod
     def parse(cls, text: str) -> Endpoint:
         """``1.2.3.4:51820``, ``[fd00::1]:51820`` or ``host.example:51820``."""
-        text = text.strip()
+        found = _endpoint_cache.get(text)
+        if found is not None:
+            return found
+        endpoint = cls._parse(text.strip())
+        if len(_endpoint_cache) >= _CACHE_LIMIT:
+            _endpoint_cache.clear()
+        _endpoint_cache[text] = endpoint
+        return endpoint
+
+    @classmethod
+    def _parse(cls, text: str) -> Endpoint:
         if text.startswith("["):
             host, sep, rest = text[1:].partition("]")
             if not sep or not rest.startswith(":"):
                 raise ValueError(f"{text!r} is not [address]:port")
             port_text = rest[1:]
-            try:
-                ipaddress.IPv6Address(host.split("%", 1)[0])
-            except ValueError as exc:
-                raise ValueError(f"{host!r} is not an IPv6 address") from exc
         else:
             host, sep, port_text = text.rpartition(":")
             if not sep or ":" in host:
@@ -139,16 +248,16 @@ class Endpoint:
         if not port_text.isdigit() or len(port_text) > 5:
             raise ValueError(f"{port_text!r} is not a port number")
         try:  # literal addresses in one spelling, so equal endpoints compare equal
-            address, pct, zone = host.partition("%")
-            host = str(ipaddress.ip_address(address)) + pct + zone
+            host = canonical_address(host)
         except ValueError:
-            pass
+            if text.startswith("["):
+                raise ValueError(f"{host!r} is not an IPv6 address") from None
         return cls(host=host, port=int(port_text))
 
     @property
     def is_literal(self) -> bool:
         try:
-            ipaddress.ip_address(self.host.split("%", 1)[0])
+            canonical_address(self.host)
         except ValueError:
             return False
         return True

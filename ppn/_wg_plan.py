@@ -231,8 +231,10 @@ def _peer_update(
         changes["preshared_key"] = peer.preshared_key or bytes(32)
     if peer.persistent_keepalive != state.persistent_keepalive:
         changes["persistent_keepalive"] = peer.persistent_keepalive
-    if len(peer.allowed_ips) != len(state.allowed_ips) or set(peer.allowed_ips) != set(
-        state.allowed_ips
+    # Same order is the common case (and, with shared parsed objects, an identity check).
+    if peer.allowed_ips != state.allowed_ips and (
+        len(peer.allowed_ips) != len(state.allowed_ips)
+        or set(peer.allowed_ips) != set(state.allowed_ips)
     ):
         changes["allowed_ips"] = peer.allowed_ips
     if not changes:

@@ -11,7 +11,6 @@ key and a ``preshared_key`` line a fingerprint; the secret itself is never store
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 
 from ._errors import LocalProtocolError
@@ -23,6 +22,7 @@ from ._wg_model import (
     PeerState,
     UAPIProtocolError,
     key_fingerprint,
+    parse_network,
     public_key_of,
 )
 from ._wg_plan import AddPeer, Operation, RemovePeer, SetInterface
@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 GET_REQUEST = b"get=1\n\n"
+_ZERO_HEX = "0" * 64
 
 
 def _hex_key(value: str, what: str) -> bytes:
@@ -85,81 +86,106 @@ def parse_errno(response: bytes) -> None:
     _check_errno(lines[0])
 
 
+def _number(value: str, what: str) -> int:
+    if not (value.isascii() and value.isdigit()) or len(value) > 20:
+        raise UAPIProtocolError(f"{what}={value[:40]!r} is not an unsigned number")
+    return int(value)
+
+
 def parse_get(response: bytes, name: str) -> DeviceState:
     """Decode the answer to ``get=1``. Raises :class:`UAPIProtocolError` on malformed input
     (never anything else for arbitrary bytes) and :class:`DeviceError` for ``errno != 0``."""
     lines = _lines(response)
     _check_errno(lines[-1])
+    lines.pop()
     public_key: bytes | None = None
     listen_port = 0
     fwmark = 0
+    index = 0
+    count = len(lines)
+    # Device lines come first, up to the first public_key.
+    while index < count and not lines[index].startswith("public_key="):
+        key, sep, value = lines[index].partition("=")
+        if not sep:
+            raise UAPIProtocolError(f"line without '=': {lines[index][:40]!r}")
+        if key == "private_key":
+            private = _hex_key(value, "private_key")
+            public_key = None if private == bytes(32) else public_key_of(private)
+            del private
+        elif key == "listen_port":
+            listen_port = _uint(value, key, 65535)
+        elif key == "fwmark":
+            fwmark = _uint(value, key, 2**32 - 1)
+        # Unknown device keys are future extensions: ignore them.
+        index += 1
     peers: dict[bytes, PeerState] = {}
-    peer: dict[str, object] | None = None
+    # One flat loop with the peer's fields in locals: this runs ~10 times per peer.
+    peer_key: bytes | None = None
+    psk_tag: bytes | None = None
+    endpoint: Endpoint | None = None
     allowed: list[IPNetwork] = []
-
-    def finish() -> None:
-        if peer is None:
-            return
-        key = peer.pop("public_key")
-        assert isinstance(key, bytes)
-        if key in peers:
-            raise UAPIProtocolError("the same peer appears twice")
-        sec = int(peer.pop("hs_sec", 0))  # type: ignore[call-overload]
-        nsec = int(peer.pop("hs_nsec", 0))  # type: ignore[call-overload]
-        handshake = None if sec == 0 and nsec == 0 else sec + nsec / 1e9
-        peers[key] = PeerState(
-            public_key=key,
-            allowed_ips=tuple(allowed),
-            last_handshake=handshake,
-            **peer,  # type: ignore[arg-type]
-        )
-
-    for line in lines[:-1]:
+    keepalive = hs_sec = hs_nsec = rx = tx = 0
+    version = 1
+    end = "".join(["public_key", "="])  # a sentinel object, told apart by identity
+    lines.append(end)
+    for line in lines[index:]:
         key, sep, value = line.partition("=")
         if not sep:
             raise UAPIProtocolError(f"line without '=': {line[:40]!r}")
-        if key == "public_key":
-            finish()
-            peer = {"public_key": _hex_key(value, "public_key")}
-            allowed = []
-        elif peer is None:
-            if key == "private_key":
-                private = _hex_key(value, "private_key")
-                public_key = None if private == bytes(32) else public_key_of(private)
-                del private
-            elif key == "listen_port":
-                listen_port = _uint(value, key, 65535)
-            elif key == "fwmark":
-                fwmark = _uint(value, key, 2**32 - 1)
-            # Unknown device keys are future extensions: ignore them.
-        elif key == "allowed_ip":
+        if key == "allowed_ip":
             try:
-                allowed.append(ipaddress.ip_network(value, strict=True))
+                allowed.append(parse_network(value))
             except ValueError:
                 raise UAPIProtocolError(f"allowed_ip={value[:50]!r} is not a prefix") from None
+        elif key == "public_key":
+            if peer_key is not None:
+                if peer_key in peers:
+                    raise UAPIProtocolError("the same peer appears twice")
+                if keepalive > 65535 or hs_nsec >= 10**9:
+                    raise UAPIProtocolError("a peer's numbers are out of range")
+                peers[peer_key] = PeerState(
+                    public_key=peer_key,
+                    preshared_fingerprint=psk_tag,
+                    endpoint=endpoint,
+                    allowed_ips=tuple(allowed),
+                    persistent_keepalive=keepalive,
+                    last_handshake=None if hs_sec == 0 and hs_nsec == 0 else hs_sec + hs_nsec / 1e9,
+                    rx_bytes=rx,
+                    tx_bytes=tx,
+                    protocol_version=version,
+                )
+            if line is end:
+                break
+            peer_key = _hex_key(value, "public_key")
+            psk_tag = endpoint = None
+            allowed = []
+            keepalive = hs_sec = hs_nsec = rx = tx = 0
+            version = 1
         elif key == "endpoint":
             try:
-                peer["endpoint"] = Endpoint.parse(value)
+                endpoint = Endpoint.parse(value)
             except ValueError:
                 raise UAPIProtocolError(f"endpoint={value[:50]!r} is not ip:port") from None
         elif key == "preshared_key":
-            psk = _hex_key(value, key)
-            peer["preshared_fingerprint"] = None if psk == bytes(32) else key_fingerprint(psk)
-            del psk
+            if value == _ZERO_HEX:
+                psk_tag = None
+            else:
+                psk = _hex_key(value, key)
+                psk_tag = key_fingerprint(psk)
+                del psk
         elif key == "last_handshake_time_sec":
-            peer["hs_sec"] = _uint(value, key, 2**63)
+            hs_sec = _number(value, key)
         elif key == "last_handshake_time_nsec":
-            peer["hs_nsec"] = _uint(value, key, 10**9)
+            hs_nsec = _number(value, key)
         elif key == "rx_bytes":
-            peer["rx_bytes"] = _uint(value, key, 2**64)
+            rx = _number(value, key)
         elif key == "tx_bytes":
-            peer["tx_bytes"] = _uint(value, key, 2**64)
+            tx = _number(value, key)
         elif key == "persistent_keepalive_interval":
-            peer["persistent_keepalive"] = _uint(value, key, 65535)
+            keepalive = _number(value, key)
         elif key == "protocol_version":
-            peer["protocol_version"] = _uint(value, key, 2**32)
+            version = _number(value, key)
         # Unknown peer keys: ignore (forward compatible).
-    finish()
     return DeviceState(
         name=name, public_key=public_key, listen_port=listen_port, fwmark=fwmark, peers=peers
     )

@@ -157,7 +157,7 @@ def test_set_answer_ok() -> None:
         b"listen_port=1\n\n",
         b"public_key=zz\nerrno=0\n\n",
         b"listen_port=70000\nerrno=0\n\n",
-        f"public_key={'11' * 32}\nallowed_ip=10.0.0.1/24\nerrno=0\n\n".encode(),
+        f"public_key={'11' * 32}\nallowed_ip=10.0.0.300/24\nerrno=0\n\n".encode(),
         f"public_key={'11' * 32}\npublic_key={'11' * 32}\nerrno=0\n\n".encode(),
         b"\xff\xfe\n\n",
         b"no equals sign\nerrno=0\n\n",

@@ -1,0 +1,175 @@
+"""``ppn wg sync`` against ``wg syncconf``, side by side on the same wireguard-go device.
+
+At 1,000 and 10,000 peers: initial apply (empty device), no-change sync, and 1 % churn
+(1 % of the peers replaced by new ones). For ppn two figures: the ``ppn wg sync`` command
+(a new Python process each time, like ``wg``) and the library call the node agent makes
+(``parse_config`` + ``reconcile`` in a running process). Medians of a few runs, interleaved.
+
+The device lives in a network namespace this benchmark creates; the peers' endpoints are in
+127.0.0.0/8 inside that namespace, with no keepalive and no traffic, so no packet is sent.
+Needs root, wireguard-go and wg; says why and returns otherwise.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ppn._keys import WireGuardKeyPair
+
+REPEATS = {1000: 3, 10000: 2}
+
+
+def _peer_lines(index: int, key: bytes) -> str:
+    import base64
+
+    v4 = ipaddress.IPv4Address(0x0A000000 + index)
+    ep = ipaddress.IPv4Address(0x7F000000 + (index % 65000) + 2)
+    return (
+        f"[Peer]\nPublicKey = {base64.b64encode(key).decode()}\n"
+        f"AllowedIPs = {v4}/32, fd00::{index:x}/128\nEndpoint = {ep}:51820\n"
+    )
+
+
+def _write_config(path: Path, private_b64: str, peers: list[tuple[int, bytes]]) -> None:
+    body = [f"[Interface]\nPrivateKey = {private_b64}\nListenPort = 51820\n"]
+    body.extend(_peer_lines(i, k) for i, k in peers)
+    path.write_text("\n".join(body))
+
+
+def _reset(sock_path: str) -> None:
+    """Empty the device (untimed): one raw UAPI request removing every peer."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sock_path)
+    s.sendall(b"set=1\nreplace_peers=true\n\n")
+    while not s.recv(4096).endswith(b"\n\n"):
+        pass
+    s.close()
+
+
+def _timed(fn: Callable[[], None]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    missing = [t for t in ("wireguard-go", "wg", "ip") if shutil.which(t) is None]
+    if os.geteuid() != 0 or missing:
+        print(f"skipped: needs root and {', '.join(missing) or 'nothing else'}")
+        return
+    from interop.netns import Lab
+    from ppn.wg import UAPIBackend, WireGuardGo, configure_interface, parse_config, reconcile
+
+    env = dict(os.environ)
+    with Lab() as lab, tempfile.TemporaryDirectory() as tmp:
+        env["PPN_WG_STATE_DIR"] = os.path.join(tmp, "state")
+        os.environ["PPN_WG_STATE_DIR"] = env["PPN_WG_STATE_DIR"]
+        host = lab.host("bench")
+        ifname = lab.unique_ifname("wgb")
+        daemon = WireGuardGo(ifname, netns=host.netns)
+        daemon.start()
+        assert daemon.process is not None
+        lab.processes.append(daemon.process)
+        configure_interface(ifname, addresses=["10.255.255.1/32"], netns=host.netns)
+        backend = UAPIBackend(ifname)
+        me = WireGuardKeyPair.generate()
+        import base64
+
+        private_b64 = base64.b64encode(me.private).decode()
+
+        def ppn_cli(path: Path) -> Callable[[], None]:
+            def run() -> None:
+                subprocess.run(
+                    [sys.executable, "-m", "ppn", "wg", "sync", ifname, str(path)],
+                    env=env,
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                )
+
+            return run
+
+        def ppn_lib(path: Path) -> Callable[[], None]:
+            def run() -> None:
+                from ppn._io_wg_state import load_record, save_record
+
+                cfg = parse_config(path.read_text())
+                record = load_record(ifname)
+                reconcile(
+                    backend,
+                    cfg,
+                    now=time.time(),
+                    previous=None if record is None else record.endpoints,
+                )
+                save_record(ifname, cfg.peers)
+
+            return run
+
+        def wg(path: Path) -> Callable[[], None]:
+            def run() -> None:
+                subprocess.run(["wg", "syncconf", ifname, str(path)], check=True)
+
+            return run
+
+        startup = statistics.median(
+            _timed(
+                lambda: subprocess.run(
+                    [sys.executable, "-m", "ppn", "wg", "sync", "--help"],
+                    stdout=subprocess.DEVNULL,
+                    check=True,
+                )
+            )
+            for _ in range(3)
+        )
+        print(f"ppn process start-up floor (ppn wg sync --help): {startup * 1000:.0f} ms")
+        print(
+            f"{'peers':>6} {'case':<11} {'wg syncconf':>12} {'ppn lib':>9} {'ppn cli':>9}"
+            f" {'lib/wg':>7} {'cli/wg':>7}  writes(ppn)"
+        )
+        for n in (1000, 10000):
+            peers = [(i, secrets.token_bytes(32)) for i in range(1, n + 1)]
+            churned = list(peers)
+            for j in range(n // 100):
+                churned[j * 100] = (n + 1 + j, secrets.token_bytes(32))
+            base = Path(tmp) / f"c{n}.conf"
+            churn = Path(tmp) / f"c{n}-churn.conf"
+            _write_config(base, private_b64, peers)
+            _write_config(churn, private_b64, churned)
+            times: dict[tuple[str, str], list[float]] = {}
+            writes: dict[str, int] = {}
+            for _ in range(REPEATS[n]):
+                for tool, make in (("wg", wg), ("lib", ppn_lib), ("cli", ppn_cli)):
+                    _reset(backend.path)
+                    if os.path.exists(os.path.join(env["PPN_WG_STATE_DIR"], f"{ifname}.json")):
+                        os.unlink(os.path.join(env["PPN_WG_STATE_DIR"], f"{ifname}.json"))
+                    for case, path in (("initial", base), ("no-change", base), ("1% churn", churn)):
+                        if tool == "lib":
+                            from ppn.wg import plan
+
+                            ops = plan(
+                                parse_config(path.read_text()), backend.read(), now=time.time()
+                            )
+                            writes[case] = len(ops)
+                        times.setdefault((case, tool), []).append(_timed(make(path)))
+                    state = backend.read()
+                    assert len(state.peers) == n, (tool, len(state.peers))
+            for case in ("initial", "no-change", "1% churn"):
+                w = statistics.median(times[(case, "wg")])
+                lib = statistics.median(times[(case, "lib")])
+                cli = statistics.median(times[(case, "cli")])
+                print(
+                    f"{n:>6} {case:<11} {w * 1000:>9.0f} ms {lib * 1000:>6.0f} ms {cli * 1000:>6.0f} ms"
+                    f" {lib / w:>7.2f} {cli / w:>7.2f}  {writes[case]} ops"
+                )
+        parse_check = parse_config(base.read_text())
+        assert len(parse_check.peers) == 10000
