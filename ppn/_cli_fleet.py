@@ -384,9 +384,18 @@ def _cmd_fleet_keygen(args: argparse.Namespace) -> int:
 # --- registration ---------------------------------------------------------------------------------
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Wrap one-paragraph descriptions; keep multi-line epilogs (examples, statuses) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``fleet``, ``vmhost`` and ``vm`` to ``ppn``."""
-    fmt = argparse.RawDescriptionHelpFormatter
+    fmt = _Formatter
 
     fleet = subparsers.add_parser(
         "fleet",
