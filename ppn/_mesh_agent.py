@@ -88,7 +88,10 @@ class MeshAgent:
         self._pending_push: dict[str, dict[bytes, Record]] = {}
         self._next_pull = now  # pull at once on start: catch up after downtime
         self._next_reconcile = now
-        self._publish_self(endpoints, roles)
+        # What this node wants its own entry to say; applied as soon as the entry exists.
+        self._want_endpoints = None if endpoints is None else tuple(endpoints)
+        self._want_roles = None if roles is None else tuple(sorted(set(roles)))
+        self._publish_self(self._want_endpoints, self._want_roles)
         self._fix_own_address()
         self._actions.append(Reconcile())
 
@@ -113,6 +116,8 @@ class MeshAgent:
         if not result.changed:
             return
         self._queue_push(result.changed, exclude=source)
+        if any(r.identity == self.identity.public for r in result.changed):
+            self._publish_self(self._want_endpoints, self._want_roles)
         self._fix_own_address()
         self._actions.append(SaveState())
         self._actions.append(Reconcile())
@@ -121,7 +126,11 @@ class MeshAgent:
         self, *, endpoints: Sequence[str] | None = None, roles: Iterable[str] | None = None
     ) -> None:
         """Publish new endpoints/roles for this node (no-op when nothing differs)."""
-        self._publish_self(endpoints, roles)
+        if endpoints is not None:
+            self._want_endpoints = tuple(endpoints)
+        if roles is not None:
+            self._want_roles = tuple(sorted(set(roles)))
+        self._publish_self(self._want_endpoints, self._want_roles)
 
     # --- outputs -------------------------------------------------------------------------
 

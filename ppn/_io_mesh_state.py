@@ -1,0 +1,213 @@
+"""The mesh's files in the node's state directory (RFC-NOTES §7.10).
+
+The join ceremony owns ``identity.key``, ``wireguard.key``, ``node.json`` and ``mesh.json``
+(``genesis._io_state``); this module reads them and owns:
+
+    roster.bin    canonical msgpack {"version": 1, "generation": n, "mesh": bin16, "cidr": str,
+                  "records": [record bytes, ...], "baseline": [identity, ...]}
+    agent.json    what the running agent reports (pid, interface, control port, counters)
+    hosts         the hosts-file fragment for the mesh's names
+
+Every file is written atomically (temporary file in the same directory, fsync, rename, fsync of
+the directory), so a crash at any point leaves the old or the new file, never a mix; the
+generation grows by one with every write of ``roster.bin``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import wire
+from ._mesh_bootstrap import PreliminaryMember
+from ._mesh_ids import mesh_id
+from ._roster import Roster
+from ._roster_records import InvalidRecord, record_from_bytes
+
+__all__ = [
+    "ROSTER_FILE",
+    "MeshFiles",
+    "StateDirError",
+    "atomic_write",
+    "load_mesh_files",
+    "load_roster",
+    "read_agent_info",
+    "save_roster",
+    "write_agent_info",
+]
+
+ROSTER_FILE = "roster.bin"
+AGENT_FILE = "agent.json"
+HOSTS_FILE = "hosts"
+_VERSION = 1
+_MAX_STATE = 64 * 1024 * 1024
+
+
+class StateDirError(Exception):
+    """The state directory is missing what the mesh needs, or holds something unreadable.
+
+    ``missing`` is True when the node simply has not joined a mesh yet.
+    """
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeshFiles:
+    """What the ceremony left in the state directory, in the mesh's terms."""
+
+    directory: Path
+    name: str
+    identity: Any  # ppn.IdentityKey
+    wg: Any  # ppn.WireGuardKeyPair
+    endpoints: tuple[str, ...]
+    mesh: bytes
+    cidr: str
+    address: str
+    interface: str
+    preliminary: tuple[PreliminaryMember, ...]
+    mesh_json_mtime: float
+
+    @property
+    def is_genesis(self) -> bool:
+        return bool(mesh_id(self.identity.public) == self.mesh)
+
+    def own_preliminary(self) -> PreliminaryMember | None:
+        return next((m for m in self.preliminary if m.identity == self.identity.public), None)
+
+
+def load_mesh_files(directory: Path) -> MeshFiles:
+    """Read node and mesh membership through the ceremony's state module."""
+    from genesis._io_state import StateError, load_mesh, load_node
+
+    try:
+        node = load_node(directory)
+        mesh = load_mesh(directory)
+    except StateError as exc:
+        raise StateDirError(str(exc)) from exc
+    if node is None or mesh is None:
+        raise StateDirError(
+            f"{directory} is not a mesh member; run 'ppn genesis' or 'ppn join' first",
+            missing=True,
+        )
+    preliminary = tuple(
+        PreliminaryMember(
+            name=m.name,
+            identity=m.identity,
+            wg_key=m.wg,
+            address=m.address,
+            endpoints=tuple(m.endpoints),
+            roles=tuple(m.roles),
+        )
+        for m in mesh.roster
+    )
+    return MeshFiles(
+        directory=directory,
+        name=node.name,
+        identity=node.identity,
+        wg=node.wg,
+        endpoints=tuple(node.endpoints),
+        mesh=mesh.mesh_id,
+        cidr=mesh.cidr,
+        address=mesh.address,
+        interface=mesh.interface,
+        preliminary=preliminary,
+        mesh_json_mtime=(directory / "mesh.json").stat().st_mtime,
+    )
+
+
+@dataclass
+class RosterFile:
+    roster: Roster
+    generation: int
+    baseline: frozenset[bytes]
+
+
+def load_roster(directory: Path, *, mesh: bytes, cidr: str) -> RosterFile | None:
+    """The saved roster, or None when there is none yet. Every record is verified again."""
+    path = directory / ROSTER_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateDirError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        value = wire.unpack_canonical(data, max_size=_MAX_STATE)
+        if not isinstance(value, dict) or value.get("version") != _VERSION:
+            raise StateDirError(f"{path} has an unknown format")
+        if value["mesh"] != mesh:
+            raise StateDirError(f"{path} belongs to another mesh than mesh.json")
+        records = [record_from_bytes(b) for b in value["records"]]
+        baseline = frozenset(value["baseline"])
+        generation = int(value["generation"])
+        roster = Roster(mesh=mesh, network=value["cidr"] if value["cidr"] else cidr)
+        roster.merge(records)
+    except (wire.WireError, InvalidRecord, KeyError, TypeError, ValueError) as exc:
+        raise StateDirError(f"{path} is damaged: {exc}") from exc
+    return RosterFile(roster=roster, generation=generation, baseline=baseline)
+
+
+def save_roster(
+    directory: Path, roster: Roster, *, generation: int, baseline: Iterable[bytes]
+) -> None:
+    value = {
+        "version": _VERSION,
+        "generation": generation,
+        "mesh": roster.mesh,
+        "cidr": str(roster.network),
+        "records": [r.encoded for r in roster.records()],
+        "baseline": sorted(set(baseline)),
+    }
+    atomic_write(directory / ROSTER_FILE, wire.pack_canonical(value))
+
+
+def write_agent_info(directory: Path, info: dict[str, Any]) -> None:
+    atomic_write(
+        directory / AGENT_FILE, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
+    )
+
+
+def read_agent_info(directory: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads((directory / AGENT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_hosts(directory: Path, fragment: str) -> None:
+    path = directory / HOSTS_FILE
+    try:
+        if path.read_text() == fragment:
+            return
+    except OSError:
+        pass
+    atomic_write(path, fragment.encode(), mode=0o644)

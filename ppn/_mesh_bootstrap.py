@@ -1,0 +1,121 @@
+"""From the join ceremony's result to the signed roster: sponsoring and bootstrapping (sans-IO).
+
+The ceremony (``genesis/``) writes an *unsigned* preliminary roster to the state directory: the
+sponsor's members as the joiner was told them, and, on the sponsor, each member it admitted.
+The PAKE and the compared SAS authenticate that list to its holder, so it is good enough to
+bring the tunnel up; the mesh then replaces it with signed records (RFC-NOTES §7.9):
+
+* :func:`sponsor_admissions` — on the sponsor, every preliminary member that is neither on the
+  signed roster nor in the *baseline* (the preliminary members this node already found when it
+  first started, i.e. ones someone else sponsored) gets an admission signed by this node, at the
+  address the ceremony gave it;
+* :func:`with_bootstrap_peers` — until a preliminary member appears on the signed roster, it is
+  configured as a WireGuard peer from the preliminary record (its /32, first endpoint,
+  keepalive 25 s), so a joiner can reach its sponsor and pull the signed roster.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ._errors import LocalProtocolError
+from ._keys import IdentityKey
+from ._roster import Roster
+from ._roster_records import InvalidRecord, MemberRecord, validate_name
+from ._topology import KEEPALIVE, DesiredConfig, DesiredPeer
+
+__all__ = ["PreliminaryMember", "sponsor_admissions", "with_bootstrap_peers"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreliminaryMember:
+    """A member record as the ceremony stores it: unsigned, authenticated only by the ceremony."""
+
+    name: str
+    identity: bytes
+    wg_key: bytes
+    address: str
+    endpoints: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+
+
+def sponsor_admissions(
+    roster: Roster,
+    preliminary: Iterable[PreliminaryMember],
+    *,
+    baseline: Iterable[bytes],
+    sponsor: IdentityKey,
+    now: int,
+) -> list[MemberRecord]:
+    """Sign and merge admissions for members this node sponsored in a ceremony (see module doc).
+
+    Does nothing unless this node is itself a live member. Members whose preliminary record is
+    unusable (bad name, address or endpoint) are skipped; the rest are returned.
+    """
+    if roster.view().member(sponsor.public) is None:
+        return []
+    skip = set(baseline) | {sponsor.public}
+    admitted: list[MemberRecord] = []
+    for member in preliminary:
+        if member.identity in skip or member.identity in roster:
+            continue
+        try:
+            record = roster.admit(
+                sponsor,
+                name=member.name,
+                identity=member.identity,
+                wg_key=member.wg_key,
+                now=now,
+                endpoints=member.endpoints,
+                roles=member.roles,
+                address=member.address,
+            )
+        except (LocalProtocolError, InvalidRecord):
+            continue
+        admitted.append(record)
+    return admitted
+
+
+def _host_prefix(address: str) -> str:
+    parsed = ipaddress.ip_address(address)
+    return f"{parsed}/{parsed.max_prefixlen}"
+
+
+def with_bootstrap_peers(
+    config: DesiredConfig | None,
+    *,
+    roster: Roster,
+    preliminary: Sequence[PreliminaryMember],
+    self_identity: bytes,
+    fallback_address: str,
+) -> DesiredConfig:
+    """``config`` (from the signed roster; None while this node is not on it) plus a peer for
+    every preliminary member the signed roster does not know yet."""
+    base = config or DesiredConfig(address=fallback_address, peers=(), forwarding=False)
+    peers = list(base.peers)
+    keys = {p.wg_key for p in peers}
+    claimed = {ip for p in peers for ip in p.allowed_ips}
+    own = base.address.split("/", 1)[0]
+    for member in preliminary:
+        if member.identity == self_identity or member.identity in roster or member.wg_key in keys:
+            continue
+        try:
+            validate_name(member.name)
+            route = _host_prefix(member.address)
+        except (InvalidRecord, ValueError):
+            continue
+        allowed = () if route in claimed or member.address == own else (route,)
+        peers.append(
+            DesiredPeer(
+                wg_key=member.wg_key,
+                endpoint=member.endpoints[0] if member.endpoints else None,
+                allowed_ips=allowed,
+                persistent_keepalive=KEEPALIVE,
+            )
+        )
+        keys.add(member.wg_key)
+        claimed.update(allowed)
+    peers.sort(key=lambda p: p.wg_key)
+    return DesiredConfig(address=base.address, peers=tuple(peers), forwarding=base.forwarding)

@@ -1,0 +1,238 @@
+"""``ppn up``: the node agent process, wiring state directory, WireGuard device and control.
+
+Start-up, in order: read the ceremony's files and the saved roster (or found / start one);
+bring the WireGuard device up (a running device is adopted, never recreated) and reconcile it
+once, which puts the mesh address on the interface; then serve PPN control on that address,
+pull from every member at once and every 30 s, push changes, reconcile every 5 s and after every
+change, and watch ``mesh.json`` for members admitted by a ceremony on this node.
+
+SIGTERM or SIGINT stops the agent after saving; the device and its peers stay as they are, so
+traffic keeps flowing and a restart finds nothing to change.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from ._control import CONTROL_PORT
+from ._io_mesh_state import (
+    MeshFiles,
+    load_mesh_files,
+    load_roster,
+    save_roster,
+    write_agent_info,
+    write_hosts,
+)
+from ._io_mesh_wg import DeviceWireGuard, ensure_device
+from ._mesh_agent import PULL_INTERVAL, MeshAgent
+from ._mesh_bootstrap import sponsor_admissions
+from ._names import hosts_fragment, replace_hosts_block
+from ._roster import MergeResult, Roster
+from ._trio_mesh import MeshNode
+
+__all__ = ["AgentOptions", "run_agent"]
+
+log = logging.getLogger("ppn.mesh")
+
+WG_PORT = 51820
+WATCH_INTERVAL = 1.0
+
+
+@dataclass(kw_only=True)
+class AgentOptions:
+    state: Path
+    interface: str | None = None
+    endpoints: Sequence[str] | None = None
+    roles: Sequence[str] = ()
+    control_port: int = CONTROL_PORT
+    control_listen: str | None = None  # default: this node's mesh address
+    listen_port: int | None = None  # WireGuard; default: port of the first endpoint, or 51820
+    hosts_file: Path | None = None
+    pull_interval: float = PULL_INTERVAL
+    progress: Callable[[str], None] = field(default=lambda line: None)
+
+
+def _listen_port(files: MeshFiles, endpoints: Sequence[str], override: int | None) -> int:
+    if override is not None:
+        return override
+    for endpoint in endpoints:
+        _, _, port = endpoint.rpartition(":")
+        if port.isdigit():
+            return int(port)
+    return WG_PORT
+
+
+def _initial_roster(files: MeshFiles, roles: Sequence[str]) -> tuple[Roster, int, frozenset[bytes]]:
+    saved = load_roster(files.directory, mesh=files.mesh, cidr=files.cidr)
+    if saved is not None:
+        return saved.roster, saved.generation, saved.baseline
+    if files.is_genesis:
+        roster = Roster.found(
+            files.identity,
+            name=files.name,
+            wg_key=files.wg.public,
+            now=int(time.time()),
+            endpoints=files.endpoints,
+            roles=roles,
+            network=files.cidr,
+        )
+        # Every other member in the genesis node's mesh.json was admitted by this node.
+        return roster, 0, frozenset({files.identity.public})
+    roster = Roster(mesh=files.mesh, network=files.cidr)
+    # Members already listed when the agent first runs were sponsored by someone else.
+    return roster, 0, frozenset(m.identity for m in files.preliminary)
+
+
+async def run_agent(
+    opts: AgentOptions, *, ready: Callable[[dict[str, object]], None] | None = None
+) -> None:
+    """Run the agent until SIGTERM/SIGINT (or cancellation). Raises the I/O modules' errors."""
+    files = load_mesh_files(opts.state)
+    own = files.own_preliminary()
+    roles = sorted(set(own.roles if own else ()) | set(opts.roles))
+    endpoints = tuple(opts.endpoints) if opts.endpoints is not None else files.endpoints
+    roster, generation, baseline = _initial_roster(files, roles)
+    interface = opts.interface or files.interface
+    opts.progress(f"bringing up WireGuard interface {interface} ...")
+    handle = await trio.to_thread.run_sync(ensure_device, interface)
+    current = {"files": files}
+
+    device = DeviceWireGuard(
+        interface=interface,
+        backend=handle.backend,
+        private_key=files.wg.private,
+        self_identity=files.identity.public,
+        listen_port=_listen_port(files, endpoints, opts.listen_port),
+        fallback_address=f"{files.address}/{roster.network.prefixlen}",
+        preliminary=lambda: current["files"].preliminary,
+    )
+    agent = MeshAgent(
+        roster,
+        identity=files.identity,
+        now=trio.current_time(),
+        endpoints=endpoints,
+        roles=roles,
+        bootstrap=[m.address for m in files.preliminary if m.identity != files.identity.public],
+        pull_interval=opts.pull_interval,
+    )
+    admitted = sponsor_admissions(
+        roster, files.preliminary, baseline=baseline, sponsor=files.identity, now=int(time.time())
+    )
+    if admitted:
+        agent.roster_changed(MergeResult(changed=tuple(admitted)))
+    await trio.to_thread.run_sync(device.reconcile_now, roster)
+    me = roster.view().member(files.identity.public)
+    address = me.address if me is not None and me.routed else files.address
+    state = {"generation": generation}
+
+    def info(node: MeshNode | None) -> dict[str, object]:
+        stats = node.stats if node is not None else None
+        return {
+            "pid": os.getpid(),
+            "interface": interface,
+            "backend": handle.kind,
+            "wireguard_go_pid": handle.started_pid,
+            "control": f"{opts.control_listen or address}:{node.bound_port if node else opts.control_port}",
+            "generation": state["generation"],
+            "pulls_ok": stats.pulls_ok if stats else 0,
+            "pulls_failed": stats.pulls_failed if stats else 0,
+            "pushes_ok": stats.pushes_ok if stats else 0,
+            "pushes_failed": stats.pushes_failed if stats else 0,
+            "rejected": [r.detail for r in stats.rejected[-10:]] if stats else [],
+            "last_error": stats.last_error if stats else None,
+            "updated": int(time.time()),
+        }
+
+    node_box: list[MeshNode] = []
+
+    def save(roster: Roster) -> None:
+        state["generation"] += 1
+        save_roster(opts.state, roster, generation=state["generation"], baseline=baseline)
+        fragment = hosts_fragment(roster.view(), mesh=roster.mesh)
+        write_hosts(opts.state, fragment)
+        if opts.hosts_file is not None:
+            try:
+                text = opts.hosts_file.read_text()
+            except FileNotFoundError:
+                text = ""
+            updated = replace_hosts_block(text, fragment, mesh=roster.mesh)
+            if updated != text:
+                opts.hosts_file.write_text(updated)
+        write_agent_info(opts.state, info(node_box[0] if node_box else None))
+
+    if generation == 0 or admitted:
+        save(roster)
+    node = MeshNode(
+        agent,
+        wireguard=device,
+        save=save,
+        listen_host=opts.control_listen or address,
+        listen_port=opts.control_port,
+    )
+    node_box.append(node)
+
+    async def watch_mesh_json() -> None:
+        mtime = files.mesh_json_mtime
+        while True:
+            await trio.sleep(WATCH_INTERVAL)
+            try:
+                now_mtime = (opts.state / "mesh.json").stat().st_mtime
+                if now_mtime == mtime:
+                    continue
+                mtime = now_mtime
+                fresh = load_mesh_files(opts.state)
+            except Exception as exc:  # a half-written file is retried on the next tick
+                log.info("re-reading mesh.json failed: %s", exc)
+                continue
+            current["files"] = fresh
+            admitted = sponsor_admissions(
+                roster,
+                fresh.preliminary,
+                baseline=baseline,
+                sponsor=files.identity,
+                now=int(time.time()),
+            )
+            if admitted:
+                opts.progress("admitted " + ", ".join(f"{r.name} ({r.address})" for r in admitted))
+                node.merged_locally(MergeResult(changed=tuple(admitted)))
+
+    async def watch_signals(cancel: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                opts.progress(f"stopping on {signal.Signals(signum).name}; the tunnel stays up")
+                cancel.cancel()
+                return
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_signals, nursery.cancel_scope)
+            port = await nursery.start(node.run)
+            nursery.start_soon(watch_mesh_json)
+            write_agent_info(opts.state, info(node))
+            details: dict[str, object] = {
+                "interface": interface,
+                "address": address,
+                "control_port": port,
+                "members": len(roster.view().members),
+                "backend": handle.kind,
+            }
+            opts.progress(
+                f"up: {files.name} {address} on {interface} ({handle.kind}); PPN control on "
+                f"{opts.control_listen or address}:{port}"
+            )
+            if ready is not None:
+                ready(details)
+    finally:
+        with trio.CancelScope(shield=True):
+            try:
+                save(roster)
+            except OSError as exc:
+                log.warning("final save failed: %s", exc)
