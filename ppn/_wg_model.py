@@ -160,10 +160,10 @@ def _parse_network(text: str) -> IPNetwork:
     v6 = ":" in address
     bits = 128 if v6 else 32
     if slash:
-        if not (0 < len(length_text) <= 3 and length_text.isdigit() and length_text.isascii()):
+        if not (length_text.isascii() and length_text.isdigit()):
             raise ValueError(text)
         length = int(length_text)
-        if length > bits or (len(length_text) > 1 and length_text[0] == "0"):
+        if length > bits:
             raise ValueError(text)
     else:
         length = bits
