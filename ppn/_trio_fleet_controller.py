@@ -65,7 +65,10 @@ async def _read_frame(stream: trio.abc.Stream, max_size: int) -> bytes:
     while True:
         data = bytes(await stream.receive_some(65536))
         decoder.feed(data)
-        frame = decoder.next_frame()
+        try:
+            frame = decoder.next_frame()
+        except wire.FrameError as exc:  # an oversized header: the peer's fault, never ours
+            raise RemoteProtocolError(str(exc)) from exc
         if frame is not None:
             return frame
         if not data:

@@ -268,3 +268,41 @@ async def test_real_provisioner_gets_the_spec(tmp_path: Path) -> None:
     assert not failing.ok and "exited 1" in failing.detail and "no disk" in failing.detail
     missing = await run_provisioner([str(tmp_path / "nope")], spec, b"\x03" * 16, timeout=30)
     assert not missing.ok and "could not start" in missing.detail
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\xff\xff\xff\xff",
+        b"\x00\x00\x00\x05abc",
+        b"\x00\x00\x00\x02\xc1\xc1",
+        b"",
+        b"\x00\x00\x00\x01",
+    ],
+)
+async def test_hostile_bytes_never_take_a_service_down(
+    autojump_clock: trio.testing.MockClock, garbage: bytes
+) -> None:
+    """Oversized headers, truncation, invalid msgpack, silence: each connection just ends."""
+    async with trio.open_nursery() as nursery:
+        net = FakeNet(nursery)
+        controller = setup(net, fleet_directory())
+        a = host(net, 2, 4096)
+        handlers = [
+            controller.serve_heartbeat_stream,
+            controller._serve_control,
+            a.serve_spawn_stream,
+        ]
+        for handler in handlers:
+            ours, theirs = trio.testing.memory_stream_pair()
+            nursery.start_soon(handler, theirs)
+            if garbage:
+                await ours.send_all(garbage)
+            else:
+                await ours.send_eof()
+            await trio.sleep(60)  # past every per-connection timeout
+            await ours.aclose()
+        # The services still work afterwards.
+        assert await a.send_heartbeat()
+        assert [r.name for r in controller.table.live_nodes()] == ["a"]
+        nursery.cancel_scope.cancel()
