@@ -123,6 +123,8 @@ class UI:
         line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
         answer = line.strip().lower()
         accepted = answer in ("y", "yes")
+        if not self.json_mode and not sys.stdin.isatty():
+            self.say(answer or "(no answer)")  # a piped answer is not echoed by a terminal
         if accepted:
             self.say("  confirmed; waiting for the other operator ...")
         return accepted

@@ -35,6 +35,7 @@ class FailureReason(enum.Enum):
     TIMEOUT = ("timeout", 13, "the ceremony timed out")
     PEER_VANISHED = ("vanished", 14, "the other side went away in the middle of the ceremony")
     CANCELLED = ("cancelled", 14, "the ceremony was cancelled")
+    UNREACHABLE = ("unreachable", 14, "could not reach the sponsor's pairing port")
     PROTOCOL = (
         "protocol",
         15,

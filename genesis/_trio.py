@@ -299,7 +299,7 @@ async def join(
         try:
             stream = await trio.open_tcp_stream(host, port)
         except OSError:
-            return Failed(reason=FailureReason.PEER_VANISHED)
+            return Failed(reason=FailureReason.UNREACHABLE)
     if scope.cancelled_caught:
         return Failed(reason=FailureReason.TIMEOUT)
     return await join_stream(

@@ -213,3 +213,52 @@ def test_demo(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "they match" in result.stdout and "beta     10.8.0.2" in result.stdout
+
+
+def test_invite_on_a_member_admits_a_third_node(tmp_path: Path) -> None:
+    sponsor, code = start_sponsor(tmp_path / "alpha")
+    joiner = start_joiner(tmp_path / "beta", code["code"], code["address"])
+    for proc in (joiner, sponsor):
+        assert event(proc)["event"] == "sas"
+        answer(proc, "yes")
+    assert event(joiner)["event"] == event(sponsor)["event"] == "joined"
+    assert finish(sponsor, joiner) == [0, 0]
+    # beta, now a member, sponsors gamma; gamma learns alpha and beta, gets the next address.
+    invite = ppn(
+        "invite", "--state", str(tmp_path / "beta"), "--listen", "127.0.0.1:0", "--events", "json"
+    )
+    code = event(invite)
+    gamma = ppn(
+        "join",
+        code["code"].lower().replace("-", " "),
+        "--sponsor",
+        code["address"],
+        "--state",
+        str(tmp_path / "gamma"),
+        "--name",
+        "gamma",
+        "--events",
+        "json",
+    )
+    for proc in (gamma, invite):
+        assert event(proc)["event"] == "sas"
+        answer(proc, "y")
+    done = event(gamma)
+    assert event(invite)["event"] == "joined"
+    assert finish(invite, gamma) == [0, 0]
+    assert done["address"] == "10.8.0.3"
+    assert [m["name"] for m in done["roster"]] == ["alpha", "beta", "gamma"]
+    beta_roster = json.loads((tmp_path / "beta" / "mesh.json").read_text())["roster"]
+    assert [m["name"] for m in beta_roster] == ["alpha", "beta", "gamma"]
+
+
+def test_unreachable_sponsor(tmp_path: Path) -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+    code = str(make_code(1, secrets.token_bytes(5)))
+    proc = ppn("join", code, "--sponsor", f"127.0.0.1:{port}", "--state", str(tmp_path / "s"))
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 14 and "could not reach" in err
+    assert not (tmp_path / "s").exists()
