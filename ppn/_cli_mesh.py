@@ -179,6 +179,13 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _address_key(address: str) -> tuple[int, int]:
+    import ipaddress
+
+    parsed = ipaddress.ip_address(address)
+    return parsed.version, int(parsed)
+
+
 def _age(seconds: int | None) -> str:
     if seconds is None:
         return "never"
@@ -229,7 +236,7 @@ def _status(args: argparse.Namespace) -> int:
         now=now,
     )
     rows: list[dict[str, Any]] = []
-    for path in topology.paths:
+    for path in sorted(topology.paths, key=lambda p: _address_key(p.member.address)):
         m = path.member
         rows.append(
             {

@@ -148,6 +148,7 @@ class DeviceWireGuard:
         self.last_topology: Topology | None = None
         self.last_report: wg.SyncReport | None = None
         self._plumbed_address: str | None = None
+        self.operations_applied = 0  # since start: 0 after a restart means "nothing disturbed"
 
     async def reconcile(self, roster: Roster) -> None:
         await trio.to_thread.run_sync(self.reconcile_now, roster)
@@ -188,4 +189,6 @@ class DeviceWireGuard:
         except (wg.DeviceError, wg.VerifyError, wg.DesiredStateError, wg.UAPIProtocolError) as exc:
             raise MeshDeviceError(str(exc)) from exc
         self.last_report = report
+        if report.applied:
+            self.operations_applied += len(report.plan)
         return report

@@ -148,6 +148,8 @@ async def run_agent(
             "pushes_failed": stats.pushes_failed if stats else 0,
             "rejected": [r.detail for r in stats.rejected[-10:]] if stats else [],
             "last_error": stats.last_error if stats else None,
+            "wireguard_operations": device.operations_applied,
+            "reconciles": stats.reconciles if stats else 0,
             "updated": int(time.time()),
         }
 
@@ -181,8 +183,17 @@ async def run_agent(
 
     async def watch_mesh_json() -> None:
         mtime = files.mesh_json_mtime
+        reported: dict[str, object] = {}
         while True:
             await trio.sleep(WATCH_INTERVAL)
+            report = info(node)
+            report.pop("updated")
+            if report != reported:
+                reported = report
+                try:
+                    write_agent_info(opts.state, info(node))
+                except OSError as exc:
+                    log.info("writing agent.json failed: %s", exc)
             try:
                 now_mtime = (opts.state / "mesh.json").stat().st_mtime
                 if now_mtime == mtime:
