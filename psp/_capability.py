@@ -18,6 +18,7 @@ import binascii
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from ppn import IdentityKey
@@ -140,7 +141,7 @@ class Link:
     payload: bytes
     signature: bytes
 
-    @property
+    @cached_property
     def id(self) -> bytes:
         return link_id(self.payload)
 

@@ -180,7 +180,9 @@ async def _serve_request(
             return
         if rows:
             conn.send(RowBatch(request_id=request.request_id, rows=tuple(rows)))
+        if not cursor.done:
             await _flush(stream, conn)
+    # The last batch, the header of a short answer and the end leave in one write.
     resume = cursor.resume_offset
     conn.send(
         End(

@@ -88,6 +88,8 @@ class Verifier:
         self.revoked: set[bytes] = set(revoked)
         self.replay = ReplaySet()
         self._verified: OrderedDict[bytes, Link] = OrderedDict()
+        # Chains (by link ids) whose structure and every signature already checked out.
+        self._chains: OrderedDict[tuple[tuple[bytes, bytes], ...], None] = OrderedDict()
         self._cache_size = cache_size
 
     def revoke(self, link: bytes) -> None:
@@ -97,7 +99,11 @@ class Verifier:
         """Accept or raise :class:`AuthorizationError` with a stable code."""
         envelope = decode_envelope(envelope_bytes, self._verified)
         capability, invocation = envelope.capability, envelope.invocation
-        self._check_chain(capability)
+        # Keyed by the exact signed bytes (payload and signature), never by ids alone.
+        signed = tuple((link.payload, link.signature) for link in capability.links)
+        known_chain = signed in self._chains
+        if not known_chain:
+            self._check_chain(capability)
         if invocation.capability != capability.leaf.id:
             raise AuthorizationError(ErrorCode.BROKEN_CHAIN)
         if invocation.issuer != capability.holder:
@@ -123,13 +129,18 @@ class Verifier:
         if invocation.nonce in self.replay:
             raise AuthorizationError(ErrorCode.REPLAYED)
         # Signatures last: everything above is cheap and needs no secret-dependent work.
-        for link in capability.links:
-            self._verify_link(link)
+        if not known_chain:
+            for link in capability.links:
+                self._verify_link(link)
         if not verify_in_context(
             invocation.issuer, CONTEXT_INVOCATION, invocation.payload, invocation.signature
         ):
             raise AuthorizationError(ErrorCode.BAD_SIGNATURE)
         self.replay.add(invocation.nonce, invocation.expires)
+        if not known_chain:
+            self._chains[signed] = None
+            if len(self._chains) > self._cache_size:
+                self._chains.popitem(last=False)
         return Authorization(
             holder=invocation.issuer,
             scope=capability.scope,
