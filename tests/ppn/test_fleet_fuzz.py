@@ -77,3 +77,44 @@ def test_spawn_cores(frames: list[bytes], raw: bool) -> None:
             core.receive_data(b"")
         except RemoteProtocolError:
             pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_payloads(), min_size=1, max_size=3))
+def test_spawn_client_after_a_valid_challenge(answers: list[bytes]) -> None:
+    """Past the challenge, whatever the host answers only raises RemoteProtocolError."""
+    node_a = make_member(2, "a").node_id
+    server = SpawnServer(node_id=node_a, directory=fleet_directory(), nonce=b"N" * 16)
+    client = SpawnClient(
+        key=make_key(1),
+        node_id=node_a,
+        request_id=b"R" * 16,
+        spec=VmSpec(vm_type="g", name="v", ram_mb=1),
+    )
+    client.receive_data(server.data_to_send())
+    try:
+        for answer in answers:
+            client.receive_data(wire.encode_frame(answer, max_size=1 << 20))
+        client.receive_data(b"")
+    except RemoteProtocolError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(_VALUES)
+def test_signed_garbage_spawn_bodies(value: object) -> None:
+    """A body signed by the real controller but malformed only raises RemoteProtocolError."""
+    from ppn._fleet_spawn import SPAWN_CONTEXT
+
+    node_a = make_member(2, "a").node_id
+    server = SpawnServer(node_id=node_a, directory=fleet_directory(), nonce=b"N" * 16)
+    body = wire.pack_canonical(value)
+    envelope = {
+        "body": body,
+        "key": make_key(1).public,
+        "sig": make_key(1).sign(SPAWN_CONTEXT + body),
+    }
+    try:
+        server.receive_data(wire.encode_frame(wire.pack_canonical(envelope), max_size=1 << 20))
+    except RemoteProtocolError:
+        pass
