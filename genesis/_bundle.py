@@ -101,6 +101,8 @@ def member_from_value(value: Any) -> MemberRecord:
     for key in (identity, wg):
         if not isinstance(key, bytes) or len(key) != KEY_SIZE:
             raise RemoteProtocolError("malformed member key")
+    if not isinstance(address, str):
+        raise RemoteProtocolError("malformed member address")
     try:
         ipaddress.ip_address(address)
     except ValueError as exc:
@@ -160,6 +162,8 @@ class SponsorBundle:
             raise RemoteProtocolError("malformed sponsor identity")
         if not isinstance(roster, list) or not 0 < len(roster) <= MAX_MEMBERS:
             raise RemoteProtocolError("malformed roster")
+        if not (isinstance(value["cidr"], str) and isinstance(value["address"], str)):
+            raise RemoteProtocolError("malformed mesh CIDR or address")
         try:
             ipaddress.ip_network(value["cidr"], strict=True)
             ipaddress.ip_address(value["address"])

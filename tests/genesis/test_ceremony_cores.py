@@ -414,3 +414,37 @@ def test_codes_are_unrelated_to_window_numbers() -> None:
     assert len(codes) == 100
     assert all(isinstance(c, str) for c in codes)
     assert isinstance(new_code(), JoinCode)
+
+
+def test_bundle_with_other_sponsor_keys_than_bound_is_refused() -> None:
+    from genesis import Grant
+
+    from .ceremony_kit import record
+
+    pair = make_pair()
+    pair.to_sas()
+    impostor = record(party("alpha"), "10.8.0.1")  # the sponsor's name, but other keys
+    grant = Grant(cidr="10.8.0.0/24", address="10.8.0.2", roster=(impostor,))
+    pair.joiner.send(ConfirmSas(accept=True), 0)
+    pair.sponsor.send(ConfirmSas(accept=True, grant=grant), 0)
+    pair.sponsor.receive_data(pair.joiner.data_to_send(), 0)
+    with pytest.raises(RemoteProtocolError):
+        pair.joiner.receive_data(pair.sponsor.data_to_send(), 0)
+    assert pair.joiner.state is JoinerState.ERROR
+    assert not any(isinstance(e, Joined) for e in pair.joiner_events)
+
+
+def test_tampered_bundle_does_not_authenticate() -> None:
+    pair = make_pair()
+    pair.to_sas()
+    pair.joiner.send(ConfirmSas(accept=True), 0)
+    pair.sponsor.send(ConfirmSas(accept=True, grant=pair.grant()), 0)
+    pair.sponsor.receive_data(pair.joiner.data_to_send(), 0)
+    sealed = last_message(pair.sponsor.data_to_send())
+    assert isinstance(sealed, m.SponsorBundleBox)
+    flipped = sealed.box[:-1] + bytes([sealed.box[-1] ^ 1])
+    frame = wire.encode_frame(
+        m.encode_message(m.SponsorBundleBox(box=flipped)), max_size=m.MAX_FRAME
+    )
+    with pytest.raises(RemoteProtocolError, match="did not authenticate"):
+        pair.joiner.receive_data(frame, 0)

@@ -114,3 +114,53 @@ def test_garbage_after_a_valid_prefix(data: bytes, cut: int) -> None:
         pair.sponsor.receive_data(pair.joiner.data_to_send(), 0)
     _feed(pair.sponsor, [data[i : i + 1] for i in range(len(data))])
     _feed(pair.joiner, [data])
+
+
+member_values = st.fixed_dictionaries(
+    {
+        "name": st.one_of(st.sampled_from(["alpha", "b-2", "-x"]), st.text(max_size=5)),
+        "identity": st.one_of(st.just(bytes(32)), st.binary(max_size=40)),
+        "wg": st.one_of(st.just(bytes(range(32))), st.binary(max_size=40)),
+        "address": st.one_of(
+            st.sampled_from(["10.8.0.1", "fe80::1", "nope"]), st.binary(max_size=4)
+        ),
+        "endpoints": st.lists(
+            st.one_of(st.sampled_from(["1.2.3.4:5", "[::1]:9", "x:0", "h:"]), st.text(max_size=8)),
+            max_size=3,
+        ),
+        "roles": st.lists(st.text(max_size=4), max_size=3),
+    }
+)
+bundle_values = st.fixed_dictionaries(
+    {
+        "mesh": st.one_of(st.just(bytes(16)), st.binary(max_size=20)),
+        "cidr": st.one_of(
+            st.sampled_from(["10.8.0.0/24", "10.8.0.1/24", "::/64"]), st.binary(max_size=4)
+        ),
+        "address": st.one_of(st.sampled_from(["10.8.0.2", "x"]), st.binary(max_size=4)),
+        "roles": st.lists(st.text(max_size=4), max_size=2),
+        "sponsor": st.one_of(st.just(bytes(32)), st.binary(max_size=40)),
+        "roster": st.lists(member_values, max_size=3),
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.one_of(
+        bundle_values,
+        st.dictionaries(
+            st.text(max_size=8), st.integers(min_value=-(2**63), max_value=2**64 - 1), max_size=3
+        ),
+    )
+)
+def test_bundle_decoders_only_raise_remote_protocol_errors(value: dict[str, object]) -> None:
+    from genesis import JoinerBundle, SponsorBundle
+
+    data = wire.pack_canonical(value)
+    for decoder in (SponsorBundle.from_bytes, JoinerBundle.from_bytes):
+        try:
+            decoded = decoder(data)
+        except RemoteProtocolError:
+            continue
+        assert decoded.to_bytes() == data  # whatever decodes re-encodes to the same bytes
