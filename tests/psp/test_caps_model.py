@@ -291,3 +291,32 @@ def test_query_decoder_raises_only_query_errors(data: bytes) -> None:
         assert exc.code in (ErrorCode.QUERY_INVALID, ErrorCode.COST_LIMIT)
         return
     assert decode_query(pack_canonical(q.to_wire())) == q
+
+
+def test_one_invocation_fans_out_to_each_named_vault_once() -> None:
+    other = IdentityKey.from_seed(b"W" * 32)
+    fleet = IdentityKey.from_seed(b"F" * 32)
+    vaults = tuple(sorted([VAULT.public, other.public]))
+    cap = mint(
+        fleet,
+        audience=BOB.public,
+        scope=Scope(vaults=vaults, rows=10),
+        not_before=0,
+        expires=NOW + 100,
+        nonce=b"f" * 16,
+    )
+    q = Query(collection="people", op="count").encode()
+    env = invoke(cap, BOB, vaults=list(vaults), query_bytes=q, now=NOW, nonce=b"o" * 16).raw
+    at_a = Verifier(VAULT.public, trusted_roots=[fleet.public])
+    at_b = Verifier(other.public, trusted_roots=[fleet.public])
+    assert (
+        admit(at_a, env, q, now=NOW).query_id == admit(at_b, env, q, now=NOW).query_id == b"o" * 16
+    )
+    for verifier in (at_a, at_b):
+        with pytest.raises(AuthorizationError) as info:
+            admit(verifier, env, q, now=NOW)
+        assert info.value.code is ErrorCode.REPLAYED
+    third = Verifier(IdentityKey.from_seed(b"X" * 32).public, trusted_roots=[fleet.public])
+    with pytest.raises(AuthorizationError) as info:
+        admit(third, env, q, now=NOW)
+    assert info.value.code is ErrorCode.WRONG_VAULT
