@@ -1,9 +1,12 @@
 """``ppn wg sync`` against ``wg syncconf``, side by side on the same wireguard-go device.
 
 At 1,000 and 10,000 peers: initial apply (empty device), no-change sync, and 1 % churn
-(1 % of the peers replaced by new ones). For ppn two figures: the ``ppn wg sync`` command
-(a new Python process each time, like ``wg``) and the library call the node agent makes
-(``parse_config`` + ``reconcile`` in a running process). Medians of a few runs, interleaved.
+(1 % of the peers replaced by new ones). For ppn three figures: ``agent`` is what the node
+agent does each pass (``reconcile`` of a desired state it holds, in a running process); ``lib``
+is one file → device pass in a running process with every cache emptied (``parse_config`` +
+``reconcile``, i.e. ``ppn wg sync`` without interpreter start-up); ``cli`` is the ``ppn wg sync``
+command, a new Python process each time like ``wg``. Medians of a few runs, interleaved; the
+"ppn ops" column is the number of operations ppn planned (0 = no write request at all).
 
 The device lives in a network namespace this benchmark creates; the peers' endpoints are in
 127.0.0.0/8 inside that namespace, with no keepalive and no traffic, so no packet is sent.
@@ -57,6 +60,15 @@ def _reset(sock_path: str) -> None:
     s.close()
 
 
+def _clear_caches() -> None:
+    from ppn import _wg_model, _wg_uapi
+
+    _wg_model._network_cache.clear()
+    _wg_model._address_cache.clear()
+    _wg_model._endpoint_cache.clear()
+    _wg_uapi.peer_signature.cache_clear()
+
+
 def _timed(fn: Callable[[], None]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -69,7 +81,14 @@ def main() -> None:
         print(f"skipped: needs root and {', '.join(missing) or 'nothing else'}")
         return
     from interop.netns import Lab
-    from ppn.wg import UAPIBackend, WireGuardGo, configure_interface, parse_config, reconcile
+    from ppn.wg import (
+        InterfaceConfig,
+        UAPIBackend,
+        WireGuardGo,
+        configure_interface,
+        parse_config,
+        reconcile,
+    )
 
     env = dict(os.environ)
     with Lab() as lab, tempfile.TemporaryDirectory() as tmp:
@@ -99,19 +118,36 @@ def main() -> None:
 
             return run
 
+        ops_done: dict[str, int] = {}
+        parsed: dict[Path, InterfaceConfig] = {}
+
         def ppn_lib(path: Path) -> Callable[[], None]:
+            """One file → device pass in this process, every cache emptied first."""
+
             def run() -> None:
                 from ppn._io_wg_state import load_record, save_record
 
+                _clear_caches()
                 cfg = parse_config(path.read_text())
                 record = load_record(ifname)
-                reconcile(
+                report = reconcile(
                     backend,
                     cfg,
                     now=time.time(),
                     previous=None if record is None else record.endpoints,
                 )
                 save_record(ifname, cfg.peers)
+                ops_done["lib"] = len(report.plan)
+
+            return run
+
+        def ppn_agent(path: Path) -> Callable[[], None]:
+            """What the node agent does each pass: desired state in memory, caches warm."""
+            cfg = parsed.setdefault(path, parse_config(path.read_text()))
+
+            def run() -> None:
+                report = reconcile(backend, cfg, now=time.time())
+                ops_done["agent"] = len(report.plan)
 
             return run
 
@@ -133,8 +169,8 @@ def main() -> None:
         )
         print(f"ppn process start-up floor (ppn wg sync --help): {startup * 1000:.0f} ms")
         print(
-            f"{'peers':>6} {'case':<11} {'wg syncconf':>12} {'ppn lib':>9} {'ppn cli':>9}"
-            f" {'lib/wg':>7} {'cli/wg':>7}  writes(ppn)"
+            f"{'peers':>6} {'case':<10} {'wg syncconf':>11} {'agent':>8} {'lib':>8} {'cli':>8}"
+            f" {'agent/wg':>8} {'lib/wg':>7} {'cli/wg':>7}  ppn ops"
         )
         for n in (1000, 10000):
             peers = [(i, secrets.token_bytes(32)) for i in range(1, n + 1)]
@@ -147,29 +183,27 @@ def main() -> None:
             _write_config(churn, private_b64, churned)
             times: dict[tuple[str, str], list[float]] = {}
             writes: dict[str, int] = {}
+            tools = (("wg", wg), ("agent", ppn_agent), ("lib", ppn_lib), ("cli", ppn_cli))
             for _ in range(REPEATS[n]):
-                for tool, make in (("wg", wg), ("lib", ppn_lib), ("cli", ppn_cli)):
+                for tool, make in tools:
                     _reset(backend.path)
-                    if os.path.exists(os.path.join(env["PPN_WG_STATE_DIR"], f"{ifname}.json")):
-                        os.unlink(os.path.join(env["PPN_WG_STATE_DIR"], f"{ifname}.json"))
+                    record = os.path.join(env["PPN_WG_STATE_DIR"], f"{ifname}.json")
+                    if os.path.exists(record):
+                        os.unlink(record)
                     for case, path in (("initial", base), ("no-change", base), ("1% churn", churn)):
-                        if tool == "lib":
-                            from ppn.wg import plan
-
-                            ops = plan(
-                                parse_config(path.read_text()), backend.read(), now=time.time()
-                            )
-                            writes[case] = len(ops)
                         times.setdefault((case, tool), []).append(_timed(make(path)))
+                        if tool == "lib":
+                            writes[case] = ops_done["lib"]
                     state = backend.read()
                     assert len(state.peers) == n, (tool, len(state.peers))
             for case in ("initial", "no-change", "1% churn"):
-                w = statistics.median(times[(case, "wg")])
-                lib = statistics.median(times[(case, "lib")])
-                cli = statistics.median(times[(case, "cli")])
+                w, agent, lib, cli = (
+                    statistics.median(times[(case, t)]) for t in ("wg", "agent", "lib", "cli")
+                )
                 print(
-                    f"{n:>6} {case:<11} {w * 1000:>9.0f} ms {lib * 1000:>6.0f} ms {cli * 1000:>6.0f} ms"
-                    f" {lib / w:>7.2f} {cli / w:>7.2f}  {writes[case]} ops"
+                    f"{n:>6} {case:<10} {w * 1000:>8.0f} ms {agent * 1000:>5.0f} ms"
+                    f" {lib * 1000:>5.0f} ms {cli * 1000:>5.0f} ms"
+                    f" {agent / w:>8.2f} {lib / w:>7.2f} {cli / w:>7.2f}  {writes[case]}"
                 )
         parse_check = parse_config(base.read_text())
         assert len(parse_check.peers) == 10000

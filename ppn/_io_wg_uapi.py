@@ -82,7 +82,7 @@ class UAPIBackend:
             sock.close()
 
     def read(self) -> DeviceState:
-        return parse_get(self._request(GET_REQUEST), self.interface)
+        return parse_get(self._request(GET_REQUEST), self.interface, lazy=True)
 
     def apply(self, ops: Sequence[Operation]) -> None:
         if ops:

@@ -161,7 +161,8 @@ def plan(
     """
     is_owned = _owner_predicate(owned)
     wanted = desired.peer_map()
-    foreign = {k: s for k, s in current.peers.items() if k not in wanted and not is_owned(k)}
+    peers = current.peers
+    foreign = {k: peers[k] for k in peers if k not in wanted and not is_owned(k)}
     for key in wanted:
         if not is_owned(key):
             raise DesiredStateError(
@@ -174,15 +175,20 @@ def plan(
     if iface is not None:
         ops.append(iface)
     # Removals first: they free prefixes that later additions may take over.
-    for key in current.peers:
+    for key in peers:
         if key not in wanted and key not in foreign:
             ops.append(RemovePeer(public_key=key))
     kept: list[bytes] = []
+    # A backend may offer a cheap exact "already configured like this" test (the UAPI reader
+    # compares text); a miss only means the full comparison below decides.
+    unchanged: Callable[[PeerConfig], bool] | None = getattr(peers, "unchanged", None)
     for key, peer in wanted.items():
-        state = current.peers.get(key)
-        if state is None:
+        if key not in peers:
             ops.append(AddPeer(peer=peer))
             continue
+        if unchanged is not None and unchanged(peer):
+            continue
+        state = peers[key]
         op, kept_endpoint = _peer_update(peer, state, now, previous, stale_after)
         if op is not None:
             ops.append(op)

@@ -11,7 +11,9 @@ key and a ``preshared_key`` line a fingerprint; the secret itself is never store
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+import re
+from collections.abc import Iterable, Iterator, Mapping
 
 from ._errors import LocalProtocolError
 from ._wg_model import (
@@ -19,6 +21,7 @@ from ._wg_model import (
     DeviceState,
     Endpoint,
     IPNetwork,
+    PeerConfig,
     PeerState,
     UAPIProtocolError,
     key_fingerprint,
@@ -29,6 +32,8 @@ from ._wg_plan import AddPeer, Operation, RemovePeer, SetInterface
 
 __all__ = [
     "GET_REQUEST",
+    "LazyPeers",
+    "peer_signature",
     "encode_set",
     "parse_errno",
     "parse_get",
@@ -92,9 +97,151 @@ def _number(value: str, what: str) -> int:
     return int(value)
 
 
-def parse_get(response: bytes, name: str) -> DeviceState:
+# Preshared keys are replaced by their fingerprint before anything is kept (lines of our own
+# internal form "preshared_key=none" or "preshared_key=<32 hex digits of the fingerprint>").
+_PSK_LINE = re.compile(r"^preshared_key=([^\n]*)$", re.M)
+# The lines of a peer that change on their own (or that the roam rule judges separately).
+_VOLATILE_LINE = re.compile(
+    r"^(?:protocol_version|endpoint|last_handshake_time_sec|last_handshake_time_nsec"
+    r"|tx_bytes|rx_bytes)=[^\n]*\n",
+    re.M,
+)
+
+
+def _redact_psk(match: re.Match[str]) -> str:
+    value = match.group(1)
+    if value == _ZERO_HEX:
+        return "preshared_key=none"
+    psk = _hex_key(value, "preshared_key")
+    tag = key_fingerprint(psk).hex()
+    del psk
+    return f"preshared_key={tag}"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def peer_signature(peer: PeerConfig) -> str:
+    """The configuration lines a UAPI device prints for ``peer`` (after ``public_key=``,
+    volatile lines and endpoint left out, preshared key as fingerprint), in set order."""
+    tag = peer.preshared_fingerprint
+    lines = [
+        peer.public_key.hex(),
+        f"preshared_key={'none' if tag is None else tag.hex()}",
+        f"persistent_keepalive_interval={peer.persistent_keepalive}",
+    ]
+    lines.extend(f"allowed_ip={n}" for n in peer.allowed_ips)
+    return "\n".join(lines) + "\n"
+
+
+def _parse_block(block: str) -> PeerState:
+    """One peer's lines (redacted form), starting with the public key's hex."""
+    lines = block.split("\n")
+    peer_key = _hex_key(lines[0], "public_key")
+    psk_tag: bytes | None = None
+    endpoint: Endpoint | None = None
+    allowed: list[IPNetwork] = []
+    keepalive = hs_sec = hs_nsec = rx = tx = 0
+    version = 1
+    for line in lines[1:]:
+        if not line:
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise UAPIProtocolError(f"line without '=': {line[:40]!r}")
+        if key == "allowed_ip":
+            try:
+                allowed.append(parse_network(value))
+            except ValueError:
+                raise UAPIProtocolError(f"allowed_ip={value[:50]!r} is not a prefix") from None
+        elif key == "endpoint":
+            try:
+                endpoint = Endpoint.parse(value)
+            except ValueError:
+                raise UAPIProtocolError(f"endpoint={value[:50]!r} is not ip:port") from None
+        elif key == "preshared_key":
+            psk_tag = None if value == "none" else bytes.fromhex(value)
+        elif key == "last_handshake_time_sec":
+            hs_sec = _number(value, key)
+        elif key == "last_handshake_time_nsec":
+            hs_nsec = _number(value, key)
+        elif key == "rx_bytes":
+            rx = _number(value, key)
+        elif key == "tx_bytes":
+            tx = _number(value, key)
+        elif key == "persistent_keepalive_interval":
+            keepalive = _number(value, key)
+        elif key == "protocol_version":
+            version = _number(value, key)
+        # Unknown peer keys: ignore (forward compatible).
+    if keepalive > 65535 or hs_nsec >= 10**9:
+        raise UAPIProtocolError("a peer's numbers are out of range")
+    return PeerState(
+        public_key=peer_key,
+        preshared_fingerprint=psk_tag,
+        endpoint=endpoint,
+        allowed_ips=tuple(allowed),
+        persistent_keepalive=keepalive,
+        last_handshake=None if hs_sec == 0 and hs_nsec == 0 else hs_sec + hs_nsec / 1e9,
+        rx_bytes=rx,
+        tx_bytes=tx,
+        protocol_version=version,
+    )
+
+
+class LazyPeers(Mapping[bytes, PeerState]):
+    """The peers of a UAPI answer, each decoded on first access.
+
+    ``unchanged(peer)`` answers "does the device already have exactly this configuration for
+    the peer?" by comparing text (:func:`peer_signature`) without decoding; the planner uses it
+    to skip the thousands of peers that did not change. A mismatch only means "look closer".
+    """
+
+    def __init__(self, blocks: dict[bytes, str], static: dict[bytes, str]) -> None:
+        self._blocks = blocks
+        self._static = static
+        self._decoded: dict[bytes, PeerState] = {}
+
+    def __getitem__(self, key: bytes) -> PeerState:
+        found = self._decoded.get(key)
+        if found is None:
+            found = self._decoded[key] = _parse_block(self._blocks[key])
+        return found
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._blocks
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._blocks)
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+    def unchanged(self, peer: PeerConfig) -> bool:
+        static = self._static.get(peer.public_key)
+        if static is None or static != peer_signature(peer):
+            return False
+        if peer.endpoint is None:
+            return True
+        block = self._blocks[peer.public_key]
+        at = block.find("\nendpoint=")
+        if at < 0:
+            return False
+        stop = block.find("\n", at + 10)
+        return block[at + 10 : stop] == str(peer.endpoint)
+
+    def decode_all(self) -> dict[bytes, PeerState]:
+        return {key: self[key] for key in self._blocks}
+
+
+def parse_get(response: bytes, name: str, *, lazy: bool = False) -> DeviceState:
     """Decode the answer to ``get=1``. Raises :class:`UAPIProtocolError` on malformed input
-    (never anything else for arbitrary bytes) and :class:`DeviceError` for ``errno != 0``."""
+    (never anything else for arbitrary bytes) and :class:`DeviceError` for ``errno != 0``.
+
+    ``lazy`` defers decoding each peer until it is looked at (:class:`LazyPeers`); a malformed
+    peer then raises :class:`UAPIProtocolError` on access instead of here.
+    """
     lines = _lines(response)
     _check_errno(lines[-1])
     lines.pop()
@@ -118,74 +265,28 @@ def parse_get(response: bytes, name: str) -> DeviceState:
             fwmark = _uint(value, key, 2**32 - 1)
         # Unknown device keys are future extensions: ignore them.
         index += 1
-    peers: dict[bytes, PeerState] = {}
-    # One flat loop with the peer's fields in locals: this runs ~10 times per peer.
-    peer_key: bytes | None = None
-    psk_tag: bytes | None = None
-    endpoint: Endpoint | None = None
-    allowed: list[IPNetwork] = []
-    keepalive = hs_sec = hs_nsec = rx = tx = 0
-    version = 1
-    end = "".join(["public_key", "="])  # a sentinel object, told apart by identity
-    lines.append(end)
-    for line in lines[index:]:
-        key, sep, value = line.partition("=")
-        if not sep:
-            raise UAPIProtocolError(f"line without '=': {line[:40]!r}")
-        if key == "allowed_ip":
-            try:
-                allowed.append(parse_network(value))
-            except ValueError:
-                raise UAPIProtocolError(f"allowed_ip={value[:50]!r} is not a prefix") from None
-        elif key == "public_key":
-            if peer_key is not None:
-                if peer_key in peers:
-                    raise UAPIProtocolError("the same peer appears twice")
-                if keepalive > 65535 or hs_nsec >= 10**9:
-                    raise UAPIProtocolError("a peer's numbers are out of range")
-                peers[peer_key] = PeerState(
-                    public_key=peer_key,
-                    preshared_fingerprint=psk_tag,
-                    endpoint=endpoint,
-                    allowed_ips=tuple(allowed),
-                    persistent_keepalive=keepalive,
-                    last_handshake=None if hs_sec == 0 and hs_nsec == 0 else hs_sec + hs_nsec / 1e9,
-                    rx_bytes=rx,
-                    tx_bytes=tx,
-                    protocol_version=version,
-                )
-            if line is end:
-                break
-            peer_key = _hex_key(value, "public_key")
-            psk_tag = endpoint = None
-            allowed = []
-            keepalive = hs_sec = hs_nsec = rx = tx = 0
-            version = 1
-        elif key == "endpoint":
-            try:
-                endpoint = Endpoint.parse(value)
-            except ValueError:
-                raise UAPIProtocolError(f"endpoint={value[:50]!r} is not ip:port") from None
-        elif key == "preshared_key":
-            if value == _ZERO_HEX:
-                psk_tag = None
-            else:
-                psk = _hex_key(value, key)
-                psk_tag = key_fingerprint(psk)
-                del psk
-        elif key == "last_handshake_time_sec":
-            hs_sec = _number(value, key)
-        elif key == "last_handshake_time_nsec":
-            hs_nsec = _number(value, key)
-        elif key == "rx_bytes":
-            rx = _number(value, key)
-        elif key == "tx_bytes":
-            tx = _number(value, key)
-        elif key == "persistent_keepalive_interval":
-            keepalive = _number(value, key)
-        elif key == "protocol_version":
-            version = _number(value, key)
-        # Unknown peer keys: ignore (forward compatible).
+    peer_text = "\n" + "\n".join(lines[index:]) + "\n"
+    del lines
+    try:
+        peer_text = _PSK_LINE.sub(_redact_psk, peer_text)
+    except ValueError:
+        raise UAPIProtocolError("a preshared_key is not hex") from None
+    blocks: dict[bytes, str] = {}
+    static: dict[bytes, str] = {}
+    full_blocks = peer_text.split("\npublic_key=")[1:]
+    static_blocks = _VOLATILE_LINE.sub("", peer_text).split("\npublic_key=")[1:]
+    if len(full_blocks) != len(static_blocks):
+        raise UAPIProtocolError("malformed peer lines")
+    for block, static_block in zip(full_blocks, static_blocks, strict=True):
+        peer_key = _hex_key(block[:64], "public_key")
+        if len(block) > 64 and block[64] != "\n":
+            raise UAPIProtocolError("public_key is not 64 hex digits")
+        if peer_key in blocks:
+            raise UAPIProtocolError("the same peer appears twice")
+        blocks[peer_key] = block
+        static[peer_key] = static_block if static_block.endswith("\n") else static_block + "\n"
+    lazy_peers = LazyPeers(blocks, static)
+    peers: Mapping[bytes, PeerState] = lazy_peers if lazy else lazy_peers.decode_all()
     return DeviceState(
         name=name, public_key=public_key, listen_port=listen_port, fwmark=fwmark, peers=peers
     )
