@@ -31,17 +31,6 @@ EXIT_RECORD = 48
 
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
-_SCOPE_HELP = """\
-scope options (each defaults to everything the issuer may grant):
-  --vault-id KEY       a vault the capability is good at (repeat; default: this vault / the parent's)
-  --collections C,..   collections, exact names ('*' = any)
-  --fields F,..        record fields that may be read, filtered, ordered or grouped on ('*' = any)
-  --ops OP,..          of read, stream, count, aggregate
-  --rows N             most rows one query may return
-  --since T / --until T  record-time window, Unix seconds (records appended in [since, until))
-  --ttl T              lifetime: seconds, or with a unit (90m, 12h, 7d); default 1d
-"""
-
 
 def _exit_for(code: ErrorCode) -> int:
     if code.retryable:
@@ -686,15 +675,53 @@ def _query(args: argparse.Namespace) -> int:
 # --- registration ------------------------------------------------------------------------------
 
 
-def _add_scope_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--vault-id", action="append", default=[], metavar="KEY", help=argparse.SUPPRESS)
-    p.add_argument("--collections", type=_csv, help=argparse.SUPPRESS)
-    p.add_argument("--fields", type=_csv, help=argparse.SUPPRESS)
-    p.add_argument("--ops", type=_csv, help=argparse.SUPPRESS)
-    p.add_argument("--rows", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--since", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--until", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--ttl", type=_ttl, default=86400, help=argparse.SUPPRESS)
+def _add_scope_options(p: argparse.ArgumentParser, *, delegating: bool) -> None:
+    default = "the parent's" if delegating else "everything"
+    g = p.add_argument_group(f"scope (each option defaults to {default})")
+    g.add_argument(
+        "--vault-id",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a vault the capability is good at (repeat; default: "
+        + ("the parent's vaults)" if delegating else "this vault)"),
+    )
+    g.add_argument(
+        "--collections", type=_csv, metavar="C,...", help="collections, exact names ('*' = any)"
+    )
+    g.add_argument(
+        "--fields",
+        type=_csv,
+        metavar="F,...",
+        help="record fields that may be read, filtered, ordered or grouped on ('*' = any)",
+    )
+    g.add_argument("--ops", type=_csv, metavar="OP,...", help="of read, stream, count, aggregate")
+    g.add_argument(
+        "--rows",
+        type=int,
+        metavar="N",
+        help="most rows one query may return" + ("" if delegating else " (default 10000)"),
+    )
+    g.add_argument(
+        "--since",
+        type=int,
+        metavar="T",
+        help="record-time window start, Unix seconds (records appended at or after T)",
+    )
+    g.add_argument(
+        "--until",
+        type=int,
+        metavar="T",
+        help="record-time window end, Unix seconds (records appended before T)",
+    )
+    g.add_argument(
+        "--ttl",
+        type=_ttl,
+        default=86400,
+        metavar="T",
+        help="lifetime: seconds, or with a unit (90m, 12h, 7d); default 1d"
+        + (", never beyond the parent's" if delegating else ""),
+    )
     p.add_argument(
         "--out",
         metavar="FILE",
@@ -795,24 +822,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "mint",
         help="issue a capability from a vault's key",
         description="Issue a root capability signed by the vault key in --store, to the holder key --to.",
-        epilog=_SCOPE_HELP,
+        epilog="example: ppn cap mint --store v --to $(cat alice.pub) --collections people --rows 1000 --ttl 7d --out alice.cap",
         formatter_class=fmt,
     )
     p.add_argument("--store", required=True, metavar="DIR")
     p.add_argument("--to", required=True, metavar="PUBKEY", help="the holder's public key")
-    _add_scope_options(p)
+    _add_scope_options(p, delegating=False)
     p.set_defaults(handler=_cap_mint)
     p = csub.add_parser(
         "delegate",
         help="delegate a narrower capability, offline",
         description="Sign a narrower capability for --to with the holder key of CAP. Unset scope options keep the parent's value; nothing may be wider than the parent.",
-        epilog=_SCOPE_HELP,
+        epilog="example: ppn cap delegate alice.cap --key alice.key --to $(cat bob.pub) --fields name,age --ops read,count --rows 50 --ttl 1h --out bob.cap",
         formatter_class=fmt,
     )
     p.add_argument("cap", metavar="CAP")
     p.add_argument("--key", required=True, metavar="FILE", help="the key CAP was issued to")
-    p.add_argument("--to", required=True, metavar="PUBKEY")
-    _add_scope_options(p)
+    p.add_argument("--to", required=True, metavar="PUBKEY", help="the delegate's public key")
+    _add_scope_options(p, delegating=True)
     p.set_defaults(handler=_cap_delegate)
     p = csub.add_parser(
         "inspect",
@@ -847,28 +874,55 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
         formatter_class=fmt,
     )
-    p.add_argument("--key", required=True, metavar="FILE")
-    p.add_argument("--cap", required=True, metavar="CAP")
-    p.add_argument("--vault", required=True, type=_hostport, metavar="HOST:PORT")
-    p.add_argument("--collection", required=True, metavar="C")
-    p.add_argument("--where", action="append", default=[], metavar="EXPR")
     p.add_argument(
-        "--select", type=lambda s: [f.strip() for f in s.split(",") if f.strip()], metavar="F,..."
+        "--key", required=True, metavar="FILE", help="the holder key the capability was issued to"
+    )
+    p.add_argument(
+        "--cap", required=True, metavar="CAP", help="the capability (text or a file holding it)"
+    )
+    p.add_argument(
+        "--vault",
+        required=True,
+        type=_hostport,
+        metavar="HOST:PORT",
+        help="the vault's PSP address (vaults listen on 9210 by default)",
+    )
+    p.add_argument("--collection", required=True, metavar="C", help="the collection to query")
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="a filter (repeat: all must hold); forms below",
+    )
+    p.add_argument(
+        "--select",
+        type=lambda s: [f.strip() for f in s.split(",") if f.strip()],
+        metavar="F,...",
+        help="fields to return (default: all the capability allows)",
     )
     p.add_argument("--order", metavar="[-]F", help="order by field F (prefix - for descending)")
     agg = p.add_mutually_exclusive_group()
     agg.add_argument("--count", action="store_true", help="count matching records")
-    agg.add_argument("--sum", metavar="F")
-    agg.add_argument("--min", metavar="F")
-    agg.add_argument("--max", metavar="F")
+    agg.add_argument("--sum", metavar="F", help="sum of field F")
+    agg.add_argument("--min", metavar="F", help="minimum of field F")
+    agg.add_argument("--max", metavar="F", help="maximum of field F")
     p.add_argument(
         "--group-by", metavar="F", help="aggregate per value of F (count unless --sum/--min/--max)"
     )
-    p.add_argument("--limit", type=int, metavar="N")
+    p.add_argument(
+        "--limit", type=int, metavar="N", help="most rows (default: the capability's row limit)"
+    )
     p.add_argument(
         "--as-of", type=int, metavar="SEQ", help="pin to this entry (to repeat or resume a query)"
     )
     p.add_argument("--offset", type=int, metavar="K", help="skip K rows (resume)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="give up after S seconds (default 30)",
+    )
     p.add_argument("--json", action="store_true", help="JSON lines")
     p.set_defaults(handler=_query)
