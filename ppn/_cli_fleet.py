@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from ._cli import CommandError
@@ -278,6 +279,37 @@ def _load_directory(path: str) -> Any:
         raise CommandError(f"member directory: {message}", EXIT_CONFIG) from exc
 
 
+def _membership(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(identity key, member directory) from ``--state`` or from ``--identity``/``--directory``."""
+    if args.state is not None:
+        if args.identity or args.directory:
+            raise CommandError("give either --state or --identity with --directory, not both", 2)
+        from ._io_fleet_state import StateDirError, load_fleet_membership
+
+        try:
+            membership = load_fleet_membership(args.state)
+        except StateDirError as exc:
+            raise CommandError(str(exc), EXIT_CONFIG) from exc
+        return membership.identity, membership.directory
+    if not (args.identity and args.directory):
+        raise CommandError("give --state DIR (a mesh node) or both --identity and --directory", 2)
+    return _load_identity(args.identity), _load_directory(args.directory)
+
+
+def _add_membership(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state",
+        type=Path,
+        metavar="DIR",
+        help="the mesh node's state directory ('ppn up --state DIR'): identity and the live "
+        "signed roster come from there",
+    )
+    parser.add_argument(
+        "--identity", metavar="FILE", help="without a mesh: identity key file ('ppn fleet keygen')"
+    )
+    parser.add_argument("--directory", metavar="FILE", help="without a mesh: " + _DIRECTORY_HELP)
+
+
 def _setup_logging(verbose: bool) -> None:
     import logging
 
@@ -319,9 +351,10 @@ def _cmd_fleet_serve(args: argparse.Namespace) -> int:
     control = _control_path(args)
     if os.path.dirname(control):
         os.makedirs(os.path.dirname(control), mode=0o700, exist_ok=True)
+    identity, directory = _membership(args)
     config = FleetControllerConfig(
-        identity=_load_identity(args.identity),
-        directory=_load_directory(args.directory),
+        identity=identity,
+        directory=directory,
         listen_address=args.listen,
         port=args.port,
         control_path=control,
@@ -342,9 +375,10 @@ def _cmd_vmhost_serve(args: argparse.Namespace) -> int:
     from ._errors import PPNError
     from ._trio_fleet_host import VmHostConfig, VmHostService
 
+    identity, directory = _membership(args)
     config = VmHostConfig(
-        identity=_load_identity(args.identity),
-        directory=_load_directory(args.directory),
+        identity=identity,
+        directory=directory,
         controller_address=args.controller,
         controller_port=args.controller_port,
         listen_address=args.listen,
@@ -427,16 +461,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Listen for heartbeats (TCP 9203 on this node's mesh address), keep the live "
         "node table, evict nodes silent for 30 s, and serve the operator socket used by "
         "'ppn fleet status' and 'ppn vm create'. Stops on SIGTERM or Ctrl-C.",
-        epilog=_STATUSES,
+        epilog="examples:\n  ppn fleet serve --state /var/lib/ppn\n"
+        "  ppn fleet serve --identity cloud.key --directory fleet.json --control /tmp/fleet.sock"
+        "\n\n" + _STATUSES,
         formatter_class=fmt,
     )
-    serve.add_argument(
-        "--identity",
-        required=True,
-        metavar="FILE",
-        help="this node's identity key file (base64 seed; see 'ppn fleet keygen')",
-    )
-    serve.add_argument("--directory", required=True, metavar="FILE", help=_DIRECTORY_HELP)
+    _add_membership(serve)
     serve.add_argument(
         "--listen", metavar="ADDR", help="address to listen on (default: this node's mesh address)"
     )
@@ -482,14 +512,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "the provisioner command with the VM spec as JSON on stdin and in PPN_VM_TYPE, "
         "PPN_VM_NAME, PPN_VM_RAM_MB, PPN_VM_VCPUS, PPN_VM_REQUEST_ID; exit 0 means running. "
         "The result is reported in the next heartbeat. Stops on SIGTERM or Ctrl-C.",
-        epilog="example:\n  ppn vmhost serve --identity id.key --directory fleet.json \\\n"
+        epilog="examples:\n  ppn vmhost serve --state /var/lib/ppn --provisioner '/usr/local/sbin/launch-vm'\n"
+        "  ppn vmhost serve --identity id.key --directory fleet.json --reserved \\\n"
         "      --provisioner '/usr/local/sbin/launch-vm --qemu'\n\n" + _STATUSES,
         formatter_class=fmt,
     )
-    hs.add_argument(
-        "--identity", required=True, metavar="FILE", help="this node's identity key file"
-    )
-    hs.add_argument("--directory", required=True, metavar="FILE", help=_DIRECTORY_HELP)
+    _add_membership(hs)
     hs.add_argument(
         "--listen", metavar="ADDR", help="spawn listen address (default: this node's mesh address)"
     )
