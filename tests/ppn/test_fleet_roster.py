@@ -3,6 +3,8 @@ accepted, strangers and removed members refused, the controller is the earliest 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ppn import IdentityKey, WireGuardKeyPair
@@ -64,3 +66,19 @@ def test_heartbeats_checked_against_the_live_roster(roster: Roster) -> None:
         table.receive_heartbeat(
             encode_heartbeat(hb.__class__(**{**hb.__dict__, "seq": 2}), _key(3)), 2.0
         )
+
+
+def test_state_dir_roster_follows_the_agents_writes(tmp_path: Path, roster: Roster) -> None:
+    from ppn._io_fleet_state import StateDirRoster
+    from ppn._io_mesh_state import save_roster
+
+    save_roster(tmp_path, roster, generation=1, baseline=[])
+    source = StateDirRoster(tmp_path, mesh=roster.mesh, cidr="10.8.0.0/24")
+    directory = RosterDirectory(source.view)
+    assert {m.name for m in directory.members()} == {"laptop-a", "cloud", "laptop-b"}
+    roster.admit(_key(1), name="laptop-c", identity=_key(5).public, wg_key=_wg(5), now=1004)
+    save_roster(tmp_path, roster, generation=2, baseline=[])
+    assert directory.member_by_name("laptop-c") is not None
+    # A damaged file: keep serving the last good roster.
+    (tmp_path / "roster.bin").write_bytes(b"\x00garbage")
+    assert directory.member_by_name("laptop-c") is not None
