@@ -11,7 +11,6 @@ key and a ``preshared_key`` line a fingerprint; the secret itself is never store
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -97,9 +96,10 @@ def _number(value: str, what: str) -> int:
     return int(value)
 
 
-# Preshared keys are replaced by their fingerprint before anything is kept (lines of our own
-# internal form "preshared_key=none" or "preshared_key=<32 hex digits of the fingerprint>").
-_PSK_LINE = re.compile(r"^preshared_key=([^\n]*)$", re.M)
+# Non-zero preshared keys are replaced by their fingerprint before anything is kept: the line
+# becomes "preshared_key=<32 hex digits of the fingerprint>" (an all-zero key, i.e. none, is
+# no secret and stays as 64 zeros).
+_PSK_LINE = re.compile(r"^preshared_key=(?!0{64}$)([^\n]*)$", re.M)
 # The lines of a peer that change on their own (or that the roam rule judges separately).
 _VOLATILE_LINE = re.compile(
     r"^(?:protocol_version|endpoint|last_handshake_time_sec|last_handshake_time_nsec"
@@ -109,27 +109,36 @@ _VOLATILE_LINE = re.compile(
 
 
 def _redact_psk(match: re.Match[str]) -> str:
-    value = match.group(1)
-    if value == _ZERO_HEX:
-        return "preshared_key=none"
-    psk = _hex_key(value, "preshared_key")
+    psk = _hex_key(match.group(1), "preshared_key")
     tag = key_fingerprint(psk).hex()
     del psk
     return f"preshared_key={tag}"
 
 
-@functools.lru_cache(maxsize=1 << 16)
+# Signatures by the identity of the (frozen) PeerConfig: hashing a config would hash all its
+# prefixes, which costs more than building the signature. The entry keeps the object alive so
+# its id cannot be reused while cached.
+_signatures: dict[int, tuple[PeerConfig, str]] = {}
+
+
 def peer_signature(peer: PeerConfig) -> str:
     """The configuration lines a UAPI device prints for ``peer`` (after ``public_key=``,
     volatile lines and endpoint left out, preshared key as fingerprint), in set order."""
+    entry = _signatures.get(id(peer))
+    if entry is not None and entry[0] is peer:
+        return entry[1]
     tag = peer.preshared_fingerprint
     lines = [
         peer.public_key.hex(),
-        f"preshared_key={'none' if tag is None else tag.hex()}",
+        f"preshared_key={_ZERO_HEX if tag is None else tag.hex()}",
         f"persistent_keepalive_interval={peer.persistent_keepalive}",
     ]
     lines.extend(f"allowed_ip={n}" for n in peer.allowed_ips)
-    return "\n".join(lines) + "\n"
+    signature = "\n".join(lines) + "\n"
+    if len(_signatures) >= 1 << 17:
+        _signatures.clear()
+    _signatures[id(peer)] = (peer, signature)
+    return signature
 
 
 def _parse_block(block: str) -> PeerState:
@@ -158,7 +167,7 @@ def _parse_block(block: str) -> PeerState:
             except ValueError:
                 raise UAPIProtocolError(f"endpoint={value[:50]!r} is not ip:port") from None
         elif key == "preshared_key":
-            psk_tag = None if value == "none" else bytes.fromhex(value)
+            psk_tag = None if value == _ZERO_HEX else bytes.fromhex(value)
         elif key == "last_handshake_time_sec":
             hs_sec = _number(value, key)
         elif key == "last_handshake_time_nsec":
@@ -242,19 +251,29 @@ def parse_get(response: bytes, name: str, *, lazy: bool = False) -> DeviceState:
     ``lazy`` defers decoding each peer until it is looked at (:class:`LazyPeers`); a malformed
     peer then raises :class:`UAPIProtocolError` on access instead of here.
     """
-    lines = _lines(response)
-    _check_errno(lines[-1])
-    lines.pop()
+    try:
+        text = response.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UAPIProtocolError("the answer is not UTF-8") from None
+    if not text.endswith("\n\n"):
+        raise UAPIProtocolError("the answer does not end with an empty line")
+    errno_at = text.rfind("\n", 0, len(text) - 2) + 1  # start of the last line
+    if not text.startswith("errno=", errno_at):
+        raise UAPIProtocolError("the answer does not end with errno=")
+    _check_errno(text[errno_at:-2])
+    # Device lines come first, up to the first public_key; no big split of the whole answer.
+    peers_at = 0 if text.startswith("public_key=") else text.find("\npublic_key=") + 1
+    if peers_at == 0 and not text.startswith("public_key="):
+        peers_at = errno_at
     public_key: bytes | None = None
     listen_port = 0
     fwmark = 0
-    index = 0
-    count = len(lines)
-    # Device lines come first, up to the first public_key.
-    while index < count and not lines[index].startswith("public_key="):
-        key, sep, value = lines[index].partition("=")
+    for line in text[:peers_at].split("\n"):
+        if not line:
+            continue
+        key, sep, value = line.partition("=")
         if not sep:
-            raise UAPIProtocolError(f"line without '=': {lines[index][:40]!r}")
+            raise UAPIProtocolError(f"line without '=': {line[:40]!r}")
         if key == "private_key":
             private = _hex_key(value, "private_key")
             public_key = None if private == bytes(32) else public_key_of(private)
@@ -264,9 +283,8 @@ def parse_get(response: bytes, name: str, *, lazy: bool = False) -> DeviceState:
         elif key == "fwmark":
             fwmark = _uint(value, key, 2**32 - 1)
         # Unknown device keys are future extensions: ignore them.
-        index += 1
-    peer_text = "\n" + "\n".join(lines[index:]) + "\n"
-    del lines
+    peer_text = "\n" + text[peers_at:errno_at]
+    del text
     try:
         peer_text = _PSK_LINE.sub(_redact_psk, peer_text)
     except ValueError:
