@@ -88,37 +88,58 @@ def _path(field: str) -> str:
     return f"$.{field}"  # field names are [A-Za-z][A-Za-z0-9_]*, so this path is exact
 
 
+_NUMBER = "json_type(e.payload, ?) IN ('integer', 'real')"
+_TEXT = "json_type(e.payload, ?) = 'text'"
+_VALUE = "json_extract(e.payload, ?)"
+
+
+def _kind(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return "literal"
+    return "number" if isinstance(value, int) else "text"
+
+
+def _same_kind_in(path: str, values: list[Any], params: list[Any]) -> str:
+    """``field IN values`` where every value is of one JSON kind, with the kind checked too
+    (json_extract maps true to 1, so without the check 1 would match true and "1" might match 1)."""
+    guard = _NUMBER if _kind(values[0]) == "number" else _TEXT
+    params.extend([path, path, *values])
+    return f"({guard} AND {_VALUE} IN ({', '.join('?' * len(values))}))"
+
+
+def _literal(path: str, value: bool | None, params: list[Any]) -> str:
+    params.append(path)
+    name = "null" if value is None else "true" if value else "false"
+    return f"json_type(e.payload, ?) = '{name}'"
+
+
 def _filter_sql(f: Filter, params: list[Any]) -> str:
-    """SQL for one filter, appending its parameters. ``nil`` matches a JSON null only."""
-    expr = "json_extract(e.payload, ?)"
+    """SQL for one filter, appending its parameters. A value matches only a JSON value of its own
+    kind: integers match numbers, text matches strings, true/false/nil match only themselves."""
     path = _path(f.field)
-    if f.op == "eq":
-        if f.args[0] is None:
-            params.append(path)
-            return "json_type(e.payload, ?) = 'null'"
-        params.extend([path, f.args[0]])
-        return f"{expr} = ?"
-    if f.op == "in":
-        values = [v for v in f.args if v is not None]
+    if f.op in ("eq", "in"):
         parts = []
-        if values:
-            parts.append(f"{expr} IN ({', '.join('?' * len(values))})")
-            params.extend([path, *values])
-        if len(values) != len(f.args):
-            parts.append("json_type(e.payload, ?) = 'null'")
-            params.append(path)
+        numbers = [v for v in f.args if _kind(v) == "number"]
+        texts = [v for v in f.args if _kind(v) == "text"]
+        for group in (numbers, texts):
+            if group:
+                parts.append(_same_kind_in(path, group, params))
+        for literal in dict.fromkeys(v for v in f.args if _kind(v) == "literal"):
+            parts.append(_literal(path, literal, params))
         return "(" + " OR ".join(parts) + ")"
     if f.op == "range":
-        parts = []
+        bounds = [b for b in f.args if b is not None]
+        parts = [_NUMBER if _kind(bounds[0]) == "number" else _TEXT]
+        params.append(path)
         for bound, op in zip(f.args, (">=", "<"), strict=True):
             if bound is not None:
-                parts.append(f"{expr} {op} ?")
+                parts.append(f"{_VALUE} {op} ?")
                 params.extend([path, bound])
         return "(" + " AND ".join(parts) + ")"
     # prefix: an exact leading-substring test (LIKE would treat % and _ as wildcards)
     prefix = f.args[0]
     params.extend([path, path, len(prefix), prefix])
-    return "(json_type(e.payload, ?) = 'text' AND substr(json_extract(e.payload, ?), 1, ?) = ?)"
+    return f"({_TEXT} AND substr({_VALUE}, 1, ?) = ?)"
 
 
 class ResultCursor:

@@ -97,8 +97,11 @@ class Filter:
             return cls(field=field, op=op, args=tuple(_value(v) for v in rest[0]))
         if op == "range" and len(rest) == 2:
             lo, hi = (_value(v) for v in rest)
-            if lo is None and hi is None:
-                raise _invalid("'range' needs at least one bound")
+            bounds = [b for b in (lo, hi) if b is not None]
+            if not bounds or any(isinstance(b, bool) for b in bounds):
+                raise _invalid("'range' needs an integer or text bound (nil for open ends)")
+            if len({type(b) for b in bounds}) != 1:
+                raise _invalid("'range' bounds must both be integers or both text")
             return cls(field=field, op=op, args=(lo, hi))
         if op == "prefix" and len(rest) == 1 and isinstance(rest[0], str):
             return cls(field=field, op=op, args=(_value(rest[0]),))
