@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import trio
 
 from . import wg
+from ._addressing import MeshNetwork
 from ._errors import PPNError
 from ._mesh_bootstrap import PreliminaryMember, with_bootstrap_peers
 from ._roster import Roster
@@ -79,6 +80,27 @@ def observations_from(state: wg.DeviceState) -> dict[bytes, Observation]:
             last_handshake=None if not peer.last_handshake else int(peer.last_handshake),
         )
     return out
+
+
+def local_networks(*, exclude: str | None = None) -> list[MeshNetwork]:
+    """Networks this host is directly attached to (underlay), for endpoint preference."""
+    nets: list[MeshNetwork] = []
+    try:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+            for addr in ipr.get_addr():
+                if names.get(addr["index"]) in (exclude, "lo"):
+                    continue
+                address = addr.get_attr("IFA_ADDRESS")
+                if address:
+                    net = ipaddress.ip_interface(f"{address}/{addr['prefixlen']}").network
+                    if not net.is_loopback and not net.is_link_local:
+                        nets.append(net)
+    except Exception:  # best effort: without the hint every endpoint is tried in turn
+        return []
+    return nets
 
 
 def _endpoint(text: str | None) -> wg.Endpoint | None:
@@ -154,12 +176,15 @@ class DeviceWireGuard:
         await trio.to_thread.run_sync(self.reconcile_now, roster)
 
     def desired(self, roster: Roster, state: wg.DeviceState, now: float) -> DesiredConfig:
+        observations = observations_from(state)
+        local = local_networks(exclude=self.interface) if self.plumb else []
         topology = plan_topology(
             roster.view(),
             network=roster.network,
             self_identity=self.self_identity,
-            observations=observations_from(state),
+            observations=observations,
             now=int(now),
+            local_networks=local,
         )
         self.last_topology = topology
         return with_bootstrap_peers(
@@ -168,6 +193,9 @@ class DeviceWireGuard:
             preliminary=self.preliminary(),
             self_identity=self.self_identity,
             fallback_address=self.fallback_address,
+            observations=observations,
+            now=int(now),
+            local_networks=local,
         )
 
     def reconcile_now(self, roster: Roster) -> wg.SyncReport:

@@ -10,21 +10,23 @@ bring the tunnel up; the mesh then replaces it with signed records (RFC-NOTES §
   first started, i.e. ones someone else sponsored) gets an admission signed by this node, at the
   address the ceremony gave it;
 * :func:`with_bootstrap_peers` — until a preliminary member appears on the signed roster, it is
-  configured as a WireGuard peer from the preliminary record (its /32, first endpoint,
-  keepalive 25 s), so a joiner can reach its sponsor and pull the signed roster.
+  configured as a WireGuard peer from the preliminary record (its /32, an endpoint chosen as
+  for signed members, keepalive 25 s), so a joiner can reach its sponsor and pull the signed
+  roster.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from ._addressing import MeshNetwork
 from ._errors import LocalProtocolError
 from ._keys import IdentityKey
 from ._roster import Roster
 from ._roster_records import InvalidRecord, MemberRecord, validate_name
-from ._topology import KEEPALIVE, DesiredConfig, DesiredPeer
+from ._topology import KEEPALIVE, DesiredConfig, DesiredPeer, Observation, choose_endpoint
 
 __all__ = ["PreliminaryMember", "sponsor_admissions", "with_bootstrap_peers"]
 
@@ -90,6 +92,9 @@ def with_bootstrap_peers(
     preliminary: Sequence[PreliminaryMember],
     self_identity: bytes,
     fallback_address: str,
+    observations: Mapping[bytes, Observation] | None = None,
+    now: int = 0,
+    local_networks: Sequence[MeshNetwork] = (),
 ) -> DesiredConfig:
     """``config`` (from the signed roster; None while this node is not on it) plus a peer for
     every preliminary member the signed roster does not know yet."""
@@ -110,7 +115,9 @@ def with_bootstrap_peers(
         peers.append(
             DesiredPeer(
                 wg_key=member.wg_key,
-                endpoint=member.endpoints[0] if member.endpoints else None,
+                endpoint=choose_endpoint(
+                    member.endpoints, (observations or {}).get(member.wg_key), now, local_networks
+                ),
                 allowed_ips=allowed,
                 persistent_keepalive=KEEPALIVE,
             )

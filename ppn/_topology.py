@@ -23,13 +23,15 @@ Rules:
 * A member whose address lost a conflict is never routed; a member that lost its WireGuard key
   to another is not configured at all.
 * The endpoint given for a peer is the one it is using while its handshake is fresh (WireGuard
-  roaming); otherwise its listed endpoints are tried in turn, each for 10 s.
+  roaming); otherwise its listed endpoints on a network this node is attached to (``local
+  networks``, from the I/O side) or, if none is, all its listed endpoints are tried in turn,
+  each for 10 s.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -46,6 +48,7 @@ __all__ = [
     "PathKind",
     "PeerPath",
     "Topology",
+    "choose_endpoint",
     "choose_hub",
     "plan_topology",
 ]
@@ -127,12 +130,31 @@ def _host_prefix(address: str) -> str:
     return f"{parsed}/{parsed.max_prefixlen}"
 
 
-def _pick_endpoint(member: Member, observation: Observation | None, now: int) -> str | None:
+def _endpoint_network_match(endpoint: str, local_networks: Sequence[MeshNetwork]) -> bool:
+    host = endpoint.rpartition(":")[0].strip("[]")
+    try:
+        parsed = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(parsed.version == net.version and parsed in net for net in local_networks)
+
+
+def choose_endpoint(
+    endpoints: Sequence[str],
+    observation: Observation | None,
+    now: int,
+    local_networks: Sequence[MeshNetwork] = (),
+) -> str | None:
+    """The endpoint to configure for a peer (RFC-NOTES §7.8): the one in use while the
+    handshake is fresh; else, among the listed endpoints on a network this node is directly
+    attached to (if any) or else all of them, each in turn for ``ENDPOINT_ROTATION`` seconds."""
     if observation is not None and observation.endpoint and observation.fresh(now):
         return observation.endpoint
-    if not member.endpoints:
+    if not endpoints:
         return None
-    return member.endpoints[(now // ENDPOINT_ROTATION) % len(member.endpoints)]
+    candidates = [e for e in endpoints if _endpoint_network_match(e, local_networks)]
+    candidates = candidates or list(endpoints)
+    return candidates[(now // ENDPOINT_ROTATION) % len(candidates)]
 
 
 def plan_topology(
@@ -142,6 +164,7 @@ def plan_topology(
     self_identity: bytes,
     observations: Mapping[bytes, Observation],
     now: int,
+    local_networks: Sequence[MeshNetwork] = (),
 ) -> Topology:
     """The desired WireGuard peers of this node and the path to every member (see module doc)."""
     me = view.member(self_identity)
@@ -181,7 +204,7 @@ def plan_topology(
         obs = observations.get(member.wg_key)
         fresh = obs is not None and obs.fresh(now)
         age = obs.handshake_age(now) if obs is not None else None
-        endpoint = _pick_endpoint(member, obs, now)
+        endpoint = choose_endpoint(member.endpoints, obs, now, local_networks)
         natted = not member.endpoints
         own_route = (_host_prefix(member.address),) if member.routed else ()
 

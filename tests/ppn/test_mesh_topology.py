@@ -166,3 +166,69 @@ def test_resolve_and_hosts_fragment() -> None:
     newer = hosts_fragment(fleet.roster.view(), mesh=fleet.mesh)
     twice = replace_hosts_block(once + "10.0.0.1 other\n", newer, mesh=fleet.mesh)
     assert twice == original + newer + "10.0.0.1 other\n"
+
+
+def test_endpoints_on_an_attached_network_are_preferred() -> None:
+    import ipaddress
+
+    fleet = platform_fleet()
+    local = [ipaddress.ip_network("198.51.100.0/24")]
+    for t in range(NOW, NOW + 40, 5):
+        topo = plan_topology(
+            fleet.roster.view(),
+            network=NET,
+            self_identity=fleet.keys["cloud"].public,
+            observations={},
+            now=t,
+            local_networks=local,
+        )
+        assert topo.config is not None
+        relay = next(p for p in topo.config.peers if p.wg_key == wg("relay").public)
+        assert relay.endpoint == "198.51.100.2:51820"
+
+
+def test_bootstrap_peers_fill_in_what_the_signed_roster_lacks() -> None:
+    from ppn._mesh_bootstrap import PreliminaryMember, with_bootstrap_peers
+    from ppn._roster import Roster
+
+    fleet = platform_fleet()
+    genesis_record = fleet.roster.get(fleet.genesis.public)
+    assert genesis_record is not None
+    partial = Roster(mesh=fleet.mesh, network=CIDR, records=[genesis_record])
+    prelim = [
+        PreliminaryMember(
+            name="genesis",
+            identity=fleet.genesis.public,
+            wg_key=wg("genesis").public,
+            address="10.8.0.1",
+            endpoints=("192.0.2.1:51820",),
+        ),
+        PreliminaryMember(
+            name="relay",
+            identity=fleet.keys["relay"].public,
+            wg_key=wg("relay").public,
+            address="10.8.0.2",
+            endpoints=("192.0.2.2:51820", "198.51.100.2:51820"),
+        ),
+        PreliminaryMember(
+            name="cloud",
+            identity=fleet.keys["cloud"].public,
+            wg_key=wg("cloud").public,
+            address="10.8.0.3",
+        ),
+    ]
+    import ipaddress
+
+    config = with_bootstrap_peers(
+        None,
+        roster=partial,
+        preliminary=prelim,
+        self_identity=fleet.keys["cloud"].public,
+        fallback_address="10.8.0.3/24",
+        now=NOW,
+        local_networks=[ipaddress.ip_network("198.51.100.0/24")],
+    )
+    assert config.address == "10.8.0.3/24"
+    (relay,) = config.peers  # genesis is signed (the topology's job), cloud is us
+    assert relay.allowed_ips == ("10.8.0.2/32",) and relay.endpoint == "198.51.100.2:51820"
+    assert relay.persistent_keepalive == KEEPALIVE
