@@ -289,6 +289,26 @@ def bench_store(total: int = 100_000, batch: int = 1000) -> None:
             print(
                 f"    query over {total:,} entries, {label}: {statistics.median(times) * 1e3:7.1f} ms ({n} rows)"
             )
+        lookup = Query(
+            collection="people",
+            where=(Filter(field="name", op="eq", args=("p4242",)),),
+            as_of=50_000,
+        )
+        for label in ("unindexed", "indexed"):
+            if label == "indexed":
+                t = time.perf_counter()
+                store.create_index("name")
+                print(
+                    f"    ppn vault index name (100,000 entries): {(time.perf_counter() - t) * 1e3:.0f} ms"
+                )
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                n = len(store.execute(lookup, scope, limit=100).fetch(100))
+                times.append(time.perf_counter() - t)
+            print(
+                f"    query over {total:,} entries, name=p4242 as_of=50000 ({label}): {statistics.median(times) * 1e3:7.2f} ms ({n} rows)"
+            )
         t = time.perf_counter()
         ok = store.verify().ok
         print(

@@ -282,6 +282,19 @@ def _vault_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_CHAIN_BROKEN
 
 
+def _vault_index(args: argparse.Namespace) -> int:
+    from ._io_store import StoreError
+
+    store = _open_store(args.store)
+    for field in args.fields:
+        try:
+            created = store.create_index(field)
+        except StoreError as exc:
+            raise _error(str(exc), EXIT_STORE) from None
+        print(f"{'indexed' if created else 'already indexed'}: {field}")
+    return 0
+
+
 def _vault_serve(args: argparse.Namespace) -> int:
     import trio
 
@@ -771,6 +784,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("file", metavar="FILE.jsonl", help="the file, or - for stdin")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_vault_import)
+    p = vsub.add_parser(
+        "index",
+        help="index record fields that queries filter or order on",
+        description="Create an expression index on each FIELD (equality, 'in', range and order on it then use the index instead of scanning the collection). Indexes change no entry and can be added at any time, also while the vault is served.",
+    )
+    p.add_argument("--store", required=True, metavar="DIR")
+    p.add_argument("fields", nargs="+", metavar="FIELD")
+    p.set_defaults(handler=_vault_index)
     p = vsub.add_parser(
         "serve",
         help="answer PSP queries on TCP (default 127.0.0.1:9210)",

@@ -24,7 +24,7 @@ from typing import Any
 from ._chain import GENESIS, RecordError, canonical_json, entry_hash
 from ._errors import ErrorCode, PSPError, QueryError
 from ._query import Filter, Query
-from ._scope import ANY, Scope, valid_collection
+from ._scope import ANY, Scope, valid_collection, valid_field
 
 __all__ = ["DB_FILE", "KEY_FILE", "ChainReport", "ResultCursor", "Store", "StoreError"]
 
@@ -84,13 +84,13 @@ class ChainReport:
         return self.first_broken is None
 
 
-def _path(field: str) -> str:
-    return f"$.{field}"  # field names are [A-Za-z][A-Za-z0-9_]*, so this path is exact
-
-
-_NUMBER = "json_type(e.payload, ?) IN ('integer', 'real')"
-_TEXT = "json_type(e.payload, ?) = 'text'"
-_VALUE = "json_extract(e.payload, ?)"
+def _extract(field: str, fn: str = "json_extract") -> str:
+    """``json_extract(e.payload, '$.field')`` with the path inline, so an expression index on the
+    field (:meth:`Store.create_index`) can serve it. Field names are [A-Za-z][A-Za-z0-9_]*, checked
+    here again because this is SQL text."""
+    if not valid_field(field):
+        raise QueryError(ErrorCode.QUERY_INVALID, f"invalid field name {field!r}")
+    return f"{fn}(e.payload, '$.{field}')"
 
 
 def _kind(value: Any) -> str:
@@ -99,47 +99,42 @@ def _kind(value: Any) -> str:
     return "number" if isinstance(value, int) else "text"
 
 
-def _same_kind_in(path: str, values: list[Any], params: list[Any]) -> str:
-    """``field IN values`` where every value is of one JSON kind, with the kind checked too
-    (json_extract maps true to 1, so without the check 1 would match true and "1" might match 1)."""
-    guard = _NUMBER if _kind(values[0]) == "number" else _TEXT
-    params.extend([path, path, *values])
-    return f"({guard} AND {_VALUE} IN ({', '.join('?' * len(values))}))"
-
-
-def _literal(path: str, value: bool | None, params: list[Any]) -> str:
-    params.append(path)
-    name = "null" if value is None else "true" if value else "false"
-    return f"json_type(e.payload, ?) = '{name}'"
+def _guard(field: str, kind: str) -> str:
+    if kind == "number":
+        return f"{_extract(field, 'json_type')} IN ('integer', 'real')"
+    return f"{_extract(field, 'json_type')} = 'text'"
 
 
 def _filter_sql(f: Filter, params: list[Any]) -> str:
     """SQL for one filter, appending its parameters. A value matches only a JSON value of its own
-    kind: integers match numbers, text matches strings, true/false/nil match only themselves."""
-    path = _path(f.field)
+    kind: integers match numbers, text matches strings, true/false/nil match only themselves
+    (json_extract maps true to 1, so without the kind check 1 would match true)."""
+    value = _extract(f.field)
     if f.op in ("eq", "in"):
         parts = []
-        numbers = [v for v in f.args if _kind(v) == "number"]
-        texts = [v for v in f.args if _kind(v) == "text"]
-        for group in (numbers, texts):
+        for kind in ("number", "text"):
+            group = [v for v in f.args if _kind(v) == kind]
             if group:
-                parts.append(_same_kind_in(path, group, params))
+                parts.append(
+                    f"({value} IN ({', '.join('?' * len(group))}) AND {_guard(f.field, kind)})"
+                )
+                params.extend(group)
         for literal in dict.fromkeys(v for v in f.args if _kind(v) == "literal"):
-            parts.append(_literal(path, literal, params))
+            name = "null" if literal is None else "true" if literal else "false"
+            parts.append(f"{_extract(f.field, 'json_type')} = '{name}'")
         return "(" + " OR ".join(parts) + ")"
     if f.op == "range":
         bounds = [b for b in f.args if b is not None]
-        parts = [_NUMBER if _kind(bounds[0]) == "number" else _TEXT]
-        params.append(path)
+        parts = [_guard(f.field, _kind(bounds[0]))]
         for bound, op in zip(f.args, (">=", "<"), strict=True):
             if bound is not None:
-                parts.append(f"{_VALUE} {op} ?")
-                params.extend([path, bound])
+                parts.append(f"{value} {op} ?")
+                params.append(bound)
         return "(" + " AND ".join(parts) + ")"
     # prefix: an exact leading-substring test (LIKE would treat % and _ as wildcards)
     prefix = f.args[0]
-    params.extend([path, path, len(prefix), prefix])
-    return f"({_TEXT} AND substr({_VALUE}, 1, ?) = ?)"
+    params.extend([len(prefix), prefix])
+    return f"({_guard(f.field, 'text')} AND substr({value}, 1, ?) = ?)"
 
 
 class ResultCursor:
@@ -303,6 +298,20 @@ class Store:
             raise StoreError(f"the store refused the append: {exc}") from None
         return seq
 
+    def create_index(self, field: str) -> bool:
+        """Index a record field for equality, ``in``, range and order (an expression index; it
+        changes no entry). False if it existed."""
+        if not valid_field(field):
+            raise StoreError("a field name is a letter then letters, digits or '_' (at most 64)")
+        exists = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (f"field_{field}",)
+        ).fetchone()
+        self._db.execute(
+            f"CREATE INDEX IF NOT EXISTS field_{field} ON entries "
+            f"(collection, json_extract(payload, '$.{field}'), seq)"
+        )
+        return exists is None
+
     def revoke(self, link: bytes, *, now: int) -> bool:
         """Record a revoked link id. False if it was already revoked."""
         try:
@@ -383,12 +392,14 @@ class Store:
         if query.op == "aggregate":
             assert query.agg is not None
             agg = query.agg
-            group_sql = "json_extract(e.payload, ?)" if agg.group else "NULL"
-            group_params = [_path(agg.group)] if agg.group else []
+            group_sql = _extract(agg.group) if agg.group else "NULL"
+            group_params: list[Any] = []
             value_sql = (
-                "COUNT(*)" if agg.fn == "count" else f"{agg.fn.upper()}(json_extract(e.payload, ?))"
+                "COUNT(*)"
+                if agg.fn == "count"
+                else f"{agg.fn.upper()}({_extract(agg.field or '')})"
             )
-            value_params = [] if agg.fn == "count" else [_path(agg.field or "")]
+            value_params: list[Any] = []
             sql = (
                 f"SELECT {group_sql} AS g, {value_sql} FROM entries e WHERE {clause} "
                 f"GROUP BY g ORDER BY g LIMIT ? OFFSET ?"
@@ -408,8 +419,7 @@ class Store:
             )
         order = "e.seq"
         if query.order is not None:
-            params.append(_path(query.order[0]))
-            order = f"json_extract(e.payload, ?) {'DESC' if query.order[1] else 'ASC'}, e.seq"
+            order = f"{_extract(query.order[0])} {'DESC' if query.order[1] else 'ASC'}, e.seq"
         sql = f"SELECT e.seq, e.ts, e.payload FROM entries e WHERE {clause} ORDER BY {order} LIMIT ? OFFSET ?"
         params += [limit + 1, query.offset]
         fields = query.select or (None if scope.fields == (ANY,) else scope.fields)

@@ -216,3 +216,21 @@ def test_a_killed_writer_loses_no_acknowledged_entry(tmp_path: Path) -> None:
     assert report.ok, report
     assert report.entries >= acknowledged >= 60
     assert report.entries % 3 == 0  # batches are atomic: no torn batch
+
+
+def test_field_index_serves_equality_and_order(store: Store) -> None:
+    assert store.create_index("name") and not store.create_index("name")
+    q = Query(collection="people", where=(Filter(field="name", op="eq", args=("cy",)),))
+    assert [r["name"] for r in rows(store, q)] == ["cy"]
+    plan = (
+        store.raw_connection()
+        .execute(
+            "EXPLAIN QUERY PLAN SELECT seq FROM entries e WHERE e.collection = 'people' "
+            "AND json_extract(e.payload, '$.name') IN ('cy')"
+        )
+        .fetchall()
+    )
+    assert any("field_name" in str(row) for row in plan)
+    with pytest.raises(StoreError):
+        store.create_index("bad name")
+    assert store.verify().ok
