@@ -186,6 +186,7 @@ class MeshNode:
         self.control_address = control_address or (lambda address: (address, CONTROL_PORT))
         self._connect = connect or self._connect_tcp
         self._nursery: trio.Nursery | None = None
+        self._listen_scope: trio.CancelScope | None = None
         self.stats = AgentStats()
         self._wakeup = trio.Event()
         self._reconcile_wanted = trio.Event()
@@ -196,14 +197,10 @@ class MeshNode:
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled. ``task_status.started`` gets the bound control port."""
-        listeners: list[trio.SocketListener] = []
-        if self.listen_host is not None:
-            listeners = await trio.open_tcp_listeners(self.listen_port, host=self.listen_host)
-            self.bound_port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            if listeners:
-                nursery.start_soon(trio.serve_listeners, self._serve, listeners)
+            if self.listen_host is not None:
+                await nursery.start(self._listen, self.listen_host)
             nursery.start_soon(self._reconciler)
             task_status.started(self.bound_port or 0)
             while True:
@@ -212,6 +209,26 @@ class MeshNode:
                     await self._wakeup.wait()
                 self._wakeup = trio.Event()
                 self.agent.handle_timer(trio.current_time())
+
+    async def _listen(self, host: str, *, task_status: trio.TaskStatus[None]) -> None:
+        listeners = await trio.open_tcp_listeners(self.listen_port, host=host)
+        self.bound_port = listeners[0].socket.getsockname()[1]
+        self.listen_host = host
+        with trio.CancelScope() as scope:
+            self._listen_scope = scope
+            task_status.started()
+            await trio.serve_listeners(self._serve, listeners)
+
+    async def rebind(self, host: str) -> None:
+        """Move the control listener to ``host`` (after this node was re-addressed)."""
+        if self._nursery is None or host == self.listen_host:
+            return
+        old = self._listen_scope
+        # Same port: close the old listener first (its sockets close when the scope unwinds).
+        if old is not None:
+            old.cancel()
+            await trio.sleep(0)
+        await self._nursery.start(self._listen, host)
 
     def accept_stream(self, stream: trio.abc.Stream, peer: str | None = None) -> None:
         """Serve a control connection that arrived by other means than the TCP listener."""

@@ -194,6 +194,14 @@ async def run_agent(
                     write_agent_info(opts.state, info(node))
                 except OSError as exc:
                     log.info("writing agent.json failed: %s", exc)
+            if opts.control_listen is None:
+                me_now = roster.view().member(files.identity.public)
+                if me_now is not None and me_now.routed and me_now.address != node.listen_host:
+                    opts.progress(f"re-addressed to {me_now.address}; moving PPN control there")
+                    try:
+                        await node.rebind(me_now.address)
+                    except OSError as exc:
+                        log.warning("moving PPN control failed: %s", exc)
             try:
                 now_mtime = (opts.state / "mesh.json").stat().st_mtime
                 if now_mtime == mtime:

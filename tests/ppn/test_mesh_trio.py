@@ -227,3 +227,33 @@ async def test_over_tcp_on_loopback() -> None:
         events = await pull_once("127.0.0.1", ports["10.8.0.1"], outsider)
         assert events and outsider.digest() == nodes["genesis"].roster.digest()
         nursery.cancel_scope.cancel()
+
+
+async def test_the_control_listener_follows_a_new_address() -> None:
+    fleet = platform()
+    roster = fleet.roster.copy()
+    agent = MeshAgent(roster, identity=fleet.genesis, now=trio.current_time())
+    node = MeshNode(
+        agent,
+        wireguard=FakeWireGuard(),
+        save=lambda r: None,
+        listen_host="127.0.0.1",
+        listen_port=0,
+        control_address=lambda a: ("127.0.0.1", 1),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        node.listen_port = node.bound_port  # keep the port, move the address
+        port = node.bound_port
+        assert port
+        await node.rebind("127.0.0.2")
+        outsider = Roster(mesh=fleet.mesh, network=fleet.roster.network)
+        await pull_once("127.0.0.2", port, outsider)
+        assert outsider.digest() == roster.digest()
+        try:
+            await pull_once("127.0.0.1", port, outsider)
+        except OSError:
+            pass
+        else:  # pragma: no cover - the old address must no longer answer
+            raise AssertionError("the old listener still answers")
+        nursery.cancel_scope.cancel()
