@@ -103,6 +103,20 @@ def local_networks(*, exclude: str | None = None) -> list[MeshNetwork]:
     return nets
 
 
+def _remove_address(interface: str, address: str) -> None:
+    """Drop this node's previous mesh address after a re-address (best effort)."""
+    iface = ipaddress.ip_interface(address)
+    with contextlib.suppress(Exception):
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=interface)
+            if index:
+                ipr.addr(
+                    "del", index=index[0], address=str(iface.ip), prefixlen=iface.network.prefixlen
+                )
+
+
 def _endpoint(text: str | None) -> wg.Endpoint | None:
     if text is None:
         return None
@@ -207,6 +221,8 @@ class DeviceWireGuard:
                 wg.configure_interface(
                     self.interface, addresses=[desired.address], mtu=MTU, up=True
                 )
+                if self._plumbed_address is not None:
+                    _remove_address(self.interface, self._plumbed_address)
                 self._plumbed_address = desired.address
             if self.plumb and desired.forwarding:
                 _enable_forwarding(ipaddress.ip_interface(desired.address).version)
