@@ -262,6 +262,7 @@ class Aggregation:
             raise LocalProtocolError("a second end for one target")
         t.ended, t.end_cursor = True, cursor
         if self._ordered and not t.queue:
+            self._waiting -= 1
             self._exhausted(index)
 
     def fail(
@@ -285,10 +286,17 @@ class Aggregation:
         if self.mode is Mode.STRICT:
             self.failed = self.stopped = True
 
+    def abandon(self, status: VaultStatus, code: ErrorCode, message: str) -> None:
+        """Give every target still running ``status`` (the request deadline passed, or the
+        client cancelled)."""
+        for index, t in enumerate(self._targets):
+            if not t.settled:
+                self.fail(index, status, code, message)
+        self.stopped = True
+
     def _exhausted(self, index: int) -> None:
         """Ordered: target ``index`` ended and everything it queued was merged."""
         t = self._targets[index]
-        self._waiting -= 1
         if t.end_cursor is not None and t.received:
             bound = (t.last_key, index)
             if self._bound is None or bound < self._bound:
