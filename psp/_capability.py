@@ -17,7 +17,7 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -400,11 +400,6 @@ def delegate(
         nonce=nonce,
     )
     return Capability(links=(*parent.links, link))
-
-
-def narrowed(scope: Scope, **changes: Any) -> Scope:
-    """``scope`` with some dimensions replaced (a convenience for delegation)."""
-    return replace(scope, **changes)
 
 
 def invoke(

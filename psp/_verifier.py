@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from ._capability import (
     MAX_CHAIN,
     Capability,
-    Envelope,
     Link,
     decode_envelope,
     query_hash,
@@ -179,8 +178,3 @@ class Verifier:
         self._verified[key] = link
         if len(self._verified) > self._cache_size:
             self._verified.popitem(last=False)
-
-
-def check_envelope(data: bytes) -> Envelope:
-    """Decode only (for tools that inspect without authorizing)."""
-    return decode_envelope(data)
