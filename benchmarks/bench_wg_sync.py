@@ -61,12 +61,13 @@ def _reset(sock_path: str) -> None:
 
 
 def _clear_caches() -> None:
-    from ppn import _wg_model, _wg_uapi
+    from ppn import _wg_model, _wg_plan, _wg_uapi
 
     _wg_model._network_cache.clear()
     _wg_model._address_cache.clear()
     _wg_model._endpoint_cache.clear()
-    _wg_uapi.peer_signature.cache_clear()
+    _wg_uapi._signatures.clear()
+    _wg_plan._last_checked.clear()
 
 
 def _timed(fn: Callable[[], None]) -> float:

@@ -173,7 +173,7 @@ def _sync(args: argparse.Namespace) -> int:
     from ._io_wg_device import ConfigOnlyBackend, select_backend
     from ._io_wg_state import load_record, save_record, state_dir
     from ._wg_backend import reconcile
-    from ._wg_model import DesiredStateError, DeviceError, VerifyError
+    from ._wg_model import DesiredStateError, DeviceError, UAPIProtocolError, VerifyError
     from ._wg_plan import describe, operation_to_json
 
     desired = _resolve(_read_config(args.config))
@@ -222,6 +222,8 @@ def _sync(args: argparse.Namespace) -> int:
         raise CommandError(str(exc), EXIT_VERIFY) from None
     except DeviceError as exc:
         raise _device_error(exc, args.iface) from None
+    except UAPIProtocolError as exc:
+        raise CommandError(f"{args.iface} answered badly: {exc}", EXIT_DEVICE_REFUSED) from None
     if not args.dry_run:
         try:
             save_record(args.iface, desired.peers)
@@ -289,11 +291,19 @@ def _show(args: argparse.Namespace) -> int:
     import time
 
     from ._cli import CommandError
-    from ._io_wg_device import list_userspace_interfaces, select_backend
+    from ._io_wg_device import (
+        list_kernel_interfaces,
+        list_userspace_interfaces,
+        select_backend,
+    )
     from ._keys import encode_key
     from ._wg_model import DeviceError, UAPIProtocolError
 
-    names = [args.iface] if args.iface else list_userspace_interfaces()
+    names = (
+        [args.iface]
+        if args.iface
+        else sorted(set(list_userspace_interfaces()) | set(list_kernel_interfaces()))
+    )
     now = time.time()
     out: list[dict[str, Any]] = []
     for name in names:
@@ -306,14 +316,15 @@ def _show(args: argparse.Namespace) -> int:
             continue
         try:
             state = choice.backend.read()
+            states = sorted(state.peers.values(), key=lambda p: -(p.last_handshake or 0))
         except DeviceError as exc:
             if args.iface:
                 raise _device_error(exc, name) from None
             continue  # a stale socket of a dead daemon: not an interface
         except UAPIProtocolError as exc:
-            raise CommandError(f"{name}: {exc}", EXIT_DEVICE_REFUSED) from None
+            raise CommandError(f"{name} answered badly: {exc}", EXIT_DEVICE_REFUSED) from None
         peers = []
-        for p in sorted(state.peers.values(), key=lambda p: -(p.last_handshake or 0)):
+        for p in states:
             age = p.handshake_age(now)
             peers.append(
                 {

@@ -38,6 +38,7 @@ __all__ = [
     "configure_interface",
     "interface_kind",
     "kernel_module_present",
+    "list_kernel_interfaces",
     "list_userspace_interfaces",
     "remove_interface",
     "select_backend",
@@ -72,6 +73,19 @@ def interface_kind(interface: str, netns: str | None = None) -> str | None:
         info = link.get_attr("IFLA_LINKINFO")
         kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
         return str(kind) if kind else "unknown"
+
+
+def list_kernel_interfaces(netns: str | None = None) -> list[str]:
+    """Names of kernel WireGuard links (none when the module is absent)."""
+    if not kernel_module_present():
+        return []
+    names = []
+    with _ipr(netns) as ipr:
+        for link in ipr.get_links():
+            info = link.get_attr("IFLA_LINKINFO")
+            if info is not None and info.get_attr("IFLA_INFO_KIND") == "wireguard":
+                names.append(str(link.get_attr("IFLA_IFNAME")))
+    return sorted(names)
 
 
 def list_userspace_interfaces(socket_dir: str = DEFAULT_SOCKET_DIR) -> list[str]:

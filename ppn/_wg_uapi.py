@@ -99,12 +99,11 @@ def _number(value: str, what: str) -> int:
 # Non-zero preshared keys are replaced by their fingerprint before anything is kept: the line
 # becomes "preshared_key=<32 hex digits of the fingerprint>" (an all-zero key, i.e. none, is
 # no secret and stays as 64 zeros).
-_PSK_LINE = re.compile(r"^preshared_key=(?!0{64}$)([^\n]*)$", re.M)
+_PSK_LINE = re.compile(r"\npreshared_key=(?!0{64}\n)([^\n]*)")
 # The lines of a peer that change on their own (or that the roam rule judges separately).
+# Patterns start with the newline rather than "^" under re.M: several times faster.
 _VOLATILE_LINE = re.compile(
-    r"^(?:protocol_version|endpoint|last_handshake_time_sec|last_handshake_time_nsec"
-    r"|tx_bytes|rx_bytes)=[^\n]*\n",
-    re.M,
+    r"\n(?:protocol_version|endpoint|last_handshake_time_n?sec|[tr]x_bytes)=[^\n]*"
 )
 
 
@@ -112,7 +111,7 @@ def _redact_psk(match: re.Match[str]) -> str:
     psk = _hex_key(match.group(1), "preshared_key")
     tag = key_fingerprint(psk).hex()
     del psk
-    return f"preshared_key={tag}"
+    return f"\npreshared_key={tag}"
 
 
 # Signatures by the identity of the (frozen) PeerConfig: hashing a config would hash all its
