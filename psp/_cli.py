@@ -641,8 +641,14 @@ def _query(args: argparse.Namespace) -> int:
     from ._errors import LocalProtocolError, QueryError, RemoteProtocolError, VaultError
     from ._trio import VaultClient
 
+    if args.via is not None:  # many vaults through an aggregator (RFC-NOTES §10)
+        from ._cli_orchestration import query_via
+
+        return query_via(args)
+    if not args.cap or len(args.cap) != 1 or len(args.vault) != 1:
+        raise _error("a direct query takes one --cap and one --vault (for many, use --via)", 2)
     key = _load_key(args.key)
-    cap = _load_cap(args.cap)
+    cap = _load_cap(args.cap[0])
     if key.public != cap.holder:
         raise _fail_code(
             _code("HOLDER_MISMATCH"), "--key is not the key this capability was issued to"
@@ -652,7 +658,10 @@ def _query(args: argparse.Namespace) -> int:
         query.encode()
     except QueryError as exc:
         raise _fail_code(exc.code, exc.detail) from None
-    host, port = args.vault
+    try:
+        host, port = _hostport(args.vault[0])
+    except argparse.ArgumentTypeError as exc:
+        raise _error(f"--vault: {exc}", 2) from None
 
     async def run() -> Any:
         with trio.fail_after(args.timeout):
@@ -899,14 +908,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--key", required=True, metavar="FILE", help="the holder key the capability was issued to"
     )
     p.add_argument(
-        "--cap", required=True, metavar="CAP", help="the capability (text or a file holding it)"
+        "--cap",
+        action="append",
+        metavar="CAP",
+        help="the capability (text or a file holding it); repeat with --via",
     )
     p.add_argument(
         "--vault",
-        required=True,
-        type=_hostport,
+        action="append",
+        default=[],
         metavar="HOST:PORT",
-        help="the vault's PSP address (vaults listen on 9210 by default)",
+        help="the vault's PSP address (vaults listen on 9210 by default); with --via: ID@HOST:PORT, repeat",
     )
     p.add_argument("--collection", required=True, metavar="C", help="the collection to query")
     p.add_argument(
@@ -947,3 +959,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--json", action="store_true", help="JSON lines")
     p.set_defaults(handler=_query)
+    from ._cli_orchestration import add_via_options
+    from ._cli_orchestration import register as register_orchestration
+
+    add_via_options(p)  # --via, --vaults, --mode, --resume (RFC-NOTES §10.6)
+    register_orchestration(subparsers)  # ppn orchestration serve

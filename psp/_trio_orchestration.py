@@ -84,7 +84,7 @@ class _Changed:
 class _VaultLink:
     """One TCP connection to a vault, driven by the vault protocol's client core."""
 
-    def __init__(self, stream: trio.SocketStream, key: tuple[str, int]) -> None:
+    def __init__(self, stream: trio.abc.Stream, key: tuple[str, int]) -> None:
         self.stream = stream
         self.key = key
         self.conn = ClientConnection()
@@ -107,14 +107,31 @@ class _VaultLink:
             self.conn.receive_data(bytes(data))
 
     def close(self) -> None:
-        # No await: a closing link must not block a cancelled task.
-        self.stream.socket.close()
+        _close_now(self.stream)
+
+
+def _close_now(stream: trio.abc.Stream) -> None:
+    """Close without awaiting (a cancelled task must not block on it); the peer sees EOF."""
+    if isinstance(stream, trio.SocketStream):
+        stream.socket.close()
+        return
+    for half in (getattr(stream, "send_stream", None), getattr(stream, "receive_stream", None)):
+        close = getattr(half, "close", None)
+        if close is not None:
+            close()
 
 
 class VaultPool:
     """Idle vault connections by address, reused across requests (the only state kept)."""
 
-    def __init__(self, *, per_address: int = 4, idle_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        per_address: int = 4,
+        idle_timeout: float = 30.0,
+        connect: Callable[[str, int], Awaitable[trio.abc.Stream]] = trio.open_tcp_stream,
+    ) -> None:
+        self._connect = connect
         self.per_address = per_address
         self.idle_timeout = idle_timeout
         self._idle: dict[tuple[str, int], list[_VaultLink]] = {}
@@ -130,7 +147,7 @@ class VaultPool:
             if now - link.idle_since < self.idle_timeout:
                 return link, True
             link.close()
-        stream = await trio.open_tcp_stream(host, port)
+        stream = await self._connect(host, port)
         self.connects += 1
         return _VaultLink(stream, key), False
 
