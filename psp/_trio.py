@@ -10,8 +10,10 @@ The clock is injected (``clock`` returns integer seconds) on both sides.
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,7 +25,7 @@ from ppn import IdentityKey
 
 from ._capability import Capability, invoke
 from ._connection import ClientConnection, ConnectionClosed, ServerConnection, State
-from ._errors import ErrorCode, RemoteProtocolError, VaultError
+from ._errors import ErrorCode, PSPError, RemoteProtocolError, VaultError
 from ._io_vault import Vault
 from ._messages import (
     Cancel,
@@ -72,38 +74,6 @@ async def serve_vault(
     await trio.serve_listeners(partial(handle_connection, vault, clock=clock), listeners)
 
 
-async def _pump(stream: trio.abc.Stream, conn: ServerConnection | ClientConnection) -> bool:
-    """Read once into the core. False at EOF."""
-    try:
-        data = await stream.receive_some(RECEIVE_SIZE)
-    except trio.BrokenResourceError:
-        data = b""
-    conn.receive_data(bytes(data))
-    return bool(data)
-
-
-async def handle_connection(
-    vault: Vault, stream: trio.abc.Stream, *, clock: Callable[[], int] = wall_clock
-) -> None:
-    conn = ServerConnection(vault_id=vault.vault_id)
-    async with stream:
-        try:
-            while True:
-                event = conn.next_event()
-                if event is None:
-                    await _pump(stream, conn)  # EOF arrives as ConnectionClosed
-                    await _flush(stream, conn)  # the hello answer, if that was the hello
-                    continue
-                if isinstance(event, ConnectionClosed):
-                    return
-                if isinstance(event, Request):
-                    await _serve_request(vault, stream, conn, event, clock)
-        except RemoteProtocolError:
-            await _flush(stream, conn, quiet=True)  # the core queued an error frame
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return
-
-
 async def _flush(
     stream: trio.abc.Stream, conn: ServerConnection | ClientConnection, *, quiet: bool = False
 ) -> None:
@@ -117,82 +87,135 @@ async def _flush(
             raise
 
 
-async def _serve_request(
-    vault: Vault,
-    stream: trio.abc.Stream,
-    conn: ServerConnection,
-    request: Request,
-    clock: Callable[[], int],
-) -> None:
-    try:
-        started = vault.begin(request, now=clock())
-    except Exception:
-        started = Error(
-            request_id=request.request_id,
-            code=ErrorCode.INTERNAL,
-            message=ErrorCode.INTERNAL.sentence,
-        )
-    if isinstance(started, Error):
-        conn.send(started)
-        await _flush(stream, conn)
-        return
-    header, cursor = started
-    conn.send(header)
-    while not cursor.done:
-        while conn.credit == 0:
-            await _flush(stream, conn)
-            with trio.move_on_after(CREDIT_WAIT) as scope:
-                alive = await _pump(stream, conn)
-            if scope.cancelled_caught:
-                conn.send(
-                    Error(
-                        request_id=request.request_id,
-                        code=ErrorCode.DEADLINE,
-                        message="no credit granted in time",
-                    )
-                )
-                await _flush(stream, conn)
-                return
-            while (event := conn.next_event()) is not None:
-                if isinstance(event, Cancel):
-                    conn.send(
-                        Error(
-                            request_id=request.request_id,
-                            code=ErrorCode.CANCELLED,
-                            message=ErrorCode.CANCELLED.sentence,
-                        )
-                    )
-                    await _flush(stream, conn)
-                    return
-                if isinstance(event, ConnectionClosed) or not alive:
-                    return
+class _Session:
+    """One client connection at the vault: a reader task feeds the core (so credit, cancel and
+    EOF are seen while rows stream), the serving loop answers requests one at a time."""
+
+    def __init__(self, vault: Vault, stream: trio.abc.Stream, clock: Callable[[], int]) -> None:
+        self.vault = vault
+        self.stream = stream
+        self.clock = clock
+        self.conn = ServerConnection(vault_id=vault.vault_id)
+        self.pending: deque[Request] = deque()
+        self.cancelled: set[int] = set()
+        self.closed = False
+        self._changed = trio.Event()
+        self._send_lock = trio.Lock()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _wait(self, timeout: float = math.inf) -> bool:
+        """Wait for the reader to report something. False on timeout."""
+        with trio.move_on_after(timeout):
+            await self._changed.wait()
+            return True
+        return False
+
+    async def flush(self) -> None:
+        async with self._send_lock:
+            await _flush(self.stream, self.conn, quiet=True)
+
+    async def reader(self) -> None:
         try:
-            rows = cursor.fetch(BATCH_ROWS)
+            while not self.closed:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+                self.conn.receive_data(bytes(data))
+                while (event := self.conn.next_event()) is not None:
+                    if isinstance(event, Request):
+                        self.pending.append(event)
+                    elif isinstance(event, Cancel):
+                        self.cancelled.add(event.request_id)
+                    elif isinstance(event, ConnectionClosed):
+                        self.closed = True
+                await self.flush()  # the hello answer, if that was the hello
+                self._notify()
+        except RemoteProtocolError:
+            await self.flush()  # the core queued a connection error frame
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        self.closed = True
+        self._notify()
+
+    async def serve(self) -> None:
+        while True:
+            while not self.pending and not self.closed:
+                await self._wait()
+            if not self.pending:
+                return
+            await self._answer(self.pending.popleft())
+
+    def _error(self, request_id: int, code: ErrorCode, message: str = "") -> None:
+        self.conn.send(Error(request_id=request_id, code=code, message=message or code.sentence))
+
+    async def _answer(self, request: Request) -> None:
+        rid, conn = request.request_id, self.conn
+        try:
+            started = self.vault.begin(request, now=self.clock())
         except Exception:
-            conn.send(
-                Error(
-                    request_id=request.request_id,
-                    code=ErrorCode.INTERNAL,
-                    message=ErrorCode.INTERNAL.sentence,
-                )
+            started = Error(
+                request_id=rid, code=ErrorCode.INTERNAL, message=ErrorCode.INTERNAL.sentence
             )
-            await _flush(stream, conn)
+        if isinstance(started, Error):
+            conn.send(started)
+            await self.flush()
             return
-        if rows:
-            conn.send(RowBatch(request_id=request.request_id, rows=tuple(rows)))
-        if not cursor.done:
-            await _flush(stream, conn)
-    # The last batch, the header of a short answer and the end leave in one write.
-    resume = cursor.resume_offset
-    conn.send(
-        End(
-            request_id=request.request_id,
-            count=conn.rows_sent,
-            digest=conn.rows_digest,
-            cursor=None if resume is None else Cursor(as_of=cursor.as_of, offset=resume),
+        header, cursor = started
+        conn.send(header)
+        while not cursor.done:
+            while conn.credit == 0 and rid not in self.cancelled and not self.closed:
+                await self.flush()
+                if not await self._wait(CREDIT_WAIT):
+                    self._error(rid, ErrorCode.DEADLINE, "no credit granted in time")
+                    await self.flush()
+                    return
+            if self.closed:
+                return
+            if rid in self.cancelled:
+                self.cancelled.discard(rid)
+                self._error(rid, ErrorCode.CANCELLED)
+                await self.flush()
+                return
+            try:
+                rows = cursor.fetch(BATCH_ROWS)
+            except Exception:
+                self._error(rid, ErrorCode.INTERNAL)
+                await self.flush()
+                return
+            if rows:
+                conn.send(RowBatch(request_id=rid, rows=tuple(rows)))
+            if not cursor.done:
+                await self.flush()
+                await trio.sleep(0)  # let the reader see a cancel between batches
+        # The last batch, the header of a short answer and the end leave in one write.
+        resume = cursor.resume_offset
+        conn.send(
+            End(
+                request_id=rid,
+                count=conn.rows_sent,
+                digest=conn.rows_digest,
+                cursor=None if resume is None else Cursor(as_of=cursor.as_of, offset=resume),
+            )
         )
-    )
-    await _flush(stream, conn)
+        self.cancelled.discard(rid)
+        await self.flush()
+
+
+async def handle_connection(
+    vault: Vault, stream: trio.abc.Stream, *, clock: Callable[[], int] = wall_clock
+) -> None:
+    """Serve one client connection until it closes or breaks the protocol."""
+    session = _Session(vault, stream, clock)
+    async with stream, trio.open_nursery() as nursery:
+        nursery.start_soon(session.reader)
+        try:
+            await session.serve()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except PSPError:
+            pass  # the reader found a protocol error mid-answer and already sent its error frame
+        nursery.cancel_scope.cancel()
 
 
 # --- client ----------------------------------------------------------------------------------
@@ -317,6 +340,7 @@ class Response:
         self._client = client
         self.request_id = request_id
         self.finished = False
+        self._cancelling = False
 
     def __aiter__(self) -> Response:
         return self
@@ -348,6 +372,7 @@ class Response:
                 isinstance(event, RowBatch)
                 and conn.credit <= client.window // 2
                 and conn.state is State.STREAMING  # not if its End is already in
+                and not self._cancelling
             ):
                 conn.send(Credit(request_id=self.request_id, batches=client.window - conn.credit))
                 await _flush(client._stream, conn)
@@ -358,6 +383,7 @@ class Response:
         """Ask the vault to stop, then drain what it already sent up to its error or end."""
         if self.finished:
             return
+        self._cancelling = True
         self._client.conn.send(Cancel(request_id=self.request_id))
         await _flush(self._client._stream, self._client.conn)
         try:

@@ -159,3 +159,37 @@ async def test_unreachable_vault_is_retryable() -> None:
     with pytest.raises(VaultError) as info:
         await VaultClient.connect("127.0.0.1", 1)
     assert info.value.code is ErrorCode.UNAVAILABLE and info.value.code.retryable
+
+
+async def test_a_client_vanishing_mid_stream_does_not_hurt_others(vault: Vault, port: int) -> None:
+    cap = cap_for(vault, rows=3000)
+    from psp import invoke
+
+    rude = await VaultClient.connect("127.0.0.1", port, window=1)
+    hello = await rude.hello()
+    qb = Query(collection="people", limit=3000).encode()
+    env = invoke(cap, BOB, vaults=[hello.vault], query_bytes=qb, now=NOW, nonce=b"v" * 16)
+    response = await rude.request(env.raw, qb)
+    await response.next_event()
+    await rude.aclose()  # gone with the vault waiting for credit
+    async with await VaultClient.connect("127.0.0.1", port) as polite:
+        counted = await polite.query(BOB, cap, Query(collection="people", op="count"), clock=clock)
+        assert json.loads(counted.rows[0]) == {"count": 3000}
+
+
+async def test_cancel_stops_the_vault_promptly(
+    vault: Vault, port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("psp._trio.BATCH_ROWS", 10)
+    cap = cap_for(vault, rows=3000)
+    from psp import invoke
+
+    async with await VaultClient.connect("127.0.0.1", port, window=64) as client:
+        hello = await client.hello()
+        qb = Query(collection="people", limit=3000).encode()
+        env = invoke(cap, BOB, vaults=[hello.vault], query_bytes=qb, now=NOW, nonce=b"p" * 16)
+        response = await client.request(env.raw, qb)
+        await response.next_event()
+        await response.cancel()
+        # no credit is granted after a cancel: at most the 64 granted batches arrived
+        assert client.conn.rows_received <= 64 * 10
