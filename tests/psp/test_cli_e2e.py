@@ -169,6 +169,40 @@ def test_create_fill_serve_and_query_with_a_delegated_capability(served: tuple[P
     )
     assert widen.returncode == 41 and "SCOPE_WIDENED" in widen.stderr
 
+    # resume through the CLI: the summary line names the cursor
+    first = ppn(*base, "--order", "name", "--select", "name", "--limit", "50", "--json", cwd=d)
+    cursor = re.search(r"--as-of (\d+) --offset (\d+)", first.stderr)
+    assert cursor, first.stderr
+    ppn(
+        "vault",
+        "append",
+        "--store",
+        "v",
+        "--collection",
+        "people",
+        '{"name": "aaa", "age": 1}',
+        cwd=d,
+    )
+    ppn("vault", "index", "--store", "v", "name", cwd=d)  # while the vault is being served
+    second = ppn(
+        *base,
+        "--order",
+        "name",
+        "--select",
+        "name",
+        "--limit",
+        "50",
+        "--json",
+        "--as-of",
+        cursor[1],
+        "--offset",
+        cursor[2],
+        cwd=d,
+    )
+    names = [json.loads(x)["name"] for x in first.stdout.splitlines() + second.stdout.splitlines()]
+    assert names == sorted(names) and len(set(names)) == 100 and "aaa" not in names
+    assert json.loads(ppn(*base, "--count", "--json", cwd=d).stdout) == {"count": 2001}
+
     ppn("cap", "revoke", "--store", "v", "bob.cap", cwd=d)
     revoked = ppn(*base, "--count", cwd=d, check=False)
     assert revoked.returncode == 41 and "REVOKED (116)" in revoked.stderr
