@@ -59,7 +59,8 @@ class VaultStatus(enum.Enum):
 
     @property
     def failed(self) -> bool:
-        return self not in (VaultStatus.OK, VaultStatus.TRUNCATED)
+        """The vault itself failed (cancelled ones were stopped by us, not by a fault)."""
+        return self not in (VaultStatus.OK, VaultStatus.TRUNCATED, VaultStatus.CANCELLED)
 
 
 class Mode(enum.Enum):
@@ -273,7 +274,7 @@ class Aggregation:
         t = self._targets[index]
         if t.settled:
             return
-        if not status.failed:
+        if status in (VaultStatus.OK, VaultStatus.TRUNCATED):
             raise LocalProtocolError("fail() needs a failure status")
         t.failed, t.code, t.message = status, code, message
         self.queued_bytes -= t.queued_bytes
@@ -466,7 +467,8 @@ class Aggregation:
 
     def statuses(self) -> list[TargetStatus]:
         """Every target's status. Final once :attr:`finished`; a target still running is
-        reported truncated (or cancelled, when a strict request failed)."""
+        reported truncated (or cancelled, when a strict request failed; a vault that had
+        answered in full is then still ok: the status says what the vault did)."""
         out = []
         for i, t in enumerate(self._targets):
             cursor = (t.as_of, t.offset + t.consumed)
@@ -474,6 +476,17 @@ class Aggregation:
                 status, resume = t.failed, t.failed is not VaultStatus.DENIED
             elif t.ended and t.consumed == t.received and t.end_cursor is None:
                 status, resume = VaultStatus.OK, False
+            elif self.failed and t.ended:
+                # A strict request failed elsewhere: this vault answered in full, its rows
+                # were withheld with everything else.
+                status, resume = (
+                    (VaultStatus.OK, False)
+                    if t.end_cursor is None
+                    else (
+                        VaultStatus.TRUNCATED,
+                        True,
+                    )
+                )
             elif self.failed:
                 status, resume = VaultStatus.CANCELLED, True
             else:
