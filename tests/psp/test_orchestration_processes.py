@@ -67,8 +67,11 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Path, list[subprocess.Popen[str]], s
 
 def _query(d: Path, agg: str, *extra: str) -> tuple[int, list[dict[str, object]], str]:
     result = subprocess.run(
-        [*PPN, "query", "--via", agg, "--vaults", "vaults.txt", "--key", "holder.key"]
-        + ["--collection", "people", "--count", *extra],
+        [
+            *PPN,
+            *("query", "--via", agg, "--vaults", "vaults.txt", "--key", "holder.key"),
+            *("--collection", "people", "--count", *extra),
+        ],
         cwd=d,
         capture_output=True,
         text=True,
