@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,7 +66,7 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Path, list[subprocess.Popen[str]], s
                 p.wait(timeout=10)
 
 
-def _query(d: Path, agg: str, *extra: str) -> tuple[int, list[dict[str, object]], str]:
+def _query(d: Path, agg: str, *extra: str) -> tuple[int, list[dict[str, Any]], str]:
     result = subprocess.run(
         [
             *PPN,
