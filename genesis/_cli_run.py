@@ -131,8 +131,9 @@ class UI:
 
     def failed(self, failure: Failed) -> CommandError:
         reason = failure.reason
-        self.emit("failed", reason=reason.token, message=reason.sentence, status=reason.status)
-        return _fail(reason)
+        message = f"{reason.sentence}: {failure.detail}" if failure.detail else reason.sentence
+        self.emit("failed", reason=reason.token, message=message, status=reason.status)
+        return _fail(reason, message)
 
 
 def run(command: str, args: argparse.Namespace) -> int:

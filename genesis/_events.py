@@ -107,6 +107,7 @@ class Failed:
     reason: FailureReason
     by_peer: bool = False
     code_spent: bool = False
+    detail: str = ""  # set by adapters for local failures (e.g. why the state was not written)
 
 
 # --- sent to the cores by the application -------------------------------------------------------

@@ -20,7 +20,7 @@ import trio
 from ._code import JoinCode
 from ._core import CeremonyCore
 from ._derive import PartyInfo
-from ._errors import RemoteProtocolError
+from ._errors import GenesisError, RemoteProtocolError
 from ._events import (
     Abort,
     AcceptWindow,
@@ -93,6 +93,7 @@ async def run_ceremony(
                     core.receive_data(b"", trio.current_time())
 
     async with trio.open_nursery() as nursery:
+        abandoned = False
         while True:
             dirty = False
             while (event := core.next_event()) is not None:
@@ -101,10 +102,22 @@ async def run_ceremony(
                 elif isinstance(event, SasReady):
                     nursery.start_soon(ask, event)
                 elif isinstance(event, Joined):
-                    await app.joined(event)
+                    try:
+                        await app.joined(event)
+                    except GenesisError as exc:
+                        # Not recorded: drop the last message (the sponsor's `done`) and hang
+                        # up, so the peer does not believe the join completed.
+                        core.data_to_send()
+                        result = Failed(
+                            reason=FailureReason.STATE, code_spent=True, detail=str(exc)
+                        )
+                        abandoned = True
+                        break
                     result = event
                 elif isinstance(event, Failed):
                     result = event
+            if abandoned:
+                break
             await flush()
             if dirty:
                 continue  # an answer came in while we were flushing: handle it first

@@ -302,3 +302,22 @@ async def test_guessing_limit_then_recovery(autojump_clock: trio.testing.MockClo
         nursery.start_soon(later.serve)
         await later.code_shown.wait()
         assert isinstance(await _join(later, later.codes[0]), Joined)
+
+
+async def test_a_sponsor_that_cannot_record_the_joiner_does_not_confirm_it() -> None:
+    from genesis import StateError
+
+    harness = SponsorHarness()
+
+    async def broken(event: Joined) -> None:
+        raise StateError("disk full")
+
+    harness.on_joined = broken  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(harness.serve)
+        await harness.code_shown.wait()
+        result = await _join(harness, harness.codes[0])
+    assert isinstance(result, Failed) and result.reason is FailureReason.PEER_VANISHED
+    assert harness.outcome is not None and harness.outcome.joined is None
+    (failed,) = harness.outcome.failures
+    assert failed.reason is FailureReason.STATE and failed.detail == "disk full"
