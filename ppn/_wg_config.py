@@ -19,6 +19,7 @@ from ._wg_model import (
     IPNetwork,
     PeerConfig,
     QuickExtras,
+    gc_paused,
     parse_network,
 )
 
@@ -74,6 +75,11 @@ def _list(value: str) -> list[str]:
 
 def parse_config(text: str) -> InterfaceConfig:
     """Parse a wg(8) or wg-quick(8) configuration. Raises :class:`ConfigError` with a line."""
+    with gc_paused():
+        return _parse(text)
+
+
+def _parse(text: str) -> InterfaceConfig:
     iface = _InterfaceDraft()
     peers: list[_PeerDraft] = []
     section: str | None = None

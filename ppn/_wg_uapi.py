@@ -23,6 +23,7 @@ from ._wg_model import (
     PeerConfig,
     PeerState,
     UAPIProtocolError,
+    gc_paused,
     key_fingerprint,
     parse_network,
     public_key_of,
@@ -240,7 +241,8 @@ class LazyPeers(Mapping[bytes, PeerState]):
         return block[at + 10 : stop] == str(peer.endpoint)
 
     def decode_all(self) -> dict[bytes, PeerState]:
-        return {key: self[key] for key in self._blocks}
+        with gc_paused():
+            return {key: self[key] for key in self._blocks}
 
 
 def parse_get(response: bytes, name: str, *, lazy: bool = False) -> DeviceState:
@@ -250,6 +252,11 @@ def parse_get(response: bytes, name: str, *, lazy: bool = False) -> DeviceState:
     ``lazy`` defers decoding each peer until it is looked at (:class:`LazyPeers`); a malformed
     peer then raises :class:`UAPIProtocolError` on access instead of here.
     """
+    with gc_paused():
+        return _parse_get(response, name, lazy)
+
+
+def _parse_get(response: bytes, name: str, lazy: bool) -> DeviceState:
     try:
         text = response.decode("utf-8")
     except UnicodeDecodeError:

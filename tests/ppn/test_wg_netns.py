@@ -185,6 +185,28 @@ def test_duplicate_prefix_is_refused_by_the_cli_and_nothing_changes(
     missing = a.cli("sync", "nosuchwg0", str(conf), env=_env(tmp_path), check=False)
     assert missing.returncode == 21 and "Traceback" not in missing.stderr
 
+    # A peer put there by another tool is left alone with --only-owned, and reported.
+    other = WireGuardKeyPair.generate()
+    subprocess.run(
+        ["wg", "set", a.ifname, "peer", other.public_b64, "allowed-ips", "10.99.0.0/16"],
+        check=True,
+    )
+    conf.write_text(
+        f"[Interface]\nPrivateKey = {encode_key(a.keys.private)}\n"
+        f"[Peer]\nPublicKey = {p1.public_b64}\nAllowedIPs = 10.9.0.0/16\n"
+    )
+    dry = a.cli("sync", a.ifname, str(conf), "--only-owned", "--dry-run", env=_env(tmp_path))
+    assert "would apply" in dry.stdout and "left alone peer " + other.public_b64 in dry.stdout
+    assert set(a.backend.read().peers) == {other.public}  # dry run: nothing written
+    report = json.loads(
+        a.cli("sync", a.ifname, str(conf), "--only-owned", "--json", env=_env(tmp_path)).stdout
+    )
+    assert report["foreign_peers"] == [other.public_b64]
+    assert set(a.backend.read().peers) == {other.public, p1.public}
+    # without --only-owned it behaves like wg syncconf: the unlisted peer goes
+    a.cli("sync", a.ifname, str(conf), env=_env(tmp_path))
+    assert set(a.backend.read().peers) == {p1.public}
+
 
 _PARTIAL_WRITER = """
 import socket, sys
