@@ -7,6 +7,7 @@ The module top stays light so ``ppn`` starts fast: trio and the cores load insid
 from __future__ import annotations
 
 import argparse
+import textwrap
 from typing import Any
 
 EXIT_STATUSES = """\
@@ -53,6 +54,10 @@ def _common(parser: argparse.ArgumentParser, *, sponsor: bool) -> None:
         )
 
 
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=78)
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``genesis``, ``invite``, ``join`` and ``demo`` to ``ppn``."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -60,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser(
         "genesis",
         help="create a new mesh with this node as its first member and open a join window",
-        description=(
+        description=_wrap(
             "Create a new mesh (keys, mesh id, the first address of the CIDR) in the state "
             "directory, open a join window and print its code. Read the code to the new node's "
             "operator; when they type it, both screens show the same comparison string; confirm "
@@ -85,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser(
         "invite",
         help="on an existing member, open a join window for a new node",
-        description=(
+        description=_wrap(
             "Open a join window on a node that is already a mesh member and print its code; "
             "then run the ceremony with the node that types it."
         ),
@@ -99,7 +104,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser(
         "join",
         help="join a mesh with the code a member's operator reads to you",
-        description=(
+        description=_wrap(
             "Join a mesh: type the code shown by a member running 'ppn genesis' or 'ppn invite'. "
             "A typo is caught before anything is sent. Both screens then show a comparison "
             "string: confirm only if they are equal. On success the state directory holds this "
@@ -129,7 +134,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser(
         "demo",
         help="run a whole join ceremony between two local processes (no root, no WireGuard)",
-        description=(
+        description=_wrap(
             "Start a sponsor ('ppn genesis') and a joiner ('ppn join') as two processes on "
             "loopback, show both comparison strings side by side, confirm on both sides and "
             "print the resulting roster. State goes to a temporary directory unless --dir."
