@@ -89,6 +89,18 @@ def test_two_namespaces_ping_through_the_tunnel_and_resync_is_a_no_op(
     b.up([a.peer_entry("192.168.77.1:51820", "10.8.0.1/32")])
     assert ha.ping(b.mesh_ip, count=2, timeout=3)
 
+    # Plumbing is idempotent: routes for allowed IPs outside the address's prefix, MTU, up.
+    for _ in range(2):
+        configure_interface(
+            a.ifname,
+            addresses=[a.mesh_address],
+            routes=[parse_network("10.9.0.0/24"), parse_network("10.8.0.2/32")],
+            netns=ha.netns,
+        )
+    routes = ha.run(["ip", "route", "show", "dev", a.ifname]).stdout
+    assert "10.9.0.0/24" in routes and "10.8.0.2" not in routes
+    assert "mtu 1420" in ha.run(["ip", "link", "show", a.ifname]).stdout
+
     before = a.backend.read().peers[b.keys.public]
     assert before.last_handshake is not None and before.rx_bytes > 0
     # The CLI, run inside the namespace, with the same config: zero operations, zero writes.
