@@ -233,8 +233,8 @@ class Aggregation:
                 t.queued_bytes += size
                 self.queued_bytes += size
             return
-        was_empty = not t.queue
         field, desc = self._field, self._desc
+        parsed = []
         for raw in rows:
             try:
                 obj = json.loads(raw)
@@ -246,9 +246,9 @@ class Aggregation:
                 )
                 return
             key: Any = sort_key(obj.get(field))
-            if desc:
-                key = _Desc(key)
-            t.queue.append((key, obj, raw))
+            parsed.append((_Desc(key) if desc else key, obj, raw))
+        was_empty = not t.queue
+        t.queue.extend(parsed)
         t.queued_bytes += size
         self.queued_bytes += size
         if was_empty:
@@ -271,11 +271,11 @@ class Aggregation:
     ) -> None:
         """Target ``index`` will say nothing more. Its queued rows are dropped (not consumed:
         its cursor says where to retry)."""
+        if status in (VaultStatus.OK, VaultStatus.TRUNCATED):
+            raise LocalProtocolError("fail() needs a failure status")
         t = self._targets[index]
         if t.settled:
             return
-        if status in (VaultStatus.OK, VaultStatus.TRUNCATED):
-            raise LocalProtocolError("fail() needs a failure status")
         t.failed, t.code, t.message = status, code, message
         self.queued_bytes -= t.queued_bytes
         t.queued_bytes = 0
