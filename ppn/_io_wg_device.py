@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -239,44 +240,40 @@ class WireGuardGo:
         if self.netns is not None:
             # `ip netns exec` execs the command, so the PID we get is wireguard-go's.
             argv = ["ip", "netns", "exec", self.netns, *argv]
-        self.process = subprocess.Popen(
-            argv,
-            env={**os.environ, **USERSPACE_ENV},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=detach,
-        )
-        deadline = time.monotonic() + timeout
-        backend = UAPIBackend(self.interface, socket_dir=os.path.dirname(self.socket))
-        while True:
-            if self.process.poll() is not None:
-                err = (
-                    self.process.stderr.read().decode(errors="replace")
-                    if self.process.stderr
-                    else ""
-                )
-                lines = [
-                    ln for ln in err.splitlines() if ln.strip() and "│" not in ln and "─" not in ln
-                ]
-                raise DeviceError(
-                    f"wireguard-go for {self.interface} exited with status "
-                    f"{self.process.returncode}: {(lines or ['no message'])[-1].strip()}",
-                    5,
-                )
-            if backend.available():
-                try:
-                    backend.read()
-                    break
-                except DeviceError:
-                    pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise DeviceError(f"wireguard-go for {self.interface} did not come up", 110)
-            time.sleep(0.01)
-        if self.process.stderr is not None:
-            # Do not let a full pipe ever block the daemon.
-            self.process.stderr.close()
+        # stderr goes to a file, not a pipe: a pipe nobody reads can block the daemon, and a
+        # closed one kills a Go program with SIGPIPE on its next write to fd 2.
+        with tempfile.TemporaryFile() as errors:
+            self.process = subprocess.Popen(
+                argv,
+                env={**os.environ, **USERSPACE_ENV},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                start_new_session=detach,
+            )
+            deadline = time.monotonic() + timeout
+            backend = UAPIBackend(self.interface, socket_dir=os.path.dirname(self.socket))
+            while True:
+                if self.process.poll() is not None:
+                    errors.seek(0)
+                    text = errors.read().decode(errors="replace")
+                    lines = [ln for ln in text.splitlines() if ln.strip() and "│" not in ln]
+                    lines = [ln for ln in lines if "─" not in ln]
+                    raise DeviceError(
+                        f"wireguard-go for {self.interface} exited with status "
+                        f"{self.process.returncode}: {(lines or ['no message'])[-1].strip()}",
+                        5,
+                    )
+                if backend.available():
+                    try:
+                        backend.read()
+                        break
+                    except DeviceError:
+                        pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise DeviceError(f"wireguard-go for {self.interface} did not come up", 110)
+                time.sleep(0.01)
         return self.process.pid
 
     def alive(self) -> bool:

@@ -297,3 +297,21 @@ def test_kill_9_during_an_apply_then_convergence_and_no_leftovers(tmp_path: Path
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     for ns in namespaces:
         assert ns not in listed
+
+
+def test_wireguard_go_supervision_start_stop_and_failure(lab: Lab) -> None:
+    from ppn.wg import DeviceError
+
+    host = lab.host("s")
+    daemon = WireGuardGo(lab.unique_ifname("wg"), netns=host.netns)
+    pid = daemon.start()
+    assert daemon.process is not None
+    lab.processes.append(daemon.process)
+    assert daemon.alive() and os.path.exists(daemon.socket)
+    daemon.stop()
+    assert not daemon.alive() and not os.path.exists(daemon.socket)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    broken = WireGuardGo("x" * 20, netns=host.netns)  # longer than IFNAMSIZ
+    with pytest.raises(DeviceError, match="exited with status"):
+        broken.start(timeout=5)
