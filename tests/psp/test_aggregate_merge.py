@@ -123,7 +123,7 @@ def _run_pages(
         agg = Aggregation(query, [q.offset for q in queries], mode=Mode.STRICT)
         # Each vault's events, interleaved at random.
         pending: list[list[tuple[str, Any]]] = []
-        for t, (i, q) in enumerate(zip(targets, queries, strict=True)):
+        for i, q in zip(targets, queries, strict=True):
             as_of, rows, cursor = _answer(stores[i], q, vault_rows)
             events: list[tuple[str, Any]] = [("head", as_of)]
             while rows:
