@@ -235,3 +235,55 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def concurrent_sponsors(lab: Lab, workdir: Path) -> dict[str, Node]:
+    """Genesis and relay each admit a new node at the same time; both sponsors hand out the same
+    lowest free address, and the mesh's conflict rule must re-address one of them."""
+    import threading
+
+    g_host, r_host, x_host, y_host = (lab.host(n) for n in ("gen", "relay", "x", "y"))
+    lab.link(g_host, f"{NET1}.1/24", r_host, f"{NET1}.2/24")
+    lab.link(g_host, "10.77.3.1/24", x_host, "10.77.3.3/24")
+    lab.link(r_host, "10.77.4.2/24", y_host, "10.77.4.4/24")
+    nodes = {
+        name: Node(host, name, workdir / name, lab.unique_ifname("ppn"))
+        for name, host in (
+            ("genesis", g_host),
+            ("relay", r_host),
+            ("xray", x_host),
+            ("yankee", y_host),
+        )
+    }
+    g, r, x, y = nodes["genesis"], nodes["relay"], nodes["xray"], nodes["yankee"]
+    ceremony(
+        g,
+        r,
+        listen=f"{NET1}.1:0",
+        first=True,
+        sponsor_endpoint=f"{NET1}.1:51820",
+        joiner_endpoints=[f"{NET1}.2:51820", "10.77.4.2:51820"],
+    )
+    start_agent(g, "--endpoint", f"{NET1}.1:51820", "--endpoint", "10.77.3.1:51820")
+    start_agent(r, "--role", "relay")
+    errors: list[BaseException] = []
+
+    def run(sponsor: Node, joiner: Node, listen: str, endpoint: str) -> None:
+        try:
+            ceremony(sponsor, joiner, listen=listen, first=False, joiner_endpoints=[endpoint])
+        except BaseException as exc:  # reported by the caller
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=run, args=(g, x, "10.77.3.1:0", "10.77.3.3:51820")),
+        threading.Thread(target=run, args=(r, y, "10.77.4.2:0", "10.77.4.4:51820")),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=90)
+    if errors:
+        raise errors[0]
+    start_agent(x)
+    start_agent(y)
+    return nodes

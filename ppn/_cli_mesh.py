@@ -272,6 +272,7 @@ def _status(args: argparse.Namespace) -> int:
                     "device": device_note,
                     "agent_running": agent_running,
                     "generation": generation,
+                    "agent": agent,
                     "hub": topology.hub.name if topology.hub else None,
                     "members": rows,
                     "removed": [t.name for t in view.removed],

@@ -103,6 +103,34 @@ def local_networks(*, exclude: str | None = None) -> list[MeshNetwork]:
     return nets
 
 
+def _add_address_nodad(interface: str, address: str) -> None:
+    """Add an IPv6 address without duplicate address detection, so PPN control can bind it at
+    once (the control address derives from keys: a duplicate is impossible)."""
+    iface = ipaddress.ip_interface(address)
+    try:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=interface)
+            if not index:
+                raise MeshDeviceError(f"no interface {interface}")
+            have = {
+                (a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index[0])
+            }
+            if (str(iface.ip), iface.network.prefixlen) not in have:
+                ipr.addr(
+                    "add",
+                    index=index[0],
+                    address=str(iface.ip),
+                    prefixlen=iface.network.prefixlen,
+                    flags=0x02,
+                )  # IFA_F_NODAD
+    except MeshDeviceError:
+        raise
+    except Exception as exc:
+        raise MeshDeviceError(f"cannot add {address} to {interface}: {exc}") from exc
+
+
 def _remove_address(interface: str, address: str) -> None:
     """Drop this node's previous mesh address after a re-address (best effort)."""
     iface = ipaddress.ip_interface(address)
@@ -170,6 +198,7 @@ class DeviceWireGuard:
         self_identity: bytes,
         listen_port: int,
         fallback_address: str,
+        fallback_control_address: str,
         preliminary: Callable[[], Sequence[PreliminaryMember]],
         plumb: bool = True,
     ) -> None:
@@ -179,6 +208,8 @@ class DeviceWireGuard:
         self.self_identity = self_identity
         self.listen_port = listen_port
         self.fallback_address = fallback_address
+        self.fallback_control_address = fallback_control_address
+        self._plumbed_control: str | None = None
         self.preliminary = preliminary
         self.plumb = plumb
         self.last_topology: Topology | None = None
@@ -207,6 +238,7 @@ class DeviceWireGuard:
             preliminary=self.preliminary(),
             self_identity=self.self_identity,
             fallback_address=self.fallback_address,
+            fallback_control_address=self.fallback_control_address,
             observations=observations,
             now=int(now),
             local_networks=local,
@@ -218,14 +250,20 @@ class DeviceWireGuard:
             state = self.backend.read()
             desired = self.desired(roster, state, now)
             if self.plumb and desired.address != self._plumbed_address:
+                if self._plumbed_address is not None:
+                    # Old one first: deleting a subnet's primary address takes the secondaries
+                    # (the new one, in the same CIDR) with it.
+                    _remove_address(self.interface, self._plumbed_address)
                 wg.configure_interface(
                     self.interface, addresses=[desired.address], mtu=MTU, up=True
                 )
-                if self._plumbed_address is not None:
-                    _remove_address(self.interface, self._plumbed_address)
                 self._plumbed_address = desired.address
+            if self.plumb and desired.control_address != self._plumbed_control:
+                _add_address_nodad(self.interface, desired.control_address)
+                self._plumbed_control = desired.control_address
             if self.plumb and desired.forwarding:
                 _enable_forwarding(ipaddress.ip_interface(desired.address).version)
+                _enable_forwarding(6)
             config = to_interface_config(
                 desired, private_key=self.private_key, listen_port=self.listen_port
             )

@@ -3,9 +3,10 @@
 The trio adapter (:mod:`ppn._trio_mesh`) owns sockets, the WireGuard backend and the clock; this
 core only says what should happen next, as actions:
 
-* :class:`PullFrom` every ``pull_interval`` (30 s) toward every other routed member (and any
-  bootstrap address, until the roster names another member), with up to 10 % jitter from the
-  injected ``rng`` so a fleet that started together does not pull in lockstep;
+* :class:`PullFrom` every ``pull_interval`` (30 s) toward every other member's control address
+  (and any bootstrap address, until the roster names another member), with up to 10 % jitter
+  from the injected ``rng`` so a fleet that started together does not pull in lockstep; until
+  one pull has succeeded, a failed pull is retried after ``BOOTSTRAP_RETRY`` (3 s);
 * :class:`PushTo` every other member when records change this node's roster, except the member
   they came from (flooding stops because a roster that did not change pushes nothing);
 * :class:`Reconcile` after every change and every ``reconcile_interval`` (5 s), because paths
@@ -20,10 +21,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ._keys import IdentityKey
+from ._mesh_ids import node_address6
 from ._roster import MergeResult, Roster
 from ._roster_records import MemberRecord, Record
 
 __all__ = [
+    "BOOTSTRAP_RETRY",
     "PULL_INTERVAL",
     "RECONCILE_INTERVAL",
     "Action",
@@ -36,11 +39,14 @@ __all__ = [
 
 PULL_INTERVAL = 30.0
 RECONCILE_INTERVAL = 5.0
+# Until one pull has succeeded (a joiner, or a member cut off by an address conflict) failed
+# pulls are retried this soon instead of waiting a whole period.
+BOOTSTRAP_RETRY = 3.0
 
 
 @dataclass(frozen=True, kw_only=True)
 class PullFrom:
-    address: str  # mesh address of the member (or bootstrap address) to pull from
+    address: str  # control address of the member (or bootstrap address) to pull from
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,6 +93,8 @@ class MeshAgent:
         self._actions: list[Action] = []
         self._pending_push: dict[str, dict[bytes, Record]] = {}
         self._next_pull = now  # pull at once on start: catch up after downtime
+        self._synced = False
+        self._period_next = now
         self._next_reconcile = now
         # What this node wants its own entry to say; applied as soon as the entry exists.
         self._want_endpoints = None if endpoints is None else tuple(endpoints)
@@ -106,7 +114,8 @@ class MeshAgent:
             for address in self.control_targets():
                 self._actions.append(PullFrom(address=address))
             jitter = (self._rng() - 0.5) * 0.2 * self.pull_interval
-            self._next_pull = now + self.pull_interval + jitter
+            self._period_next = now + self.pull_interval + jitter
+            self._next_pull = self._period_next
         if now >= self._next_reconcile:
             self._actions.append(Reconcile())
             self._next_reconcile = now + self.reconcile_interval
@@ -121,6 +130,15 @@ class MeshAgent:
         self._fix_own_address()
         self._actions.append(SaveState())
         self._actions.append(Reconcile())
+
+    def pull_finished(self, *, ok: bool, now: float) -> None:
+        """Feedback from the adapter: a pull succeeded or failed (RFC-NOTES §7.11)."""
+        if ok:
+            if not self._synced:
+                self._synced = True
+                self._next_pull = self._period_next  # drop a retry a sibling's failure set
+        elif not self._synced:
+            self._next_pull = min(self._next_pull, now + BOOTSTRAP_RETRY)
 
     def update_self(
         self, *, endpoints: Sequence[str] | None = None, roles: Iterable[str] | None = None
@@ -142,16 +160,16 @@ class MeshAgent:
         return self._actions.pop(0) if self._actions else None
 
     def control_targets(self) -> list[str]:
-        """Mesh addresses this node talks PPN control with: every other routed member, plus
-        bootstrap addresses while no other member is known."""
-        own = self.roster.view().member(self.identity.public)
+        """Control addresses (RFC-NOTES §7.1) this node talks PPN control with: every other live
+        member, plus bootstrap addresses while no other member is known."""
+        mine = node_address6(self.roster.mesh, self.identity.public)
         targets = [
-            m.address
+            node_address6(self.roster.mesh, m.identity)
             for m in self.roster.view().members
-            if m.routed and m.identity != self.identity.public
+            if m.identity != self.identity.public
         ]
         if not targets:
-            targets = [a for a in self._bootstrap if own is None or a != own.address]
+            targets = [a for a in self._bootstrap if a != mine]
         return targets
 
     # --- internals -----------------------------------------------------------------------

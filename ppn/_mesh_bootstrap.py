@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from ._addressing import MeshNetwork
 from ._errors import LocalProtocolError
 from ._keys import IdentityKey
+from ._mesh_ids import node_address6
 from ._roster import Roster
 from ._roster_records import InvalidRecord, MemberRecord, validate_name
 from ._topology import KEEPALIVE, DesiredConfig, DesiredPeer, Observation, choose_endpoint
@@ -92,13 +93,19 @@ def with_bootstrap_peers(
     preliminary: Sequence[PreliminaryMember],
     self_identity: bytes,
     fallback_address: str,
+    fallback_control_address: str,
     observations: Mapping[bytes, Observation] | None = None,
     now: int = 0,
     local_networks: Sequence[MeshNetwork] = (),
 ) -> DesiredConfig:
     """``config`` (from the signed roster; None while this node is not on it) plus a peer for
     every preliminary member the signed roster does not know yet."""
-    base = config or DesiredConfig(address=fallback_address, peers=(), forwarding=False)
+    base = config or DesiredConfig(
+        address=fallback_address,
+        control_address=fallback_control_address,
+        peers=(),
+        forwarding=False,
+    )
     peers = list(base.peers)
     keys = {p.wg_key for p in peers}
     claimed = {ip for p in peers for ip in p.allowed_ips}
@@ -111,7 +118,10 @@ def with_bootstrap_peers(
             route = _host_prefix(member.address)
         except (InvalidRecord, ValueError):
             continue
-        allowed = () if route in claimed or member.address == own else (route,)
+        allowed: tuple[str, ...] = () if route in claimed or member.address == own else (route,)
+        control = f"{node_address6(roster.mesh, member.identity)}/128"
+        if control not in claimed:
+            allowed += (control,)
         peers.append(
             DesiredPeer(
                 wg_key=member.wg_key,
@@ -125,4 +135,9 @@ def with_bootstrap_peers(
         keys.add(member.wg_key)
         claimed.update(allowed)
     peers.sort(key=lambda p: p.wg_key)
-    return DesiredConfig(address=base.address, peers=tuple(peers), forwarding=base.forwarding)
+    return DesiredConfig(
+        address=base.address,
+        control_address=base.control_address,
+        peers=tuple(peers),
+        forwarding=base.forwarding,
+    )

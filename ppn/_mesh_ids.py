@@ -9,8 +9,9 @@ and the roster's agree; the node id uses its own label, so the two can never be 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 
-__all__ = ["ID_SIZE", "mesh_id", "node_id", "short_id"]
+__all__ = ["ID_SIZE", "control_network", "mesh_id", "node_address6", "node_id", "short_id"]
 
 ID_SIZE = 16
 _NODE_LABEL = b"ppn-node-id/v1"
@@ -40,3 +41,22 @@ def mesh_id(genesis_identity_public: bytes) -> bytes:
 def short_id(ident: bytes) -> str:
     """The first 8 hex digits of an id, as operators see it in status output."""
     return ident.hex()[:8]
+
+
+def control_network(mesh: bytes) -> str:
+    """The mesh's IPv6 control network: ``fd`` + the mesh id's first 5 bytes as a ULA /48,
+    subnet 0, as a /64 (RFC 4193 shape; RFC-NOTES §7.1)."""
+    if len(mesh) != ID_SIZE:
+        raise ValueError("a mesh id is 16 bytes")
+    raw = b"\xfd" + mesh[:5] + b"\x00\x00" + bytes(8)
+    return f"{ipaddress.IPv6Address(raw)}/64"
+
+
+def node_address6(mesh: bytes, identity_public: bytes) -> str:
+    """A member's control address: the mesh's control network with the node id's first 8 bytes
+    as interface id. It derives from keys alone, so no two members ever share it — PPN control
+    keeps working for a member whose IPv4 mesh address lost a conflict (RFC-NOTES §7.6)."""
+    if len(mesh) != ID_SIZE:
+        raise ValueError("a mesh id is 16 bytes")
+    raw = b"\xfd" + mesh[:5] + b"\x00\x00" + node_id(identity_public)[:8]
+    return str(ipaddress.IPv6Address(raw))

@@ -19,6 +19,10 @@ Rules:
   configuration (endpoints) plus observation (handshake age), never a guess.
 * Persistent keepalive 25 s toward the hub, toward members without endpoints (NATed), from a
   node that has no endpoint itself, and toward members being probed for a direct path.
+* Every member also has an IPv6 *control address* derived from its node id (never contested):
+  it follows the same rules (own /128 on a direct peer, the control /64 on the hub's peer), and
+  stays routed for a member whose IPv4 address lost a conflict, so that member can still pull
+  the roster that tells it to re-address.
 * Two members neither of which lists an endpoint cannot peer directly: no peer entry; via hub.
 * A member whose address lost a conflict is never routed; a member that lost its WireGuard key
   to another is not configured at all.
@@ -36,6 +40,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from ._addressing import MeshNetwork
+from ._mesh_ids import control_network, node_address6
 from ._roster_view import Member, RosterView
 
 __all__ = [
@@ -98,6 +103,7 @@ class DesiredConfig:
     """This node's interface as the roster wants it (keys and ports come from the state)."""
 
     address: str  # this node's mesh address with the CIDR's prefix length, e.g. 10.8.0.1/24
+    control_address: str  # this node's IPv6 control address with /64 (RFC-NOTES §7.1)
     peers: tuple[DesiredPeer, ...]  # ordered by WireGuard key
     forwarding: bool  # True on the hub: it routes between members
 
@@ -169,7 +175,7 @@ def plan_topology(
     """The desired WireGuard peers of this node and the path to every member (see module doc)."""
     me = view.member(self_identity)
     hub = choose_hub(view)
-    if me is None or not me.routed:
+    if me is None:
         unreachable = tuple(
             PeerPath(
                 member=m,
@@ -187,6 +193,8 @@ def plan_topology(
     hub_obs = observations.get(hub.wg_key) if hub is not None else None
     hub_fresh = hub_obs is not None and hub_obs.fresh(now)
     i_am_natted = not me.endpoints
+    mesh = me.record.mesh
+    control_net = control_network(mesh)
     peers: list[DesiredPeer] = []
     paths: list[PeerPath] = []
     for member in view.members:
@@ -207,6 +215,8 @@ def plan_topology(
         endpoint = choose_endpoint(member.endpoints, obs, now, local_networks)
         natted = not member.endpoints
         own_route = (_host_prefix(member.address),) if member.routed else ()
+        # The control address never conflicts, so it is routed even when the IPv4 one is not.
+        control_route = (f"{node_address6(mesh, member.identity)}/128",)
 
         if i_am_hub or hub is None:
             keepalive = KEEPALIVE if (natted or i_am_natted) else 0
@@ -217,7 +227,7 @@ def plan_topology(
                 DesiredPeer(
                     wg_key=member.wg_key,
                     endpoint=endpoint,
-                    allowed_ips=own_route,
+                    allowed_ips=own_route + control_route,
                     persistent_keepalive=keepalive,
                 )
             )
@@ -229,6 +239,7 @@ def plan_topology(
 
         if member.identity == hub.identity:
             routes = (*own_route, str(network)) if member.routed else ()
+            routes += (*control_route, control_net)
             peers.append(
                 DesiredPeer(
                     wg_key=member.wg_key,
@@ -246,7 +257,7 @@ def plan_topology(
                     DesiredPeer(
                         wg_key=member.wg_key,
                         endpoint=endpoint,
-                        allowed_ips=(),
+                        allowed_ips=control_route if fresh else (),
                         persistent_keepalive=KEEPALIVE,
                     )
                 )
@@ -260,7 +271,7 @@ def plan_topology(
             DesiredPeer(
                 wg_key=member.wg_key,
                 endpoint=endpoint,
-                allowed_ips=own_route if fresh else (),
+                allowed_ips=own_route + control_route if fresh else (),
                 persistent_keepalive=KEEPALIVE,
             )
         )
@@ -271,7 +282,10 @@ def plan_topology(
 
     peers.sort(key=lambda p: p.wg_key)
     config = DesiredConfig(
-        address=f"{me.address}/{network.prefixlen}", peers=tuple(peers), forwarding=i_am_hub
+        address=f"{me.address}/{network.prefixlen}",
+        control_address=f"{node_address6(mesh, me.identity)}/64",
+        peers=tuple(peers),
+        forwarding=i_am_hub,
     )
     return Topology(config=config, paths=tuple(paths), hub=hub)
 

@@ -282,8 +282,11 @@ class MeshNode:
             self.stats.pulls_failed += 1
             self.stats.last_error = f"pull from {address}: {exc or type(exc).__name__}"
             log.info("pull from %s failed: %r", address, exc)
+            self.agent.pull_finished(ok=False, now=trio.current_time())
+            self._wakeup.set()
         else:
             self.stats.pulls_ok += 1
+            self.agent.pull_finished(ok=True, now=trio.current_time())
             for event in events:
                 if isinstance(event, RosterUpdated):
                     self._on_update(event, address)

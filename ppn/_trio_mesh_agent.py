@@ -34,6 +34,7 @@ from ._io_mesh_state import (
 from ._io_mesh_wg import DeviceWireGuard, ensure_device
 from ._mesh_agent import PULL_INTERVAL, MeshAgent
 from ._mesh_bootstrap import sponsor_admissions
+from ._mesh_ids import node_address6
 from ._names import hosts_fragment, replace_hosts_block
 from ._roster import MergeResult, Roster
 from ._trio_mesh import MeshNode
@@ -112,6 +113,7 @@ async def run_agent(
         self_identity=files.identity.public,
         listen_port=_listen_port(files, endpoints, opts.listen_port),
         fallback_address=f"{files.address}/{roster.network.prefixlen}",
+        fallback_control_address=f"{node_address6(files.mesh, files.identity.public)}/64",
         preliminary=lambda: current["files"].preliminary,
     )
     agent = MeshAgent(
@@ -120,7 +122,11 @@ async def run_agent(
         now=trio.current_time(),
         endpoints=endpoints,
         roles=roles,
-        bootstrap=[m.address for m in files.preliminary if m.identity != files.identity.public],
+        bootstrap=[
+            node_address6(files.mesh, m.identity)
+            for m in files.preliminary
+            if m.identity != files.identity.public
+        ],
         pull_interval=opts.pull_interval,
     )
     admitted = sponsor_admissions(
@@ -131,6 +137,7 @@ async def run_agent(
     await trio.to_thread.run_sync(device.reconcile_now, roster)
     me = roster.view().member(files.identity.public)
     address = me.address if me is not None and me.routed else files.address
+    control_host = opts.control_listen or node_address6(files.mesh, files.identity.public)
     state = {"generation": generation}
 
     def info(node: MeshNode | None) -> dict[str, object]:
@@ -140,7 +147,7 @@ async def run_agent(
             "interface": interface,
             "backend": handle.kind,
             "wireguard_go_pid": handle.started_pid,
-            "control": f"{opts.control_listen or address}:{node.bound_port if node else opts.control_port}",
+            "control": f"[{control_host}]:{node.bound_port if node else opts.control_port}",
             "generation": state["generation"],
             "pulls_ok": stats.pulls_ok if stats else 0,
             "pulls_failed": stats.pulls_failed if stats else 0,
@@ -176,7 +183,7 @@ async def run_agent(
         agent,
         wireguard=device,
         save=save,
-        listen_host=opts.control_listen or address,
+        listen_host=control_host,
         listen_port=opts.control_port,
     )
     node_box.append(node)
@@ -194,14 +201,6 @@ async def run_agent(
                     write_agent_info(opts.state, info(node))
                 except OSError as exc:
                     log.info("writing agent.json failed: %s", exc)
-            if opts.control_listen is None:
-                me_now = roster.view().member(files.identity.public)
-                if me_now is not None and me_now.routed and me_now.address != node.listen_host:
-                    opts.progress(f"re-addressed to {me_now.address}; moving PPN control there")
-                    try:
-                        await node.rebind(me_now.address)
-                    except OSError as exc:
-                        log.warning("moving PPN control failed: %s", exc)
             try:
                 now_mtime = (opts.state / "mesh.json").stat().st_mtime
                 if now_mtime == mtime:
@@ -245,7 +244,7 @@ async def run_agent(
             }
             opts.progress(
                 f"up: {files.name} {address} on {interface} ({handle.kind}); PPN control on "
-                f"{opts.control_listen or address}:{port}"
+                f"[{control_host}]:{port}"
             )
             if ready is not None:
                 ready(details)

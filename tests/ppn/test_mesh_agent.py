@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from ppn._mesh_agent import MeshAgent, PullFrom, PushTo, Reconcile, SaveState
+from ppn._mesh_ids import node_address6
 from ppn._roster import MergeResult
 from tests.ppn._mesh_support import Fleet, identity
+
+
+def ctl(fleet: Fleet, name: str) -> str:
+    return node_address6(fleet.mesh, fleet.keys[name].public)
 
 
 def drain(agent: MeshAgent) -> list[object]:
@@ -32,11 +37,11 @@ def test_start_pulls_everyone_and_republishes_an_admitter_signed_entry() -> None
     actions = drain(agent)
     assert SaveState() in actions and Reconcile() in actions
     pushes = [a for a in actions if isinstance(a, PushTo)]
-    assert sorted(p.address for p in pushes) == ["10.8.0.1", "10.8.0.2"]
+    assert sorted(p.address for p in pushes) == sorted([ctl(fleet, "genesis"), ctl(fleet, "relay")])
     assert agent.get_timer() == 100.0
     agent.handle_timer(100.0)
     pulls = [a for a in drain(agent) if isinstance(a, PullFrom)]
-    assert sorted(p.address for p in pulls) == ["10.8.0.1", "10.8.0.2"]
+    assert sorted(p.address for p in pulls) == sorted([ctl(fleet, "genesis"), ctl(fleet, "relay")])
 
 
 def test_pull_period_is_30_seconds_with_bounded_jitter() -> None:
@@ -60,12 +65,12 @@ def test_changes_are_pushed_to_everyone_but_their_source_and_coalesced() -> None
     drain(agent)
     one = fleet.admit("delta", now=1500)
     two = fleet.admit("echo", now=1501)
-    agent.roster_changed(MergeResult(changed=(one,)), source="10.8.0.2")
-    agent.roster_changed(MergeResult(changed=(two,)), source="10.8.0.2")
+    agent.roster_changed(MergeResult(changed=(one,)), source=ctl(fleet, "relay"))
+    agent.roster_changed(MergeResult(changed=(two,)), source=ctl(fleet, "relay"))
     pushes = {a.address: a.records for a in drain(agent) if isinstance(a, PushTo)}
-    assert "10.8.0.2" not in pushes
-    assert set(pushes["10.8.0.3"]) == {one, two}  # one push carrying both
-    assert "10.8.0.4" in pushes and "10.8.0.5" in pushes  # the new members too
+    assert ctl(fleet, "relay") not in pushes
+    assert set(pushes[ctl(fleet, "cloud")]) == {one, two}  # one push carrying both
+    assert ctl(fleet, "delta") in pushes and ctl(fleet, "echo") in pushes  # the new members too
     agent.roster_changed(MergeResult())
     assert drain(agent) == []
 
@@ -75,8 +80,26 @@ def test_a_joiner_pulls_from_bootstrap_addresses_until_it_knows_members() -> Non
     from ppn._roster import Roster
 
     empty = Roster(mesh=fleet.mesh, network=fleet.roster.network)
-    agent = MeshAgent(empty, identity=identity("newbie"), now=0.0, bootstrap=["10.8.0.1"])
+    sponsor = ctl(fleet, "genesis")
+    agent = MeshAgent(empty, identity=identity("newbie"), now=0.0, bootstrap=[sponsor])
     agent.handle_timer(0.0)
-    assert PullFrom(address="10.8.0.1") in drain(agent)
+    assert PullFrom(address=sponsor) in drain(agent)
     empty.merge(fleet.roster.records())
-    assert sorted(agent.control_targets()) == ["10.8.0.1", "10.8.0.2", "10.8.0.3"]
+    assert sorted(agent.control_targets()) == sorted(
+        ctl(fleet, n) for n in ("genesis", "relay", "cloud")
+    )
+
+
+def test_failed_pulls_are_retried_soon_until_one_succeeds() -> None:
+    fleet = fleet3()
+    agent = MeshAgent(fleet.roster, identity=fleet.genesis, now=0.0)
+    agent.handle_timer(0.0)
+    drain(agent)
+    assert agent.get_timer() == 5.0  # the reconcile tick; the next pull is at 30 s
+    agent.pull_finished(ok=False, now=1.0)
+    agent.handle_timer(4.0)
+    assert [a for a in drain(agent) if isinstance(a, PullFrom)]  # retried at 1 + 3 s
+    agent.pull_finished(ok=True, now=4.5)
+    agent.pull_finished(ok=False, now=5.0)
+    agent.handle_timer(9.0)
+    assert not [a for a in drain(agent) if isinstance(a, PullFrom)]  # synced: normal period

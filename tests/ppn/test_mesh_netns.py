@@ -84,3 +84,39 @@ def test_three_node_platform_mesh(lab: Lab, tmp_path: Path) -> None:
     assert timings["joined_to_pingable"] < 30
     for node in nodes.values():
         assert stop_agent(node) == 0
+
+
+@pytest.mark.netns
+def test_concurrent_sponsors_never_leave_two_members_on_one_address(
+    lab: Lab, tmp_path: Path
+) -> None:
+    from interop.mesh_platform import concurrent_sponsors, quick_ping
+
+    nodes = concurrent_sponsors(lab, tmp_path)
+    g, r, x, y = (nodes[n] for n in ("genesis", "relay", "xray", "yankee"))
+    # Both ceremonies granted the same lowest free address.
+    granted = {json.loads((n.state / "mesh.json").read_text())["address"] for n in (x, y)}
+    assert granted == {"10.8.0.3"}
+
+    def settled() -> bool:
+        status = g.status()
+        addresses = {m["name"]: m["address"] for m in status["members"]}
+        return (
+            not status["problems"]
+            and set(addresses) == {"genesis", "relay", "xray", "yankee"}
+            and len(set(addresses.values())) == 4
+        )
+
+    wait_for(settled, 45, "the address conflict to resolve")
+    addresses = {m["name"]: m["address"] for m in g.status()["members"]}
+    assert {addresses["xray"], addresses["yankee"]} == {"10.8.0.3", "10.8.0.4"}
+    loser = x if addresses["xray"] == "10.8.0.4" else y
+    # The loser moved itself: its interface carries the new address, not the old one.
+    shown = loser.host.run(["ip", "-4", "-o", "addr", "show", "dev", loser.interface]).stdout
+    assert "10.8.0.4/24" in shown and "10.8.0.3/" not in shown
+    # And everyone agrees, and both are reachable from their sponsors at their final address.
+    assert {m["name"]: m["address"] for m in r.status()["members"]} == addresses
+    wait_for(lambda: quick_ping(g.host, addresses["xray"]), 30, "genesis to reach xray")
+    wait_for(lambda: quick_ping(r.host, addresses["yankee"]), 30, "relay to reach yankee")
+    for node in nodes.values():
+        assert stop_agent(node) == 0

@@ -4,6 +4,7 @@ fresh, everything else through the hub's mesh-CIDR route; keepalives; names and 
 from __future__ import annotations
 
 from ppn._addressing import parse_cidr
+from ppn._mesh_ids import control_network, node_address6
 from ppn._names import hosts_fragment, replace_hosts_block, resolve
 from ppn._topology import KEEPALIVE, Observation, PathKind, plan_topology
 from tests.ppn._mesh_support import CIDR, Fleet, wg
@@ -33,6 +34,10 @@ def peers_by_name(fleet: Fleet, me: str, observations: dict[bytes, Observation] 
     return topo, {names[p.wg_key]: p for p in topo.config.peers}
 
 
+def v6(fleet: Fleet, name: str) -> str:
+    return f"{node_address6(fleet.mesh, fleet.keys[name].public)}/128"
+
+
 def fresh(name: str, endpoint: str | None = None, age: int = 10) -> tuple[bytes, Observation]:
     key = wg(name).public
     return key, Observation(wg_key=key, endpoint=endpoint, last_handshake=NOW - age)
@@ -43,7 +48,7 @@ def test_without_a_hub_everyone_peers_directly() -> None:
     fleet.admit("alpha", endpoints=("192.0.2.5:51820",))
     fleet.admit("nat")  # no endpoint
     topo, peers = peers_by_name(fleet, "genesis")
-    assert peers["alpha"].allowed_ips == ("10.8.0.2/32",)
+    assert peers["alpha"].allowed_ips == ("10.8.0.2/32", v6(fleet, "alpha"))
     assert peers["alpha"].persistent_keepalive == 0
     assert peers["nat"].persistent_keepalive == KEEPALIVE  # toward NATed members
     assert peers["nat"].endpoint is None
@@ -53,17 +58,23 @@ def test_without_a_hub_everyone_peers_directly() -> None:
 
 
 def test_the_hub_routes_each_member_and_forwards() -> None:
-    topo, peers = peers_by_name(platform_fleet(), "relay")
+    fleet = platform_fleet()
+    topo, peers = peers_by_name(fleet, "relay")
     assert topo.config is not None and topo.config.forwarding
-    assert peers["genesis"].allowed_ips == ("10.8.0.1/32",)
-    assert peers["cloud"].allowed_ips == ("10.8.0.3/32",)
+    assert peers["genesis"].allowed_ips == ("10.8.0.1/32", v6(fleet, "genesis"))
+    assert peers["cloud"].allowed_ips == ("10.8.0.3/32", v6(fleet, "cloud"))
     assert peers["cloud"].endpoint == "198.51.100.3:51820"
 
 
 def test_members_route_the_mesh_cidr_through_the_hub_until_a_direct_handshake() -> None:
     fleet = platform_fleet()
     topo, peers = peers_by_name(fleet, "genesis")
-    assert peers["relay"].allowed_ips == ("10.8.0.2/32", CIDR)
+    assert peers["relay"].allowed_ips == (
+        "10.8.0.2/32",
+        CIDR,
+        v6(fleet, "relay"),
+        control_network(fleet.mesh),
+    )
     assert peers["relay"].persistent_keepalive == KEEPALIVE
     # cloud is probed (endpoint + keepalive) but not routed directly: via hub.
     assert peers["cloud"].allowed_ips == ()
@@ -80,7 +91,7 @@ def test_members_route_the_mesh_cidr_through_the_hub_until_a_direct_handshake() 
     # …and a direct handshake with cloud turns its /32 on.
     obs.update([fresh("cloud", "198.51.100.3:51820")])
     topo, peers = peers_by_name(fleet, "genesis", obs)
-    assert peers["cloud"].allowed_ips == ("10.8.0.3/32",)
+    assert peers["cloud"].allowed_ips == ("10.8.0.3/32", v6(fleet, "cloud"))
     assert {p.member.name: p.kind for p in topo.paths}["cloud"] is PathKind.DIRECT
     # A handshake older than 180 s no longer counts.
     obs.update([fresh("cloud", "198.51.100.3:51820", age=181)])
@@ -118,7 +129,7 @@ def test_endpoints_are_tried_in_turn_and_a_working_roamed_one_is_kept() -> None:
     assert peers["relay"].endpoint == "203.0.113.9:4444"
 
 
-def test_a_node_without_a_routed_entry_configures_nothing() -> None:
+def test_a_removed_node_configures_nothing() -> None:
     fleet = platform_fleet()
     fleet.roster.remove(fleet.genesis, fleet.keys["cloud"].public, now=5000)
     topo = plan_topology(
@@ -139,7 +150,7 @@ def test_two_natted_members_go_through_the_hub_without_a_peer_entry() -> None:
     fleet.admit("n2")
     topo, peers = peers_by_name(fleet, "n1")
     assert "n2" not in peers
-    assert peers["hub"].allowed_ips == ("10.8.0.2/32", CIDR)
+    assert peers["hub"].allowed_ips[:2] == ("10.8.0.2/32", CIDR)
     assert {p.member.name: p.kind for p in topo.paths}["n2"] is PathKind.VIA_HUB
 
 
@@ -225,10 +236,27 @@ def test_bootstrap_peers_fill_in_what_the_signed_roster_lacks() -> None:
         preliminary=prelim,
         self_identity=fleet.keys["cloud"].public,
         fallback_address="10.8.0.3/24",
+        fallback_control_address="fd00::3/64",
         now=NOW,
         local_networks=[ipaddress.ip_network("198.51.100.0/24")],
     )
     assert config.address == "10.8.0.3/24"
     (relay,) = config.peers  # genesis is signed (the topology's job), cloud is us
-    assert relay.allowed_ips == ("10.8.0.2/32",) and relay.endpoint == "198.51.100.2:51820"
+    assert relay.allowed_ips == ("10.8.0.2/32", v6(fleet, "relay"))
+    assert relay.endpoint == "198.51.100.2:51820"
     assert relay.persistent_keepalive == KEEPALIVE
+
+
+def test_a_member_that_lost_its_address_keeps_its_control_route() -> None:
+    fleet = platform_fleet()
+    loser = fleet.admit("loser", endpoints=("198.51.100.9:51820",), now=1003, address="10.8.0.3")
+    view = fleet.roster.view()
+    assert not view.member(loser.identity).routed  # type: ignore[union-attr]
+    # On the hub: the loser's control /128, never the contested IPv4 address.
+    _, peers = peers_by_name(fleet, "relay")
+    assert peers["loser"].allowed_ips == (v6(fleet, "loser"),)
+    assert peers["cloud"].allowed_ips == ("10.8.0.3/32", v6(fleet, "cloud"))
+    # The loser itself still gets a configuration, so it can pull the roster and move.
+    topo, peers = peers_by_name(fleet, "loser")
+    assert topo.config is not None and topo.config.address == "10.8.0.3/24"
+    assert control_network(fleet.mesh) in peers["relay"].allowed_ips

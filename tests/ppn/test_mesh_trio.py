@@ -9,6 +9,7 @@ import trio
 import trio.testing
 
 from ppn._mesh_agent import MeshAgent
+from ppn._mesh_ids import node_address6
 from ppn._roster import Roster
 from ppn._trio_mesh import MeshNode, pull_once
 from tests.ppn._mesh_support import Fleet, identity, wg
@@ -54,7 +55,7 @@ class Cluster:
         node = MeshNode(
             agent, wireguard=self.wg[name], save=save, listen_host=None, connect=self.connect
         )
-        address = roster.get(self.fleet.keys[name].public).address  # type: ignore[union-attr]
+        address = node_address6(self.fleet.mesh, self.fleet.keys[name].public)
         self.nodes[name] = node
         self.by_address[address] = node
         return node
@@ -116,8 +117,9 @@ async def test_anti_entropy_pull_every_30_seconds(autojump_clock: Any) -> None:
         for name in ("genesis", "relay"):
             await nursery.start(cluster.node(name).run)
         started = trio.current_time()
-        await trio.sleep(1)
+        await trio.sleep(5)  # both have pulled once (genesis retries: relay started after it)
         genesis, relay = cluster.nodes["genesis"], cluster.nodes["relay"]
+        assert genesis.stats.pulls_ok >= 1 and relay.stats.pulls_ok >= 1
         # A change the agent is not told about (a lost push): only anti-entropy repairs it.
         echo = identity("echo")
         genesis.roster.admit(
@@ -201,7 +203,7 @@ async def test_over_tcp_on_loopback() -> None:
         for name in ("genesis", "relay"):
             roster = fleet.roster.copy()
             agent = MeshAgent(roster, identity=fleet.keys[name], now=trio.current_time())
-            address = roster.get(fleet.keys[name].public).address  # type: ignore[union-attr]
+            address = node_address6(fleet.mesh, fleet.keys[name].public)
             node = MeshNode(
                 agent,
                 wireguard=FakeWireGuard(),
@@ -224,7 +226,9 @@ async def test_over_tcp_on_loopback() -> None:
         await wait_until(lambda: knows(nodes["genesis"], hotel), 5)
         # And a standalone pull from outside sees the same digest.
         outsider = Roster(mesh=fleet.mesh, network=fleet.roster.network)
-        events = await pull_once("127.0.0.1", ports["10.8.0.1"], outsider)
+        events = await pull_once(
+            "127.0.0.1", ports[node_address6(fleet.mesh, fleet.genesis.public)], outsider
+        )
         assert events and outsider.digest() == nodes["genesis"].roster.digest()
         nursery.cancel_scope.cancel()
 
