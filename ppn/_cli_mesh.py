@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run the node agent: WireGuard up, roster sync, reconcile (until SIGTERM)",
         description=(
             "Bring this node's WireGuard interface up and keep it matching the signed roster: "
-            "serve PPN control (TCP 9206 on the mesh address), push roster changes to every "
+            "serve PPN control (TCP 9206 on this node's IPv6 control address in the mesh), push roster changes to every "
             "member, pull from every member every 30 s, reconcile WireGuard peers with minimal "
             "changes every 5 s, and admit members that a 'ppn invite' on this node let in. "
             "SIGTERM stops the agent and leaves the tunnel up; running it again changes nothing "
@@ -88,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--control-listen",
         metavar="ADDR",
-        help="address PPN control listens on (default: this node's mesh address)",
+        help="address PPN control listens on (default: this node's control address)",
     )
     p.add_argument(
         "--hosts-file",

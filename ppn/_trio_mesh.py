@@ -159,9 +159,9 @@ async def serve_connection(
 class MeshNode:
     """The node agent: serves PPN control, pulls, pushes, reconciles WireGuard, saves state.
 
-    ``control_address(mesh_address)`` maps a member's mesh address to where its PPN control
-    server listens (the identity map plus :data:`CONTROL_PORT` in production; loopback ports in
-    tests). ``connect`` replaces TCP entirely (in-memory tests: it hands the other end to
+    ``control_address(address)`` maps a member's control address (what :class:`MeshAgent`
+    names) to where its PPN control server listens (the identity map plus
+    :data:`CONTROL_PORT` in production; loopback ports in tests). ``connect`` replaces TCP entirely (in-memory tests: it hands the other end to
     another node's :meth:`accept_stream`); ``listen_host=None`` opens no listener. ``save``
     persists the roster (called after every change).
     """

@@ -2,7 +2,8 @@
 
 Start-up, in order: read the ceremony's files and the saved roster (or found / start one);
 bring the WireGuard device up (a running device is adopted, never recreated) and reconcile it
-once, which puts the mesh address on the interface; then serve PPN control on that address,
+once, which puts the mesh and control addresses on the interface; then serve PPN control on
+the control address (RFC-NOTES §7.1),
 pull from every member at once and every 30 s, push changes, reconcile every 5 s and after every
 change, and watch ``mesh.json`` for members admitted by a ceremony on this node.
 
