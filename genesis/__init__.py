@@ -4,7 +4,8 @@
 benchmarks). The ceremony's sans-IO cores (:class:`Sponsor`, :class:`Joiner`), their events,
 the join code, the window book and the state directory are re-exported here (loaded on first
 use). The trio adapter is ``genesis._trio`` (:func:`run_ceremony`, :func:`serve_windows`,
-:func:`join`, :func:`join_stream`); importing ``genesis`` does not import trio.
+:func:`join`, :func:`join_stream`); importing ``genesis`` does not import trio. For asyncio
+daemons, :func:`join_asyncio` (``genesis._asyncio``) runs the joiner's side (RFC-NOTES §12).
 RFC-NOTES §5 is the specification.
 """
 
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ._errors import GenesisError, LocalProtocolError, RemoteProtocolError
 
 if TYPE_CHECKING:
+    from ._asyncio import join_asyncio
     from ._bundle import JoinerBundle, MemberRecord, SponsorBundle, lowest_free_address
     from ._code import CodeFormatError, JoinCode, make_code, parse_code
     from ._derive import PartyInfo, mesh_id_for
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 # Loaded on first use, so `ppn` commands of other families do not pay for the ceremony's
 # imports (cryptography, the cores) at start-up.
 _LAZY = {
+    "join_asyncio": "_asyncio",
     "JoinerBundle": "_bundle",
     "MemberRecord": "_bundle",
     "SponsorBundle": "_bundle",
@@ -113,6 +116,7 @@ __all__ = [
     "StateError",
     "WindowBook",
     "WindowStatus",
+    "join_asyncio",
     "load_mesh",
     "load_node",
     "lowest_free_address",

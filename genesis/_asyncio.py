@@ -23,7 +23,7 @@ from ._events import Abort, ConfirmSas, Failed, FailureReason, Joined, SasReady
 from ._joiner import Joiner
 from ._sponsor import DEFAULT_SAS_DIGITS
 
-__all__ = ["join", "join_streams", "run_joiner"]
+__all__ = ["join", "join_asyncio", "join_streams", "run_joiner"]
 
 RECEIVE_SIZE = 65536
 Decide = Callable[[SasReady], Awaitable[ConfirmSas | Abort]]
@@ -176,3 +176,6 @@ async def join(
         step_timeout=step_timeout,
         sas_timeout=sas_timeout,
     )
+
+
+join_asyncio = join  # the name ``genesis`` exports (beside the trio adapter's ``join``)

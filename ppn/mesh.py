@@ -15,12 +15,14 @@ Sans-IO cores: :class:`Roster` (a join-semilattice of signed records), :class:`R
 (members, conflicts, problems), :func:`plan_topology` (direct peers vs. the relay hub),
 :class:`ControlConnection` (PPN control on TCP 9206) and :class:`MeshAgent` (when to pull, push,
 reconcile). :class:`MeshNode` is the trio adapter; ``ppn up`` runs it against the state
-directory and a real WireGuard device (RFC-NOTES §7).
+directory and a real WireGuard device (RFC-NOTES §7). :class:`AsyncioMeshNode` is the same agent
+on asyncio, for daemons embedding the mesh (RFC-NOTES §12).
 """
 
 from __future__ import annotations
 
 from ._addressing import DEFAULT_CIDR, AddressSpaceExhausted, first_host, lowest_free, parse_cidr
+from ._asyncio_mesh import AsyncioMeshNode, AsyncWireGuardPort
 from ._control import (
     CONTROL_PORT,
     ConnectionClosed,
@@ -73,6 +75,8 @@ __all__ = [
     "KEEPALIVE",
     "AddressSpaceExhausted",
     "Admission",
+    "AsyncWireGuardPort",
+    "AsyncioMeshNode",
     "ConnectionClosed",
     "ControlConnection",
     "ControlProtocolError",

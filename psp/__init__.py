@@ -3,10 +3,14 @@ fanned out by a stateless aggregator (VM-Orchestration).
 
 Capabilities (``mint``, ``delegate``, ``invoke``), the vault's check (``Verifier``, ``admit``),
 queries (``Query``), and the wire protocol cores (``ClientConnection``, ``ServerConnection``).
-The trio adapter is ``psp._trio`` (imported on demand so ``import psp`` stays light).
+The trio adapter is ``psp._trio`` (imported on demand so ``import psp`` stays light); the asyncio
+client is ``psp._asyncio``, exported as :class:`AsyncioVaultClient` and :func:`query_vault_asyncio`
+(loaded on first use; RFC-NOTES §12).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from ._admit import Admitted, admit
 from ._capability import (
@@ -53,8 +57,26 @@ from ._query import Aggregate, Filter, Query, check_permitted, decode_query
 from ._scope import ANY, OPERATIONS, Scope
 from ._verifier import Authorization, ReplaySet, Verifier
 
+if TYPE_CHECKING:
+    from ._asyncio import AsyncioVaultClient, query_vault_asyncio
+
+_ASYNCIO = ("AsyncioVaultClient", "query_vault_asyncio")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ASYNCIO:
+        from . import _asyncio
+
+        value = getattr(_asyncio, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'psp' has no attribute {name!r}")
+
+
 __all__ = [
     "ANY",
+    "AsyncioVaultClient",
+    "query_vault_asyncio",
     "MAX_FRAME",
     "PROTOCOL_VERSIONS",
     "Cancel",

@@ -23,7 +23,13 @@ from ._errors import ErrorCode, VaultError
 from ._messages import Credit, Cursor, End, Error, Event, Header, Request, RowBatch, ServerHello
 from ._query import Query
 
-__all__ = ["QueryResult", "VaultClient", "query_vault"]
+__all__ = [
+    "AsyncioVaultClient",
+    "QueryResult",
+    "VaultClient",
+    "query_vault",
+    "query_vault_asyncio",
+]
 
 RECEIVE_SIZE = 65536
 
@@ -182,3 +188,8 @@ async def query_vault(
     client = await VaultClient.connect(host, port)
     async with client:
         return await client.query(key, capability, query, **kw)
+
+
+# The names ``psp`` exports (loaded on first use, so ``import psp`` does not import asyncio).
+AsyncioVaultClient = VaultClient
+query_vault_asyncio = query_vault
