@@ -315,6 +315,8 @@ async def _run_request(
                 vaults.start_soon(_run_target, agg, target, request.changed, pool, vault_deadline)
             while True:
                 while conn.credit > 0 and not request.cancelled:
+                    if conn.phase is not Phase.RUNNING:
+                        return  # the client went away; handle_client cancels everything
                     out = agg.take(OUT_ROWS)
                     if not out:
                         break
@@ -328,6 +330,8 @@ async def _run_request(
         agg.abandon(VaultStatus.TIMEOUT, ErrorCode.DEADLINE, "the request deadline passed")
     elif request.cancelled:
         agg.abandon(VaultStatus.CANCELLED, ErrorCode.CANCELLED, "the client cancelled")
+    if conn.phase is not Phase.RUNNING:
+        return
     for status in agg.statuses():
         conn.send(
             TargetReport(
@@ -368,6 +372,13 @@ async def _run_target(
         except RemoteProtocolError as exc:
             agg.fail(
                 index, VaultStatus.ERROR, exc.code, f"the vault broke the protocol: {exc}"[:400]
+            )
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            agg.fail(
+                index,
+                VaultStatus.UNREACHABLE,
+                ErrorCode.UNAVAILABLE,
+                "the vault closed the connection mid-stream",
             )
         except OSError as exc:
             agg.fail(
