@@ -16,13 +16,13 @@ import trio
 import trio.testing
 
 from psp import Capability, ErrorCode, Query, RowBatch
+from psp import _trio_orchestration as orchestration
 from psp._aggregate import Mode, VaultStatus
 from psp._aggregate_plan import VaultAddress
 from psp._connection import ServerConnection
 from psp._io_vault import Vault
 from psp._messages import Header, Request
 from psp._orchestration import MergedRows
-from psp import _trio_orchestration as orchestration
 from psp._trio import handle_connection
 from psp._trio_orchestration import (
     AggregationFailed,
