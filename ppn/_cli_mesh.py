@@ -186,6 +186,15 @@ def _address_key(address: str) -> tuple[int, int]:
     return parsed.version, int(parsed)
 
 
+def _handshake_cell(row: dict[str, Any], rows: list[dict[str, Any]], hub: str) -> str:
+    if row["path"] == "self":
+        return "-"
+    if row["path"] == "via-hub":
+        hub_row = next((r for r in rows if r["name"] == hub), None)
+        return f"({hub}) {_age(hub_row['handshake_age'] if hub_row else None)}"
+    return _age(row["handshake_age"])
+
+
 def _age(seconds: int | None) -> str:
     if seconds is None:
         return "never"
@@ -295,9 +304,9 @@ def _status(args: argparse.Namespace) -> int:
                 r["name"],
                 r["address"],
                 ",".join(r["roles"]) or "-",
-                r["path"] if r["path"] != PathKind.VIA_HUB.value else "via hub",
-                "-" if r["path"] == "self" else _age(r["handshake_age"]),
-                r["endpoint"] or "-",
+                r["path"] if r["path"] != PathKind.VIA_HUB.value else f"via {hub}",
+                _handshake_cell(r, rows, hub),
+                "-" if r["path"] == PathKind.VIA_HUB.value else (r["endpoint"] or "-"),
             )
             for r in rows
         ]
