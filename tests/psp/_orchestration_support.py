@@ -16,7 +16,7 @@ from psp._aggregate_plan import VaultAddress
 from psp._io_store import KEY_FILE, Store
 from psp._io_vault import Vault, write_key_file
 from psp._trio import serve_vault
-from psp._trio_orchestration import VaultPool, serve_orchestration
+from psp._trio_orchestration import VaultPool, handle_client
 
 NOW = 1_800_000_000
 HOLDER = IdentityKey.from_seed(b"h" * 32)
@@ -67,14 +67,19 @@ async def serve_fleet(nursery: trio.Nursery, vaults: list[Vault]) -> Fleet:
 async def start_aggregator(
     nursery: trio.Nursery, pool: VaultPool | None = None
 ) -> tuple[int, trio.CancelScope]:
-    """Start an aggregator in its own cancel scope (so a test can 'restart' it)."""
+    """Start an aggregator in its own cancel scope: cancelling it stops the server and every
+    connection it had (a restart loses whatever it held)."""
     scope = trio.CancelScope()
 
     async def run(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         with scope:
-            listeners = await nursery.start(partial(serve_orchestration, "127.0.0.1", 0, pool=pool))
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
             task_status.started(listeners[0].socket.getsockname()[1])
-            await trio.sleep_forever()
+            own = pool or VaultPool()
+            try:
+                await trio.serve_listeners(partial(handle_client, pool=own), listeners)
+            finally:
+                own.close()
 
     port = await nursery.start(run)
     return port, scope
