@@ -96,3 +96,25 @@ def test_digest_distinguishes_states() -> None:
     full = roster_of(POOL, MESH)
     assert empty.digest() != full.digest()
     assert full.digest() == roster_of(list(reversed(POOL)), MESH).digest()
+
+
+@settings(max_examples=150, deadline=None)
+@given(subsets)
+def test_every_view_keeps_its_invariants(a: list[Record]) -> None:
+    roster = roster_of(a, MESH)
+    view = roster.view()
+    routed = [m.address for m in view.members if m.routed]
+    named = [m.name for m in view.members if m.named]
+    keys = [m.wg_key for m in view.members]
+    assert len(routed) == len(set(routed))
+    assert len(named) == len(set(named))
+    assert len(keys) == len(set(keys))
+    counted = {m.identity for m in view.members} | {t.identity for t in view.removed}
+    for member in view.members:
+        admission = member.record.admission
+        # Every counted member's chain reaches genesis through counted records.
+        assert admission.is_genesis or admission.admitter in counted
+    broken = {p.identity for p in view.problems if p.kind.value == "broken-chain"}
+    assert broken.isdisjoint(counted)
+    unconfigured = {p.identity for p in view.problems if p.kind.value == "wg-key-conflict"}
+    assert broken | counted | unconfigured == set(roster.state())
