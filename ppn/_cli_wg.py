@@ -166,33 +166,17 @@ def _device_error(exc: Any, iface: str) -> Exception:
 
 def _sync(args: argparse.Namespace) -> int:
     import json
-    import os
     import time
 
     from ._cli import CommandError
     from ._io_wg_device import ConfigOnlyBackend, select_backend
-    from ._io_wg_state import load_record, save_record, state_dir
+    from ._io_wg_state import load_record, save_record
     from ._wg_backend import reconcile
     from ._wg_model import DesiredStateError, DeviceError, UAPIProtocolError, VerifyError
     from ._wg_plan import describe, operation_to_json
 
     desired = _resolve(_read_config(args.config))
     choice = select_backend(args.iface)
-    if choice.kind == "config-only":
-        path = os.path.join(state_dir(), f"{args.iface}.conf")
-        if not args.dry_run:
-            try:
-                ConfigOnlyBackend(args.iface, path, choice.reason).write(desired)
-            except OSError as exc:
-                raise CommandError(
-                    f"cannot write {path}: {exc.strerror}", EXIT_PERMISSION
-                ) from None
-        raise CommandError(
-            f"{choice.reason}; the configuration was written to {path} for when one is installed"
-            if not args.dry_run
-            else choice.reason,
-            EXIT_NO_DATAPLANE,
-        )
     if choice.backend is None or not choice.running:
         hint = (
             f"start it with 'wireguard-go {args.iface}'"
@@ -224,6 +208,18 @@ def _sync(args: argparse.Namespace) -> int:
         raise _device_error(exc, args.iface) from None
     except UAPIProtocolError as exc:
         raise CommandError(f"{args.iface} answered badly: {exc}", EXIT_DEVICE_REFUSED) from None
+    except OSError as exc:  # config-only: the file could not be written
+        raise CommandError(
+            f"cannot write the configuration: {exc.strerror}", EXIT_PERMISSION
+        ) from None
+    if choice.kind == "config-only":
+        assert isinstance(choice.backend, ConfigOnlyBackend)
+        done = "would be" if args.dry_run else "was"
+        raise CommandError(
+            f"{choice.reason}; the configuration {done} written to {choice.backend.path} "
+            "for when one is installed",
+            EXIT_NO_DATAPLANE,
+        )
     if not args.dry_run:
         try:
             save_record(args.iface, desired.peers)
@@ -287,7 +283,9 @@ def _bytes(n: int) -> str:
 
 
 def _show(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
+    import os
     import time
 
     from ._cli import CommandError
@@ -308,6 +306,9 @@ def _show(args: argparse.Namespace) -> int:
     out: list[dict[str, Any]] = []
     for name in names:
         choice = select_backend(name)
+        kept_file = getattr(choice.backend, "path", None)
+        if choice.kind == "config-only" and not (kept_file and os.path.exists(kept_file)):
+            choice = dataclasses.replace(choice, running=False)
         if choice.backend is None or not choice.running:
             if args.iface:
                 raise CommandError(

@@ -98,9 +98,11 @@ def list_userspace_interfaces(socket_dir: str = DEFAULT_SOCKET_DIR) -> list[str]
 
 
 class ConfigOnlyBackend:
-    """No data plane available: the desired configuration is written to a file (mode 0600).
+    """No data plane available: the configuration is kept in a file (mode 0600) instead.
 
-    ``read`` reports the file's content as the device (no handshakes, no counters).
+    ``apply`` updates the file as a device would update itself; ``read`` reports the file's
+    content as the device (no handshakes, no counters). Reconciling against it therefore
+    writes exactly the desired configuration, ready for when WireGuard is installed.
     """
 
     kind = "config-only"
@@ -109,20 +111,22 @@ class ConfigOnlyBackend:
         self.interface = interface
         self.path = path
         self.reason = reason
-        self._config = InterfaceConfig()
 
     @property
     def description(self) -> str:
-        return f"config-only ({self.reason}); configuration written to {self.path}"
+        return f"config-only ({self.reason}); configuration kept in {self.path}"
+
+    def config(self) -> InterfaceConfig:
+        if not os.path.exists(self.path):
+            return InterfaceConfig()
+        with open(self.path, encoding="utf-8") as f:
+            return parse_config(f.read())
 
     def read(self) -> DeviceState:
         from ._wg_fake import apply_to_state
         from ._wg_plan import AddPeer, SetInterface
 
-        config = self._config
-        if os.path.exists(self.path):
-            with open(self.path, encoding="utf-8") as f:
-                config = parse_config(f.read())
+        config = self.config()
         state = DeviceState(name=self.interface)
         ops: list[Operation] = [
             SetInterface(
@@ -137,8 +141,7 @@ class ConfigOnlyBackend:
         return state
 
     def write(self, config: InterfaceConfig) -> None:
-        self._config = config
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
         tmp = f"{self.path}.tmp{os.getpid()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -146,7 +149,12 @@ class ConfigOnlyBackend:
         os.replace(tmp, self.path)
 
     def apply(self, ops: Sequence[Operation]) -> None:
-        raise DeviceError(f"no WireGuard data plane: {self.reason}", 95)
+        from ._wg_fake import apply_to_config
+
+        config = self.config()
+        for op in ops:
+            config = apply_to_config(config, op)
+        self.write(config)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -203,10 +211,16 @@ def select_backend(
             running=False,
             backend=uapi,
         )
+    reason = "no kernel WireGuard module and " + " and ".join(missing)
+    from ._io_wg_state import state_dir
+
     return BackendChoice(
         kind="config-only",
-        reason="no kernel WireGuard module and " + " and ".join(missing),
-        running=False,
+        reason=reason,
+        running=True,  # the file is always "there": reconcile against it writes it
+        backend=ConfigOnlyBackend(
+            interface, os.path.join(state_dir(), f"{interface}.conf"), reason
+        ),
     )
 
 

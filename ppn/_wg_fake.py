@@ -15,6 +15,7 @@ from ._wg_model import (
     DeviceError,
     DeviceState,
     Endpoint,
+    InterfaceConfig,
     IPNetwork,
     PeerState,
     key_fingerprint,
@@ -22,7 +23,7 @@ from ._wg_model import (
 )
 from ._wg_plan import AddPeer, Operation, RemovePeer, SetInterface, UpdatePeer
 
-__all__ = ["FakeBackend", "apply_to_state"]
+__all__ = ["FakeBackend", "apply_to_config", "apply_to_state"]
 
 
 def _take_prefixes(peers: dict[bytes, PeerState], owner: bytes, nets: Sequence[IPNetwork]) -> None:
@@ -78,6 +79,38 @@ def apply_to_state(state: DeviceState, op: Operation) -> DeviceState:
             changes["allowed_ips"] = op.allowed_ips
         peers[op.public_key] = dataclasses.replace(old_state, **changes)  # type: ignore[arg-type]
     return dataclasses.replace(state, peers=peers)
+
+
+def apply_to_config(config: InterfaceConfig, op: Operation) -> InterfaceConfig:
+    """The configuration after one operation (pure): what a config-only backend writes."""
+    if isinstance(op, SetInterface):
+        return dataclasses.replace(
+            config,
+            private_key=config.private_key if op.private_key is None else op.private_key,
+            listen_port=config.listen_port if op.listen_port is None else op.listen_port,
+            fwmark=config.fwmark if op.fwmark is None else op.fwmark,
+        )
+    peers = {p.public_key: p for p in config.peers}
+    if isinstance(op, RemovePeer):
+        peers.pop(op.public_key, None)
+    elif isinstance(op, AddPeer):
+        peers[op.peer.public_key] = op.peer
+    else:
+        assert isinstance(op, UpdatePeer)
+        old = peers.get(op.public_key)
+        if old is None:
+            return config
+        changes: dict[str, object] = {}
+        if op.endpoint is not None:
+            changes["endpoint"] = op.endpoint
+        if op.preshared_key is not None:
+            changes["preshared_key"] = op.preshared_key if any(op.preshared_key) else None
+        if op.persistent_keepalive is not None:
+            changes["persistent_keepalive"] = op.persistent_keepalive
+        if op.allowed_ips is not None:
+            changes["allowed_ips"] = op.allowed_ips
+        peers[op.public_key] = dataclasses.replace(old, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(config, peers=tuple(peers.values()))
 
 
 class FakeBackend:

@@ -80,6 +80,10 @@ def test_config_only_writes_the_file_and_says_what_is_missing(
     assert os.stat(written).st_mode & 0o777 == 0o600
     backend = ConfigOnlyBackend("wgnope0", str(written), "test")
     assert set(backend.read().peers) == {peer.public}
+    # show reports the kept configuration; an interface with no file is not shown
+    assert main(["wg", "show", "wgnope0", "--json"]) == 0
+    assert peer.public_b64 in capsys.readouterr().out
+    assert main(["wg", "show", "wgnope1"]) == 21
 
 
 def test_selection_prefers_a_running_userspace_device(
