@@ -20,6 +20,7 @@ EXIT_UNKNOWN_NAME = 32
 EXIT_WIREGUARD = 33
 EXIT_CONTROL = 34
 EXIT_UNREACHABLE = 35
+EXIT_AGENT_RUNNING = 36
 
 EXIT_STATUSES = """\
 exit status:
@@ -30,6 +31,7 @@ exit status:
   33  the WireGuard device cannot be brought up or configured
   34  the PPN control port cannot be opened
   35  (status --check) some member is not reachable
+  36  (up) another 'ppn up' already runs on this state directory
   130 interrupted
 """
 
@@ -146,7 +148,7 @@ def _load(state: Path) -> tuple[Any, Any]:
 def _up(args: argparse.Namespace) -> int:
     import trio
 
-    from ._io_mesh_state import StateDirError
+    from ._io_mesh_state import AgentAlreadyRunning, StateDirError
     from ._io_mesh_wg import MeshDeviceError
     from ._trio_mesh_agent import AgentOptions, run_agent
 
@@ -170,6 +172,8 @@ def _up(args: argparse.Namespace) -> int:
     )
     try:
         trio.run(lambda: run_agent(options, ready=ready))
+    except AgentAlreadyRunning as exc:
+        raise CommandError(str(exc), EXIT_AGENT_RUNNING) from exc
     except StateDirError as exc:
         raise CommandError(str(exc), EXIT_NOT_MEMBER if exc.missing else EXIT_BAD_STATE) from exc
     except MeshDeviceError as exc:

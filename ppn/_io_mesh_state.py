@@ -31,11 +31,13 @@ from ._roster_records import InvalidRecord, record_from_bytes
 __all__ = [
     "ROSTER_FILE",
     "MeshFiles",
+    "AgentAlreadyRunning",
     "StateDirError",
     "atomic_write",
     "load_mesh_files",
     "load_roster",
     "read_agent_info",
+    "running_agent_pid",
     "save_roster",
     "write_agent_info",
 ]
@@ -56,6 +58,24 @@ class StateDirError(Exception):
     def __init__(self, message: str, *, missing: bool = False) -> None:
         super().__init__(message)
         self.missing = missing
+
+
+class AgentAlreadyRunning(StateDirError):
+    """Another ``ppn up`` is running on this state directory."""
+
+
+def running_agent_pid(directory: Path) -> int | None:
+    """The PID of a live ``ppn up`` recorded in ``agent.json`` (not this process), or None."""
+    info = read_agent_info(directory)
+    pid = info.get("pid") if info else None
+    if not isinstance(pid, int) or pid == os.getpid():
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    # A recycled PID belongs to some other program: only a ppn process counts.
+    return pid if b"ppn" in cmdline and b"up" in cmdline else None
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:

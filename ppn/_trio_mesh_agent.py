@@ -25,9 +25,11 @@ import trio
 
 from ._control import CONTROL_PORT
 from ._io_mesh_state import (
+    AgentAlreadyRunning,
     MeshFiles,
     load_mesh_files,
     load_roster,
+    running_agent_pid,
     save_roster,
     write_agent_info,
     write_hosts,
@@ -98,6 +100,9 @@ async def run_agent(
 ) -> None:
     """Run the agent until SIGTERM/SIGINT (or cancellation). Raises the I/O modules' errors."""
     files = load_mesh_files(opts.state)
+    other = running_agent_pid(opts.state)
+    if other is not None:
+        raise AgentAlreadyRunning(f"another 'ppn up' (pid {other}) runs on {opts.state}")
     own = files.own_preliminary()
     roles = sorted(set(own.roles if own else ()) | set(opts.roles))
     endpoints = tuple(opts.endpoints) if opts.endpoints is not None else files.endpoints

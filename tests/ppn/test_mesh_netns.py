@@ -68,6 +68,10 @@ def test_three_node_platform_mesh(lab: Lab, tmp_path: Path) -> None:
         digests.add(tuple(sorted(saved["records"])))
     assert len(digests) == 1
 
+    # One agent per state directory.
+    second = g.ppn("up", "--state", str(g.state), "--interface", g.interface, check=False)
+    assert second.returncode == 36 and "already" not in second.stdout
+
     # SIGTERM: the agent exits 0 and the tunnel stays up (the hub keeps forwarding).
     before = handshakes(r)
     assert stop_agent(r) == 0
