@@ -105,46 +105,79 @@ class FrameDecoder:
 
 
 # --- canonical msgpack -------------------------------------------------------------------------
+#
+# Text keys are ordered by their UTF-8 bytes. UTF-8 preserves code-point order, so that is the
+# same as Python's own ``str`` ordering: no encoding is needed to sort or to check an order.
 
 _MAX_DEPTH_DEFAULT = 16
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
 
 
 def _check_and_sort(value: Any, depth: int, max_depth: int) -> Any:
     """Validate a value's types and return it with every map's keys in canonical order."""
     if depth > max_depth:
         raise EncodingError(f"value nested deeper than {max_depth} levels")
-    if value is None or isinstance(value, bool | str | bytes):
-        return value
-    if isinstance(value, int):
-        if not -(2**63) <= value < 2**64:
+    kind = type(value)
+    if kind is dict:
+        for k in value:
+            if type(k) is not str:
+                raise EncodingError("map keys must be text")
+        return {k: _check_and_sort(value[k], depth + 1, max_depth) for k in sorted(value)}
+    if kind is list or kind is tuple:
+        return [_check_and_sort(v, depth + 1, max_depth) for v in value]
+    if kind is int:
+        if not _INT_MIN <= value <= _INT_MAX:
             raise EncodingError("integer out of the 64-bit range")
         return value
-    if isinstance(value, list | tuple):
-        return [_check_and_sort(v, depth + 1, max_depth) for v in value]
-    if isinstance(value, dict):
-        items = []
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise EncodingError("map keys must be text")
-            items.append((k.encode("utf-8"), k, _check_and_sort(v, depth + 1, max_depth)))
-        items.sort(key=lambda item: item[0])
-        return {k: v for _, k, v in items}
-    raise EncodingError(f"type {type(value).__name__} has no canonical encoding")
+    if value is None or kind is bool or kind is str or kind is bytes:
+        return value
+    # Subclasses (IntEnum, OrderedDict…) encode as their base type.
+    for base in (bool, dict, list, tuple, int, str, bytes):
+        if isinstance(value, base):
+            converted: Any = base(value)
+            return _check_and_sort(converted, depth, max_depth)
+    raise EncodingError(f"type {kind.__name__} has no canonical encoding")
 
 
 def pack_canonical(value: Any, *, max_depth: int = _MAX_DEPTH_DEFAULT) -> bytes:
     """Encode ``value`` canonically. Raises :class:`EncodingError` for values with no encoding."""
-    packed: bytes = msgpack.packb(
-        _check_and_sort(value, 0, max_depth), use_bin_type=True, strict_types=False
-    )
+    packed: bytes = msgpack.packb(_check_and_sort(value, 0, max_depth), use_bin_type=True)
     return packed
 
 
-def _no_duplicates(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise EncodingError("duplicate map key")
-    return result
+def _canonical_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    # Called by the C decoder for every map: keys must be text in strictly increasing order,
+    # which also rules out duplicates.
+    previous: str | None = None
+    for key, _ in pairs:
+        if type(key) is not str:
+            raise EncodingError("map keys must be text")
+        if previous is not None and key <= previous:
+            raise EncodingError("map keys out of canonical order or duplicated")
+        previous = key
+    return dict(pairs)
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise EncodingError("extension types are not allowed")
+
+
+def _check_tree(value: Any, max_depth: int) -> None:
+    """Reject floats and over-deep nesting in a decoded value (maps are checked while decoding)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is float:
+            raise EncodingError("floats are not allowed")
+        if kind is list or kind is dict:
+            if depth >= max_depth and item:
+                raise EncodingError(f"value nested deeper than {max_depth} levels")
+            children = item.values() if kind is dict else item
+            for child in children:
+                if type(child) in (list, dict, float):
+                    stack.append((child, depth + 1))
 
 
 def unpack_canonical(
@@ -153,7 +186,9 @@ def unpack_canonical(
     """Decode bytes that must be the canonical encoding of a value; anything else is rejected.
 
     Lists come back as lists, maps as dicts with text keys. ``max_size`` bounds the input before
-    any parsing work.
+    any parsing work. The check is: maps ordered and text-keyed (while decoding), no extension
+    types, no floats, bounded depth, and re-encoding gives back exactly ``data`` (which pins the
+    shortest integer and length forms and ``str`` versus ``bin``).
     """
     if max_size is not None and len(data) > max_size:
         raise EncodingError(f"{len(data)} bytes exceeds the {max_size}-byte limit")
@@ -163,16 +198,14 @@ def unpack_canonical(
             raw=False,
             use_list=True,
             strict_map_key=True,
-            object_pairs_hook=_no_duplicates,
+            object_pairs_hook=_canonical_map,
+            ext_hook=_reject_ext,
         )
     except EncodingError:
         raise
     except Exception as exc:  # msgpack raises a zoo of types (ValueError, ExtraData, TypeError…)
         raise EncodingError("not valid msgpack") from exc
-    try:
-        again = pack_canonical(value, max_depth=max_depth)
-    except EncodingError:
-        raise
-    if again != data:
+    _check_tree(value, max_depth)
+    if msgpack.packb(value, use_bin_type=True) != data:
         raise EncodingError("not the canonical encoding")
     return value

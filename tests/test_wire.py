@@ -43,6 +43,10 @@ def test_keys_are_sorted_by_utf8_bytes() -> None:
         msgpack.packb({"b": 1, "a": 2}),  # unsorted keys
         b"\x82\xa1a\x01\xa1a\x02",  # duplicate key
         msgpack.packb(1.5),  # float
+        msgpack.packb({"a": [1, {"b": 2.0}]}),  # nested float
+        msgpack.packb({"a": {"z": 1, "b": 2}}),  # nested unsorted map
+        msgpack.packb([1, msgpack.ExtType(5, b"")]),  # nested extension type
+        b"\xd9\x01a",  # str8 holding a 1-byte string: not the shortest form
         b"\xd0\x01",  # int8 encoding of 1: not minimal
         msgpack.packb(msgpack.ExtType(1, b"x")),  # extension type
         b"\x81\x01\x02",  # integer map key
@@ -54,6 +58,22 @@ def test_keys_are_sorted_by_utf8_bytes() -> None:
 def test_non_canonical_input_is_rejected(data: bytes) -> None:
     with pytest.raises(EncodingError):
         unpack_canonical(data)
+
+
+def test_bin_and_str_are_distinct() -> None:
+    assert unpack_canonical(pack_canonical(b"a")) == b"a"
+    assert unpack_canonical(pack_canonical("a")) == "a"
+
+
+def test_depth_limit_is_exact() -> None:
+    value: object = 1
+    for _ in range(5):
+        value = [value]
+    assert unpack_canonical(pack_canonical(value, max_depth=5), max_depth=5) == value
+    with pytest.raises(EncodingError):
+        unpack_canonical(pack_canonical([value], max_depth=6), max_depth=5)
+    with pytest.raises(EncodingError):
+        pack_canonical([value], max_depth=5)
 
 
 def test_size_and_depth_limits() -> None:
