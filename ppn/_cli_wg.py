@@ -186,6 +186,12 @@ def _sync(args: argparse.Namespace) -> int:
         raise CommandError(
             f"no WireGuard interface {args.iface} ({choice.reason}); {hint}", EXIT_NO_DEVICE
         )
+    started = time.monotonic()
+
+    def progress(text: str) -> None:  # only for waits a user would notice
+        if time.monotonic() - started > 1.0 and not args.json:
+            print(f"ppn: {text}…", file=sys.stderr, flush=True)
+
     record = load_record(args.iface)
     owned = None
     if args.only_owned:
@@ -199,6 +205,7 @@ def _sync(args: argparse.Namespace) -> int:
             previous=None if record is None else record.endpoints,
             stale_after=args.stale_after,
             dry_run=args.dry_run,
+            progress=progress,
         )
     except DesiredStateError as exc:
         raise CommandError(str(exc), EXIT_REJECTED) from None

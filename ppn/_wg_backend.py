@@ -7,7 +7,7 @@ userspace (UAPI socket), config-only (a file) and the in-memory fake all look th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,12 +61,15 @@ def reconcile(
     previous: Mapping[bytes, Endpoint | None] | None = None,
     stale_after: float = DEFAULT_STALE_AFTER,
     dry_run: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> SyncReport:
     """Read the device, plan, apply (unless ``dry_run`` or nothing to do) and read back.
 
     Read-back must plan to zero operations (with ``previous`` set to what was just applied, so
     the endpoints we wrote count as the desired ones); otherwise :class:`VerifyError`.
+    ``progress`` is told, in a few words, about each step that may take a while.
     """
+    say = progress or (lambda _text: None)
     current = backend.read()
     the_plan = plan(
         desired, current, now=now, owned=owned, previous=previous, stale_after=stale_after
@@ -79,7 +82,9 @@ def reconcile(
             applied=False,
             verified=not the_plan,
         )
+    say(f"applying {len(the_plan)} operation(s) to {current.name}")
     backend.apply(the_plan.operations)
+    say(f"reading {current.name} back")
     after = backend.read()
     applied_endpoints = {p.public_key: p.endpoint for p in desired.peers}
     remaining = plan(
