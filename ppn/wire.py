@@ -133,10 +133,10 @@ def _check_and_sort(value: Any, depth: int, max_depth: int) -> Any:
     if value is None or kind is bool or kind is str or kind is bytes:
         return value
     # Subclasses (IntEnum, OrderedDict…) encode as their base type.
-    for base in (bool, dict, list, tuple, int, str, bytes):
+    bases: tuple[Any, ...] = (bool, dict, list, tuple, int, str, bytes)
+    for base in bases:
         if isinstance(value, base):
-            converted: Any = base(value)
-            return _check_and_sort(converted, depth, max_depth)
+            return _check_and_sort(base(value), depth, max_depth)
     raise EncodingError(f"type {kind.__name__} has no canonical encoding")
 
 
