@@ -110,12 +110,14 @@ def main() -> None:
 
         def ppn_cli(path: Path) -> Callable[[], None]:
             def run() -> None:
-                subprocess.run(
+                done = subprocess.run(
                     [sys.executable, "-m", "ppn", "wg", "sync", ifname, str(path)],
                     env=env,
-                    check=True,
-                    stdout=subprocess.DEVNULL,
+                    capture_output=True,  # stderr carries progress lines on long syncs
+                    text=True,
                 )
+                if done.returncode != 0:
+                    raise RuntimeError(f"ppn wg sync exited {done.returncode}: {done.stderr}")
 
             return run
 
