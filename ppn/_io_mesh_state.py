@@ -31,6 +31,7 @@ from ._roster_records import InvalidRecord, record_from_bytes
 __all__ = [
     "ROSTER_FILE",
     "MeshFiles",
+    "RosterFile",
     "AgentAlreadyRunning",
     "StateDirError",
     "atomic_write",

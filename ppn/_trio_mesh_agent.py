@@ -27,6 +27,7 @@ from ._control import CONTROL_PORT
 from ._io_mesh_state import (
     AgentAlreadyRunning,
     MeshFiles,
+    RosterFile,
     load_mesh_files,
     load_roster,
     running_agent_pid,
@@ -40,6 +41,7 @@ from ._mesh_bootstrap import sponsor_admissions
 from ._mesh_ids import node_address6
 from ._names import hosts_fragment, replace_hosts_block
 from ._roster import MergeResult, Roster
+from ._roster_records import MemberRecord
 from ._trio_mesh import MeshNode
 
 __all__ = ["AgentOptions", "run_agent"]
@@ -74,8 +76,9 @@ def _listen_port(files: MeshFiles, endpoints: Sequence[str], override: int | Non
     return WG_PORT
 
 
-def _initial_roster(files: MeshFiles, roles: Sequence[str]) -> tuple[Roster, int, frozenset[bytes]]:
-    saved = load_roster(files.directory, mesh=files.mesh, cidr=files.cidr)
+def _initial_roster(
+    files: MeshFiles, roles: Sequence[str], saved: RosterFile | None
+) -> tuple[Roster, int, frozenset[bytes]]:
     if saved is not None:
         return saved.roster, saved.generation, saved.baseline
     if files.is_genesis:
@@ -104,9 +107,19 @@ async def run_agent(
     if other is not None:
         raise AgentAlreadyRunning(f"another 'ppn up' (pid {other}) runs on {opts.state}")
     own = files.own_preliminary()
-    roles = sorted(set(own.roles if own else ()) | set(opts.roles))
-    endpoints = tuple(opts.endpoints) if opts.endpoints is not None else files.endpoints
-    roster, generation, baseline = _initial_roster(files, roles)
+    saved = load_roster(files.directory, mesh=files.mesh, cidr=files.cidr)
+    signed = saved.roster.get(files.identity.public) if saved else None
+    signed_roles = signed.roles if isinstance(signed, MemberRecord) else ()
+    # Roles only accumulate (a restart without --role relay keeps the hub where it is);
+    # endpoints default to what this node last published, then to what it gave the ceremony.
+    roles = sorted(set(own.roles if own else ()) | set(signed_roles) | set(opts.roles))
+    if opts.endpoints is not None:
+        endpoints = tuple(opts.endpoints)
+    elif isinstance(signed, MemberRecord) and signed.signer == files.identity.public:
+        endpoints = signed.endpoints
+    else:
+        endpoints = files.endpoints
+    roster, generation, baseline = _initial_roster(files, roles, saved)
     interface = opts.interface or files.interface
     opts.progress(f"bringing up WireGuard interface {interface} ...")
     handle = await trio.to_thread.run_sync(ensure_device, interface)
@@ -209,17 +222,16 @@ async def run_agent(
                     log.info("writing agent.json failed: %s", exc)
             try:
                 now_mtime = (opts.state / "mesh.json").stat().st_mtime
-                if now_mtime == mtime:
-                    continue
-                mtime = now_mtime
-                fresh = load_mesh_files(opts.state)
+                if now_mtime != mtime:
+                    current["files"] = load_mesh_files(opts.state)
+                    mtime = now_mtime
             except Exception as exc:  # a half-written file is retried on the next tick
                 log.info("re-reading mesh.json failed: %s", exc)
-                continue
-            current["files"] = fresh
+            # Every tick, not only when mesh.json changed: a sponsor whose own signed entry had
+            # not arrived yet when the ceremony finished admits its joiner as soon as it has.
             admitted = sponsor_admissions(
                 roster,
-                fresh.preliminary,
+                current["files"].preliminary,
                 baseline=baseline,
                 sponsor=files.identity,
                 now=int(time.time()),

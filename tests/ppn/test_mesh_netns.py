@@ -76,8 +76,10 @@ def test_three_node_platform_mesh(lab: Lab, tmp_path: Path) -> None:
     before = handshakes(r)
     assert stop_agent(r) == 0
     assert g.host.ping("10.8.0.3", timeout=2)
-    # Restart: nothing to change on a correctly configured interface, no handshake lost.
-    start_agent(r, "--role", "relay")
+    # Restart (roles persist without repeating --role): nothing to change on a correctly
+    # configured interface, no handshake lost.
+    start_agent(r)
+    assert r.status()["hub"] == "relay"
     info = json.loads((r.state / "agent.json").read_text())
     assert info["wireguard_operations"] == 0
     time.sleep(1)
