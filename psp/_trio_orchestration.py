@@ -256,9 +256,11 @@ def _validate(targets: list[Target]) -> tuple[Query, list[int]] | Error:
     shape: Query | None = None
     offsets: list[int] = []
     seen: set[bytes] = set()
+    decoded: dict[bytes, Query] = {}  # most targets carry the very same query bytes
     for t in targets:
         try:
-            q = decode_query(t.query)
+            q = decoded.get(t.query) or decode_query(t.query)
+            decoded[t.query] = q
             _split_address(t.address)
         except QueryError as exc:
             return Error(request_id=rid, code=exc.code, message=f"target {t.index}: {exc.detail}")
@@ -271,7 +273,7 @@ def _validate(targets: list[Target]) -> tuple[Query, list[int]] | Error:
                 request_id=rid, code=ErrorCode.QUERY_INVALID, message="a vault is listed twice"
             )
         seen.add(t.vault)
-        common = replace(q, as_of=0, offset=0)
+        common = replace(q, as_of=0, offset=0) if q.as_of or q.offset else q
         if shape is None:
             shape = common
         elif common != shape:
@@ -310,9 +312,9 @@ async def _run_request(
     query, offsets = checked
     agg = Aggregation(query, offsets, mode=opened.mode)
     with trio.move_on_at(deadline) as overall:
-        async with trio.open_nursery() as vaults:
-            for target in request.targets:
-                vaults.start_soon(_run_target, agg, target, request.changed, pool, vault_deadline)
+        async with trio.open_nursery() as nursery:
+            vaults = trio.CancelScope(deadline=vault_deadline)  # one scope for every vault
+            nursery.start_soon(_run_targets, agg, request, pool, vaults)
             while True:
                 while conn.credit > 0 and not request.cancelled:
                     if conn.phase is not Phase.RUNNING:
@@ -325,7 +327,7 @@ async def _run_request(
                 if agg.finished or request.cancelled:
                     break
                 await request.changed.wait()
-            vaults.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
     if overall.cancelled_caught:
         agg.abandon(VaultStatus.TIMEOUT, ErrorCode.DEADLINE, "the request deadline passed")
     elif request.cancelled:
@@ -358,41 +360,45 @@ async def _run_request(
         await flush()
 
 
-async def _run_target(
-    agg: Aggregation,
-    target: Target,
-    changed: _Changed,
-    pool: VaultPool,
-    deadline: float,
+async def _run_targets(
+    agg: Aggregation, request: _Request, pool: VaultPool, scope: trio.CancelScope
 ) -> None:
-    index = target.index
-    with trio.move_on_at(deadline) as scope:
-        try:
-            await _exchange(agg, target, changed, pool)
-        except RemoteProtocolError as exc:
-            agg.fail(
-                index, VaultStatus.ERROR, exc.code, f"the vault broke the protocol: {exc}"[:400]
-            )
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            agg.fail(
-                index,
-                VaultStatus.UNREACHABLE,
-                ErrorCode.UNAVAILABLE,
-                "the vault closed the connection mid-stream",
-            )
-        except OSError as exc:
-            agg.fail(
-                index,
-                VaultStatus.UNREACHABLE,
-                ErrorCode.UNAVAILABLE,
-                f"cannot connect to {target.address}: {exc.strerror or exc}"[:400],
-            )
+    """Every target's exchange under the per-vault deadline; those still running when it
+    passes time out."""
+    with scope:
+        async with trio.open_nursery() as nursery:
+            for target in request.targets:
+                nursery.start_soon(_run_target, agg, target, request.changed, pool)
     if scope.cancelled_caught:
+        for target in request.targets:
+            agg.fail(
+                target.index,
+                VaultStatus.TIMEOUT,
+                ErrorCode.DEADLINE,
+                "no answer within the per-vault deadline",
+            )  # (no-op for a target already settled)
+    request.changed.notify()
+
+
+async def _run_target(agg: Aggregation, target: Target, changed: _Changed, pool: VaultPool) -> None:
+    index = target.index
+    try:
+        await _exchange(agg, target, changed, pool)
+    except RemoteProtocolError as exc:
+        agg.fail(index, VaultStatus.ERROR, exc.code, f"the vault broke the protocol: {exc}"[:400])
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
         agg.fail(
             index,
-            VaultStatus.TIMEOUT,
-            ErrorCode.DEADLINE,
-            "no answer within the per-vault deadline",
+            VaultStatus.UNREACHABLE,
+            ErrorCode.UNAVAILABLE,
+            "the vault closed the connection mid-stream",
+        )
+    except OSError as exc:
+        agg.fail(
+            index,
+            VaultStatus.UNREACHABLE,
+            ErrorCode.UNAVAILABLE,
+            f"cannot connect to {target.address}: {exc.strerror or exc}"[:400],
         )
     changed.notify()
 
