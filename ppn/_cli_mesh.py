@@ -319,6 +319,9 @@ def _status(args: argparse.Namespace) -> int:
             print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         for p in problems:
             print(f"problem: {p['node_id']} {p['kind']}: {p['detail']}")
+        rejected = agent.get("rejected") if agent_running else None
+        if rejected:
+            print(f"refused roster records (recent): {len(rejected)}, last: {rejected[-1]}")
     if args.check and unreachable:
         raise CommandError("not reachable: " + ", ".join(unreachable), EXIT_UNREACHABLE)
     return 0
