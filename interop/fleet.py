@@ -114,6 +114,11 @@ class FleetRun:
         self.steps.append(StepResult(number, title, True, seconds, detail))
         self.out(f"    ok {seconds:5.1f} s  {detail}")
 
+    def show(self, text: str) -> None:
+        """A command's own output, indented under the step."""
+        for line in text.rstrip().splitlines():
+            self.out(f"      | {line}")
+
     def start(self, node: Node, log: str, args: Sequence[str]) -> subprocess.Popen[Any]:
         """A long-running ``ppn`` service in ``node``'s namespace, stderr to a log file."""
         path = self.workdir / f"{log}.log"
@@ -251,13 +256,15 @@ def step_fleet(run: FleetRun) -> None:
         ages = ", ".join(
             f"{n['name']} {n['heartbeat_age_ms'] / 1000:.1f} s" for n in status["nodes"]
         )
+        shown = cloud.host.run([*PPN, "fleet", "status", "--control", str(run.control)], env=_env())
+        run.show(shown.stdout)
         return f"3 live nodes (heartbeat age: {ages})"
 
     run.step("3", "fleet heartbeats reach the cloud node; ppn fleet status", fleet_up)
 
 
 def _holder_query(
-    run: FleetRun, *extra: str, timeout: float = 20
+    run: FleetRun, *extra: str, timeout: float = 20, json_output: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """The holder (on laptop A) asks VM-Orchestration on the cloud node for a merged count."""
     via = f"{run.facts['addresses']['cloud']}:{ORCHESTRATION_PORT}"
@@ -265,7 +272,8 @@ def _holder_query(
     for name in RECORDS:
         address = run.facts["addresses"][name]
         argv += ["--cap", str(run.workdir / f"{name}.cap"), "--vault", f"{run.vault_ids[name]}@{address}:{VAULT_PORT}"]  # fmt: skip
-    argv += ["--via", via, "--collection", COLLECTION, "--count", "--json", *extra]
+    argv += ["--via", via, "--collection", COLLECTION, "--count", *extra]
+    argv += ["--json"] if json_output else []
     return run.nodes["genesis"].ppn(*argv, check=False, timeout=timeout)
 
 
@@ -308,6 +316,8 @@ def step_vaults(run: FleetRun) -> None:
         total = _merged_count(result.stdout)
         if total != sum(RECORDS.values()):
             raise StepFailed(f"merged count {total}, expected {sum(RECORDS.values())}")
+        table = _holder_query(run, json_output=False)
+        run.show(table.stdout)
         return f"count {total} = {' + '.join(str(c) for c in RECORDS.values())} via {listen}"
 
     run.step(
@@ -398,8 +408,9 @@ def step_faults(run: FleetRun) -> None:
             raise StepFailed(f"B evicted {after:.1f} s after the cut, more than {EVICTION_LIMIT} s")
         entry = next(e for e in status["evicted"] if e["name"] == "relay")
         return (
-            f"B evicted {after:.1f} s after the cut ({entry['silent_for_ms'] / 1000:.1f} s after its "
-            f"last heartbeat, {age / 1000:.1f} s before the cut); live: {sorted(live_names(status))}"
+            f"B evicted {after:.1f} s after the cut (its last heartbeat came {age / 1000:.1f} s "
+            f"before the cut; evicted {entry['silent_for_ms'] / 1000:.1f} s after it); "
+            f"live: {sorted(live_names(status))}"
         )
 
     run.step(
@@ -474,7 +485,9 @@ def run_fleet(lab: Lab, workdir: Path, *, out: Callable[[str], None] = print) ->
     for node in run.nodes.values():
         if node.agent is not None:
             stop_agent(node)
-    out(f"all {len(run.steps)} steps passed in {time.monotonic() - started:.1f} s")
+    out(f"all {len(run.steps)} steps passed in {time.monotonic() - started:.1f} s:")
+    for step in run.steps:
+        out(f"  {step.number:>3}  {step.seconds:5.1f} s  {step.title}")
     return run
 
 
@@ -499,9 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ppn-fleet-") as tmp:
         try:
             with Lab() as lab:
-                run = FleetRun(lab=lab, workdir=Path(tmp), out=lambda line: print(line, flush=True))
                 try:
-                    run = run_fleet(lab, Path(tmp), out=run.out)
+                    run_fleet(lab, Path(tmp), out=lambda line: print(line, flush=True))
                     status = 0
                 except StepFailed as exc:
                     print(f"interop.fleet: FAILED: {exc}", file=sys.stderr)
