@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._admit import Admitted, admit
+from ._aggregate import Aggregation, Mode, TargetStatus, VaultStatus
+from ._aggregate_plan import AggregateCursor, VaultAddress, plan_targets
 from ._capability import (
     Capability,
     Envelope,
@@ -53,6 +55,7 @@ from ._messages import (
     decode_message,
     encode_message,
 )
+from ._orchestration import AggregatorConnection, OrchestrationClientConnection
 from ._query import Aggregate, Filter, Query, check_permitted, decode_query
 from ._scope import ANY, OPERATIONS, Scope
 from ._verifier import Authorization, ReplaySet, Verifier
@@ -126,4 +129,18 @@ __all__ = [
     "link_id",
     "mint",
     "query_hash",
+]
+
+# PSP aggregation (RFC-NOTES §10): the merge, the client's plan and cursor, the wire cores. The
+# trio aggregator and client are psp._trio_orchestration (imported on demand).
+__all__ += [
+    "AggregateCursor",
+    "Aggregation",
+    "AggregatorConnection",
+    "Mode",
+    "OrchestrationClientConnection",
+    "TargetStatus",
+    "VaultAddress",
+    "VaultStatus",
+    "plan_targets",
 ]
