@@ -264,12 +264,18 @@ def _print_result(result: AggregateResult, *, as_json: bool) -> None:
     ]
     print(core._table(footer))
     ok = sum(1 for e in statuses if e["status"] == "ok")
-    verdict = "complete" if result.complete else "INCOMPLETE"
+    if result.complete:
+        verdict = "complete"
+    elif result.done.failed:
+        verdict = f"INCOMPLETE: {result.done.failed} failed"
+    else:
+        verdict = "more to come (--resume)"
     print(
         f"{len(rows)} row(s) from {len(statuses)} vault(s): {ok} ok, {verdict} ({result.mode.value})"
     )
     if cursor is not None:
-        print(f"more: --resume {cursor.to_text()}", file=sys.stderr)
+        what = "retry the failed vaults / continue" if result.done.failed else "more"
+        print(f"{what}: --resume {cursor.to_text()}", file=sys.stderr)
 
 
 def _serve(args: argparse.Namespace) -> int:

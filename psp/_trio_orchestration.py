@@ -526,7 +526,10 @@ class AggregateResult:
 
     @property
     def cursor(self) -> AggregateCursor | None:
-        """Where to resume the vaults that have more (or failed retryably); None when none."""
+        """Where to resume the vaults that have more (or failed retryably); None when none,
+        and None for a failed strict request (its rows were withheld: run it again)."""
+        if self.mode is Mode.STRICT and self.done.failed:
+            return None
         positions = tuple(
             (self.vaults[s.index].vault, s.cursor[0], s.cursor[1])
             for s in self.statuses

@@ -203,6 +203,7 @@ async def test_strict_fails_the_whole_query(
     assert trio.current_time() - start < 0.5
     result = caught.value.result
     assert result.rows == [] and result.mode is Mode.STRICT and not result.complete
+    assert result.cursor is None  # the rows were withheld: nothing to resume, run it again
     statuses = [s.status for s in result.statuses]
     assert VaultStatus.TIMEOUT not in statuses and result.done.failed >= 1
     for s, expected in zip(result.statuses, EXPECTED, strict=True):
