@@ -122,20 +122,32 @@ def _close_now(stream: trio.abc.Stream) -> None:
 
 
 class VaultPool:
-    """Idle vault connections by address, reused across requests (the only state kept)."""
+    """Idle vault connections by address, reused across requests (the only state kept).
+
+    Bounded: at most ``per_address`` idle links per address and ``max_idle`` in all; a link idle
+    for ``idle_timeout`` seconds is closed (swept at least every ``idle_timeout / 2``).
+    """
 
     def __init__(
         self,
         *,
         per_address: int = 4,
+        max_idle: int = 4096,
         idle_timeout: float = 30.0,
         connect: Callable[[str, int], Awaitable[trio.abc.Stream]] = trio.open_tcp_stream,
     ) -> None:
         self._connect = connect
         self.per_address = per_address
+        self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self._idle: dict[tuple[str, int], list[_VaultLink]] = {}
+        self._count = 0
+        self._swept = 0.0
         self.connects = 0
+
+    @property
+    def idle(self) -> int:
+        return self._count
 
     async def acquire(self, host: str, port: int) -> tuple[_VaultLink, bool]:
         """A link and whether it was pooled (a pooled one may turn out closed)."""
@@ -144,29 +156,54 @@ class VaultPool:
         now = trio.current_time()
         while links:
             link = links.pop()
+            self._count -= 1
+            if not links:
+                del self._idle[key]
             if now - link.idle_since < self.idle_timeout:
                 return link, True
             link.close()
+            links = self._idle.get(key)
         stream = await self._connect(host, port)
         self.connects += 1
         return _VaultLink(stream, key), False
 
     def release(self, link: _VaultLink) -> None:
-        if link.conn.state is not State.IDLE:
-            link.close()
-            return
+        now = trio.current_time()
+        if now - self._swept > self.idle_timeout / 2:
+            self._sweep(now)
         links = self._idle.setdefault(link.key, [])
-        if len(links) >= self.per_address:
+        if (
+            link.conn.state is not State.IDLE
+            or len(links) >= self.per_address
+            or self._count >= self.max_idle
+        ):
+            if not links:
+                del self._idle[link.key]
             link.close()
             return
-        link.idle_since = trio.current_time()
+        link.idle_since = now
         links.append(link)
+        self._count += 1
+
+    def _sweep(self, now: float) -> None:
+        self._swept = now
+        for key in list(self._idle):
+            keep = [x for x in self._idle[key] if now - x.idle_since < self.idle_timeout]
+            for x in self._idle[key]:
+                if now - x.idle_since >= self.idle_timeout:
+                    x.close()
+            self._count -= len(self._idle[key]) - len(keep)
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
 
     def close(self) -> None:
         for links in self._idle.values():
             for link in links:
                 link.close()
         self._idle.clear()
+        self._count = 0
 
 
 def _split_address(address: str) -> tuple[str, int]:

@@ -314,3 +314,20 @@ async def test_slow_client_holds_the_vaults_back(
         if isinstance(event, MergedRows):
             n += len(event.rows)
     assert n == 9000
+
+
+async def test_the_pool_is_bounded_and_forgets_idle_links(
+    lab: Lab, autojump_clock: trio.testing.MockClock
+) -> None:
+    ports = [lab.add("good", _people(2)) for _ in range(3)]
+    pool = VaultPool(connect=lab.connect, max_idle=2, idle_timeout=30)
+    client = await lab.client(pool)
+    await client.query(HOLDER, lab.caps, lab.addresses, COUNT, clock=clock)
+    assert pool.connects == 3 and pool.idle == 2  # the third link was closed, not kept
+    await trio.sleep(31)
+    await client.query(HOLDER, lab.caps, lab.addresses[:1], COUNT, clock=clock)
+    # The stale links were swept (their vaults saw the connection end) and one fresh link kept.
+    assert pool.idle == 1 and pool.connects == 4
+    with trio.fail_after(1):
+        for port in ports:
+            await lab.closed[port].wait()
