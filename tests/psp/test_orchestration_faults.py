@@ -71,6 +71,7 @@ class Lab:
             "hang": self._hang,
             "garbage": self._garbage,
             "killed": self._killed,
+            "impostor": self._impostor,
         }
         self.nursery.start_soon(self._guarded, behaviour[kind], port, theirs)
         return ours
@@ -107,6 +108,11 @@ class Lab:
             await handle_connection(self.vaults[port], Counting(), clock=clock)
         finally:
             self.closed[port].set()
+
+    async def _impostor(self, port: int, stream: trio.abc.Stream) -> None:
+        """Another vault answers at this address."""
+        other = next(v for p, v in self.vaults.items() if p != port)
+        await handle_connection(other, stream, clock=clock)
 
     async def _hang(self, port: int, stream: trio.abc.Stream) -> None:
         await trio.sleep_forever()
@@ -331,3 +337,17 @@ async def test_the_pool_is_bounded_and_forgets_idle_links(
     with trio.fail_after(1):
         for port in ports:
             await lab.closed[port].wait()
+
+
+async def test_another_vault_at_the_address_is_an_error(
+    lab: Lab, autojump_clock: trio.testing.MockClock
+) -> None:
+    lab.add("good", _people(3))
+    lab.add("impostor", _people(4))
+    client = await lab.client()
+    result = await client.query(
+        HOLDER, lab.caps, lab.addresses, COUNT, mode=Mode.BEST_EFFORT, clock=clock
+    )
+    assert [json.loads(r) for _, r in result.rows] == [{"count": 3}]
+    impostor = result.statuses[1]
+    assert impostor.status is VaultStatus.ERROR and impostor.code is ErrorCode.WRONG_VAULT
