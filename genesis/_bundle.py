@@ -9,6 +9,7 @@ per-direction message counter, so no (key, nonce) pair is ever used twice (RFC-N
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,10 +223,14 @@ def open_box(key: bytes, counter: int, kind: str, box: bytes) -> bytes:
         raise RemoteProtocolError("sealed message did not authenticate") from exc
 
 
-def lowest_free_address(cidr: str, roster: tuple[MemberRecord, ...]) -> str | None:
-    """The lowest host address of ``cidr`` no member holds (None when the mesh is full)."""
+def lowest_free_address(
+    cidr: str, roster: tuple[MemberRecord, ...], *, also_taken: Iterable[str] = ()
+) -> str | None:
+    """The lowest host address of ``cidr`` no member holds and not in ``also_taken`` (the
+    signed roster's addresses, RFC-NOTES §7.5); None when the mesh is full."""
     network = ipaddress.ip_network(cidr)
     taken = {ipaddress.ip_address(m.address) for m in roster}
+    taken.update(ipaddress.ip_address(a) for a in also_taken)
     for address in network.hosts():
         if address not in taken:
             return str(address)

@@ -257,6 +257,44 @@ def _sponsor(command: str, args: argparse.Namespace, ui: UI, directory: Path, di
     return trio.run(_serve_async, host, port, node, ui, directory, digits, args.keep_open)
 
 
+def grant_for(directory: Path, peer: PartyInfo) -> Grant | None:
+    """What the sponsor grants a joiner, or None to refuse it (RFC-NOTES §5.6, §7.5).
+
+    The joiner must not repeat a name, identity or WireGuard key of the ceremony's roster or of
+    the signed roster the node agent keeps (``roster.bin``, when it has run: it also knows the
+    members other sponsors admitted, and removed identities), and gets the lowest host address
+    neither holds, so two sponsors collide only when they admit at the same time.
+    """
+    from ppn._io_mesh_state import StateDirError, load_signed_claims
+
+    current = load_mesh(directory)
+    if current is None:
+        raise StateError(f"{directory} is no longer a mesh member")
+    try:
+        signed = load_signed_claims(directory, mesh=current.mesh_id, cidr=current.cidr)
+    except StateDirError:
+        signed = None  # the agent's file is its business; the ceremony's roster still decides
+    clash = any(
+        m.name == peer.name or m.identity == peer.identity or m.wg == peer.wg
+        for m in current.roster
+    )
+    if signed is not None:
+        clash = clash or (
+            peer.name in signed.names
+            or peer.identity in signed.identities
+            or peer.wg in signed.wg_keys
+        )
+    address = lowest_free_address(
+        current.cidr, current.roster, also_taken=signed.addresses if signed else ()
+    )
+    if clash or address is None:
+        return None
+    # Members removed since the ceremony listed them are not handed on as peers to bootstrap.
+    removed = signed.removed if signed else frozenset()
+    roster = tuple(m for m in current.roster if m.identity not in removed)
+    return Grant(cidr=current.cidr, address=address, roster=roster)
+
+
 async def _serve_async(
     host: str,
     port: int,
@@ -290,18 +328,10 @@ async def _serve_async(
         )
 
     async def decide(event: SasReady) -> ConfirmSas | Abort:
-        current = load_mesh(directory)
-        assert current is not None
-        peer = event.peer
-        clash = any(
-            m.name == peer.name or m.identity == peer.identity or m.wg == peer.wg
-            for m in current.roster
-        )
-        address_for_joiner = lowest_free_address(current.cidr, current.roster)
-        if clash or address_for_joiner is None:
+        grant = grant_for(directory, event.peer)
+        if grant is None:
             return Abort(reason=FailureReason.REFUSED)
         accepted = await ui.ask_sas(event, "sponsor")
-        grant = Grant(cidr=current.cidr, address=address_for_joiner, roster=current.roster)
         return ConfirmSas(accept=accepted, grant=grant if accepted else None)
 
     async def joined(event: Joined) -> None:

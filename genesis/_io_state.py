@@ -8,7 +8,8 @@ the same directory, fsync, rename, fsync of the directory)::
     node.json         {"version": 1, "name", "identity", "wg", "endpoints"}   (public keys, base64)
     mesh.json         {"version": 1, "mesh_id" (hex), "cidr", "address", "interface",
                        "sponsor" (base64 identity key), "roster": [member, ...]}
-                      member = {"name", "identity", "wg" (base64), "address", "endpoints", "roles"}
+                      member = {"name", "identity", "wg" (base64), "address", "endpoints", "roles",
+                                ["sponsor" (base64): who admitted it, when this node knows]}
     wg-<iface>.conf   a wg-quick configuration derived from the two JSON files
 
 ``mesh.json`` is written last: its presence means "this node is a member". A failed or
@@ -20,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,17 @@ class MeshState:
     sponsor: bytes
     roster: tuple[MemberRecord, ...]
     interface: str = DEFAULT_INTERFACE
+    # identity -> identity of the member that sponsored it, for the members this node knows it
+    # of: the ones it admitted itself (``add_member``). The node agent signs admissions for
+    # exactly those (RFC-NOTES §7.9). Optional in mesh.json, so older files still load.
+    sponsors: dict[bytes, bytes] = field(default_factory=dict, hash=False)
 
     def member(self, identity: bytes) -> MemberRecord | None:
         return next((m for m in self.roster if m.identity == identity), None)
+
+    def sponsor_of(self, identity: bytes) -> bytes | None:
+        """Who admitted ``identity`` (None when this node does not know)."""
+        return self.sponsors.get(identity)
 
 
 def new_node(name: str, endpoints: tuple[str, ...] = ()) -> NodeState:
@@ -109,8 +118,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.close(dir_fd)
 
 
-def member_to_json(member: MemberRecord) -> dict[str, Any]:
-    return {
+def member_to_json(member: MemberRecord, *, sponsor: bytes | None = None) -> dict[str, Any]:
+    value: dict[str, Any] = {
         "name": member.name,
         "identity": encode_key(member.identity),
         "wg": encode_key(member.wg),
@@ -118,6 +127,9 @@ def member_to_json(member: MemberRecord) -> dict[str, Any]:
         "endpoints": list(member.endpoints),
         "roles": list(member.roles),
     }
+    if sponsor is not None:
+        value["sponsor"] = encode_key(sponsor)
+    return value
 
 
 def member_from_json(value: Any) -> MemberRecord:
@@ -175,6 +187,11 @@ def load_mesh(directory: Path) -> MeshState | None:
     try:
         if info["version"] != STATE_VERSION:
             raise StateError(f"{path}: unknown version {info['version']}")
+        sponsors = {
+            decode_key(m["identity"]): decode_key(m["sponsor"])
+            for m in info["roster"]
+            if isinstance(m, dict) and m.get("sponsor") is not None
+        }
         return MeshState(
             mesh_id=bytes.fromhex(info["mesh_id"]),
             cidr=str(ipaddress.ip_network(info["cidr"])),
@@ -182,6 +199,7 @@ def load_mesh(directory: Path) -> MeshState | None:
             sponsor=decode_key(info["sponsor"]),
             interface=str(info["interface"]),
             roster=tuple(member_from_json(m) for m in info["roster"]),
+            sponsors=sponsors,
         )
     except (KeyError, TypeError, ValueError, KeyFormatError) as exc:
         raise StateError(f"malformed {path}: {exc}") from exc
@@ -230,7 +248,7 @@ def _mesh_json(mesh: MeshState) -> dict[str, Any]:
         "address": mesh.address,
         "interface": mesh.interface,
         "sponsor": encode_key(mesh.sponsor),
-        "roster": [member_to_json(m) for m in mesh.roster],
+        "roster": [member_to_json(m, sponsor=mesh.sponsor_of(m.identity)) for m in mesh.roster],
     }
 
 
@@ -277,6 +295,7 @@ def add_member(directory: Path, node: NodeState, member: MemberRecord) -> MeshSt
         sponsor=mesh.sponsor,
         interface=mesh.interface,
         roster=(*mesh.roster, member),
+        sponsors={**mesh.sponsors, member.identity: node.identity.public},
     )
     write_membership(directory, node, updated)
     return updated

@@ -7,6 +7,9 @@ The join ceremony owns ``identity.key``, ``wireguard.key``, ``node.json`` and ``
                   "records": [record bytes, ...], "baseline": [identity, ...]}
     agent.json    what the running agent reports (pid, interface, control port, counters)
     hosts         the hosts-file fragment for the mesh's names
+    outbox.bin    canonical msgpack {"version": 1, "records": [record bytes, ...]}: records
+                  signed by a command (``ppn remove``) for the running agent to merge and push;
+                  the agent claims the file by renaming it, so a record is never lost
 
 Every file is written atomically (temporary file in the same directory, fsync, rename, fsync of
 the directory), so a crash at any point leaves the old or the new file, never a mix; the
@@ -26,26 +29,32 @@ from . import wire
 from ._mesh_bootstrap import PreliminaryMember
 from ._mesh_ids import mesh_id
 from ._roster import Roster
-from ._roster_records import InvalidRecord, record_from_bytes
+from ._roster_records import InvalidRecord, MemberRecord, Record, Tombstone, record_from_bytes
 
 __all__ = [
+    "OUTBOX_FILE",
     "ROSTER_FILE",
     "MeshFiles",
     "RosterFile",
+    "SignedClaims",
     "AgentAlreadyRunning",
     "StateDirError",
     "atomic_write",
     "load_mesh_files",
     "load_roster",
+    "load_signed_claims",
+    "queue_records",
     "read_agent_info",
     "running_agent_pid",
     "save_roster",
+    "take_queued_records",
     "write_agent_info",
 ]
 
 ROSTER_FILE = "roster.bin"
 AGENT_FILE = "agent.json"
 HOSTS_FILE = "hosts"
+OUTBOX_FILE = "outbox.bin"
 _VERSION = 1
 _MAX_STATE = 64 * 1024 * 1024
 
@@ -146,6 +155,9 @@ def load_mesh_files(directory: Path) -> MeshFiles:
             address=m.address,
             endpoints=tuple(m.endpoints),
             roles=tuple(m.roles),
+            sponsor=mesh.sponsor
+            if m.identity == node.identity.public
+            else mesh.sponsor_of(m.identity),
         )
         for m in mesh.roster
     )
@@ -232,3 +244,69 @@ def write_hosts(directory: Path, fragment: str) -> None:
     except OSError:
         pass
     atomic_write(path, fragment.encode(), mode=0o644)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignedClaims:
+    """What the signed roster already hands out, so a sponsor's ceremony avoids it (§7.5)."""
+
+    addresses: frozenset[str]  # every member record's address (routed or not)
+    names: frozenset[str]
+    identities: frozenset[bytes]  # removed identities too: they can never be admitted again
+    wg_keys: frozenset[bytes]
+    removed: frozenset[bytes]  # identities with a tombstone
+
+
+def load_signed_claims(directory: Path, *, mesh: bytes, cidr: str) -> SignedClaims | None:
+    """The claims of the roster the agent saved, or None when there is none (agent never ran)."""
+    saved = load_roster(directory, mesh=mesh, cidr=cidr)
+    if saved is None:
+        return None
+    members = [r for r in saved.roster.records() if isinstance(r, MemberRecord)]
+    return SignedClaims(
+        addresses=frozenset(r.address for r in members),
+        names=frozenset(r.name for r in members),
+        identities=frozenset(r.identity for r in saved.roster.records()),
+        wg_keys=frozenset(r.wg_key for r in members),
+        removed=frozenset(r.identity for r in saved.roster.records() if isinstance(r, Tombstone)),
+    )
+
+
+def _read_outbox(path: Path) -> list[Record]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise StateDirError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        value = wire.unpack_canonical(data, max_size=_MAX_STATE)
+        if not isinstance(value, dict) or value.get("version") != _VERSION:
+            raise StateDirError(f"{path} has an unknown format")
+        return [record_from_bytes(b) for b in value["records"]]
+    except (wire.WireError, InvalidRecord, KeyError, TypeError) as exc:
+        raise StateDirError(f"{path} is damaged: {exc}") from exc
+
+
+def queue_records(directory: Path, records: Iterable[Record]) -> None:
+    """Add signed records to the outbox for the agent to merge and push (RFC-NOTES §7.10)."""
+    path = directory / OUTBOX_FILE
+    queued = {r.digest: r for r in _read_outbox(path)}
+    queued.update((r.digest, r) for r in records)
+    value = {"version": _VERSION, "records": [r.encoded for r in queued.values()]}
+    atomic_write(path, wire.pack_canonical(value))
+
+
+def take_queued_records(directory: Path) -> list[Record]:
+    """Claim the outbox (rename first, so a concurrent :func:`queue_records` either lands in the
+    claimed file or starts a new one) and return its records, every signature verified."""
+    path = directory / OUTBOX_FILE
+    claimed = directory / f".{OUTBOX_FILE}.{os.getpid()}.taking"
+    try:
+        os.replace(path, claimed)
+    except FileNotFoundError:
+        return []
+    try:
+        return _read_outbox(claimed)
+    finally:
+        claimed.unlink(missing_ok=True)

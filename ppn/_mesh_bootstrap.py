@@ -5,10 +5,11 @@ sponsor's members as the joiner was told them, and, on the sponsor, each member 
 The PAKE and the compared SAS authenticate that list to its holder, so it is good enough to
 bring the tunnel up; the mesh then replaces it with signed records (RFC-NOTES §7.9):
 
-* :func:`sponsor_admissions` — on the sponsor, every preliminary member that is neither on the
-  signed roster nor in the *baseline* (the preliminary members this node already found when it
-  first started, i.e. ones someone else sponsored) gets an admission signed by this node, at the
-  address the ceremony gave it;
+* :func:`sponsor_admissions` — on the sponsor, every preliminary member the ceremony recorded as
+  sponsored by this node and not yet on the signed roster gets an admission signed by this
+  node, at the address the ceremony gave it. Members recorded without a sponsor (state written
+  before the ceremony recorded sponsors) fall back to the *baseline* rule: admitted unless
+  listed when the agent first ran on this node;
 * :func:`with_bootstrap_peers` — until a preliminary member appears on the signed roster, it is
   configured as a WireGuard peer from the preliminary record (its /32, an endpoint chosen as
   for signed members, keepalive 25 s), so a joiner can reach its sponsor and pull the signed
@@ -42,6 +43,7 @@ class PreliminaryMember:
     address: str
     endpoints: tuple[str, ...] = ()
     roles: tuple[str, ...] = ()
+    sponsor: bytes | None = None  # identity of the member that admitted it, when recorded
 
 
 def sponsor_admissions(
@@ -59,10 +61,17 @@ def sponsor_admissions(
     """
     if roster.view().member(sponsor.public) is None:
         return []
-    skip = set(baseline) | {sponsor.public}
+    skip = set(baseline)
     admitted: list[MemberRecord] = []
     for member in preliminary:
-        if member.identity in skip or member.identity in roster:
+        if member.identity == sponsor.public or member.identity in roster:
+            continue
+        if member.sponsor is not None:
+            # Recorded by the ceremony: ours to sign whenever we get to it, even when it was
+            # invited before this node's first 'ppn up' (and so sits in the baseline).
+            if member.sponsor != sponsor.public:
+                continue
+        elif member.identity in skip:
             continue
         try:
             record = roster.admit(
