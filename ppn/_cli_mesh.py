@@ -1,4 +1,5 @@
-"""``ppn up``, ``ppn status`` and ``ppn resolve``: the node agent and its views (RFC-NOTES §7.11).
+"""``ppn up``, ``ppn status``, ``ppn resolve`` and ``ppn remove``: the node agent and its views
+(RFC-NOTES §7.11).
 
 Module top stays light; trio, the agent and the WireGuard backends load inside the handlers.
 """
@@ -21,17 +22,27 @@ EXIT_WIREGUARD = 33
 EXIT_CONTROL = 34
 EXIT_UNREACHABLE = 35
 EXIT_AGENT_RUNNING = 36
+EXIT_REMOVE_REFUSED = 37
+EXIT_NOT_CONFIRMED = 38
+EXIT_AGENT_SLOW = 39
+
+# How long 'ppn remove' waits for a running agent to take the tombstone (it looks every second).
+REMOVE_WAIT = 10.0
 
 EXIT_STATUSES = """\
 exit status:
   0   success
   30  the state directory is not a mesh member yet (run 'ppn genesis' or 'ppn join')
   31  the state directory is damaged or belongs to another mesh
-  32  (resolve) no member has that name
+  32  (resolve, remove) no member has that name
   33  the WireGuard device cannot be brought up or configured
   34  the PPN control port cannot be opened
   35  (status --check) some member is not reachable
   36  (up) another 'ppn up' already runs on this state directory
+  37  (remove) this node may not remove that member (only the member itself or the
+      genesis node may; the genesis node is never removed)
+  38  (remove) not confirmed; nothing changed
+  39  (remove) the running agent did not take the removal within 10 s (it stays queued)
   130 interrupted
 """
 
@@ -130,6 +141,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _state_arg(p)
     p.add_argument("--json", action="store_true", help="address, endpoints and node id as JSON")
     p.set_defaults(handler=_resolve)
+
+    p = subparsers.add_parser(
+        "remove",
+        help="remove a member from the mesh for good (signs a tombstone)",
+        description=(
+            "Remove the member called NAME (or NAME.ppn, or a node id prefix) from the mesh: "
+            "sign a tombstone with this node's identity key and hand it to this node's agent, "
+            "which pushes it to every member; each member's agent then drops the member's "
+            "WireGuard peer. Only the member itself or the genesis node may sign a removal. "
+            "Removal is final: the removed node can never rejoin with the same identity key "
+            "(it needs a fresh state directory and a new 'ppn join'). Without a running agent "
+            "the removal is written to the roster and pushed when 'ppn up' next runs."
+        ),
+        epilog=EXIT_STATUSES
+        + "\nexamples:\n  ppn remove laptop --state /var/lib/ppn          # asks first\n"
+        "  ppn remove laptop --state /var/lib/ppn --yes\n",
+        formatter_class=fmt,
+    )
+    p.add_argument("name", metavar="NAME", help="member name, NAME.ppn, or a node id prefix")
+    _state_arg(p)
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p.set_defaults(handler=_remove)
 
 
 def _load(state: Path) -> tuple[Any, Any]:
@@ -359,4 +393,106 @@ def _resolve(args: argparse.Namespace) -> int:
         print(json.dumps(result, sort_keys=True))
     else:
         print(result["address"])
+    return 0
+
+
+def _confirm(question: str) -> bool:
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline().strip().lower()
+    if not sys.stdin.isatty():
+        print(answer or "(no answer)", file=sys.stderr, flush=True)
+    return answer in ("y", "yes")
+
+
+def _remove(args: argparse.Namespace) -> int:
+    import time
+
+    from ._io_mesh_state import (
+        StateDirError,
+        load_roster,
+        queue_records,
+        running_agent_pid,
+        save_roster,
+    )
+    from ._mesh_ids import short_id
+    from ._mesh_removal import RefusalKind, RemovalRefused, plan_removal, sign_removal
+    from ._roster_records import Tombstone
+
+    files, (roster, _) = _load(args.state)
+    try:
+        plan = plan_removal(roster, files.identity, args.name)
+    except RemovalRefused as exc:
+        status = EXIT_UNKNOWN_NAME if exc.kind is RefusalKind.UNKNOWN else EXIT_REMOVE_REFUSED
+        raise CommandError(str(exc), status) from exc
+    member = plan.member
+    label = f"{member.name} ({member.address}, node {short_id(member.identity)})"
+    if not args.yes:
+        what = "this node itself" if plan.self_removal else label
+        question = (
+            f"Remove {what} from mesh {short_id(roster.mesh)} for good? Its identity can never "
+            "rejoin."
+        )
+        if not _confirm(question):
+            raise CommandError(f"{member.name} not removed; nothing changed", EXIT_NOT_CONFIRMED)
+    tombstone = sign_removal(roster, files.identity, plan, now=int(time.time()))
+
+    def taken() -> bool:
+        saved = load_roster(args.state, mesh=files.mesh, cidr=files.cidr)
+        return saved is not None and isinstance(saved.roster.get(member.identity), Tombstone)
+
+    try:
+        # The outbox is how signed records reach a running agent (it holds the roster in memory
+        # and owns roster.bin); it also covers an agent that starts while this command runs.
+        queue_records(args.state, [tombstone])
+        agent_pid = running_agent_pid(args.state)
+        if agent_pid is None:
+            saved = load_roster(args.state, mesh=files.mesh, cidr=files.cidr)
+            if saved is not None:
+                saved.roster.merge([tombstone])
+                save_roster(
+                    args.state,
+                    saved.roster,
+                    generation=saved.generation + 1,
+                    baseline=saved.baseline,
+                )
+            outcome = "queued"
+            note = "the agent pushes the removal to every member when 'ppn up' next runs"
+        else:
+            deadline = time.monotonic() + REMOVE_WAIT
+            waited = False
+            while not taken():
+                if time.monotonic() > deadline:
+                    raise CommandError(
+                        f"the agent (pid {agent_pid}) did not take the removal of {member.name} "
+                        f"within {REMOVE_WAIT:.0f} s; it stays queued in "
+                        f"{args.state / 'outbox.bin'}",
+                        EXIT_AGENT_SLOW,
+                    )
+                if not waited:
+                    print(
+                        f"ppn remove: handing the removal to the agent (pid {agent_pid}) ...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    waited = True
+                time.sleep(0.1)
+            outcome = "taken"
+            note = "the agent pushes it to every member, which drop its WireGuard peer"
+    except (StateDirError, OSError) as exc:
+        raise CommandError(f"cannot record the removal: {exc}", EXIT_BAD_STATE) from exc
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "removed": member.name,
+                    "address": member.address,
+                    "node_id": member.node_id.hex(),
+                    "self": plan.self_removal,
+                    "agent": outcome,
+                },
+                sort_keys=True,
+            )
+        )
+    else:
+        print(f"removed {label}; {note}")
     return 0

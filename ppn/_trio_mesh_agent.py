@@ -5,7 +5,8 @@ bring the WireGuard device up (a running device is adopted, never recreated) and
 once, which puts the mesh and control addresses on the interface; then serve PPN control on
 the control address (RFC-NOTES §7.1),
 pull from every member at once and every 30 s, push changes, reconcile every 5 s and after every
-change, and watch ``mesh.json`` for members admitted by a ceremony on this node.
+change, watch ``mesh.json`` for members admitted by a ceremony on this node, and take records
+that commands signed (``ppn remove``'s tombstones) from ``outbox.bin``.
 
 SIGTERM or SIGINT stops the agent after saving; the device and its peers stay as they are, so
 traffic keeps flowing and a restart finds nothing to change.
@@ -28,10 +29,12 @@ from ._io_mesh_state import (
     AgentAlreadyRunning,
     MeshFiles,
     RosterFile,
+    StateDirError,
     load_mesh_files,
     load_roster,
     running_agent_pid,
     save_roster,
+    take_queued_records,
     write_agent_info,
     write_hosts,
 )
@@ -41,7 +44,7 @@ from ._mesh_bootstrap import sponsor_admissions
 from ._mesh_ids import node_address6
 from ._names import hosts_fragment, replace_hosts_block
 from ._roster import MergeResult, Roster
-from ._roster_records import MemberRecord
+from ._roster_records import MemberRecord, Record
 from ._trio_mesh import MeshNode
 
 __all__ = ["AgentOptions", "run_agent"]
@@ -98,6 +101,21 @@ def _initial_roster(
     return roster, 0, frozenset(m.identity for m in files.preliminary)
 
 
+def _merge_queued(roster: Roster, state: Path) -> list[Record]:
+    """Merge the outbox's records (already verified); return the ones that changed the roster."""
+    try:
+        records = take_queued_records(state)
+    except StateDirError as exc:
+        log.warning("dropped the outbox: %s", exc)
+        return []
+    return list(roster.merge(records).changed) if records else []
+
+
+def _describe(record: Record) -> str:
+    kind = "removal" if not isinstance(record, MemberRecord) else "entry"
+    return f"{kind} of {record.name}"
+
+
 async def run_agent(
     opts: AgentOptions, *, ready: Callable[[dict[str, object]], None] | None = None
 ) -> None:
@@ -148,9 +166,17 @@ async def run_agent(
         ],
         pull_interval=opts.pull_interval,
     )
-    admitted = sponsor_admissions(
-        roster, files.preliminary, baseline=baseline, sponsor=files.identity, now=int(time.time())
+    admitted: list[Record] = list(
+        sponsor_admissions(
+            roster,
+            files.preliminary,
+            baseline=baseline,
+            sponsor=files.identity,
+            now=int(time.time()),
+        )
     )
+    # Records a command queued while no agent ran (or just before this one started).
+    admitted += _merge_queued(roster, opts.state)
     if admitted:
         agent.roster_changed(MergeResult(changed=tuple(admitted)))
     await trio.to_thread.run_sync(device.reconcile_now, roster)
@@ -239,6 +265,10 @@ async def run_agent(
             if admitted:
                 opts.progress("admitted " + ", ".join(f"{r.name} ({r.address})" for r in admitted))
                 node.merged_locally(MergeResult(changed=tuple(admitted)))
+            queued = _merge_queued(roster, opts.state)
+            if queued:
+                opts.progress("took " + ", ".join(_describe(r) for r in queued))
+                node.merged_locally(MergeResult(changed=tuple(queued)))
 
     async def watch_signals(cancel: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
