@@ -176,6 +176,10 @@ def plan(
                 f"peer {short_key(key)} is in the desired state but not owned by this node"
             )
     check_prefixes(desired, foreign)
+    own_key = current.public_key if desired.private_key is None else desired.public_key
+    if own_key is not None and own_key in wanted:
+        # WireGuard silently ignores such a peer, so it could never be verified.
+        raise DesiredStateError(f"peer {short_key(own_key)} is this interface's own key")
 
     ops: list[Operation] = []
     iface = _interface_op(desired, current)

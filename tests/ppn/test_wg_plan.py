@@ -170,6 +170,12 @@ def test_desired_peer_not_owned_is_rejected() -> None:
         plan(desired(peer(1, "10.0.0.1/32")), DeviceState(name="x"), now=NOW, owned=set())
 
 
+def test_own_key_as_a_peer_is_rejected() -> None:
+    me = PeerConfig(public_key=public_key_of(PRIV))
+    with pytest.raises(DesiredStateError, match="own key"):
+        plan(desired(me), DeviceState(name="x"), now=NOW)
+
+
 def test_duplicate_prefix_is_rejected_before_touching_the_device() -> None:
     fake = synced(desired(peer(1, "10.0.0.1/32")))
     writes = fake.writes
