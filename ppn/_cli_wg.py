@@ -172,9 +172,16 @@ def _sync(args: argparse.Namespace) -> int:
     from ._io_wg_device import ConfigOnlyBackend, select_backend
     from ._io_wg_state import load_record, save_record
     from ._wg_backend import reconcile
-    from ._wg_model import DesiredStateError, DeviceError, UAPIProtocolError, VerifyError
+    from ._wg_model import (
+        ConfigError,
+        DesiredStateError,
+        DeviceError,
+        UAPIProtocolError,
+        VerifyError,
+    )
     from ._wg_plan import describe, operation_to_json
 
+    started = time.monotonic()
     desired = _resolve(_read_config(args.config))
     choice = select_backend(args.iface)
     if choice.backend is None or not choice.running:
@@ -186,7 +193,6 @@ def _sync(args: argparse.Namespace) -> int:
         raise CommandError(
             f"no WireGuard interface {args.iface} ({choice.reason}); {hint}", EXIT_NO_DEVICE
         )
-    started = time.monotonic()
 
     def progress(text: str) -> None:  # only for waits a user would notice
         if time.monotonic() - started > 1.0 and not args.json:
@@ -215,6 +221,8 @@ def _sync(args: argparse.Namespace) -> int:
         raise _device_error(exc, args.iface) from None
     except UAPIProtocolError as exc:
         raise CommandError(f"{args.iface} answered badly: {exc}", EXIT_DEVICE_REFUSED) from None
+    except ConfigError as exc:  # config-only: its kept file was damaged
+        raise CommandError(f"the kept configuration is damaged: {exc}", EXIT_CONFIG) from None
     except OSError as exc:  # config-only: the file could not be written
         raise CommandError(
             f"cannot write the configuration: {exc.strerror}", EXIT_PERMISSION
