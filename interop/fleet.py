@@ -507,7 +507,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if reason is not None:
         print(f"interop.fleet: cannot run here: {reason}", file=sys.stderr)
         return 2
+    # Both raise KeyboardInterrupt, so the Lab's context manager removes everything (SIGINT
+    # explicitly too: a shell starts background jobs with SIGINT ignored).
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     status = 1
     with tempfile.TemporaryDirectory(prefix="ppn-fleet-") as tmp:
         try:
