@@ -239,7 +239,10 @@ if __name__ == "__main__":
 
 def concurrent_sponsors(lab: Lab, workdir: Path) -> dict[str, Node]:
     """Genesis and relay each admit a new node at the same time; both sponsors hand out the same
-    lowest free address, and the mesh's conflict rule must re-address one of them."""
+    lowest free address, and the mesh's conflict rule must re-address one of them.
+
+    The sponsors' agents start only after both ceremonies: a running agent's signed roster
+    would let the later ceremony see the earlier admission and avoid the clash (§7.5)."""
     import threading
 
     g_host, r_host, x_host, y_host = (lab.host(n) for n in ("gen", "relay", "x", "y"))
@@ -264,8 +267,6 @@ def concurrent_sponsors(lab: Lab, workdir: Path) -> dict[str, Node]:
         sponsor_endpoint=f"{NET1}.1:51820",
         joiner_endpoints=[f"{NET1}.2:51820", "10.77.4.2:51820"],
     )
-    start_agent(g, "--endpoint", f"{NET1}.1:51820", "--endpoint", "10.77.3.1:51820")
-    start_agent(r, "--role", "relay")
     errors: list[BaseException] = []
 
     def run(sponsor: Node, joiner: Node, listen: str, endpoint: str) -> None:
@@ -284,6 +285,8 @@ def concurrent_sponsors(lab: Lab, workdir: Path) -> dict[str, Node]:
         thread.join(timeout=90)
     if errors:
         raise errors[0]
+    start_agent(g, "--endpoint", f"{NET1}.1:51820", "--endpoint", "10.77.3.1:51820")
+    start_agent(r, "--role", "relay")
     start_agent(x)
     start_agent(y)
     return nodes
