@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from importlib import import_module
 
 __all__ = ["CommandError", "build_parser", "main"]
 
@@ -31,22 +32,31 @@ class CommandError(Exception):
         self.status = status
 
 
-def _registrars() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
-    from genesis import _cli as genesis_cli
-    from psp import _cli as psp_cli
-
-    from . import _cli_fleet, _cli_mesh, _cli_wg
-
-    return [
-        genesis_cli.register,
-        _cli_wg.register,
-        _cli_mesh.register,
-        _cli_fleet.register,
-        psp_cli.register,
-    ]
+# Which module registers which top-level commands. `ppn CMD` imports only CMD's family, so a
+# command does not pay for every other family's imports at start-up; `ppn --help` loads all.
+# tests/test_cli.py checks this table against what each module really registers.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "genesis._cli": ("genesis", "invite", "join", "demo"),
+    "ppn._cli_wg": ("wg",),
+    "ppn._cli_mesh": ("up", "status", "resolve", "remove"),
+    "ppn._cli_fleet": ("fleet", "vmhost", "vm"),
+    "psp._cli": ("vault", "key", "cap", "query", "orchestration"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _family_of(argv: Sequence[str]) -> str | None:
+    for arg in argv:
+        if arg.startswith("-"):
+            return None  # a global option first (e.g. --help): load everything
+        for module, commands in FAMILIES.items():
+            if arg in commands:
+                return module
+        return None
+    return None
+
+
+def build_parser(families: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``ppn`` parser with the given families' commands (all of them by default)."""
     parser = argparse.ArgumentParser(
         prog="ppn",
         description=(
@@ -56,14 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'ppn COMMAND --help' for what each command does. Start with 'ppn demo'.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for register in _registrars():
-        register(subparsers)
+    for module in FAMILIES if families is None else families:
+        import_module(module).register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    family = _family_of(args_list)
+    parser = build_parser(None if family is None else [family])
+    args = parser.parse_args(args_list)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
