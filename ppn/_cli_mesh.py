@@ -353,6 +353,8 @@ def _status(args: argparse.Namespace) -> int:
             print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         for p in problems:
             print(f"problem: {p['node_id']} {p['kind']}: {p['detail']}")
+        if view.removed:
+            print("removed: " + ", ".join(sorted(t.name for t in view.removed)))
         rejected = agent.get("rejected") if agent_running else None
         if rejected:
             print(f"refused roster records (recent): {len(rejected)}, last: {rejected[-1]}")

@@ -181,6 +181,8 @@ def test_remove_command_statuses_and_confirmation(
     assert main(["status", "--state", str(gdir), "--interface", "ppnnone0", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["removed"] == ["bravo"] and [m["name"] for m in status["members"]] == ["genesis"]
+    assert main(["status", "--state", str(gdir), "--interface", "ppnnone0"]) == 0
+    assert "removed: bravo" in capsys.readouterr().out
     # A member removes itself.
     assert main(["remove", "bravo", "--state", str(bdir), "--yes"]) == 0
     assert "removed bravo" in capsys.readouterr().out
