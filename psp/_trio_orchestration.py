@@ -15,7 +15,10 @@ Client (:class:`OrchestrationClient`, :func:`query_via`): signs one invocation p
 
 from __future__ import annotations
 
+import enum
 import secrets
+import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -57,6 +60,7 @@ __all__ = [
 ]
 
 RECEIVE_SIZE = 65536
+_EPOLL = hasattr(__import__("select"), "epoll")  # Linux: one task serves every plain TCP vault
 ROW_BUDGET = 4 << 20  # bytes of vault rows a request queues before it stops granting credit
 OUT_ROWS = 1024  # merged rows per mrows frame (and at most ~256 KB)
 FINAL_WRITE = 5.0  # seconds to write the statuses after the deadline before giving up
@@ -82,13 +86,34 @@ class _Changed:
 
 
 class _VaultLink:
-    """One TCP connection to a vault, driven by the vault protocol's client core."""
+    """One TCP connection to a vault, driven by the vault protocol's client core: a trio stream,
+    or a raw non-blocking socket served by the epoll fan-out (``_trio_orchestration_epoll``),
+    which becomes a stream when a task takes it over (:meth:`as_stream`)."""
 
-    def __init__(self, stream: trio.abc.Stream, key: tuple[str, int]) -> None:
-        self.stream = stream
+    def __init__(
+        self,
+        stream: trio.abc.Stream | None,
+        key: tuple[str, int],
+        *,
+        sock: socket.socket | None = None,
+    ) -> None:
+        self._stream = stream
+        self.sock = sock
         self.key = key
         self.conn = ClientConnection()
         self.idle_since = 0.0
+
+    @property
+    def raw(self) -> bool:
+        return self._stream is None
+
+    @property
+    def stream(self) -> trio.abc.Stream:
+        if self._stream is None:
+            assert self.sock is not None
+            self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(self.sock))
+            self.sock = None
+        return self._stream
 
     async def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -107,7 +132,10 @@ class _VaultLink:
             self.conn.receive_data(bytes(data))
 
     def close(self) -> None:
-        _close_now(self.stream)
+        if self.sock is not None:
+            self.sock.close()
+        elif self._stream is not None:
+            _close_now(self._stream)
 
 
 def _close_now(stream: trio.abc.Stream) -> None:
@@ -148,6 +176,29 @@ class VaultPool:
     @property
     def idle(self) -> int:
         return self._count
+
+    @property
+    def raw(self) -> bool:
+        """Whether connections are plain TCP, so the epoll fan-out may serve them."""
+        return self._connect is trio.open_tcp_stream
+
+    def take_idle(self, host: str, port: int) -> _VaultLink | None:
+        """A fresh-enough idle link to ``host:port``, if any (the caller connects otherwise)."""
+        key = (host, port)
+        now = trio.current_time()
+        while links := self._idle.get(key):
+            link = links.pop()
+            self._count -= 1
+            if not links:
+                del self._idle[key]
+            if now - link.idle_since < self.idle_timeout:
+                return link
+            link.close()
+        return None
+
+    def adopt(self, link: _VaultLink) -> None:
+        """Count a connection the caller made itself."""
+        self.connects += 1
 
     async def acquire(self, host: str, port: int) -> tuple[_VaultLink, bool]:
         """A link and whether it was pooled (a pooled one may turn out closed)."""
@@ -242,7 +293,15 @@ async def serve_orchestration(
 
 
 async def handle_client(stream: trio.abc.Stream, *, pool: VaultPool) -> None:
-    """Serve one client connection until it closes; its going away cancels its request."""
+    """Serve one client connection until it closes; its going away cancels its request. A bug
+    while serving it ends that connection (reported on stderr), never the server."""
+    try:
+        await _handle_client(stream, pool=pool)
+    except Exception as exc:
+        print(f"ppn orchestration: dropped a client connection: {exc!r}", file=sys.stderr)
+
+
+async def _handle_client(stream: trio.abc.Stream, *, pool: VaultPool) -> None:
     conn = AggregatorConnection()
     send_lock = trio.Lock()
     current: _Request | None = None
@@ -359,6 +418,7 @@ async def _run_request(
                     out = agg.take(OUT_ROWS)
                     if not out:
                         break
+                    request.changed.notify()  # room in the budget: vaults waiting may get credit
                     conn.send(MergedRows(request_id=rid, rows=tuple(out)))
                     await flush()
                 if agg.finished or request.cancelled:
@@ -403,9 +463,14 @@ async def _run_targets(
     """Every target's exchange under the per-vault deadline; those still running when it
     passes time out."""
     with scope:
-        async with trio.open_nursery() as nursery:
-            for target in request.targets:
-                nursery.start_soon(_run_target, agg, target, request.changed, pool)
+        if pool.raw and _EPOLL:
+            from ._trio_orchestration_epoll import fan_out
+
+            await fan_out(agg, request.targets, request.changed, pool)
+        else:
+            async with trio.open_nursery() as nursery:
+                for target in request.targets:
+                    nursery.start_soon(_run_target, agg, target, request.changed, pool)
     if scope.cancelled_caught:
         for target in request.targets:
             agg.fail(
@@ -417,10 +482,21 @@ async def _run_targets(
     request.changed.notify()
 
 
-async def _run_target(agg: Aggregation, target: Target, changed: _Changed, pool: VaultPool) -> None:
+async def _run_target(
+    agg: Aggregation,
+    target: Target,
+    changed: _Changed,
+    pool: VaultPool,
+    taken_over: _Flow | None = None,
+) -> None:
+    """One target's exchange in a task (``taken_over``: continue one the epoll path began,
+    whose vault waits for credit)."""
     index = target.index
     try:
-        await _exchange(agg, target, changed, pool)
+        if taken_over is None:
+            await _exchange(agg, target, changed, pool)
+        elif await _serve_link(agg, taken_over, changed, pool, credit=True):
+            await _exchange(agg, target, changed, pool, fresh=True)
     except RemoteProtocolError as exc:
         agg.fail(index, VaultStatus.ERROR, exc.code, f"the vault broke the protocol: {exc}"[:400])
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -440,10 +516,12 @@ async def _run_target(agg: Aggregation, target: Target, changed: _Changed, pool:
     changed.notify()
 
 
-async def _exchange(agg: Aggregation, target: Target, changed: _Changed, pool: VaultPool) -> None:
+async def _exchange(
+    agg: Aggregation, target: Target, changed: _Changed, pool: VaultPool, *, fresh: bool = False
+) -> None:
     index = target.index
     host, port = _split_address(target.address)
-    for attempt in (0, 1):
+    for attempt in (1,) if fresh else (0, 1):
         link, reused = await pool.acquire(host, port)
         try:
             retry = await _stream_one(agg, target, changed, link, pool, may_retry=reused)
@@ -453,6 +531,70 @@ async def _exchange(agg: Aggregation, target: Target, changed: _Changed, pool: V
         if not retry or attempt:
             return
     agg.fail(index, VaultStatus.UNREACHABLE, ErrorCode.UNAVAILABLE, "the vault closed at once")
+
+
+class _Next(enum.Enum):
+    CONTINUE = "continue"
+    DONE = "done"  # the target is settled; the link is closed or back in the pool
+    RETRY = "retry"  # a pooled link was dead before any answer: try a fresh one
+    CREDIT = "credit"  # the vault waits for credit
+
+
+@dataclass
+class _Flow:
+    """Where one target's exchange stands (shared by the task and the epoll paths)."""
+
+    target: Target
+    link: _VaultLink
+    may_retry: bool
+    answered: bool = False
+
+
+def _on_event(agg: Aggregation, flow: _Flow, pool: VaultPool, event: object) -> _Next:
+    """Apply one event from a vault to the merge; say what the exchange needs next."""
+    index, link, target = flow.target.index, flow.link, flow.target
+    if isinstance(event, ServerHello):
+        if event.vault != target.vault:
+            link.close()
+            agg.fail(
+                index,
+                VaultStatus.ERROR,
+                ErrorCode.WRONG_VAULT,
+                f"another vault answers at {target.address}",
+            )
+            return _Next.DONE
+        return _Next.CONTINUE
+    if isinstance(event, ConnectionClosed):
+        link.close()
+        if flow.may_retry and not flow.answered:
+            return _Next.RETRY
+        agg.fail(
+            index,
+            VaultStatus.UNREACHABLE,
+            ErrorCode.UNAVAILABLE,
+            "the vault closed the connection mid-stream" if flow.answered else "the vault hung up",
+        )
+        return _Next.DONE
+    flow.answered = True
+    if isinstance(event, Error):
+        agg.fail(index, status_for_code(event.code), event.code, event.message)
+        if event.request_id == 0:
+            link.close()
+        else:
+            pool.release(link)
+        return _Next.DONE
+    if isinstance(event, Header):
+        agg.header(index, event.as_of)
+    elif isinstance(event, RowBatch):
+        agg.rows(index, event.rows)
+        conn = link.conn
+        if conn.credit == 0 and conn.state is State.STREAMING and not _has_event(conn):
+            return _Next.CREDIT
+    elif isinstance(event, End):
+        agg.end(index, None if event.cursor is None else (event.cursor.as_of, event.cursor.offset))
+        pool.release(link)
+        return _Next.DONE
+    return _Next.CONTINUE
 
 
 async def _stream_one(
@@ -465,7 +607,7 @@ async def _stream_one(
     may_retry: bool,
 ) -> bool:
     """Run the target's request on ``link``. True: a pooled link was dead, try a fresh one."""
-    index, conn = target.index, link.conn
+    conn = link.conn
     rid = conn.next_request_id()
     conn.send(Request(request_id=rid, envelope=target.envelope, query=target.query, credit=1))
     try:
@@ -474,60 +616,36 @@ async def _stream_one(
         link.close()
         if may_retry:
             return True
-        agg.fail(index, VaultStatus.UNREACHABLE, ErrorCode.UNAVAILABLE, "the vault went away")
+        agg.fail(
+            target.index, VaultStatus.UNREACHABLE, ErrorCode.UNAVAILABLE, "the vault went away"
+        )
         return False
-    answered = False
+    return await _serve_link(
+        agg, _Flow(target=target, link=link, may_retry=may_retry), changed, pool
+    )
+
+
+async def _serve_link(
+    agg: Aggregation, flow: _Flow, changed: _Changed, pool: VaultPool, *, credit: bool = False
+) -> bool:
+    """The rest of an exchange, in a task (``credit``: the vault is waiting for some)."""
+    link = flow.link
     while True:
-        event = await link.next_event()
-        if isinstance(event, ServerHello):
-            if event.vault != target.vault:
-                link.close()
-                agg.fail(
-                    index,
-                    VaultStatus.ERROR,
-                    ErrorCode.WRONG_VAULT,
-                    f"another vault answers at {target.address}",
-                )
-                return False
-            continue
-        if isinstance(event, ConnectionClosed):
-            link.close()
-            if may_retry and not answered:
-                return True
-            agg.fail(
-                index,
-                VaultStatus.UNREACHABLE,
-                ErrorCode.UNAVAILABLE,
-                "the vault closed the connection mid-stream" if answered else "the vault hung up",
-            )
+        if credit:
+            while not agg.wants_more(flow.target.index, ROW_BUDGET):
+                if agg.stopped:
+                    link.close()
+                    return False
+                await changed.wait()
+            link.conn.send(Credit(request_id=link.conn.request_id, batches=1))
+            await link.flush()
+        nxt = _on_event(agg, flow, pool, await link.next_event())
+        changed.notify()
+        if nxt is _Next.RETRY:
+            return True
+        if nxt is _Next.DONE:
             return False
-        answered = True
-        if isinstance(event, Error):
-            agg.fail(index, status_for_code(event.code), event.code, event.message)
-            if event.request_id == 0:
-                link.close()
-            else:
-                pool.release(link)
-            return False
-        if isinstance(event, Header):
-            agg.header(index, event.as_of)
-        elif isinstance(event, RowBatch):
-            agg.rows(index, event.rows)
-            changed.notify()
-            if conn.credit == 0 and conn.state is State.STREAMING and not _has_event(conn):
-                while not agg.wants_more(index, ROW_BUDGET):
-                    if agg.stopped:
-                        link.close()
-                        return False
-                    await changed.wait()
-                conn.send(Credit(request_id=rid, batches=1))
-                await link.flush()
-        elif isinstance(event, End):
-            agg.end(
-                index, None if event.cursor is None else (event.cursor.as_of, event.cursor.offset)
-            )
-            pool.release(link)
-            return False
+        credit = nxt is _Next.CREDIT
 
 
 def _has_event(conn: ClientConnection) -> bool:

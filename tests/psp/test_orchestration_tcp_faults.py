@@ -1,0 +1,185 @@
+"""Faults over real loopback TCP, where the aggregator serves plain-TCP vaults from one epoll
+set (``_trio_orchestration_epoll``): garbage, a hang, death mid-stream, a refused port, a
+pooled connection gone stale, a big answer handed to a task for back-pressure, and a client that
+goes away. (The same faults on the task path, in virtual time: test_orchestration_faults.py.)"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from psp import ErrorCode, Query, RowBatch
+from psp._aggregate import Mode, VaultStatus
+from psp._aggregate_plan import VaultAddress, plan_targets
+from psp._connection import ServerConnection
+from psp._io_vault import Vault
+from psp._messages import Header, Request
+from psp._orchestration import MergedRows
+from psp._trio import handle_connection
+from psp._trio_orchestration import OrchestrationClient, VaultPool
+
+from ._orchestration_support import HOLDER, cap_for, clock, make_vault, start_aggregator
+
+COUNT = Query(collection="people", op="count")
+
+
+async def _listen(
+    nursery: trio.Nursery, handler: Callable[[trio.SocketStream], Awaitable[None]]
+) -> int:
+    listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    return int(listeners[0].socket.getsockname()[1])
+
+
+class Fleet:
+    def __init__(self, nursery: trio.Nursery, tmp: Path) -> None:
+        self.nursery, self.tmp = nursery, tmp
+        self.addresses: list[VaultAddress] = []
+        self.caps: list[Any] = []
+        self.vaults: list[Vault] = []
+        self.ended = trio.Event()
+
+    async def add(self, kind: str, records: int = 10) -> None:
+        i = len(self.vaults)
+        vault = make_vault(
+            self.tmp / str(i), 300 + i, [{"name": f"p{j}", "bio": "x" * 80} for j in range(records)]
+        )
+        self.vaults.append(vault)
+        self.caps.append(cap_for(vault))
+
+        async def good(stream: trio.SocketStream) -> None:
+            try:
+                await handle_connection(vault, stream, clock=clock)
+            finally:
+                self.ended.set()
+
+        async def hang(stream: trio.SocketStream) -> None:
+            await trio.sleep_forever()
+
+        async def garbage(stream: trio.SocketStream) -> None:
+            await stream.send_all(b"\x00\x00\x00\x05hello, not PSP")
+            await trio.sleep_forever()
+
+        async def killed(stream: trio.SocketStream) -> None:
+            conn = ServerConnection(vault_id=vault.vault_id)
+            request = None
+            while request is None:
+                conn.receive_data(bytes(await stream.receive_some(65536)))
+                while (event := conn.next_event()) is not None:
+                    if isinstance(event, Request):
+                        request = event
+            conn.send(
+                Header(request_id=request.request_id, vault=vault.vault_id, query_id=b"q", as_of=3)
+            )
+            conn.send(RowBatch(request_id=request.request_id, rows=(b'{"count":99}',)))
+            await stream.send_all(conn.data_to_send())
+            await stream.aclose()
+
+        if kind == "refused":
+            # A port nobody listens on: bind, note it, close.
+            sock = trio.socket.socket()
+            await sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            sock.close()
+        else:
+            handler = {"good": good, "hang": hang, "garbage": garbage, "killed": killed}[kind]
+            port = await _listen(self.nursery, handler)
+        self.addresses.append(VaultAddress(vault=vault.vault_id, host="127.0.0.1", port=port))
+
+
+@pytest.fixture
+async def fleet(nursery: trio.Nursery, tmp_path: Path) -> Fleet:
+    return Fleet(nursery, tmp_path)
+
+
+async def test_faults_over_tcp_best_effort_and_strict(nursery: trio.Nursery, fleet: Fleet) -> None:
+    kinds = ["good", "hang", "garbage", "killed", "refused", "good"]
+    for kind in kinds:
+        await fleet.add(kind)
+    port, _ = await start_aggregator(nursery)
+    async with await OrchestrationClient.connect("127.0.0.1", port) as client:
+        result = await client.query(
+            HOLDER,
+            fleet.caps,
+            fleet.addresses,
+            COUNT,
+            mode=Mode.BEST_EFFORT,
+            deadline=1.5,
+            clock=clock,
+        )
+        assert [json.loads(r) for _, r in result.rows] == [{"count": 20}]
+        assert [s.status for s in result.statuses] == [
+            VaultStatus.OK,
+            VaultStatus.TIMEOUT,
+            VaultStatus.ERROR,
+            VaultStatus.UNREACHABLE,
+            VaultStatus.UNREACHABLE,
+            VaultStatus.OK,
+        ]
+        assert result.statuses[2].code is ErrorCode.PROTOCOL
+        assert "mid-stream" in result.statuses[3].message
+        assert "refused" in result.statuses[4].message.lower()
+        with pytest.raises(Exception) as caught:
+            await client.query(
+                HOLDER, fleet.caps, fleet.addresses, COUNT, deadline=1.5, clock=clock
+            )
+        assert caught.value.result.cursor is None  # type: ignore[attr-defined]
+
+
+async def test_a_stale_pooled_connection_is_replaced(nursery: trio.Nursery, fleet: Fleet) -> None:
+    await fleet.add("good")
+    pool = VaultPool()
+    port, _ = await start_aggregator(nursery, pool)
+    async with await OrchestrationClient.connect("127.0.0.1", port) as client:
+        assert (
+            await client.query(HOLDER, fleet.caps, fleet.addresses, COUNT, clock=clock)
+        ).complete
+        assert pool.idle == 1
+        # The vault drops the idle connection (as a restarted vault would).
+        for links in pool._idle.values():
+            for link in links:
+                assert link.sock is not None
+                link.sock.shutdown(2)
+        again = await client.query(HOLDER, fleet.caps, fleet.addresses, COUNT, clock=clock)
+        assert again.complete and pool.connects == 2
+
+
+async def test_big_answers_are_handed_to_tasks_and_held_back(
+    nursery: trio.Nursery, fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from psp import _trio_orchestration as orchestration
+    from psp import _trio_orchestration_epoll as fast
+
+    monkeypatch.setattr(orchestration, "ROW_BUDGET", 64 << 10)
+    monkeypatch.setattr(fast, "ROW_BUDGET", 64 << 10)
+    for _ in range(3):
+        await fleet.add("good", records=3000)
+    port, _ = await start_aggregator(nursery)
+    query = Query(collection="people", op="read", order=("name", False), select=("name",))
+    async with await OrchestrationClient.connect("127.0.0.1", port) as client:
+        result = await client.query(HOLDER, fleet.caps, fleet.addresses, query, clock=clock)
+        names = [json.loads(r)["name"] for _, r in result.rows]
+        assert len(names) == 9000 and names == sorted(names) and result.complete, result.statuses
+        # A client that stops reading: the vaults stop too, and going away ends them.
+        client.window = 1
+        _, targets = plan_targets(
+            HOLDER,
+            fleet.caps,
+            fleet.addresses,
+            Query(collection="people", op="read"),
+            request_id=client.next_request_id(),
+            now=clock(),
+            rng=lambda n: bytes(range(n)),
+        )
+        events = client.events(targets, mode=Mode.BEST_EFFORT, deadline=30)
+        assert isinstance(await events.__anext__(), MergedRows)
+        fleet.ended = trio.Event()
+        await trio.sleep(0.5)
+        await events.aclose()
+    with trio.fail_after(5):
+        await fleet.ended.wait()  # the vault connections were closed when the client went away
