@@ -188,6 +188,7 @@ class Aggregation:
         self.mode = mode
         self.limit = query.limit
         self._targets = [_Target(o) for o in offsets]
+        self._unsettled = len(offsets)  # kept as a count: finished is checked per wake-up
         self._combine = query.op in ("count", "aggregate")
         self._ordered = self._combine or query.order is not None
         self._fn = "count" if query.agg is None else query.agg.fn
@@ -262,6 +263,7 @@ class Aggregation:
         if t.ended:
             raise LocalProtocolError("a second end for one target")
         t.ended, t.end_cursor = True, cursor
+        self._unsettled -= 1
         if self._ordered and not t.queue:
             self._waiting -= 1
             self._exhausted(index)
@@ -277,6 +279,7 @@ class Aggregation:
         if t.settled:
             return
         t.failed, t.code, t.message = status, code, message
+        self._unsettled -= 1
         self.queued_bytes -= t.queued_bytes
         t.queued_bytes = 0
         if self._ordered:
@@ -317,7 +320,7 @@ class Aggregation:
 
     @property
     def settled(self) -> bool:
-        return all(t.settled for t in self._targets)
+        return not self._unsettled
 
     @property
     def finished(self) -> bool:

@@ -431,7 +431,8 @@ async def _run_request(
         agg.abandon(VaultStatus.CANCELLED, ErrorCode.CANCELLED, "the client cancelled")
     if conn.phase is not Phase.RUNNING:
         return
-    for status in agg.statuses():
+    statuses = agg.statuses()
+    for status in statuses:
         conn.send(
             TargetReport(
                 request_id=rid,
@@ -444,7 +445,6 @@ async def _run_request(
                 cursor=status.cursor,
             )
         )
-    statuses = agg.statuses()
     conn.send(
         Done(
             request_id=rid,

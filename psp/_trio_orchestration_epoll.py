@@ -62,6 +62,7 @@ async def fan_out(
     have finished). Cancellation closes whatever is still open."""
     ep = select.epoll()
     live: dict[int, _Raw] = {}
+    families: dict[str, int] = {}  # host -> address family, or -1 for a name
     try:
         async with trio.open_nursery() as tasks:
 
@@ -74,16 +75,11 @@ async def fan_out(
 
             def start(target: Target, *, fresh: bool = False) -> None:
                 host, port = _split_address(target.address)
-                try:
-                    family = (
-                        socket.AF_INET6
-                        if ipaddress.ip_address(host).version == 6
-                        else socket.AF_INET
-                    )
-                except ValueError:
-                    tasks.start_soon(
-                        _run_target, agg, target, changed, pool
-                    )  # a name: resolve it there
+                family = families.get(host)
+                if family is None:
+                    family = families[host] = _family(host)
+                if family < 0:  # a name: resolved on the task path
+                    tasks.start_soon(_run_target, agg, target, changed, pool)
                     return
                 link = None if fresh else pool.take_idle(host, port)
                 if link is not None and not link.raw:
@@ -201,6 +197,13 @@ async def fan_out(
         for raw in live.values():
             raw.flow.link.close()
         ep.close()
+
+
+def _family(host: str) -> int:
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return -1
 
 
 def _unreachable(agg: Aggregation, target: Target, reason: str) -> None:
