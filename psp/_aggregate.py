@@ -227,12 +227,13 @@ class Aggregation:
         if not rows:
             return
         t.received += len(rows)
+        if self.stopped:
+            return  # nothing more goes out: these rows are not kept (the cursor covers them)
         size = sum(len(r) for r in rows)
         if not self._ordered:
-            if not self.stopped:
-                self._fifo.extend((index, r) for r in rows)
-                t.queued_bytes += size
-                self.queued_bytes += size
+            self._fifo.extend((index, r) for r in rows)
+            t.queued_bytes += size
+            self.queued_bytes += size
             return
         field, desc = self._field, self._desc
         parsed = []
