@@ -6,7 +6,9 @@ core only says what should happen next, as actions:
 * :class:`PullFrom` every ``pull_interval`` (30 s) toward every other member's control address
   (and any bootstrap address, until the roster names another member), with up to 10 % jitter
   from the injected ``rng`` so a fleet that started together does not pull in lockstep; until
-  one pull has succeeded, a failed pull is retried after ``BOOTSTRAP_RETRY`` (3 s);
+  one pull has succeeded *and* brought this node's own record (a joiner whose sponsor has not
+  signed it yet pulls the others' records first), a pull is retried after ``BOOTSTRAP_RETRY``
+  (3 s);
 * :class:`PushTo` every other member when records change this node's roster, except the member
   they came from (flooding stops because a roster that did not change pushes nothing);
 * :class:`Reconcile` after every change and every ``reconcile_interval`` (5 s), because paths
@@ -133,6 +135,8 @@ class MeshAgent:
 
     def pull_finished(self, *, ok: bool, now: float) -> None:
         """Feedback from the adapter: a pull succeeded or failed (RFC-NOTES §7.11)."""
+        if ok and self.identity.public not in self.roster:
+            ok = False  # answered, but our sponsor has not signed us yet: ask again soon
         if ok:
             if not self._synced:
                 self._synced = True

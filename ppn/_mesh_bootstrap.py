@@ -13,7 +13,10 @@ bring the tunnel up; the mesh then replaces it with signed records (RFC-NOTES §
 * :func:`with_bootstrap_peers` — until a preliminary member appears on the signed roster, it is
   configured as a WireGuard peer from the preliminary record (its /32, an endpoint chosen as
   for signed members, keepalive 25 s), so a joiner can reach its sponsor and pull the signed
-  roster.
+  roster. While this node itself is not on the signed roster yet (its sponsor has not signed
+  it: a pull can bring the others' records first), the signed roster configures no peers at
+  all, so every preliminary member that is not removed stays a bootstrap peer — taking address,
+  key and endpoints from its signed record when there is one.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from ._errors import LocalProtocolError
 from ._keys import IdentityKey
 from ._mesh_ids import node_address6
 from ._roster import Roster
-from ._roster_records import InvalidRecord, MemberRecord, validate_name
+from ._roster_records import InvalidRecord, MemberRecord, Tombstone, validate_name
 from ._topology import KEEPALIVE, DesiredConfig, DesiredPeer, Observation, choose_endpoint
 
 __all__ = ["PreliminaryMember", "sponsor_admissions", "with_bootstrap_peers"]
@@ -119,8 +122,23 @@ def with_bootstrap_peers(
     keys = {p.wg_key for p in peers}
     claimed = {ip for p in peers for ip in p.allowed_ips}
     own = base.address.split("/", 1)[0]
-    for member in preliminary:
-        if member.identity == self_identity or member.identity in roster or member.wg_key in keys:
+    # Not on the signed roster (yet): the topology configured nobody, so bootstrap from every
+    # preliminary member; once removed, from nobody.
+    removed = isinstance(roster.get(self_identity), Tombstone)
+    outsider = config is None and not removed
+    for member in preliminary if not removed else ():
+        signed = roster.get(member.identity)
+        if outsider and isinstance(signed, MemberRecord):
+            member = PreliminaryMember(
+                name=signed.name,
+                identity=signed.identity,
+                wg_key=signed.wg_key,
+                address=signed.address,
+                endpoints=signed.endpoints or member.endpoints,
+            )
+        elif signed is not None:
+            continue  # the signed roster decides (or the member was removed)
+        if member.identity == self_identity or member.wg_key in keys:
             continue
         try:
             validate_name(member.name)

@@ -103,3 +103,23 @@ def test_failed_pulls_are_retried_soon_until_one_succeeds() -> None:
     agent.pull_finished(ok=False, now=5.0)
     agent.handle_timer(9.0)
     assert not [a for a in drain(agent) if isinstance(a, PullFrom)]  # synced: normal period
+
+
+def test_a_joiner_keeps_pulling_soon_until_its_own_record_arrives() -> None:
+    # The first answer brought the others' records but not ours (the sponsor had not signed us
+    # yet): retry after 3 s instead of a whole period.
+    fleet = fleet3()
+    joiner = identity("joiner")
+    agent = MeshAgent(fleet.roster, identity=joiner, now=0.0, bootstrap=[ctl(fleet, "relay")])
+    agent.handle_timer(0.0)
+    drain(agent)
+    agent.pull_finished(ok=True, now=1.0)
+    agent.handle_timer(4.0)
+    assert [a for a in drain(agent) if isinstance(a, PullFrom)]
+    fleet.roster.admit(
+        fleet.keys["relay"], name="joiner", identity=joiner.public, wg_key=b"j" * 32, now=1003
+    )
+    agent.pull_finished(ok=True, now=4.5)
+    agent.pull_finished(ok=False, now=5.0)
+    agent.handle_timer(9.0)
+    assert not [a for a in drain(agent) if isinstance(a, PullFrom)]  # synced: normal period

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ppn._addressing import parse_cidr
 from ppn._mesh_ids import control_network, node_address6
 from ppn._names import hosts_fragment, replace_hosts_block, resolve
-from ppn._topology import KEEPALIVE, Observation, PathKind, plan_topology
+from ppn._topology import KEEPALIVE, DesiredConfig, Observation, PathKind, plan_topology
 from tests.ppn._mesh_support import CIDR, Fleet, wg
 
 NET = parse_cidr(CIDR)
@@ -241,10 +241,42 @@ def test_bootstrap_peers_fill_in_what_the_signed_roster_lacks() -> None:
         local_networks=[ipaddress.ip_network("198.51.100.0/24")],
     )
     assert config.address == "10.8.0.3/24"
-    (relay,) = config.peers  # genesis is signed (the topology's job), cloud is us
+    # cloud (us) is not on the signed roster yet, so the topology configures nobody: every
+    # preliminary member is a bootstrap peer, genesis from its signed record.
+    peers = {p.wg_key: p for p in config.peers}
+    assert set(peers) == {wg("genesis").public, wg("relay").public}
+    relay = peers[wg("relay").public]
     assert relay.allowed_ips == ("10.8.0.2/32", v6(fleet, "relay"))
     assert relay.endpoint == "198.51.100.2:51820"
     assert relay.persistent_keepalive == KEEPALIVE
+    assert peers[wg("genesis").public].allowed_ips == ("10.8.0.1/32", v6(fleet, "genesis"))
+
+    # Once we are on the signed roster, signed members are the topology's job: only the
+    # unsigned relay is added to the configuration it planned.
+    base = DesiredConfig(
+        address="10.8.0.3/24", control_address="fd00::3/64", peers=(), forwarding=False
+    )
+    config = with_bootstrap_peers(
+        base,
+        roster=partial,
+        preliminary=prelim,
+        self_identity=fleet.keys["cloud"].public,
+        fallback_address="10.8.0.3/24",
+        fallback_control_address="fd00::3/64",
+        now=NOW,
+    )
+    assert [p.wg_key for p in config.peers] == [wg("relay").public]
+    # Removed: no bootstrap peers at all.
+    removed = partial.copy()
+    removed.merge([fleet.roster.remove(fleet.genesis, fleet.keys["cloud"].public, now=5000)])
+    assert not with_bootstrap_peers(
+        None,
+        roster=removed,
+        preliminary=prelim,
+        self_identity=fleet.keys["cloud"].public,
+        fallback_address="10.8.0.3/24",
+        fallback_control_address="fd00::3/64",
+    ).peers
 
 
 def test_a_member_that_lost_its_address_keeps_its_control_route() -> None:
