@@ -320,6 +320,16 @@ class Aggregation:
         return self.queued_bytes < budget and t.queued_bytes <= budget // 8
 
     @property
+    def ready(self) -> bool:
+        """Whether :meth:`take` may yield rows now or :attr:`finished` may have turned true
+        (an adapter wakes its writer only then)."""
+        if self.stopped or not self._unsettled:
+            return True
+        if not self._ordered:
+            return bool(self._fifo)
+        return not self._waiting
+
+    @property
     def settled(self) -> bool:
         return not self._unsettled
 

@@ -190,7 +190,8 @@ async def fan_out(
                 for fd, mask in ep.poll(0):
                     if fd in live:
                         service(fd, mask)
-                changed.notify()
+                if agg.ready:  # wake the writer only when it has something to do
+                    changed.notify()
                 if agg.stopped:
                     break
     finally:
