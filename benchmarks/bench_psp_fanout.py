@@ -19,6 +19,9 @@ Figures per round:
 - aggregator CPU per vault = the aggregator process's CPU (user + system) in the round / N,
   beside the client's own CPU per vault when it fans out itself (same cores, same protocol).
 
+Then the same with *stub* vaults that speak PSP but neither authorize nor read a store, which
+separates what the aggregator costs from what the vaults cost.
+
 Goals (2-core box): overhead p50 ≤ 10 ms at 100 vaults, ≤ 150 ms at 1,000; aggregator CPU
 ≤ 100 µs per vault. Run: ``.venv/bin/python -m benchmarks psp_fanout``.
 """
