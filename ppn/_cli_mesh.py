@@ -380,7 +380,10 @@ def _resolve(args: argparse.Namespace) -> int:
     else:
         # Not (yet) on the signed roster: the ceremony's preliminary list still binds names.
         wanted = args.name.strip().lower().removesuffix(".ppn")
-        pre = next((m for m in files.preliminary if m.name == wanted), None)
+        # (Only for members the signed roster does not know: not a removed one, nor a lost name.)
+        pre = next(
+            (m for m in files.preliminary if m.name == wanted and m.identity not in roster), None
+        )
         if pre is None:
             raise CommandError(f"no member is called {args.name!r}", EXIT_UNKNOWN_NAME)
         result = {

@@ -183,6 +183,8 @@ def test_remove_command_statuses_and_confirmation(
     assert status["removed"] == ["bravo"] and [m["name"] for m in status["members"]] == ["genesis"]
     assert main(["status", "--state", str(gdir), "--interface", "ppnnone0"]) == 0
     assert "removed: bravo" in capsys.readouterr().out
+    # mesh.json still lists bravo, but a removed member no longer resolves.
+    assert main(["resolve", "bravo", "--state", str(gdir)]) == 32
     # A member removes itself.
     assert main(["remove", "bravo", "--state", str(bdir), "--yes"]) == 0
     assert "removed bravo" in capsys.readouterr().out
