@@ -482,7 +482,7 @@ def _remove(args: argparse.Namespace) -> int:
                     waited = True
                 time.sleep(0.1)
             outcome = "taken"
-            note = "the agent pushes it to every member, which drop its WireGuard peer"
+            note = "the agent pushes it to every member, and each drops its WireGuard peer"
     except (StateDirError, OSError) as exc:
         raise CommandError(f"cannot record the removal: {exc}", EXIT_BAD_STATE) from exc
     if args.json:
