@@ -16,7 +16,7 @@ demo: $(BIN)/ppn
 	$(BIN)/ppn demo
 
 lint: $(BIN)/ppn
-	$(BIN)/ruff check --output-format concise genesis ppn psp tests interop benchmarks
+	$(BIN)/ruff check --output-format concise genesis ppn psp tests interop benchmarks examples
 	$(BIN)/mypy
 
 pytest: $(BIN)/ppn

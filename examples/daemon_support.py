@@ -19,7 +19,7 @@ from typing import Any
 
 import genesis
 from ppn import IdentityKey, WireGuardKeyPair, decode_key, mesh, wire
-from ppn._mesh_ids import node_address6  # not (yet) in the ppn.mesh facade
+from ppn.mesh import node_address6
 from psp import Capability, Query
 
 

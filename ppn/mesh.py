@@ -38,7 +38,8 @@ from ._control import (
 )
 from ._mesh_agent import MeshAgent, PullFrom, PushTo, Reconcile, SaveState
 from ._mesh_bootstrap import PreliminaryMember, sponsor_admissions, with_bootstrap_peers
-from ._mesh_ids import mesh_id, node_id, short_id
+from ._mesh_ids import control_network, mesh_id, node_address6, node_id, short_id
+from ._mesh_removal import RefusalKind, RemovalPlan, RemovalRefused, plan_removal, sign_removal
 from ._names import Resolution, hosts_fragment, replace_hosts_block, resolve
 from ._roster import MergeResult, Rejection, Roster
 from ._roster_records import (
@@ -69,6 +70,13 @@ from ._topology import (
 from ._trio_mesh import MeshNode, WireGuardPort, pull_once, push_once, serve_connection
 
 __all__ = [
+    "RemovalRefused",
+    "RemovalPlan",
+    "RefusalKind",
+    "sign_removal",
+    "plan_removal",
+    "node_address6",
+    "control_network",
     "CONTROL_PORT",
     "DEFAULT_CIDR",
     "HANDSHAKE_FRESH",
