@@ -66,6 +66,8 @@ def _clear_caches() -> None:
     _wg_model._network_cache.clear()
     _wg_model._address_cache.clear()
     _wg_model._endpoint_cache.clear()
+    _wg_model._network_text.clear()
+    _wg_model._public_keys.clear()
     _wg_uapi._signatures.clear()
     _wg_plan._last_checked.clear()
 
@@ -139,7 +141,7 @@ def main() -> None:
                     now=time.time(),
                     previous=None if record is None else record.endpoints,
                 )
-                save_record(ifname, cfg.peers)
+                save_record(ifname, cfg.peers, unless_equal=record)
                 ops_done["lib"] = len(report.plan)
 
             return run

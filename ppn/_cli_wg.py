@@ -136,21 +136,21 @@ def _resolve(config: Any) -> Any:
     from ._cli import CommandError
     from ._wg_model import Endpoint
 
-    peers = []
-    for peer in config.peers:
+    peers = list(config.peers)
+    for index, peer in enumerate(peers):
         ep = peer.endpoint
-        if ep is not None and not ep.is_literal:
-            try:
-                infos = socket.getaddrinfo(ep.host, ep.port, type=socket.SOCK_DGRAM)
-            except OSError:
-                raise CommandError(
-                    f"endpoint host {ep.host} does not resolve", EXIT_RESOLVE
-                ) from None
-            infos.sort(key=lambda i: i[0] != socket.AF_INET)  # IPv4 first, like wg
-            peer = dataclasses.replace(
-                peer, endpoint=Endpoint(host=str(infos[0][4][0]), port=ep.port)
-            )
-        peers.append(peer)
+        if ep is None or ep.is_literal:  # the common case: nothing to copy
+            continue
+        try:
+            infos = socket.getaddrinfo(ep.host, ep.port, type=socket.SOCK_DGRAM)
+        except OSError:
+            raise CommandError(f"endpoint host {ep.host} does not resolve", EXIT_RESOLVE) from None
+        infos.sort(key=lambda i: i[0] != socket.AF_INET)  # IPv4 first, like wg
+        peers[index] = dataclasses.replace(
+            peer, endpoint=Endpoint(host=str(infos[0][4][0]), port=ep.port)
+        )
+    if all(new is old for new, old in zip(peers, config.peers, strict=True)):
+        return config
     return dataclasses.replace(config, peers=tuple(peers))
 
 
@@ -237,7 +237,7 @@ def _sync(args: argparse.Namespace) -> int:
         )
     if not args.dry_run:
         try:
-            save_record(args.iface, desired.peers)
+            save_record(args.iface, desired.peers, unless_equal=record)
         except OSError as exc:
             print(f"ppn: warning: cannot record the sync: {exc.strerror}", file=sys.stderr)
     ops = report.plan.operations

@@ -18,7 +18,7 @@ from ._wg_model import (
     InterfaceConfig,
     VerifyError,
 )
-from ._wg_plan import Operation, Ownership, Plan, describe, plan
+from ._wg_plan import Operation, Ownership, Plan, check_applied, describe, plan
 
 __all__ = ["Backend", "SyncReport", "reconcile"]
 
@@ -65,8 +65,8 @@ def reconcile(
 ) -> SyncReport:
     """Read the device, plan, apply (unless ``dry_run`` or nothing to do) and read back.
 
-    Read-back must plan to zero operations (with ``previous`` set to what was just applied, so
-    the endpoints we wrote count as the desired ones); otherwise :class:`VerifyError`.
+    Read-back (:func:`check_applied`) compares the device's whole peer set and, field by field,
+    the interface and every peer that was written; a difference is :class:`VerifyError`.
     ``progress`` is told, in a few words, about each step that may take a while.
     """
     say = progress or (lambda _text: None)
@@ -86,17 +86,11 @@ def reconcile(
     backend.apply(the_plan.operations)
     say(f"reading {current.name} back")
     after = backend.read()
-    applied_endpoints = {p.public_key: p.endpoint for p in desired.peers}
-    remaining = plan(
-        desired,
-        after,
-        now=now,
-        owned=owned,
-        previous=applied_endpoints,
-        stale_after=stale_after,
+    remaining = check_applied(
+        desired, after, the_plan, now=now, owned=owned, stale_after=stale_after
     )
     if remaining:
-        first = describe(remaining.operations[0])
+        first = describe(remaining[0])
         raise VerifyError(
             f"read-back of {current.name} differs from the desired state in "
             f"{len(remaining)} place(s), first: {first}"

@@ -9,6 +9,7 @@ naming the line. Emitting is canonical, so ``parse(emit(c)) == c`` for every con
 
 from __future__ import annotations
 
+import binascii
 from dataclasses import dataclass, field
 
 from ._keys import KeyFormatError, decode_key, encode_key
@@ -28,7 +29,7 @@ __all__ = ["emit_config", "parse_config"]
 _HOOKS = {"preup": "pre_up", "postup": "post_up", "predown": "pre_down", "postdown": "post_down"}
 
 
-@dataclass
+@dataclass(slots=True)
 class _PeerDraft:
     line: int
     public_key: bytes | None = None
@@ -51,8 +52,21 @@ class _InterfaceDraft:
     save_config: bool | None = None
 
 
+# The base64 characters that can end a canonical 32-byte key: the last character carries four
+# bits of the key and two padding bits that must be zero, so re-encoding gives the same text
+# (what decode_key checks the slow way).
+_LAST_KEY_CHAR = frozenset("AEIMQUYcgkosw048")
+
+
 def _key(value: str, what: str, line: int) -> bytes:
-    try:
+    if len(value) == 44 and value[43] == "=" and value[42] in _LAST_KEY_CHAR:
+        try:
+            raw = binascii.a2b_base64(value, strict_mode=True)
+        except binascii.Error:
+            raw = b""
+        if len(raw) == 32:
+            return raw
+    try:  # not a canonical key: the shared decoder says exactly what is wrong
         return decode_key(value)
     except KeyFormatError as exc:
         raise ConfigError(f"{what}: {exc}", line) from None
@@ -82,22 +96,24 @@ def parse_config(text: str) -> InterfaceConfig:
 def _parse(text: str) -> InterfaceConfig:
     iface = _InterfaceDraft()
     peers: list[_PeerDraft] = []
+    peer: _PeerDraft | None = None
     section: str | None = None
     seen_interface = False
     for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
+        line = raw.split("#", 1)[0].strip() if "#" in raw else raw.strip()
         if not line:
             continue
-        if line.startswith("["):
+        if line[0] == "[":
             name = line.lower()
-            if name == "[interface]":
+            if name == "[peer]":
+                section = "peer"
+                peer = _PeerDraft(line=number)
+                peers.append(peer)
+            elif name == "[interface]":
                 if seen_interface:
                     raise ConfigError("a second [Interface] section", number)
                 seen_interface = True
                 section = "interface"
-            elif name == "[peer]":
-                section = "peer"
-                peers.append(_PeerDraft(line=number))
             else:
                 raise ConfigError(f"unknown section {line!r} (want [Interface] or [Peer])", number)
             continue
@@ -106,13 +122,24 @@ def _parse(text: str) -> InterfaceConfig:
             raise ConfigError(f"expected 'Key = Value', got {line!r}", number)
         key = key.strip().lower()
         value = value.strip()
-        if section is None:
-            raise ConfigError(f"{key!r} before any [Interface] or [Peer] section", number)
         try:
-            if section == "interface":
+            # The three keys of nearly every peer line, inline; everything else below.
+            if section == "peer":
+                assert peer is not None
+                if key == "publickey":
+                    peer.public_key = _key(value, "PublicKey", number)
+                elif key == "allowedips":
+                    peer.allowed_ips.extend(
+                        parse_network(item) for item in value.split(",") if item.strip()
+                    )
+                elif key == "endpoint":
+                    peer.endpoint = Endpoint.parse(value)
+                else:
+                    _peer_line(peer, key, value, number)
+            elif section == "interface":
                 _interface_line(iface, key, value, number)
             else:
-                _peer_line(peers[-1], key, value, number)
+                raise ConfigError(f"{key!r} before any [Interface] or [Peer] section", number)
         except ConfigError:
             raise
         except ValueError as exc:
@@ -178,7 +205,14 @@ def _build(iface: _InterfaceDraft, drafts: list[_PeerDraft]) -> InterfaceConfig:
             )
         first_line[draft.public_key] = draft.line
         # Duplicates inside one peer are harmless to WireGuard; drop them, keep the order.
-        allowed = tuple(dict.fromkeys(draft.allowed_ips))
+        nets = draft.allowed_ips
+        if len(nets) == 2:
+            distinct = nets[0] != nets[1]
+        else:
+            distinct = len(nets) < 2 or len(set(nets)) == len(nets)
+        allowed = tuple(nets) if distinct else ()
+        if len(allowed) != len(nets):
+            allowed = tuple(dict.fromkeys(nets))
         peers.append(
             PeerConfig(
                 public_key=draft.public_key,

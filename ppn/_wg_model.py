@@ -18,8 +18,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Union
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from ._errors import LocalProtocolError, PPNError, RemoteProtocolError
 from ._keys import KEY_SIZE, KeyFormatError, encode_key
 
@@ -40,6 +38,7 @@ __all__ = [
     "canonical_address",
     "gc_paused",
     "key_fingerprint",
+    "network_text",
     "parse_network",
     "public_key_of",
     "short_key",
@@ -103,7 +102,19 @@ def public_key_of(private_key: bytes) -> bytes:
     """The X25519 public key of a 32-byte private key (clamped as every WireGuard does)."""
     if len(private_key) != KEY_SIZE:
         raise KeyFormatError(f"a private key is {KEY_SIZE} bytes")
-    return X25519PrivateKey.from_private_bytes(private_key).public_key().public_bytes_raw()
+    found = _public_keys.get(private_key)
+    if found is not None:
+        return found
+    # Imported here: loading the X25519 binding costs more than a whole small sync.
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    public = X25519PrivateKey.from_private_bytes(private_key).public_key().public_bytes_raw()
+    _public_keys.clear()  # one entry: a process manages one or two interfaces at a time
+    _public_keys[private_key] = public
+    return public
+
+
+_public_keys: dict[bytes, bytes] = {}
 
 
 def key_fingerprint(key: bytes) -> bytes:
@@ -124,28 +135,44 @@ _CACHE_LIMIT = 1 << 17
 _network_cache: dict[str, IPNetwork] = {}
 _address_cache: dict[str, str] = {}
 _endpoint_cache: dict[str, Endpoint] = {}
+# The canonical text of each cached prefix, by identity (the entry keeps the object alive, so
+# the id cannot be reused while it is here).
+_network_text: dict[int, tuple[IPNetwork, str]] = {}
+
+
+_V4 = re.compile(
+    r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})"
+)
 
 
 def _v4_int(text: str) -> int:
-    parts = text.split(".")
-    if len(parts) != 4:
+    # Leading zeros are refused (an ambiguous, octal-looking spelling, as ipaddress refuses it).
+    match = _V4.fullmatch(text)
+    if match is None:
         raise ValueError(text)
-    value = 0
-    for part in parts:
-        if not (0 < len(part) <= 3 and part.isdigit() and part.isascii()):
-            raise ValueError(text)
-        if len(part) > 1 and part[0] == "0":
-            raise ValueError(text)  # ambiguous (octal?) spelling, as ipaddress refuses it
-        octet = int(part)
-        if octet > 255:
-            raise ValueError(text)
-        value = value << 8 | octet
-    return value
+    a, b, c, d = map(int, match.groups())
+    if a > 255 or b > 255 or c > 255 or d > 255:
+        raise ValueError(text)
+    return a << 24 | b << 16 | c << 8 | d
 
 
 def _v6_int(text: str) -> int:
+    return _v6(text)[0]
+
+
+def _zero_run(groups: list[str]) -> int:
+    longest = run = 0
+    for group in groups:
+        run = run + 1 if group == "0" else 0
+        longest = max(longest, run)
+    return longest
+
+
+def _v6(text: str) -> tuple[int, bool]:
+    """The value of an IPv6 literal, and whether ``text`` is already its canonical (RFC 5952,
+    as ``str(IPv6Address)``) spelling, which spares formatting it again."""
     if "." in text or "%" in text:
-        return int(ipaddress.IPv6Address(text))  # embedded IPv4 or zone: the slow, exact path
+        return int(ipaddress.IPv6Address(text)), False  # embedded IPv4 or zone: slow and exact
     head, sep, tail = text.partition("::")
     if "::" in tail:
         raise ValueError(text)
@@ -160,19 +187,38 @@ def _v6_int(text: str) -> int:
     else:
         missing = 0
     value = 0
+    canonical = True
     for group in head_groups:
         if not _HEX_GROUP.match(group):
             raise ValueError(text)
         value = value << 16 | int(group, 16)
+        canonical = canonical and (group[0] != "0" or group == "0")
     value <<= 16 * missing
     for group in tail_groups:
         if not _HEX_GROUP.match(group):
             raise ValueError(text)
         value = value << 16 | int(group, 16)
-    return value
+        canonical = canonical and (group[0] != "0" or group == "0")
+    if canonical:
+        canonical = not any(c in "ABCDEF" for c in text)
+    if canonical:
+        # "::" must stand for the longest run of two or more zero groups (the leftmost of
+        # equals), and no zero group may touch it.
+        head_run, tail_run = _zero_run(head_groups), _zero_run(tail_groups)
+        if sep:
+            canonical = (
+                missing >= 2
+                and head_run < missing
+                and tail_run <= missing
+                and not (head_groups and head_groups[-1] == "0")
+                and not (tail_groups and tail_groups[0] == "0")
+            )
+        else:
+            canonical = head_run < 2
+    return value, canonical
 
 
-def _parse_network(text: str) -> IPNetwork:
+def _parse_network(text: str) -> tuple[IPNetwork, str]:
     address, slash, length_text = text.partition("/")
     v6 = ":" in address
     bits = 128 if v6 else 32
@@ -184,11 +230,20 @@ def _parse_network(text: str) -> IPNetwork:
             raise ValueError(text)
     else:
         length = bits
-    value = _v6_int(address) if v6 else _v4_int(address)
-    value &= ((1 << bits) - 1) ^ ((1 << (bits - length)) - 1)
     if v6:
-        return ipaddress.IPv6Network((value, length))
-    return ipaddress.IPv4Network((value, length))
+        value, canonical_address = _v6(address)
+    else:
+        value, canonical_address = _v4_int(address), True
+    masked = value & (((1 << bits) - 1) ^ ((1 << (bits - length)) - 1))
+    network: IPNetwork
+    if v6:
+        network = ipaddress.IPv6Network((masked, length))
+    else:
+        network = ipaddress.IPv4Network((masked, length))
+    # The common spelling is already canonical; formatting it again costs microseconds.
+    if canonical_address and masked == value and slash and length_text == str(length):
+        return network, text
+    return network, str(network)
 
 
 def parse_network(text: str) -> IPNetwork:
@@ -198,13 +253,24 @@ def parse_network(text: str) -> IPNetwork:
         return found
     stripped = text.strip()
     try:
-        network = _parse_network(stripped)
+        network, canonical = _parse_network(stripped)
     except ValueError:
         raise ValueError(f"{stripped!r} is not an IP prefix") from None
     if len(_network_cache) >= _CACHE_LIMIT:
         _network_cache.clear()
+        _network_text.clear()
     _network_cache[text] = network
+    _network_text[id(network)] = (network, canonical)
     return network
+
+
+def network_text(network: IPNetwork) -> str:
+    """``str(network)``, remembered for prefixes that came from :func:`parse_network` (the
+    IPv6 spelling costs several microseconds, and a sync prints every prefix once or twice)."""
+    entry = _network_text.get(id(network))
+    if entry is not None and entry[0] is network:
+        return entry[1]
+    return str(network)
 
 
 def canonical_address(text: str) -> str:
@@ -214,7 +280,8 @@ def canonical_address(text: str) -> str:
         return found
     address, pct, zone = text.partition("%")
     if ":" in address:
-        canonical = str(ipaddress.IPv6Address(_v6_int(address))) + pct + zone
+        value, already = _v6(address)
+        canonical = (address if already else str(ipaddress.IPv6Address(value))) + pct + zone
     else:
         if pct:
             raise ValueError(text)

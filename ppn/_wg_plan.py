@@ -44,6 +44,7 @@ __all__ = [
     "RemovePeer",
     "SetInterface",
     "UpdatePeer",
+    "check_applied",
     "check_prefixes",
     "describe",
     "operation_to_json",
@@ -206,6 +207,54 @@ def plan(
         if kept_endpoint:
             kept.append(key)
     return Plan(operations=tuple(ops), foreign_peers=tuple(foreign), kept_endpoints=tuple(kept))
+
+
+def check_applied(
+    desired: InterfaceConfig,
+    after: DeviceState,
+    applied: Plan,
+    *,
+    now: float,
+    owned: Ownership = None,
+    stale_after: float = DEFAULT_STALE_AFTER,
+) -> tuple[Operation, ...]:
+    """Verify a read-back after ``applied`` was written: the operations still missing (empty =
+    verified). The rule (RFC-NOTES §6.4):
+
+    * the device's peer *set* is compared in full: every desired peer is present and no owned
+      peer outside the desired state is left;
+    * every peer the plan wrote (added or updated) and the interface are compared field by
+      field, with the endpoints just written counting as the desired ones;
+    * a peer the plan did not write is not compared again: it matched on the read just
+      before the apply and nothing sent touches it (update-only operations, never
+      ``replace_peers``). Re-comparing it would cost a full decode for no information.
+    """
+    is_owned = _owner_predicate(owned)
+    wanted = desired.peer_map()
+    peers = after.peers
+    missing: list[Operation] = []
+    iface = _interface_op(desired, after)
+    if iface is not None:
+        missing.append(iface)
+    missing.extend(
+        RemovePeer(public_key=key) for key in peers if key not in wanted and is_owned(key)
+    )
+    written = {
+        op.peer.public_key if isinstance(op, AddPeer) else op.public_key
+        for op in applied.operations
+        if isinstance(op, (AddPeer, UpdatePeer))
+    }
+    unchanged: Callable[[PeerConfig], bool] | None = getattr(peers, "unchanged", None)
+    for key, peer in wanted.items():
+        if key not in peers:
+            missing.append(AddPeer(peer=peer))
+        elif key in written and not (unchanged is not None and unchanged(peer)):
+            # The endpoint just applied counts as the desired one (a live peer that roamed
+            # between the write and the read-back is not a failure), as on the next pass.
+            op, _kept = _peer_update(peer, peers[key], now, {key: peer.endpoint}, stale_after)
+            if op is not None:
+                missing.append(op)
+    return tuple(missing)
 
 
 def _interface_op(desired: InterfaceConfig, current: DeviceState) -> SetInterface | None:

@@ -25,6 +25,7 @@ from ._wg_model import (
     UAPIProtocolError,
     gc_paused,
     key_fingerprint,
+    network_text,
     parse_network,
     public_key_of,
 )
@@ -41,6 +42,8 @@ __all__ = [
 
 GET_REQUEST = b"get=1\n\n"
 _ZERO_HEX = "0" * 64
+_ZERO_KEY = bytes(32)
+_NO_PSK_LINE = f"\npreshared_key={_ZERO_HEX}\n"
 
 
 def _hex_key(value: str, what: str) -> bytes:
@@ -103,8 +106,10 @@ def _number(value: str, what: str) -> int:
 _PSK_LINE = re.compile(r"\npreshared_key=(?!0{64}\n)([^\n]*)")
 # The lines of a peer that change on their own (or that the roam rule judges separately).
 # Patterns start with the newline rather than "^" under re.M: several times faster.
+# One match per run of such lines (wireguard-go prints them together) keeps the substitution
+# count, and so its cost, low.
 _VOLATILE_LINE = re.compile(
-    r"\n(?:protocol_version|endpoint|last_handshake_time_n?sec|[tr]x_bytes)=[^\n]*"
+    r"(?:\n(?:protocol_version|endpoint|last_handshake_time_n?sec|[tr]x_bytes)=[^\n]*)+"
 )
 
 
@@ -127,14 +132,13 @@ def peer_signature(peer: PeerConfig) -> str:
     entry = _signatures.get(id(peer))
     if entry is not None and entry[0] is peer:
         return entry[1]
-    tag = peer.preshared_fingerprint
-    lines = [
-        peer.public_key.hex(),
-        f"preshared_key={_ZERO_HEX if tag is None else tag.hex()}",
-        f"persistent_keepalive_interval={peer.persistent_keepalive}",
-    ]
-    lines.extend(f"allowed_ip={n}" for n in peer.allowed_ips)
-    signature = "\n".join(lines) + "\n"
+    psk = peer.preshared_key
+    tag = _ZERO_HEX if psk is None or psk == _ZERO_KEY else key_fingerprint(psk).hex()
+    nets = "".join([f"allowed_ip={network_text(n)}\n" for n in peer.allowed_ips])
+    signature = (
+        f"{peer.public_key.hex()}\npreshared_key={tag}\n"
+        f"persistent_keepalive_interval={peer.persistent_keepalive}\n{nets}"
+    )
     if len(_signatures) >= 1 << 17:
         _signatures.clear()
     _signatures[id(peer)] = (peer, signature)
@@ -292,7 +296,10 @@ def _parse_get(response: bytes, name: str, lazy: bool) -> DeviceState:
     peer_text = "\n" + text[peers_at:errno_at]
     del text
     try:
-        peer_text = _PSK_LINE.sub(_redact_psk, peer_text)
+        # Two fast counts tell whether any peer has a preshared key at all (rarely): only
+        # then does the slower redacting substitution run.
+        if peer_text.count("\npreshared_key=") != peer_text.count(_NO_PSK_LINE):
+            peer_text = _PSK_LINE.sub(_redact_psk, peer_text)
     except ValueError:
         raise UAPIProtocolError("a preshared_key is not hex") from None
     blocks: dict[bytes, str] = {}
@@ -324,7 +331,7 @@ def _endpoint(endpoint: Endpoint) -> str:
 
 def _allowed(out: list[str], nets: Iterable[IPNetwork]) -> None:
     out.append("replace_allowed_ips=true")
-    out.extend(f"allowed_ip={n}" for n in nets)
+    out.extend(f"allowed_ip={network_text(n)}" for n in nets)
 
 
 def encode_set(ops: Iterable[Operation]) -> bytes:
