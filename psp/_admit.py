@@ -28,11 +28,21 @@ class Admitted:
 
 
 def admit(verifier: Verifier, envelope: bytes, query_bytes: bytes, *, now: int) -> Admitted:
-    """Raise :class:`~psp.AuthorizationError` or :class:`~psp.QueryError`, or admit."""
+    """Raise :class:`~psp.AuthorizationError` or :class:`~psp.QueryError`, or admit.
+
+    The query's decode and scope check depend only on the exact query bytes and the chain's link
+    ids (which fix the leaf scope), so a success is remembered under that pair: a holder repeating
+    a query under the same capability pays neither again. Failures are never remembered, and the
+    invocation itself (signature, time, replay) is checked on every request.
+    """
     authorization = verifier.authorize(envelope, query_bytes, now=now)
-    query = decode_query(query_bytes)
-    return Admitted(
-        authorization=authorization,
-        query=query,
-        row_limit=check_permitted(query, authorization.scope),
-    )
+    cache = verifier.permits
+    key = (query_bytes, authorization.chain)
+    permit = cache.get(key)
+    if permit is None:
+        query = decode_query(query_bytes)
+        permit = (query, check_permitted(query, authorization.scope))
+        cache[key] = permit
+        if len(cache) > verifier.cache_size:
+            del cache[next(iter(cache))]  # oldest first: insertion order
+    return Admitted(authorization=authorization, query=permit[0], row_limit=permit[1])

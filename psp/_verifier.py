@@ -16,6 +16,7 @@ import itertools
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ._capability import (
     MAX_CHAIN,
@@ -27,6 +28,9 @@ from ._capability import (
 from ._ed25519 import CONTEXT_INVOCATION, CONTEXT_LINK, verify_in_context
 from ._errors import AuthorizationError, ErrorCode
 from ._scope import Scope
+
+if TYPE_CHECKING:
+    from ._query import Query
 
 __all__ = ["Authorization", "ReplaySet", "Verifier", "CLOCK_SKEW"]
 
@@ -90,6 +94,12 @@ class Verifier:
         # Chains (by link ids) whose structure and every signature already checked out.
         self._chains: OrderedDict[tuple[tuple[bytes, bytes], ...], None] = OrderedDict()
         self._cache_size = cache_size
+        # Query bytes and chain link ids -> (decoded query, row limit): filled by ``admit``.
+        self.permits: dict[tuple[bytes, tuple[bytes, ...]], tuple[Query, int]] = {}
+
+    @property
+    def cache_size(self) -> int:
+        return self._cache_size
 
     def revoke(self, link: bytes) -> None:
         self.revoked.add(link)
