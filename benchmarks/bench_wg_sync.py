@@ -67,6 +67,7 @@ def _clear_caches() -> None:
     _wg_model._address_cache.clear()
     _wg_model._endpoint_cache.clear()
     _wg_model._network_text.clear()
+    _wg_model._prefix_cache.clear()
     _wg_model._public_keys.clear()
     _wg_uapi._signatures.clear()
     _wg_plan._last_checked.clear()

@@ -17,11 +17,10 @@ from ._wg_model import (
     ConfigError,
     Endpoint,
     InterfaceConfig,
-    IPNetwork,
     PeerConfig,
     QuickExtras,
+    canonical_prefix,
     gc_paused,
-    parse_network,
 )
 
 __all__ = ["emit_config", "parse_config"]
@@ -35,7 +34,7 @@ class _PeerDraft:
     public_key: bytes | None = None
     preshared_key: bytes | None = None
     endpoint: Endpoint | None = None
-    allowed_ips: list[IPNetwork] = field(default_factory=list)
+    allowed_ips: list[str] = field(default_factory=list)  # canonical prefix texts
     persistent_keepalive: int = 0
 
 
@@ -130,7 +129,7 @@ def _parse(text: str) -> InterfaceConfig:
                     peer.public_key = _key(value, "PublicKey", number)
                 elif key == "allowedips":
                     peer.allowed_ips.extend(
-                        parse_network(item) for item in value.split(",") if item.strip()
+                        canonical_prefix(item) for item in value.split(",") if item.strip()
                     )
                 elif key == "endpoint":
                     peer.endpoint = Endpoint.parse(value)
@@ -180,8 +179,7 @@ def _peer_line(peer: _PeerDraft, key: str, value: str, line: int) -> None:
     elif key == "presharedkey":
         peer.preshared_key = _key(value, "PresharedKey", line)
     elif key == "allowedips":
-        for item in _list(value):
-            peer.allowed_ips.append(parse_network(item))
+        peer.allowed_ips.extend(canonical_prefix(item) for item in _list(value))
     elif key == "endpoint":
         peer.endpoint = Endpoint.parse(value)
     elif key == "persistentkeepalive":
@@ -205,20 +203,18 @@ def _build(iface: _InterfaceDraft, drafts: list[_PeerDraft]) -> InterfaceConfig:
             )
         first_line[draft.public_key] = draft.line
         # Duplicates inside one peer are harmless to WireGuard; drop them, keep the order.
+        # (Texts are canonical, so equal prefixes are equal strings.)
         nets = draft.allowed_ips
         if len(nets) == 2:
             distinct = nets[0] != nets[1]
         else:
             distinct = len(nets) < 2 or len(set(nets)) == len(nets)
-        allowed = tuple(nets) if distinct else ()
-        if len(allowed) != len(nets):
-            allowed = tuple(dict.fromkeys(nets))
         peers.append(
-            PeerConfig(
+            PeerConfig.from_prefix_texts(
                 public_key=draft.public_key,
                 preshared_key=draft.preshared_key,
                 endpoint=draft.endpoint,
-                allowed_ips=allowed,
+                prefixes=tuple(nets) if distinct else tuple(dict.fromkeys(nets)),
                 persistent_keepalive=draft.persistent_keepalive,
             )
         )
@@ -277,8 +273,8 @@ def emit_config(config: InterfaceConfig, *, redact: bool = False) -> str:
         if peer.preshared_key is not None:
             shown = "(hidden)" if redact else encode_key(peer.preshared_key)
             out.append(f"PresharedKey = {shown}")
-        if peer.allowed_ips:
-            out.append(f"AllowedIPs = {', '.join(str(n) for n in peer.allowed_ips)}")
+        if peer.prefix_texts():
+            out.append(f"AllowedIPs = {', '.join(peer.prefix_texts())}")
         if peer.endpoint is not None:
             out.append(f"Endpoint = {peer.endpoint}")
         if peer.persistent_keepalive:

@@ -32,6 +32,7 @@ from ._wg_model import (
     IPNetwork,
     PeerConfig,
     PeerState,
+    network_text,
     public_key_of,
     short_key,
 )
@@ -130,10 +131,12 @@ def check_prefixes(
 
     WireGuard would silently move the prefix to whichever peer was written last.
     """
-    owner: dict[IPNetwork, bytes] = {}
+    # Keyed by canonical text: equal prefixes have equal texts, and a parsed peer's texts
+    # come without building network objects.
+    owner: dict[str, bytes] = {}
     if not (_last_checked and _last_checked[0] is desired) or foreign:
         for peer in desired.peers:
-            for net in peer.allowed_ips:
+            for net in peer.prefix_texts():
                 other = owner.setdefault(net, peer.public_key)
                 if other != peer.public_key:
                     raise DesiredStateError(
@@ -142,7 +145,7 @@ def check_prefixes(
                     )
         _last_checked[:] = [desired]
     for state in (foreign or {}).values():
-        for net in state.allowed_ips:
+        for net in map(network_text, state.allowed_ips):
             if net in owner:
                 raise DesiredStateError(
                     f"prefix {net} of peer {short_key(owner[net])} belongs to peer "

@@ -106,10 +106,13 @@ def _number(value: str, what: str) -> int:
 _PSK_LINE = re.compile(r"\npreshared_key=(?!0{64}\n)([^\n]*)")
 # The lines of a peer that change on their own (or that the roam rule judges separately).
 # Patterns start with the newline rather than "^" under re.M: several times faster.
-# One match per run of such lines (wireguard-go prints them together) keeps the substitution
-# count, and so its cost, low.
 _VOLATILE_LINE = re.compile(
     r"(?:\n(?:protocol_version|endpoint|last_handshake_time_n?sec|[tr]x_bytes)=[^\n]*)+"
+)
+# The same lines as a run, each with its newline (what wireguard-go prints between a peer's
+# preshared key and its keepalive).
+_VOLATILE_RUN = re.compile(
+    r"(?:(?:protocol_version|endpoint|last_handshake_time_n?sec|[tr]x_bytes)=[^\n]*\n)*"
 )
 
 
@@ -134,7 +137,7 @@ def peer_signature(peer: PeerConfig) -> str:
         return entry[1]
     psk = peer.preshared_key
     tag = _ZERO_HEX if psk is None or psk == _ZERO_KEY else key_fingerprint(psk).hex()
-    nets = "".join([f"allowed_ip={network_text(n)}\n" for n in peer.allowed_ips])
+    nets = "".join([f"allowed_ip={text}\n" for text in peer.prefix_texts()])
     signature = (
         f"{peer.public_key.hex()}\npreshared_key={tag}\n"
         f"persistent_keepalive_interval={peer.persistent_keepalive}\n{nets}"
@@ -208,9 +211,8 @@ class LazyPeers(Mapping[bytes, PeerState]):
     to skip the thousands of peers that did not change. A mismatch only means "look closer".
     """
 
-    def __init__(self, blocks: dict[bytes, str], static: dict[bytes, str]) -> None:
+    def __init__(self, blocks: dict[bytes, str]) -> None:
         self._blocks = blocks
-        self._static = static
         self._decoded: dict[bytes, PeerState] = {}
 
     def __getitem__(self, key: bytes) -> PeerState:
@@ -232,12 +234,29 @@ class LazyPeers(Mapping[bytes, PeerState]):
         return repr(dict(self.items()))
 
     def unchanged(self, peer: PeerConfig) -> bool:
-        static = self._static.get(peer.public_key)
-        if static is None or static != peer_signature(peer):
+        block = self._blocks.get(peer.public_key)
+        if block is None:
+            return False
+        if block[-1:] != "\n":
+            block += "\n"
+        signature = peer_signature(peer)
+        # Fast: the block is the signature's head (key, preshared key), then only volatile
+        # lines, then the signature's tail (keepalive, allowed IPs), as wireguard-go prints
+        # it. Otherwise (another implementation's order, unknown lines): drop the volatile
+        # lines and compare; either way equal text means equal configuration.
+        split = signature.find("\npersistent_keepalive_interval=") + 1
+        head, tail = signature[:split], signature[split:]
+        fast = (
+            split
+            and len(block) >= len(signature)
+            and block.startswith(head)
+            and block.endswith(tail)
+            and _VOLATILE_RUN.fullmatch(block, len(head), len(block) - len(tail))
+        )
+        if not fast and _VOLATILE_LINE.sub("", "\n" + block)[1:] != signature:
             return False
         if peer.endpoint is None:
             return True
-        block = self._blocks[peer.public_key]
         at = block.find("\nendpoint=")
         if at < 0:
             return False
@@ -303,20 +322,14 @@ def _parse_get(response: bytes, name: str, lazy: bool) -> DeviceState:
     except ValueError:
         raise UAPIProtocolError("a preshared_key is not hex") from None
     blocks: dict[bytes, str] = {}
-    static: dict[bytes, str] = {}
-    full_blocks = peer_text.split("\npublic_key=")[1:]
-    static_blocks = _VOLATILE_LINE.sub("", peer_text).split("\npublic_key=")[1:]
-    if len(full_blocks) != len(static_blocks):
-        raise UAPIProtocolError("malformed peer lines")
-    for block, static_block in zip(full_blocks, static_blocks, strict=True):
+    for block in peer_text.split("\npublic_key=")[1:]:
         peer_key = _hex_key(block[:64], "public_key")
         if len(block) > 64 and block[64] != "\n":
             raise UAPIProtocolError("public_key is not 64 hex digits")
         if peer_key in blocks:
             raise UAPIProtocolError("the same peer appears twice")
         blocks[peer_key] = block
-        static[peer_key] = static_block if static_block.endswith("\n") else static_block + "\n"
-    lazy_peers = LazyPeers(blocks, static)
+    lazy_peers = LazyPeers(blocks)
     peers: Mapping[bytes, PeerState] = lazy_peers if lazy else lazy_peers.decode_all()
     return DeviceState(
         name=name, public_key=public_key, listen_port=listen_port, fwmark=fwmark, peers=peers
@@ -329,9 +342,9 @@ def _endpoint(endpoint: Endpoint) -> str:
     return str(endpoint)
 
 
-def _allowed(out: list[str], nets: Iterable[IPNetwork]) -> None:
+def _allowed(out: list[str], texts: Iterable[str]) -> None:
     out.append("replace_allowed_ips=true")
-    out.extend(f"allowed_ip={network_text(n)}" for n in nets)
+    out.extend(f"allowed_ip={text}" for text in texts)
 
 
 def encode_set(ops: Iterable[Operation]) -> bytes:
@@ -357,7 +370,7 @@ def encode_set(ops: Iterable[Operation]) -> bytes:
                 out.append(f"endpoint={_endpoint(p.endpoint)}")
             if p.persistent_keepalive:
                 out.append(f"persistent_keepalive_interval={p.persistent_keepalive}")
-            _allowed(out, p.allowed_ips)
+            _allowed(out, p.prefix_texts())
         else:
             out.append(f"public_key={op.public_key.hex()}")
             out.append("update_only=true")
@@ -368,5 +381,5 @@ def encode_set(ops: Iterable[Operation]) -> bytes:
             if op.persistent_keepalive is not None:
                 out.append(f"persistent_keepalive_interval={op.persistent_keepalive}")
             if op.allowed_ips is not None:
-                _allowed(out, op.allowed_ips)
+                _allowed(out, map(network_text, op.allowed_ips))
     return ("\n".join(out) + "\n\n").encode("ascii")
