@@ -242,7 +242,7 @@ def _sync(args: argparse.Namespace) -> int:
             print(f"ppn: warning: cannot record the sync: {exc.strerror}", file=sys.stderr)
     ops = report.plan.operations
     if args.json:
-        from ._keys import encode_key
+        from ._wg_model import key_text as encode_key
 
         print(
             json.dumps(
@@ -269,11 +269,11 @@ def _sync(args: argparse.Namespace) -> int:
         for op in ops:
             print(f"  {describe(op)}")
     for key in report.plan.kept_endpoints:
-        from ._keys import encode_key
+        from ._wg_model import key_text as encode_key
 
         print(f"  kept roamed endpoint of live peer {encode_key(key)}")
     for key in report.plan.foreign_peers:
-        from ._keys import encode_key
+        from ._wg_model import key_text as encode_key
 
         print(f"  left alone peer {encode_key(key)} (not owned by this node)")
     return 0
@@ -309,8 +309,8 @@ def _show(args: argparse.Namespace) -> int:
         list_userspace_interfaces,
         select_backend,
     )
-    from ._keys import encode_key
     from ._wg_model import DeviceError, UAPIProtocolError
+    from ._wg_model import key_text as encode_key
 
     names = (
         [args.iface]

@@ -18,13 +18,13 @@ import contextlib
 import ipaddress
 import os
 import shutil
-import signal
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import subprocess
 
 from ._io_wg_uapi import DEFAULT_SOCKET_DIR, UAPIBackend, socket_path
 from ._wg_backend import Backend
@@ -250,6 +250,9 @@ class WireGuardGo:
 
         ``detach`` puts it in its own session so it outlives this process (the CLI).
         """
+        import subprocess  # here, not at the top: `ppn wg sync` on a running device needs
+        import tempfile  # neither, and they are a good part of its start-up
+
         argv = [self.executable, "-f", self.interface]
         if self.netns is not None:
             # `ip netns exec` execs the command, so the PID we get is wireguard-go's.
@@ -295,6 +298,9 @@ class WireGuardGo:
 
     def stop(self, *, timeout: float = 5.0) -> None:
         """SIGTERM by PID, SIGKILL after ``timeout``; removes a socket a killed daemon left."""
+        import signal
+        import subprocess
+
         proc = self.process
         if proc is None:
             return

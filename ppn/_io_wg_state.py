@@ -18,7 +18,6 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from ._keys import KeyFormatError, decode_key
 from ._wg_model import Endpoint, PeerConfig
 
 __all__ = ["SyncRecord", "load_record", "save_record", "state_dir"]
@@ -59,6 +58,8 @@ class RecordedEndpoints(Mapping[bytes, "Endpoint | None"]):
         return True
 
     def __iter__(self) -> Iterator[bytes]:
+        from ._keys import KeyFormatError, decode_key
+
         for text in self.raw:
             try:
                 key = decode_key(text)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import binascii
 from dataclasses import dataclass, field
 
-from ._keys import KeyFormatError, decode_key, encode_key
 from ._wg_model import (
     ConfigError,
     Endpoint,
@@ -21,6 +20,7 @@ from ._wg_model import (
     QuickExtras,
     canonical_prefix,
     gc_paused,
+    key_text,
 )
 
 __all__ = ["emit_config", "parse_config"]
@@ -65,6 +65,8 @@ def _key(value: str, what: str, line: int) -> bytes:
             raw = b""
         if len(raw) == 32:
             return raw
+    from ._keys import KeyFormatError, decode_key
+
     try:  # not a canonical key: the shared decoder says exactly what is wrong
         return decode_key(value)
     except KeyFormatError as exc:
@@ -243,7 +245,7 @@ def emit_config(config: InterfaceConfig, *, redact: bool = False) -> str:
     (such text is for display and does not parse back)."""
     out = ["[Interface]"]
     if config.private_key is not None:
-        out.append(f"PrivateKey = {'(hidden)' if redact else encode_key(config.private_key)}")
+        out.append(f"PrivateKey = {'(hidden)' if redact else key_text(config.private_key)}")
     if config.listen_port is not None:
         out.append(f"ListenPort = {config.listen_port}")
     if config.fwmark is not None:
@@ -269,9 +271,9 @@ def emit_config(config: InterfaceConfig, *, redact: bool = False) -> str:
     for peer in config.peers:
         out.append("")
         out.append("[Peer]")
-        out.append(f"PublicKey = {encode_key(peer.public_key)}")
+        out.append(f"PublicKey = {key_text(peer.public_key)}")
         if peer.preshared_key is not None:
-            shown = "(hidden)" if redact else encode_key(peer.preshared_key)
+            shown = "(hidden)" if redact else key_text(peer.preshared_key)
             out.append(f"PresharedKey = {shown}")
         if peer.prefix_texts():
             out.append(f"AllowedIPs = {', '.join(peer.prefix_texts())}")

@@ -9,6 +9,7 @@ key, enough to tell whether it must change.
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import gc
 import hashlib
@@ -19,7 +20,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Union
 
 from ._errors import LocalProtocolError, PPNError, RemoteProtocolError
-from ._keys import KEY_SIZE, KeyFormatError, encode_key
+
+if TYPE_CHECKING:
+    from ._keys import KeyFormatError
 
 __all__ = [
     "DEFAULT_STALE_AFTER",
@@ -39,6 +42,7 @@ __all__ = [
     "canonical_prefix",
     "gc_paused",
     "key_fingerprint",
+    "key_text",
     "network_text",
     "parse_network",
     "public_key_of",
@@ -53,7 +57,21 @@ IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]  # noqa: UP007 (
 # not working.
 DEFAULT_STALE_AFTER = 180.0
 
+KEY_SIZE = 32  # as ppn._keys.KEY_SIZE
 ZERO_KEY = bytes(KEY_SIZE)
+
+
+def key_text(raw: bytes) -> str:
+    """Base64 of a 32-byte key as ``wg`` prints it: what :func:`ppn._keys.encode_key` returns,
+    without loading ``ppn._keys`` (which loads the Ed25519 and X25519 bindings, a large part
+    of a small ``ppn wg sync``'s start-up)."""
+    return binascii.b2a_base64(raw, newline=False).decode("ascii")
+
+
+def _key_error(message: str) -> KeyFormatError:
+    from ._keys import KeyFormatError  # only on the error path
+
+    return KeyFormatError(message)
 
 
 class ConfigError(PPNError, ValueError):
@@ -102,7 +120,7 @@ def gc_paused() -> Iterator[None]:
 def public_key_of(private_key: bytes) -> bytes:
     """The X25519 public key of a 32-byte private key (clamped as every WireGuard does)."""
     if len(private_key) != KEY_SIZE:
-        raise KeyFormatError(f"a private key is {KEY_SIZE} bytes")
+        raise _key_error(f"a private key is {KEY_SIZE} bytes")
     found = _public_keys.get(private_key)
     if found is not None:
         return found
@@ -125,7 +143,7 @@ def key_fingerprint(key: bytes) -> bytes:
 
 def short_key(public_key: bytes) -> str:
     """The first 8 base64 characters of a key, for messages."""
-    return encode_key(public_key)[:8] + "…"
+    return key_text(public_key)[:8] + "…"
 
 
 _HEX_GROUP = re.compile(r"[0-9a-fA-F]{1,4}\Z")
@@ -392,9 +410,9 @@ class PeerConfig:
 
     def __post_init__(self) -> None:
         if len(self.public_key) != KEY_SIZE:
-            raise KeyFormatError("a public key is 32 bytes")
+            raise _key_error("a public key is 32 bytes")
         if self.preshared_key is not None and len(self.preshared_key) != KEY_SIZE:
-            raise KeyFormatError("a preshared key is 32 bytes")
+            raise _key_error("a preshared key is 32 bytes")
         if not 0 <= self.persistent_keepalive <= 65535:
             raise ValueError("persistent keepalive is 0..65535 seconds")
 
@@ -415,7 +433,7 @@ class PeerConfig:
         if len(public_key) != KEY_SIZE or not 0 <= persistent_keepalive <= 65535:
             raise ValueError("a public key is 32 bytes, a keepalive 0..65535 seconds")
         if preshared_key is not None and len(preshared_key) != KEY_SIZE:
-            raise KeyFormatError("a preshared key is 32 bytes")
+            raise _key_error("a preshared key is 32 bytes")
         peer = object.__new__(cls)
         put = object.__setattr__
         put(peer, "public_key", public_key)
@@ -446,7 +464,7 @@ class PeerConfig:
 
     @property
     def public_key_b64(self) -> str:
-        return encode_key(self.public_key)
+        return key_text(self.public_key)
 
     @property
     def preshared_fingerprint(self) -> bytes | None:
@@ -486,7 +504,7 @@ class InterfaceConfig:
 
     def __post_init__(self) -> None:
         if self.private_key is not None and len(self.private_key) != KEY_SIZE:
-            raise KeyFormatError("a private key is 32 bytes")
+            raise _key_error("a private key is 32 bytes")
         if self.listen_port is not None and not 0 <= self.listen_port <= 65535:
             raise ValueError("listen port is 0..65535")
         if self.fwmark is not None and not 0 <= self.fwmark <= 0xFFFFFFFF:
@@ -516,7 +534,7 @@ class PeerState:
 
     @property
     def public_key_b64(self) -> str:
-        return encode_key(self.public_key)
+        return key_text(self.public_key)
 
     def handshake_age(self, now: float) -> float | None:
         return None if self.last_handshake is None else max(0.0, now - self.last_handshake)
@@ -538,4 +556,4 @@ class DeviceState:
 
     @property
     def public_key_b64(self) -> str | None:
-        return None if self.public_key is None else encode_key(self.public_key)
+        return None if self.public_key is None else key_text(self.public_key)

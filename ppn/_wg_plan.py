@@ -22,7 +22,6 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from ._keys import encode_key
 from ._wg_model import (
     DEFAULT_STALE_AFTER,
     DesiredStateError,
@@ -32,6 +31,7 @@ from ._wg_model import (
     IPNetwork,
     PeerConfig,
     PeerState,
+    key_text,
     network_text,
     public_key_of,
     short_key,
@@ -316,7 +316,7 @@ def describe(op: Operation) -> str:
     if isinstance(op, SetInterface):
         parts = []
         if op.private_key is not None:
-            parts.append(f"private key (public {encode_key(public_key_of(op.private_key))})")
+            parts.append(f"private key (public {key_text(public_key_of(op.private_key))})")
         if op.listen_port is not None:
             parts.append(f"listen port {op.listen_port}")
         if op.fwmark is not None:
@@ -324,7 +324,7 @@ def describe(op: Operation) -> str:
         return "set interface " + ", ".join(parts)
     if isinstance(op, AddPeer):
         p = op.peer
-        text = f"add peer {encode_key(p.public_key)} allowed-ips {_nets(p.allowed_ips)}"
+        text = f"add peer {key_text(p.public_key)} allowed-ips {_nets(p.allowed_ips)}"
         if p.endpoint is not None:
             text += f" endpoint {p.endpoint}"
         if p.preshared_key is not None:
@@ -342,8 +342,8 @@ def describe(op: Operation) -> str:
             parts.append("preshared-key " + ("(removed)" if not any(op.preshared_key) else "(set)"))
         if op.persistent_keepalive is not None:
             parts.append(f"keepalive {op.persistent_keepalive or 'off'}")
-        return f"update peer {encode_key(op.public_key)} " + ", ".join(parts)
-    return f"remove peer {encode_key(op.public_key)}"
+        return f"update peer {key_text(op.public_key)} " + ", ".join(parts)
+    return f"remove peer {key_text(op.public_key)}"
 
 
 def _nets(nets: tuple[IPNetwork, ...]) -> str:
@@ -355,7 +355,7 @@ def operation_to_json(op: Operation) -> dict[str, Any]:
     if isinstance(op, SetInterface):
         out: dict[str, Any] = {"op": "set_interface"}
         if op.private_key is not None:
-            out["public_key"] = encode_key(public_key_of(op.private_key))
+            out["public_key"] = key_text(public_key_of(op.private_key))
         if op.listen_port is not None:
             out["listen_port"] = op.listen_port
         if op.fwmark is not None:
@@ -365,14 +365,14 @@ def operation_to_json(op: Operation) -> dict[str, Any]:
         p = op.peer
         return {
             "op": "add_peer",
-            "public_key": encode_key(p.public_key),
+            "public_key": key_text(p.public_key),
             "endpoint": None if p.endpoint is None else str(p.endpoint),
             "allowed_ips": [str(n) for n in p.allowed_ips],
             "preshared_key": "set" if p.preshared_key is not None else None,
             "persistent_keepalive": p.persistent_keepalive,
         }
     if isinstance(op, UpdatePeer):
-        out = {"op": "update_peer", "public_key": encode_key(op.public_key)}
+        out = {"op": "update_peer", "public_key": key_text(op.public_key)}
         if op.endpoint is not None:
             out["endpoint"] = str(op.endpoint)
         if op.allowed_ips is not None:
@@ -382,4 +382,4 @@ def operation_to_json(op: Operation) -> dict[str, Any]:
         if op.persistent_keepalive is not None:
             out["persistent_keepalive"] = op.persistent_keepalive
         return out
-    return {"op": "remove_peer", "public_key": encode_key(op.public_key)}
+    return {"op": "remove_peer", "public_key": key_text(op.public_key)}
