@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ppn import IdentityKey, KeyFormatError, WireGuardKeyPair, decode_key, encode_key
+from ppn._io_files import atomic_write
 
 from ._bundle import MemberRecord, parse_endpoint
 from ._errors import GenesisError
@@ -93,29 +93,6 @@ def new_node(name: str, endpoints: tuple[str, ...] = ()) -> NodeState:
         wg=WireGuardKeyPair.generate(),
         endpoints=endpoints,
     )
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old file or the new one, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def member_to_json(member: MemberRecord, *, sponsor: bytes | None = None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import wire
+from ._io_files import atomic_write
 from ._mesh_bootstrap import PreliminaryMember
 from ._mesh_ids import mesh_id
 from ._roster import Roster
@@ -86,27 +87,6 @@ def running_agent_pid(directory: Path) -> int | None:
         return None
     # A recycled PID belongs to some other program: only a ppn process counts.
     return pid if b"ppn" in cmdline and b"up" in cmdline else None
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @dataclass(frozen=True, kw_only=True)
