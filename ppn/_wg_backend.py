@@ -17,6 +17,7 @@ from ._wg_model import (
     Endpoint,
     InterfaceConfig,
     VerifyError,
+    gc_paused,
 )
 from ._wg_plan import Operation, Ownership, Plan, check_applied, describe, plan
 
@@ -69,6 +70,32 @@ def reconcile(
     the interface and every peer that was written; a difference is :class:`VerifyError`.
     ``progress`` is told, in a few words, about each step that may take a while.
     """
+    # A pass allocates tens of thousands of small acyclic objects (peer states, operations,
+    # texts); the cyclic collector's passes over a large heap would cost as much as the work.
+    with gc_paused():
+        return _reconcile(
+            backend,
+            desired,
+            now=now,
+            owned=owned,
+            previous=previous,
+            stale_after=stale_after,
+            dry_run=dry_run,
+            progress=progress,
+        )
+
+
+def _reconcile(
+    backend: Backend,
+    desired: InterfaceConfig,
+    *,
+    now: float,
+    owned: Ownership,
+    previous: Mapping[bytes, Endpoint | None] | None,
+    stale_after: float,
+    dry_run: bool,
+    progress: Callable[[str], None] | None,
+) -> SyncReport:
     say = progress or (lambda _text: None)
     current = backend.read()
     the_plan = plan(

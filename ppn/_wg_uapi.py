@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from typing import NamedTuple
 
 from ._errors import LocalProtocolError
 from ._wg_model import (
@@ -112,7 +113,7 @@ _VOLATILE_LINE = re.compile(
 # The same lines as a run, each with its newline (what wireguard-go prints between a peer's
 # preshared key and its keepalive).
 _VOLATILE_RUN = re.compile(
-    r"(?:(?:protocol_version|endpoint|last_handshake_time_n?sec|[tr]x_bytes)=[^\n]*\n)*"
+    r"(?:(?:protocol_version|endpoint|last_handshake_time_n?sec|[tr]x_bytes)=[^\n]*+\n)*+"
 )
 
 
@@ -123,29 +124,40 @@ def _redact_psk(match: re.Match[str]) -> str:
     return f"\npreshared_key={tag}"
 
 
+class _Signature(NamedTuple):
+    text: str  # what peer_signature returns
+    head: str  # its public key and preshared key lines
+    tail: str  # its keepalive and allowed IP lines, without the final newline
+    endpoint: str | None  # the endpoint as a device prints it
+
+
 # Signatures by the identity of the (frozen) PeerConfig: hashing a config would hash all its
 # prefixes, which costs more than building the signature. The entry keeps the object alive so
 # its id cannot be reused while cached.
-_signatures: dict[int, tuple[PeerConfig, str]] = {}
+_signatures: dict[int, tuple[PeerConfig, _Signature]] = {}
 
 
-def peer_signature(peer: PeerConfig) -> str:
-    """The configuration lines a UAPI device prints for ``peer`` (after ``public_key=``,
-    volatile lines and endpoint left out, preshared key as fingerprint), in set order."""
+def _signature(peer: PeerConfig) -> _Signature:
     entry = _signatures.get(id(peer))
     if entry is not None and entry[0] is peer:
         return entry[1]
     psk = peer.preshared_key
     tag = _ZERO_HEX if psk is None or psk == _ZERO_KEY else key_fingerprint(psk).hex()
     nets = "".join([f"allowed_ip={text}\n" for text in peer.prefix_texts()])
-    signature = (
-        f"{peer.public_key.hex()}\npreshared_key={tag}\n"
-        f"persistent_keepalive_interval={peer.persistent_keepalive}\n{nets}"
-    )
+    head = f"{peer.public_key.hex()}\npreshared_key={tag}\n"
+    tail = f"persistent_keepalive_interval={peer.persistent_keepalive}\n{nets}"
+    endpoint = None if peer.endpoint is None else str(peer.endpoint)
+    signature = _Signature(head + tail, head, tail[:-1], endpoint)
     if len(_signatures) >= 1 << 17:
         _signatures.clear()
     _signatures[id(peer)] = (peer, signature)
     return signature
+
+
+def peer_signature(peer: PeerConfig) -> str:
+    """The configuration lines a UAPI device prints for ``peer`` (after ``public_key=``,
+    volatile lines and endpoint left out, preshared key as fingerprint), in set order."""
+    return _signature(peer).text
 
 
 def _parse_block(block: str) -> PeerState:
@@ -237,31 +249,30 @@ class LazyPeers(Mapping[bytes, PeerState]):
         block = self._blocks.get(peer.public_key)
         if block is None:
             return False
-        if block[-1:] != "\n":
-            block += "\n"
-        signature = peer_signature(peer)
+        sig = _signature(peer)
         # Fast: the block is the signature's head (key, preshared key), then only volatile
         # lines, then the signature's tail (keepalive, allowed IPs), as wireguard-go prints
         # it. Otherwise (another implementation's order, unknown lines): drop the volatile
         # lines and compare; either way equal text means equal configuration.
-        split = signature.find("\npersistent_keepalive_interval=") + 1
-        head, tail = signature[:split], signature[split:]
+        end = len(block) - 1 if block[-1:] == "\n" else len(block)
+        middle_end = end - len(sig.tail)
         fast = (
-            split
-            and len(block) >= len(signature)
-            and block.startswith(head)
-            and block.endswith(tail)
-            and _VOLATILE_RUN.fullmatch(block, len(head), len(block) - len(tail))
+            middle_end >= len(sig.head)
+            and block.startswith(sig.head)
+            and block.endswith(sig.tail, 0, end)
+            and _VOLATILE_RUN.fullmatch(block, len(sig.head), middle_end)
         )
-        if not fast and _VOLATILE_LINE.sub("", "\n" + block)[1:] != signature:
-            return False
-        if peer.endpoint is None:
+        if not fast:
+            whole = block if block[-1:] == "\n" else block + "\n"
+            if _VOLATILE_LINE.sub("", "\n" + whole)[1:] != sig.text:
+                return False
+        if sig.endpoint is None:
             return True
         at = block.find("\nendpoint=")
         if at < 0:
             return False
         stop = block.find("\n", at + 10)
-        return block[at + 10 : stop] == str(peer.endpoint)
+        return block[at + 10 : stop if stop >= 0 else len(block)] == sig.endpoint
 
     def decode_all(self) -> dict[bytes, PeerState]:
         with gc_paused():
