@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,7 +24,8 @@ from ppn import IdentityKey
 
 from ._capability import Capability, invoke
 from ._connection import ClientConnection, ConnectionClosed, ServerConnection, State
-from ._errors import ErrorCode, PSPError, RemoteProtocolError, VaultError
+from ._errors import ErrorCode, PSPError, VaultError
+from ._io_store import ResultCursor
 from ._io_vault import Vault
 from ._messages import (
     Cancel,
@@ -88,15 +88,21 @@ async def _flush(
 
 
 class _Session:
-    """One client connection at the vault: a reader task feeds the core (so credit, cancel and
-    EOF are seen while rows stream), the serving loop answers requests one at a time."""
+    """One client connection at the vault.
+
+    A reader task feeds the core, so credit, cancel and EOF are seen while rows stream. It also
+    answers a request itself as far as it can without waiting: admission, the header and the
+    first batch, and the end when that was all (a small query costs no task switch, and its
+    header, rows and end leave in one write). An answer that needs more batches is handed to the
+    serving task, which streams the rest as the client's credit allows.
+    """
 
     def __init__(self, vault: Vault, stream: trio.abc.Stream, clock: Callable[[], int]) -> None:
         self.vault = vault
         self.stream = stream
         self.clock = clock
         self.conn = ServerConnection(vault_id=vault.vault_id)
-        self.pending: deque[Request] = deque()
+        self.active: tuple[int, ResultCursor] | None = None  # an answer the serving task owns
         self.cancelled: set[int] = set()
         self.closed = False
         self._changed = trio.Event()
@@ -124,32 +130,25 @@ class _Session:
                 self.conn.receive_data(bytes(data))
                 while (event := self.conn.next_event()) is not None:
                     if isinstance(event, Request):
-                        self.pending.append(event)
+                        # The core accepts a request only once the previous answer ended, so
+                        # the serving task is idle here.
+                        self._start(event)
                     elif isinstance(event, Cancel):
                         self.cancelled.add(event.request_id)
                     elif isinstance(event, ConnectionClosed):
                         self.closed = True
-                await self.flush()  # the hello answer, if that was the hello
+                await self.flush()  # the hello answer, or a whole small answer
                 self._notify()
-        except RemoteProtocolError:
+        except PSPError:
             await self.flush()  # the core queued a connection error frame
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         self.closed = True
         self._notify()
 
-    async def serve(self) -> None:
-        while True:
-            while not self.pending and not self.closed:
-                await self._wait()
-            if not self.pending:
-                return
-            await self._answer(self.pending.popleft())
-
-    def _error(self, request_id: int, code: ErrorCode, message: str = "") -> None:
-        self.conn.send(Error(request_id=request_id, code=code, message=message or code.sentence))
-
-    async def _answer(self, request: Request) -> None:
+    def _start(self, request: Request) -> None:
+        """Admit, send the header and the first batch, and the end if that was all; otherwise
+        leave the rest to the serving task."""
         rid, conn = request.request_id, self.conn
         try:
             started = self.vault.begin(request, now=self.clock())
@@ -159,10 +158,56 @@ class _Session:
             )
         if isinstance(started, Error):
             conn.send(started)
-            await self.flush()
             return
         header, cursor = started
         conn.send(header)
+        if conn.credit > 0 and not self._send_batch(rid, cursor):
+            return
+        if cursor.done:
+            self._end(rid, cursor)
+        else:
+            self.active = (rid, cursor)
+
+    def _send_batch(self, rid: int, cursor: ResultCursor) -> bool:
+        """One batch from the cursor; False (and an error sent) if the store failed."""
+        try:
+            rows = cursor.fetch(BATCH_ROWS)
+        except Exception:
+            self._error(rid, ErrorCode.INTERNAL)
+            return False
+        if rows:
+            self.conn.send(RowBatch(request_id=rid, rows=tuple(rows)))
+        return True
+
+    def _end(self, rid: int, cursor: ResultCursor) -> None:
+        resume = cursor.resume_offset
+        self.conn.send(
+            End(
+                request_id=rid,
+                count=self.conn.rows_sent,
+                digest=self.conn.rows_digest,
+                cursor=None if resume is None else Cursor(as_of=cursor.as_of, offset=resume),
+            )
+        )
+        self.cancelled.discard(rid)
+
+    async def serve(self) -> None:
+        while True:
+            while self.active is None and not self.closed:
+                await self._wait()
+            if self.active is None:
+                return
+            rid, cursor = self.active
+            try:
+                await self._stream_rest(rid, cursor)
+            finally:
+                self.active = None
+
+    def _error(self, request_id: int, code: ErrorCode, message: str = "") -> None:
+        self.conn.send(Error(request_id=request_id, code=code, message=message or code.sentence))
+
+    async def _stream_rest(self, rid: int, cursor: ResultCursor) -> None:
+        conn = self.conn
         while not cursor.done:
             while conn.credit == 0 and rid not in self.cancelled and not self.closed:
                 await self.flush()
@@ -177,28 +222,15 @@ class _Session:
                 self._error(rid, ErrorCode.CANCELLED)
                 await self.flush()
                 return
-            try:
-                rows = cursor.fetch(BATCH_ROWS)
-            except Exception:
-                self._error(rid, ErrorCode.INTERNAL)
+            await self.flush()
+            await trio.sleep(0)  # let the reader see a cancel between batches
+            if rid in self.cancelled or self.closed:
+                continue
+            if not self._send_batch(rid, cursor):
                 await self.flush()
                 return
-            if rows:
-                conn.send(RowBatch(request_id=rid, rows=tuple(rows)))
-            if not cursor.done:
-                await self.flush()
-                await trio.sleep(0)  # let the reader see a cancel between batches
-        # The last batch, the header of a short answer and the end leave in one write.
-        resume = cursor.resume_offset
-        conn.send(
-            End(
-                request_id=rid,
-                count=conn.rows_sent,
-                digest=conn.rows_digest,
-                cursor=None if resume is None else Cursor(as_of=cursor.as_of, offset=resume),
-            )
-        )
-        self.cancelled.discard(rid)
+        # The last batch and the end leave in one write.
+        self._end(rid, cursor)
         await self.flush()
 
 
