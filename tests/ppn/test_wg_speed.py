@@ -266,3 +266,26 @@ def test_record_is_written_only_when_it_changes(tmp_path: Path) -> None:
     assert save_record("wg9", moved, str(tmp_path), unless_equal=record)
     again = load_record("wg9", str(tmp_path))
     assert again is not None and again.endpoints[key(2)] == Endpoint.parse("192.0.2.2:2")
+
+
+# --- start-up: what `ppn wg sync` loads on the userspace path -----------------------------------
+
+
+def test_the_sync_path_loads_no_heavy_module() -> None:
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from ppn import _cli_wg, _io_wg_device, _io_wg_state, _wg_backend, _wg_config, _wg_plan
+from ppn._wg_fake import FakeBackend
+cfg = _wg_config.parse_config(
+    "[Interface]\\nPrivateKey = " + "E" * 43 + "=\\n[Peer]\\nPublicKey = " + "A" * 43 + "=\\n"
+    "AllowedIPs = 10.0.0.1/32\\nEndpoint = 192.0.2.1:51820\\n"
+)
+_wg_backend.reconcile(FakeBackend(), cfg, now=0.0)
+heavy = ("cryptography", "pyroute2", "subprocess", "tempfile", "ppn._keys", "trio")
+print(sorted(m for m in sys.modules if m.split(".")[0] in heavy or m in heavy))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
