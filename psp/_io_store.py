@@ -320,6 +320,16 @@ class Store:
             return False
         return True
 
+    def poll(self) -> tuple[int, list[bytes]]:
+        """The head sequence number and the revocations recorded since the last call, in one
+        statement (another process may append or revoke; both are O(1) rowid maxima)."""
+        head, last = self._db.execute(
+            "SELECT (SELECT max(seq) FROM entries), (SELECT max(id) FROM revocations)"
+        ).fetchone()
+        if last is not None and last > self._revocations_seen:
+            return int(head or 0), self.new_revocations()
+        return int(head or 0), []
+
     def new_revocations(self) -> list[bytes]:
         """Revocations recorded since the last call (another process may add them)."""
         rows = self._db.execute(
@@ -366,9 +376,13 @@ class Store:
 
     # --- querying ---
 
-    def execute(self, query: Query, scope: Scope, *, limit: int) -> ResultCursor:
-        """Run an admitted query within ``scope``; rows come out of the returned cursor."""
-        head, _ = self.head()
+    def execute(
+        self, query: Query, scope: Scope, *, limit: int, head: int | None = None
+    ) -> ResultCursor:
+        """Run an admitted query within ``scope``; rows come out of the returned cursor.
+        ``head`` is the head sequence number if the caller just read it (see :meth:`poll`)."""
+        if head is None:
+            head, _ = self.head()
         as_of = query.as_of or head
         if as_of > head:
             raise QueryError(ErrorCode.AS_OF_AHEAD)

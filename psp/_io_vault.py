@@ -65,12 +65,13 @@ class Vault:
 
     def begin(self, request: Request, *, now: int) -> tuple[Header, ResultCursor] | Error:
         """Admit and start a request: a header and the rows to stream, or an error frame."""
-        for link in self.store.new_revocations():
-            self.verifier.revoke(link)
         try:
+            head, revoked = self.store.poll()
+            for link in revoked:
+                self.verifier.revoke(link)
             admitted = admit(self.verifier, request.envelope, request.query, now=now)
             cursor = self.store.execute(
-                admitted.query, admitted.authorization.scope, limit=admitted.row_limit
+                admitted.query, admitted.authorization.scope, limit=admitted.row_limit, head=head
             )
         except AuthorizationError as exc:
             return Error(request_id=request.request_id, code=exc.code, message=exc.code.sentence)

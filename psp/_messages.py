@@ -12,6 +12,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
 from ppn.wire import EncodingError, pack_canonical, unpack_canonical
 
 from ._errors import ErrorCode, RemoteProtocolError
@@ -138,40 +140,69 @@ class RowDigest:
         return self._h.digest()
 
 
+_pack = msgpack.Packer(use_bin_type=True).pack
+_UINT64 = 2**64
+
+
+def _flat_canonical(m: dict[str, Any]) -> bool:
+    """True if ``m`` (keys already in canonical order) holds only values whose plain msgpack
+    encoding is canonical: non-negative 64-bit ints, bytes, text, and lists of those."""
+    for v in m.values():
+        kind = type(v)
+        if kind is int:
+            if not 0 <= v < _UINT64:
+                return False
+        elif kind is list:
+            for x in v:
+                kx = type(x)
+                if kx is not bytes and (kx is not int or not 0 <= x < _UINT64):
+                    return False
+        elif kind is not bytes and kind is not str:
+            return False
+    return True
+
+
 def encode_message(event: Event) -> bytes:
+    """The canonical bytes of a message. Maps are built with their keys in canonical order, so
+    a message of plain values is packed directly; anything else (an int subclass, a value out of
+    range) goes through the full canonical encoder, which sorts, converts or refuses it."""
     m: dict[str, Any]
-    if isinstance(event, ClientHello):
-        m = {"t": "hello", "v": list(event.versions)}
-    elif isinstance(event, ServerHello):
-        m = {"t": "hello", "v": event.version, "vault": event.vault}
+    if isinstance(event, RowBatch):
+        m = {"id": event.request_id, "rows": list(event.rows), "t": "rows"}
+    elif isinstance(event, Header):
+        m = {
+            "as_of": event.as_of,
+            "id": event.request_id,
+            "qid": event.query_id,
+            "t": "head",
+            "vault": event.vault,
+        }
+    elif isinstance(event, End):
+        m = {"count": event.count}
+        if event.cursor is not None:
+            m["cursor"] = [event.cursor.as_of, event.cursor.offset]
+        m.update(digest=event.digest, id=event.request_id, t="end")
     elif isinstance(event, Request):
         m = {
-            "t": "req",
+            "credit": event.credit,
             "id": event.request_id,
             "inv": event.envelope,
             "q": event.query,
-            "credit": event.credit,
+            "t": "req",
         }
     elif isinstance(event, Credit):
-        m = {"t": "credit", "id": event.request_id, "n": event.batches}
+        m = {"id": event.request_id, "n": event.batches, "t": "credit"}
     elif isinstance(event, Cancel):
-        m = {"t": "cancel", "id": event.request_id}
-    elif isinstance(event, Header):
-        m = {
-            "t": "head",
-            "id": event.request_id,
-            "vault": event.vault,
-            "qid": event.query_id,
-            "as_of": event.as_of,
-        }
-    elif isinstance(event, RowBatch):
-        m = {"t": "rows", "id": event.request_id, "rows": list(event.rows)}
-    elif isinstance(event, End):
-        m = {"t": "end", "id": event.request_id, "count": event.count, "digest": event.digest}
-        if event.cursor is not None:
-            m["cursor"] = [event.cursor.as_of, event.cursor.offset]
+        m = {"id": event.request_id, "t": "cancel"}
+    elif isinstance(event, ClientHello):
+        m = {"t": "hello", "v": list(event.versions)}
+    elif isinstance(event, ServerHello):
+        m = {"t": "hello", "v": event.version, "vault": event.vault}
     else:
-        m = {"t": "err", "id": event.request_id, "code": int(event.code), "msg": event.message}
+        m = {"code": int(event.code), "id": event.request_id, "msg": event.message, "t": "err"}
+    if _flat_canonical(m):
+        packed: bytes = _pack(m)
+        return packed
     return pack_canonical(m)
 
 

@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ppn import IdentityKey
-from psp import Query, QueryError, Scope, Verifier, admit, invoke, mint
+from ppn.wire import EncodingError, pack_canonical
+from psp import ErrorCode, Query, QueryError, Scope, Verifier, admit, invoke, mint
+from psp._messages import (
+    Cancel,
+    ClientHello,
+    Credit,
+    Cursor,
+    End,
+    Error,
+    Event,
+    Header,
+    Request,
+    RowBatch,
+    ServerHello,
+    encode_message,
+)
 
 NOW = 1_800_000_000
 
@@ -50,3 +67,77 @@ def test_permits_are_bounded() -> None:
         )
         assert admit(verifier, env.raw, q, now=NOW).row_limit == i + 1
     assert len(verifier.permits) == 3
+
+
+_ids = st.integers(min_value=0, max_value=2**64 - 1)
+_events = st.one_of(
+    st.builds(
+        RowBatch, request_id=_ids, rows=st.lists(st.binary(max_size=40), max_size=5).map(tuple)
+    ),
+    st.builds(Header, request_id=_ids, vault=st.binary(), query_id=st.binary(), as_of=_ids),
+    st.builds(
+        End,
+        request_id=_ids,
+        count=_ids,
+        digest=st.binary(),
+        cursor=st.none() | st.builds(Cursor, as_of=_ids, offset=_ids),
+    ),
+    st.builds(Request, request_id=_ids, envelope=st.binary(), query=st.binary(), credit=_ids),
+    st.builds(Credit, request_id=_ids, batches=_ids),
+    st.builds(Cancel, request_id=_ids),
+    st.builds(ClientHello, versions=st.lists(_ids, max_size=3).map(tuple)),
+    st.builds(ServerHello, version=_ids, vault=st.binary()),
+    st.builds(
+        Error, request_id=_ids, code=st.sampled_from(ErrorCode), message=st.text(max_size=20)
+    ),
+)
+
+
+def _generic(event: object) -> bytes:
+    # What the message encoder did before its direct path: the generic canonical encoder over
+    # the same map, which sorts the keys itself.
+    fields = {k: v for k, v in vars(event).items()}
+    names = {
+        RowBatch: ("rows", {"request_id": "id", "rows": "rows"}),
+        Header: (
+            "head",
+            {"request_id": "id", "vault": "vault", "query_id": "qid", "as_of": "as_of"},
+        ),
+        Request: ("req", {"request_id": "id", "envelope": "inv", "query": "q", "credit": "credit"}),
+        Credit: ("credit", {"request_id": "id", "batches": "n"}),
+        Cancel: ("cancel", {"request_id": "id"}),
+        ServerHello: ("hello", {"version": "v", "vault": "vault"}),
+    }
+    if isinstance(event, End):
+        m: dict[str, object] = {
+            "t": "end",
+            "id": event.request_id,
+            "count": event.count,
+            "digest": event.digest,
+        }
+        if event.cursor is not None:
+            m["cursor"] = [event.cursor.as_of, event.cursor.offset]
+    elif isinstance(event, ClientHello):
+        m = {"t": "hello", "v": list(event.versions)}
+    elif isinstance(event, Error):
+        m = {"t": "err", "id": event.request_id, "code": int(event.code), "msg": event.message}
+    else:
+        t, keys = names[type(event)]
+        m = {
+            "t": t,
+            **{keys[k]: (list(v) if isinstance(v, tuple) else v) for k, v in fields.items()},
+        }
+    return pack_canonical(m)
+
+
+@given(_events)
+def test_the_direct_message_encoder_is_the_canonical_one(event: Event) -> None:
+    assert encode_message(event) == _generic(event)
+
+
+def test_values_outside_the_direct_path_still_go_through_the_canonical_encoder() -> None:
+    with pytest.raises(EncodingError):
+        encode_message(Cancel(request_id=2**64))
+    assert encode_message(Credit(request_id=True, batches=1)) == pack_canonical(
+        {"t": "credit", "id": True, "n": 1}
+    )
