@@ -169,6 +169,11 @@ _prefix_cache: dict[str, str] = {}  # prefix as written → canonical text
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _V4_HOST_PREFIX = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}/32")
 _V4_ENDPOINT = re.compile(rf"({_OCTET}(?:\.{_OCTET}){{3}}):([0-9]{{1,5}})")
+# An IPv6 host prefix whose written groups are all non-zero without leading zeros, around one
+# "::": with at most six groups written (checked apart), "::" stands for the longest zero run,
+# so the spelling is canonical (RFC 5952, lower case) as it stands.
+_HEX16 = r"[1-9a-f][0-9a-f]{0,3}"
+_V6_HOST_PREFIX = re.compile(rf"(?:{_HEX16}(?::{_HEX16})*)?::(?:{_HEX16}(?::{_HEX16})*)?/128")
 _V4 = re.compile(
     r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})"
 )
@@ -305,7 +310,9 @@ def canonical_prefix(text: str) -> str:
     if found is not None:
         return found
     stripped = text.strip()
-    if _V4_HOST_PREFIX.fullmatch(stripped):
+    if _V4_HOST_PREFIX.fullmatch(stripped) or (
+        stripped.count(":") <= 6 and _V6_HOST_PREFIX.fullmatch(stripped)
+    ):
         return stripped  # canonical already (and too cheap to be worth caching)
     try:
         canonical = _prefix_value(stripped)[3]
