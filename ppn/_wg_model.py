@@ -168,6 +168,7 @@ _prefix_cache: dict[str, str] = {}  # prefix as written → canonical text
 # match instead of a parse.
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _V4_HOST_PREFIX = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}/32")
+_V4_ADDRESS = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 _V4_ENDPOINT = re.compile(rf"({_OCTET}(?:\.{_OCTET}){{3}}):([0-9]{{1,5}})")
 # An IPv6 host prefix whose written groups are all non-zero without leading zeros, around one
 # "::": with at most six groups written (checked apart), "::" stands for the longest zero run,
@@ -404,6 +405,8 @@ class Endpoint:
 
     @property
     def is_literal(self) -> bool:
+        if _V4_ADDRESS.fullmatch(self.host):
+            return True
         try:
             canonical_address(self.host)
         except ValueError:

@@ -324,7 +324,8 @@ def describe(op: Operation) -> str:
         return "set interface " + ", ".join(parts)
     if isinstance(op, AddPeer):
         p = op.peer
-        text = f"add peer {key_text(p.public_key)} allowed-ips {_nets(p.allowed_ips)}"
+        nets = ",".join(p.prefix_texts()) or "(none)"
+        text = f"add peer {key_text(p.public_key)} allowed-ips {nets}"
         if p.endpoint is not None:
             text += f" endpoint {p.endpoint}"
         if p.preshared_key is not None:
@@ -367,7 +368,7 @@ def operation_to_json(op: Operation) -> dict[str, Any]:
             "op": "add_peer",
             "public_key": key_text(p.public_key),
             "endpoint": None if p.endpoint is None else str(p.endpoint),
-            "allowed_ips": [str(n) for n in p.allowed_ips],
+            "allowed_ips": list(p.prefix_texts()),
             "preshared_key": "set" if p.preshared_key is not None else None,
             "persistent_keepalive": p.persistent_keepalive,
         }
