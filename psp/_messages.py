@@ -206,6 +206,17 @@ def encode_message(event: Event) -> bytes:
     return pack_canonical(m)
 
 
+_KEYS_V = frozenset({"t", "v"})
+_KEYS_V_VAULT = frozenset({"t", "v", "vault"})
+_KEYS_ID_INV_Q_CREDIT = frozenset({"t", "id", "inv", "q", "credit"})
+_KEYS_ID_N = frozenset({"t", "id", "n"})
+_KEYS_ID = frozenset({"t", "id"})
+_KEYS_ID_VAULT_QID_AS_OF = frozenset({"t", "id", "vault", "qid", "as_of"})
+_KEYS_ID_ROWS = frozenset({"t", "id", "rows"})
+_KEYS_ID_COUNT_DIGEST = frozenset({"t", "id", "count", "digest"})
+_KEYS_ID_CODE_MSG = frozenset({"t", "id", "code", "msg"})
+
+
 def _bad(detail: str) -> RemoteProtocolError:
     return RemoteProtocolError(f"malformed PSP message: {detail}")
 
@@ -219,7 +230,8 @@ class _Fields:
         keys: set[str] | frozenset[str],
         optional: frozenset[str] = frozenset(),
     ) -> None:
-        if not keys <= set(m) <= keys | optional:
+        present = m.keys()
+        if present != keys and not (optional and keys <= present <= keys | optional):
             raise _bad(f"keys {sorted(m)}")
         self.m = m
 
@@ -246,7 +258,7 @@ def decode_message(data: bytes, *, from_server: bool) -> Event:
         raise _bad("not a typed map")
     t = m["t"]
     if t == "hello" and not from_server:
-        f = _Fields(m, {"t", "v"})
+        f = _Fields(m, _KEYS_V)
         v = m["v"]
         if (
             not isinstance(v, list)
@@ -256,10 +268,10 @@ def decode_message(data: bytes, *, from_server: bool) -> Event:
             raise _bad("'v' must list versions")
         return ClientHello(versions=tuple(v))
     if t == "hello":
-        f = _Fields(m, {"t", "v", "vault"})
+        f = _Fields(m, _KEYS_V_VAULT)
         return ServerHello(version=f.integer("v", 1, 2**16 - 1), vault=f.blob("vault", 32))
     if t == "req" and not from_server:
-        f = _Fields(m, {"t", "id", "inv", "q", "credit"})
+        f = _Fields(m, _KEYS_ID_INV_Q_CREDIT)
         return Request(
             request_id=f.integer("id", 1, MAX_REQUEST_ID),
             envelope=f.blob("inv"),
@@ -267,15 +279,15 @@ def decode_message(data: bytes, *, from_server: bool) -> Event:
             credit=f.integer("credit", 0, MAX_CREDIT),
         )
     if t == "credit" and not from_server:
-        f = _Fields(m, {"t", "id", "n"})
+        f = _Fields(m, _KEYS_ID_N)
         return Credit(
             request_id=f.integer("id", 1, MAX_REQUEST_ID), batches=f.integer("n", 1, MAX_CREDIT)
         )
     if t == "cancel" and not from_server:
-        f = _Fields(m, {"t", "id"})
+        f = _Fields(m, _KEYS_ID)
         return Cancel(request_id=f.integer("id", 1, MAX_REQUEST_ID))
     if t == "head" and from_server:
-        f = _Fields(m, {"t", "id", "vault", "qid", "as_of"})
+        f = _Fields(m, _KEYS_ID_VAULT_QID_AS_OF)
         return Header(
             request_id=f.integer("id", 1, MAX_REQUEST_ID),
             vault=f.blob("vault", 32),
@@ -283,7 +295,7 @@ def decode_message(data: bytes, *, from_server: bool) -> Event:
             as_of=f.integer("as_of"),
         )
     if t == "rows" and from_server:
-        f = _Fields(m, {"t", "id", "rows"})
+        f = _Fields(m, _KEYS_ID_ROWS)
         rows = m["rows"]
         if (
             not isinstance(rows, list)
@@ -293,7 +305,7 @@ def decode_message(data: bytes, *, from_server: bool) -> Event:
             raise _bad("'rows' must be 1..4096 byte strings")
         return RowBatch(request_id=f.integer("id", 1, MAX_REQUEST_ID), rows=tuple(rows))
     if t == "end" and from_server:
-        f = _Fields(m, {"t", "id", "count", "digest"}, frozenset({"cursor"}))
+        f = _Fields(m, _KEYS_ID_COUNT_DIGEST, frozenset({"cursor"}))
         cursor = None
         if "cursor" in m:
             c = m["cursor"]
@@ -311,7 +323,7 @@ def decode_message(data: bytes, *, from_server: bool) -> Event:
             cursor=cursor,
         )
     if t == "err" and from_server:
-        f = _Fields(m, {"t", "id", "code", "msg"})
+        f = _Fields(m, _KEYS_ID_CODE_MSG)
         msg = m["msg"]
         if not isinstance(msg, str) or len(msg) > MAX_MESSAGE:
             raise _bad("'msg' must be a short text")
