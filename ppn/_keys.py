@@ -11,9 +11,6 @@ import binascii
 import secrets
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from nacl.signing import SigningKey, VerifyKey
-
 from ._errors import PPNError
 
 __all__ = [
@@ -72,8 +69,11 @@ class WireGuardKeyPair:
         clamped = bytearray(private)
         clamped[0] &= 248
         clamped[31] = (clamped[31] & 127) | 64
-        key = X25519PrivateKey.from_private_bytes(bytes(clamped))
-        return cls(private=bytes(clamped), public=key.public_key().public_bytes_raw())
+        # Imported here: key types are used by every command family, the crypto backends are
+        # needed by few, and loading them costs tens of milliseconds of start-up.
+        from nacl.bindings import crypto_scalarmult_base
+
+        return cls(private=bytes(clamped), public=crypto_scalarmult_base(bytes(clamped)))
 
     @property
     def public_b64(self) -> str:
@@ -95,10 +95,14 @@ class IdentityKey:
     def from_seed(cls, seed: bytes) -> IdentityKey:
         if len(seed) != KEY_SIZE:
             raise KeyFormatError(f"an identity seed is {KEY_SIZE} bytes")
+        from nacl.signing import SigningKey
+
         return cls(seed=seed, public=bytes(SigningKey(seed).verify_key))
 
     def sign(self, message: bytes) -> bytes:
         """A 64-byte Ed25519 signature over ``message``."""
+        from nacl.signing import SigningKey
+
         return bytes(SigningKey(self.seed).sign(message).signature)
 
     @property
@@ -110,6 +114,8 @@ def verify_signature(public: bytes, message: bytes, signature: bytes) -> bool:
     """True when ``signature`` is a valid Ed25519 signature by ``public`` over ``message``."""
     if len(public) != KEY_SIZE or len(signature) != 64:
         return False
+    from nacl.signing import VerifyKey
+
     try:
         VerifyKey(public).verify(message, signature)
     except Exception:  # nacl raises BadSignatureError and, for bad keys, others

@@ -35,3 +35,11 @@ def test_identity_sign_verify() -> None:
     assert not verify_signature(key.public, b"hellp", sig)
     assert not verify_signature(key.public, b"hello", sig[:-1])
     assert key.seed.hex() not in repr(key)
+
+
+def test_wireguard_public_key_matches_cryptography() -> None:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    pair = WireGuardKeyPair.generate()
+    expected = X25519PrivateKey.from_private_bytes(pair.private).public_key().public_bytes_raw()
+    assert pair.public == expected
