@@ -10,6 +10,8 @@ import base64
 import binascii
 import secrets
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
 
 from ._errors import PPNError
 
@@ -99,11 +101,16 @@ class IdentityKey:
 
         return cls(seed=seed, public=bytes(SigningKey(seed).verify_key))
 
-    def sign(self, message: bytes) -> bytes:
-        """A 64-byte Ed25519 signature over ``message``."""
+    @cached_property
+    def _signing_key(self) -> Any:
+        # Expanding the seed costs as much as a signature: do it once per key object.
         from nacl.signing import SigningKey
 
-        return bytes(SigningKey(self.seed).sign(message).signature)
+        return SigningKey(self.seed)
+
+    def sign(self, message: bytes) -> bytes:
+        """A 64-byte Ed25519 signature over ``message``."""
+        return bytes(self._signing_key.sign(message).signature)
 
     @property
     def public_b64(self) -> str:
