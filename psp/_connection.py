@@ -99,6 +99,10 @@ class _Core:
         self.request_id = 0  # the current (or last) request
         self.credit = 0
 
+    @property
+    def has_data_to_send(self) -> bool:
+        return bool(self._out)
+
     def data_to_send(self) -> bytes:
         data = bytes(self._out)
         self._out.clear()

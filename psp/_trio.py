@@ -120,8 +120,16 @@ class _Session:
         return False
 
     async def flush(self) -> None:
-        async with self._send_lock:
+        if not self.conn.has_data_to_send:
+            return  # no lock, no checkpoint: most reader wake-ups (credit) send nothing
+        try:
+            self._send_lock.acquire_nowait()  # uncontended: skip acquire()'s two checkpoints
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
             await _flush(self.stream, self.conn, quiet=True)
+        finally:
+            self._send_lock.release()
 
     async def reader(self) -> None:
         try:
