@@ -146,7 +146,8 @@ class _Session:
                     elif isinstance(event, ConnectionClosed):
                         self.closed = True
                 await self.flush()  # the hello answer, or a whole small answer
-                self._notify()
+                if self.active is not None or self.closed:
+                    self._notify()  # the serving task, idle otherwise, needs no wake-up
         except PSPError:
             await self.flush()  # the core queued a connection error frame
         except (trio.BrokenResourceError, trio.ClosedResourceError):
