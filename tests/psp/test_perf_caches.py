@@ -141,3 +141,45 @@ def test_values_outside_the_direct_path_still_go_through_the_canonical_encoder()
     assert encode_message(Credit(request_id=True, batches=1)) == pack_canonical(
         {"t": "credit", "id": True, "n": 1}
     )
+
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["a", "é", "_seq", "_ts", "z", "ß\\n"]) | st.text(max_size=4),
+        _json,
+        max_size=5,
+    )
+)
+def test_unprojected_rows_are_the_parsed_and_redumped_record(record: dict[str, object]) -> None:
+    import json
+    import tempfile
+
+    from psp._io_store import Store
+
+    # What the vault did before: parse the stored (key-sorted) record and dump it again.
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store.create(tmp, name="t", vault_id=b"\x01" * 32, now=NOW)
+        store.append("c", record, now=NOW)
+        (row,) = store.execute(
+            Query(collection="c"), Scope(vaults=(b"\x01" * 32,)), limit=10
+        ).fetch(10)
+        store.close()
+    expected = json.dumps(
+        {"_seq": 1, "_ts": NOW, **json.loads(json.dumps(record, sort_keys=True))},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    assert row == expected.encode()
