@@ -424,8 +424,9 @@ def step_faults(run: FleetRun) -> None:
         strict = _holder_query(run, "--mode", "strict", "--vault-timeout", "3")
         answer = _answer(strict)
         b_status = answer.statuses[b_id]
-        # A silent cut cannot be told from a vault that does not answer: both are "not reachable"
-        # (the aggregator says timeout for silence, unreachable for a refused connection).
+        # B's packets are dropped: a new connection never completes, which the aggregator reports
+        # as unreachable; a pooled connection made before the cut just goes silent, which is a
+        # timeout (RFC-NOTES §10.4). Either means "B not reachable".
         if strict.returncode != 50 or b_status["status"] not in ("unreachable", "timeout"):
             raise StepFailed(f"strict aggregate: exit {strict.returncode}, B {b_status}")
         partial = _holder_query(run, "--mode", "best_effort", "--vault-timeout", "3")

@@ -461,24 +461,33 @@ async def _run_targets(
     agg: Aggregation, request: _Request, pool: VaultPool, scope: trio.CancelScope
 ) -> None:
     """Every target's exchange under the per-vault deadline; those still running when it
-    passes time out."""
+    passes time out — or are unreachable, if their connection never completed."""
+    connecting: set[int] = set()  # targets whose TCP connection is not up yet
     with scope:
         if pool.raw and _EPOLL:
             from ._trio_orchestration_epoll import fan_out
 
-            await fan_out(agg, request.targets, request.changed, pool)
+            await fan_out(agg, request.targets, request.changed, pool, connecting)
         else:
             async with trio.open_nursery() as nursery:
                 for target in request.targets:
-                    nursery.start_soon(_run_target, agg, target, request.changed, pool)
+                    nursery.start_soon(_run_target, agg, target, request.changed, pool, connecting)
     if scope.cancelled_caught:
-        for target in request.targets:
-            agg.fail(
-                target.index,
-                VaultStatus.TIMEOUT,
-                ErrorCode.DEADLINE,
-                "no answer within the per-vault deadline",
-            )  # (no-op for a target already settled)
+        for target in request.targets:  # (fail is a no-op for a target already settled)
+            if target.index in connecting:
+                agg.fail(
+                    target.index,
+                    VaultStatus.UNREACHABLE,
+                    ErrorCode.UNAVAILABLE,
+                    f"cannot connect to {target.address} within the per-vault deadline"[:400],
+                )
+            else:
+                agg.fail(
+                    target.index,
+                    VaultStatus.TIMEOUT,
+                    ErrorCode.DEADLINE,
+                    "no answer within the per-vault deadline",
+                )
     request.changed.notify()
 
 
@@ -487,6 +496,7 @@ async def _run_target(
     target: Target,
     changed: _Changed,
     pool: VaultPool,
+    connecting: set[int],
     taken_over: _Flow | None = None,
 ) -> None:
     """One target's exchange in a task (``taken_over``: continue one the epoll path began,
@@ -494,9 +504,9 @@ async def _run_target(
     index = target.index
     try:
         if taken_over is None:
-            await _exchange(agg, target, changed, pool)
+            await _exchange(agg, target, changed, pool, connecting)
         elif await _serve_link(agg, taken_over, changed, pool, credit=True):
-            await _exchange(agg, target, changed, pool, fresh=True)
+            await _exchange(agg, target, changed, pool, connecting, fresh=True)
     except RemoteProtocolError as exc:
         agg.fail(index, VaultStatus.ERROR, exc.code, f"the vault broke the protocol: {exc}"[:400])
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -517,12 +527,20 @@ async def _run_target(
 
 
 async def _exchange(
-    agg: Aggregation, target: Target, changed: _Changed, pool: VaultPool, *, fresh: bool = False
+    agg: Aggregation,
+    target: Target,
+    changed: _Changed,
+    pool: VaultPool,
+    connecting: set[int],
+    *,
+    fresh: bool = False,
 ) -> None:
     index = target.index
     host, port = _split_address(target.address)
     for attempt in (1,) if fresh else (0, 1):
+        connecting.add(index)
         link, reused = await pool.acquire(host, port)
+        connecting.discard(index)
         try:
             retry = await _stream_one(agg, target, changed, link, pool, may_retry=reused)
         except BaseException:

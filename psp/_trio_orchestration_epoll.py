@@ -56,10 +56,16 @@ class _Raw:
 
 
 async def fan_out(
-    agg: Aggregation, targets: Sequence[Target], changed: _Changed, pool: VaultPool
+    agg: Aggregation,
+    targets: Sequence[Target],
+    changed: _Changed,
+    pool: VaultPool,
+    awaiting_connect: set[int],
 ) -> None:
     """Run every target's exchange; returns when all are settled (or handed to tasks that
-    have finished). Cancellation closes whatever is still open."""
+    have finished). Cancellation closes whatever is still open. ``awaiting_connect`` holds the
+    targets whose TCP connection is not up yet (the caller reports those as unreachable at the
+    per-vault deadline)."""
     ep = select.epoll()
     live: dict[int, _Raw] = {}
     families: dict[str, int] = {}  # host -> address family, or -1 for a name
@@ -79,12 +85,12 @@ async def fan_out(
                 if family is None:
                     family = families[host] = _family(host)
                 if family < 0:  # a name: resolved on the task path
-                    tasks.start_soon(_run_target, agg, target, changed, pool)
+                    tasks.start_soon(_run_target, agg, target, changed, pool, awaiting_connect)
                     return
                 link = None if fresh else pool.take_idle(host, port)
                 if link is not None and not link.raw:
                     pool.release(link)  # a stream link belongs to the task path
-                    tasks.start_soon(_run_target, agg, target, changed, pool)
+                    tasks.start_soon(_run_target, agg, target, changed, pool, awaiting_connect)
                     return
                 connecting = link is None
                 if link is None:
@@ -98,6 +104,7 @@ async def fan_out(
                         return
                     link = _VaultLink(None, (host, port), sock=sock)
                     pool.adopt(link)
+                    awaiting_connect.add(target.index)
                 conn = link.conn
                 conn.send(
                     Request(
@@ -131,6 +138,7 @@ async def fan_out(
                         _unreachable(agg, flow.target, os.strerror(code))
                         return
                     raw.connecting = False
+                    awaiting_connect.discard(flow.target.index)
                 eof = False
                 if raw.out:
                     try:
@@ -179,7 +187,9 @@ async def fan_out(
                             ep.register(fd, _IN | _OUT)
                             continue
                         # The merge does not want more now: a task waits for that.
-                        tasks.start_soon(_run_target, agg, flow.target, changed, pool, flow)
+                        tasks.start_soon(
+                            _run_target, agg, flow.target, changed, pool, awaiting_connect, flow
+                        )
                     return
 
             for target in targets:

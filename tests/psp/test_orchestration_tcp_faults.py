@@ -6,7 +6,8 @@ goes away. (The same faults on the task path, in virtual time: test_orchestratio
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ class Fleet:
         self.caps: list[Any] = []
         self.vaults: list[Vault] = []
         self.ended = trio.Event()
+        self.held: list[socket.socket] = []  # blackhole listeners and what fills their queues
 
     async def add(self, kind: str, records: int = 10) -> None:
         i = len(self.vaults)
@@ -80,7 +82,20 @@ class Fleet:
             await stream.send_all(conn.data_to_send())
             await stream.aclose()
 
-        if kind == "refused":
+        if kind == "blackhole":
+            # A listener whose accept queue is full: the kernel drops further SYNs, so a
+            # connection to it never completes (like a host whose packets are dropped).
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(0)
+            port = listener.getsockname()[1]
+            self.held.append(listener)
+            for _ in range(4):
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                self.held.append(filler)
+        elif kind == "refused":
             # A port nobody listens on: bind, note it, close.
             sock = trio.socket.socket()
             await sock.bind(("127.0.0.1", 0))
@@ -93,8 +108,43 @@ class Fleet:
 
 
 @pytest.fixture
-async def fleet(nursery: trio.Nursery, tmp_path: Path) -> Fleet:
-    return Fleet(nursery, tmp_path)
+async def fleet(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Fleet]:
+    the_fleet = Fleet(nursery, tmp_path)
+    yield the_fleet
+    for sock in the_fleet.held:
+        sock.close()
+
+
+@pytest.mark.parametrize("path", ["epoll", "tasks"])
+async def test_a_vault_that_never_connects_is_unreachable_not_timed_out(
+    nursery: trio.Nursery, fleet: Fleet, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from psp import _trio_orchestration as orchestration
+
+    if path == "tasks":
+        monkeypatch.setattr(orchestration, "_EPOLL", False)
+    for kind in ("good", "blackhole", "hang"):
+        await fleet.add(kind)
+    port, _ = await start_aggregator(nursery)
+    async with await OrchestrationClient.connect("127.0.0.1", port) as client:
+        result = await client.query(
+            HOLDER,
+            fleet.caps,
+            fleet.addresses,
+            COUNT,
+            mode=Mode.BEST_EFFORT,
+            deadline=1.5,
+            clock=clock,
+        )
+    assert [json.loads(r) for _, r in result.rows] == [{"count": 10}]
+    # Connected but silent is a timeout; never connected within the deadline is unreachable.
+    assert [s.status for s in result.statuses] == [
+        VaultStatus.OK,
+        VaultStatus.UNREACHABLE,
+        VaultStatus.TIMEOUT,
+    ]
+    assert "within the per-vault deadline" in result.statuses[1].message
+    assert result.statuses[1].code is ErrorCode.UNAVAILABLE
 
 
 async def test_faults_over_tcp_best_effort_and_strict(nursery: trio.Nursery, fleet: Fleet) -> None:
