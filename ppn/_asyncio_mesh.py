@@ -14,8 +14,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Protocol
 
 from ._control import (
     CONTROL_PORT,
@@ -29,11 +27,19 @@ from ._control import (
     SyncComplete,
 )
 from ._errors import PPNError
-from ._mesh_agent import MeshAgent, PullFrom, PushTo, Reconcile, SaveState
-from ._roster import MergeResult, Rejection, Roster
+from ._mesh_agent import (
+    AgentStats,
+    MeshAgent,
+    PullFrom,
+    PushTo,
+    Reconcile,
+    SaveState,
+    WireGuardPort,
+)
+from ._roster import MergeResult, Roster
 from ._roster_records import Record
 
-__all__ = ["AsyncioMeshNode", "AsyncWireGuardPort", "NodeStats", "pull_once", "push_once"]
+__all__ = ["AsyncWireGuardPort", "AsyncioMeshNode", "pull_once", "push_once"]
 
 log = logging.getLogger("ppn.mesh")
 
@@ -42,23 +48,8 @@ EXCHANGE_TIMEOUT = 10.0
 RECEIVE_SIZE = 65536
 
 
-class AsyncWireGuardPort(Protocol):
-    """What the agent needs from WireGuard: make the device match the roster."""
-
-    async def reconcile(self, roster: Roster) -> None: ...
-
-
-@dataclass
-class NodeStats:
-    pulls_ok: int = 0
-    pulls_failed: int = 0
-    pushes_ok: int = 0
-    pushes_failed: int = 0
-    served: int = 0
-    reconciles: int = 0
-    saves: int = 0
-    rejected: list[Rejection] = field(default_factory=list)
-    last_error: str | None = None
+# The agent's WireGuard port is loop-agnostic; this name is kept for asyncio embedders.
+AsyncWireGuardPort = WireGuardPort
 
 
 async def _exchange(
@@ -125,7 +116,7 @@ class AsyncioMeshNode:
         self.listen_host = listen_host
         self.listen_port = listen_port
         self.control_address = control_address or (lambda address: (address, CONTROL_PORT))
-        self.stats = NodeStats()
+        self.stats = AgentStats()
         self.bound_port: int | None = None
         self._wakeup = asyncio.Event()
         self._reconcile_wanted = asyncio.Event()

@@ -20,14 +20,17 @@ core only says what should happen next, as actions:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from ._keys import IdentityKey
 from ._mesh_ids import node_address6
-from ._roster import MergeResult, Roster
+from ._roster import MergeResult, Rejection, Roster
 from ._roster_records import MemberRecord, Record
 
 __all__ = [
+    "AgentStats",
+    "WireGuardPort",
     "BOOTSTRAP_RETRY",
     "PULL_INTERVAL",
     "RECONCILE_INTERVAL",
@@ -38,6 +41,30 @@ __all__ = [
     "Reconcile",
     "SaveState",
 ]
+
+
+class WireGuardPort(Protocol):
+    """What the agent needs from WireGuard: make the device match the roster. The same for
+    the trio and the asyncio adapter (an ``async def`` runs under either loop)."""
+
+    async def reconcile(self, roster: Roster) -> None: ...
+
+
+@dataclass
+class AgentStats:
+    """Counters an adapter keeps for ``ppn status`` and tests."""
+
+    pulls_ok: int = 0
+    pulls_failed: int = 0
+    pushes_ok: int = 0
+    pushes_failed: int = 0
+    served: int = 0
+    reconciles: int = 0
+    reconcile_errors: int = 0
+    saves: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    last_error: str | None = None
+
 
 PULL_INTERVAL = 30.0
 RECONCILE_INTERVAL = 5.0

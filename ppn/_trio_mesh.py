@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import trio
 
@@ -27,8 +25,16 @@ from ._control import (
     SyncComplete,
 )
 from ._errors import PPNError
-from ._mesh_agent import MeshAgent, PullFrom, PushTo, Reconcile, SaveState
-from ._roster import MergeResult, Rejection, Roster
+from ._mesh_agent import (
+    AgentStats,
+    MeshAgent,
+    PullFrom,
+    PushTo,
+    Reconcile,
+    SaveState,
+    WireGuardPort,
+)
+from ._roster import MergeResult, Roster
 from ._roster_records import Record
 
 __all__ = [
@@ -47,27 +53,6 @@ log = logging.getLogger("ppn.mesh")
 CONNECT_TIMEOUT = 5.0
 EXCHANGE_TIMEOUT = 10.0
 _RECEIVE_SIZE = 65536
-
-
-class WireGuardPort(Protocol):
-    """What the agent needs from WireGuard: make the device match the roster."""
-
-    async def reconcile(self, roster: Roster) -> None: ...
-
-
-@dataclass
-class AgentStats:
-    """Counters for ``ppn status`` and tests."""
-
-    pulls_ok: int = 0
-    pulls_failed: int = 0
-    pushes_ok: int = 0
-    pushes_failed: int = 0
-    reconciles: int = 0
-    reconcile_errors: int = 0
-    saves: int = 0
-    rejected: list[Rejection] = field(default_factory=list)
-    last_error: str | None = None
 
 
 async def _pump_client(
