@@ -25,7 +25,7 @@ from ppn import IdentityKey
 from ppn.wire import EncodingError, pack_canonical, unpack_canonical
 
 from ._ed25519 import CONTEXT_INVOCATION, CONTEXT_LINK, public_key_ok, signature_shape_ok
-from ._errors import AuthorizationError, ErrorCode, LocalProtocolError
+from ._errors import AuthorizationError, ErrorCode, LocalProtocolError, VaultError
 from ._scope import MAX_TIME, Scope
 
 __all__ = [
@@ -435,3 +435,19 @@ def invoke(
     invocation = Invocation.decode(payload, holder.sign(CONTEXT_INVOCATION + payload))
     envelope = Envelope(capability=capability, invocation=invocation)
     return Envelope(capability=capability, invocation=invocation, raw=envelope.encode())
+
+
+def invoke_for_vault(
+    capability: Capability,
+    holder: IdentityKey,
+    vault: bytes,
+    query_bytes: bytes,
+    *,
+    now: int,
+    nonce: bytes,
+) -> Envelope:
+    """The invocation a direct client sends to one vault (``vault``: the id its hello gave).
+    Refuses, before signing anything, a vault the capability does not name."""
+    if vault not in capability.scope.vaults:
+        raise VaultError(ErrorCode.WRONG_VAULT, "this vault is not one the capability names")
+    return invoke(capability, holder, vaults=[vault], query_bytes=query_bytes, now=now, nonce=nonce)

@@ -22,7 +22,7 @@ import trio
 
 from ppn import IdentityKey
 
-from ._capability import Capability, invoke
+from ._capability import NONCE_SIZE, Capability, invoke_for_vault
 from ._connection import ClientConnection, ConnectionClosed, ServerConnection, State
 from ._errors import ErrorCode, PSPError, VaultError
 from ._io_store import ResultCursor
@@ -354,16 +354,9 @@ class VaultClient:
     ) -> QueryResult:
         """Sign an invocation of ``capability`` for this vault and ``query``, and run it."""
         hello = await self.hello()
-        if hello.vault not in capability.scope.vaults:
-            raise VaultError(ErrorCode.WRONG_VAULT, "this vault is not one the capability names")
         query_bytes = query.encode()
-        envelope = invoke(
-            capability,
-            key,
-            vaults=[hello.vault],
-            query_bytes=query_bytes,
-            now=clock(),
-            nonce=rng(16),
+        envelope = invoke_for_vault(
+            capability, key, hello.vault, query_bytes, now=clock(), nonce=rng(NONCE_SIZE)
         )
         return await self.fetch(envelope.raw, query_bytes)
 
