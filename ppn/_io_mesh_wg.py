@@ -204,6 +204,9 @@ class DeviceWireGuard:
     ) -> None:
         self.interface = interface
         self.backend = backend
+        # Each pass's writes are verified by the read that starts the next pass (one full read
+        # of the device per pass, not two; RFC-NOTES §6.5).
+        self.reconciler = wg.Reconciler(backend)
         self.private_key = private_key
         self.self_identity = self_identity
         self.listen_port = listen_port
@@ -267,7 +270,7 @@ class DeviceWireGuard:
             config = to_interface_config(
                 desired, private_key=self.private_key, listen_port=self.listen_port
             )
-            report = wg.reconcile(self.backend, config, now=now)
+            report = self.reconciler.sync(config, now=now, current=state)
         except (wg.DeviceError, wg.VerifyError, wg.DesiredStateError, wg.UAPIProtocolError) as exc:
             raise MeshDeviceError(str(exc)) from exc
         self.last_report = report

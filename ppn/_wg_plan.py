@@ -1,6 +1,6 @@
 """Reconcile planning: desired config + device state → the fewest operations, as plain data.
 
-:func:`plan` is pure (time comes in as ``now``). Its guarantees (RFC-NOTES §6.4):
+:func:`plan` is pure (time comes in as ``now``). Its guarantees (RFC-NOTES §6.5):
 
 * a device that already matches yields zero operations, so a second pass writes nothing;
 * a peer that did not change gets no operation at all, so its session, handshake, counters
@@ -220,12 +220,15 @@ def check_applied(
     now: float,
     owned: Ownership = None,
     stale_after: float = DEFAULT_STALE_AFTER,
+    whole_set: bool = True,
 ) -> tuple[Operation, ...]:
     """Verify a read-back after ``applied`` was written: the operations still missing (empty =
-    verified). The rule (RFC-NOTES §6.4):
+    verified). The rule (RFC-NOTES §6.5):
 
     * the device's peer *set* is compared in full: every desired peer is present and no owned
-      peer outside the desired state is left;
+      peer outside the desired state is left (with ``whole_set=False``, only the writes are:
+      every peer the plan added or updated is present and every peer it removed is gone, so a
+      read taken a while after the apply does not blame the apply for peers others changed);
     * every peer the plan wrote (added or updated) and the interface are compared field by
       field, with the endpoints just written counting as the desired ones;
     * a peer the plan did not write is not compared again: it matched on the read just
@@ -239,18 +242,24 @@ def check_applied(
     iface = _interface_op(desired, after)
     if iface is not None:
         missing.append(iface)
-    missing.extend(
-        RemovePeer(public_key=key) for key in peers if key not in wanted and is_owned(key)
-    )
     written = {
         op.peer.public_key if isinstance(op, AddPeer) else op.public_key
         for op in applied.operations
         if isinstance(op, (AddPeer, UpdatePeer))
     }
+    if whole_set:
+        missing.extend(
+            RemovePeer(public_key=key) for key in peers if key not in wanted and is_owned(key)
+        )
+    else:
+        missing.extend(
+            op for op in applied.operations if isinstance(op, RemovePeer) and op.public_key in peers
+        )
     unchanged: Callable[[PeerConfig], bool] | None = getattr(peers, "unchanged", None)
     for key, peer in wanted.items():
         if key not in peers:
-            missing.append(AddPeer(peer=peer))
+            if whole_set or key in written:
+                missing.append(AddPeer(peer=peer))
         elif key in written and not (unchanged is not None and unchanged(peer)):
             # The endpoint just applied counts as the desired one (a live peer that roamed
             # between the write and the read-back is not a failure), as on the next pass.

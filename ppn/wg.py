@@ -29,7 +29,7 @@ from ._io_wg_device import (
 from ._io_wg_kernel import KernelBackend
 from ._io_wg_state import SyncRecord, load_record, save_record
 from ._io_wg_uapi import UAPIBackend
-from ._wg_backend import Backend, SyncReport, reconcile
+from ._wg_backend import Backend, Reconciler, SyncReport, reconcile
 from ._wg_config import emit_config, parse_config
 from ._wg_fake import FakeBackend, apply_to_state
 from ._wg_model import (
@@ -84,6 +84,7 @@ __all__ = [
     "PeerState",
     "Plan",
     "QuickExtras",
+    "Reconciler",
     "RemovePeer",
     "SetInterface",
     "SyncRecord",
