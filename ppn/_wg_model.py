@@ -12,7 +12,6 @@ from __future__ import annotations
 import binascii
 import contextlib
 import gc
-import hashlib
 import ipaddress
 import re
 from collections.abc import Iterator, Mapping
@@ -140,6 +139,8 @@ _public_keys: dict[bytes, bytes] = {}
 
 def key_fingerprint(key: bytes) -> bytes:
     """A one-way 16-byte tag of a secret key, so state can be compared without keeping the key."""
+    import hashlib  # here: most syncs have no preshared key, and hashlib costs ~5 ms to load
+
     return hashlib.blake2b(key, digest_size=16, person=b"ppn-wg-psk").digest()
 
 
