@@ -60,3 +60,26 @@ def test_a_command_loads_only_its_family() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_reader_that_stops_reading_gets_no_traceback() -> None:
+    """``ppn ... | head``: exit 141 like a C tool killed by SIGPIPE, nothing on stderr."""
+    flood = (
+        "import sys\n"
+        "import ppn._cli as cli, ppn._cli_wg as family\n"
+        "def _show(args):\n"
+        "    for _ in range(200_000):\n"
+        "        print('peer: ' + 'x' * 60)\n"
+        "    return 0\n"
+        "family._show = _show\n"
+        "sys.exit(cli.main(['wg', 'show']))\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", flood], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert child.stdout is not None and child.stderr is not None
+    assert child.stdout.read(100).startswith(b"peer: ")
+    child.stdout.close()  # like head: read a little, then go away
+    errors = child.stderr.read()
+    assert child.wait(timeout=60) == 141
+    assert b"Traceback" not in errors and errors == b""
