@@ -9,7 +9,9 @@ The join ceremony owns ``identity.key``, ``wireguard.key``, ``node.json`` and ``
     hosts         the hosts-file fragment for the mesh's names
     outbox.bin    canonical msgpack {"version": 1, "records": [record bytes, ...]}: records
                   signed by a command (``ppn remove``) for the running agent to merge and push;
-                  the agent claims the file by renaming it, so a record is never lost
+                  the agent claims the file by renaming it and deletes the claimed copy only
+                  after the merged roster is saved, so a record is never lost (a damaged
+                  outbox is set aside as ``outbox.bin.damaged-*``, never deleted)
 
 Every file is written atomically (temporary file in the same directory, fsync, rename, fsync of
 the directory), so a crash at any point leaves the old or the new file, never a mix; the
@@ -34,6 +36,7 @@ from ._roster_records import InvalidRecord, MemberRecord, Record, Tombstone, rec
 
 __all__ = [
     "OUTBOX_FILE",
+    "OutboxClaim",
     "ROSTER_FILE",
     "MeshFiles",
     "RosterFile",
@@ -48,6 +51,7 @@ __all__ = [
     "read_agent_info",
     "running_agent_pid",
     "save_roster",
+    "claim_queued_records",
     "take_queued_records",
     "write_agent_info",
 ]
@@ -277,16 +281,58 @@ def queue_records(directory: Path, records: Iterable[Record]) -> None:
     atomic_write(path, wire.pack_canonical(value))
 
 
-def take_queued_records(directory: Path) -> list[Record]:
+@dataclass(frozen=True, kw_only=True)
+class OutboxClaim:
+    """Records claimed from the outbox. The claimed files stay on disk until :meth:`release`:
+    call it once what was merged is saved, and an agent that dies in between finds the
+    records again when it next claims."""
+
+    records: tuple[Record, ...]
+    damaged: tuple[str, ...]  # one sentence per damaged file, naming where it was set aside
+    files: tuple[Path, ...]
+
+    def release(self) -> None:
+        for path in self.files:
+            path.unlink(missing_ok=True)
+
+
+_CLAIM_GLOB = f".{OUTBOX_FILE}.*.taking"
+
+
+def claim_queued_records(directory: Path) -> OutboxClaim:
     """Claim the outbox (rename first, so a concurrent :func:`queue_records` either lands in the
-    claimed file or starts a new one) and return its records, every signature verified."""
-    path = directory / OUTBOX_FILE
-    claimed = directory / f".{OUTBOX_FILE}.{os.getpid()}.taking"
+    claimed file or starts a new one), together with any claim an earlier agent left behind,
+    and return their records, every signature verified. A damaged file is renamed to
+    ``outbox.bin.damaged-<time>-<n>`` (kept for the operator) and reported in ``damaged``."""
+    import secrets
+    import time
+
+    files = sorted(directory.glob(_CLAIM_GLOB))  # left by an agent that died before release
+    mine = directory / f".{OUTBOX_FILE}.{os.getpid()}-{secrets.token_hex(4)}.taking"
     try:
-        os.replace(path, claimed)
+        os.replace(directory / OUTBOX_FILE, mine)
+        files.append(mine)
     except FileNotFoundError:
-        return []
-    try:
-        return _read_outbox(claimed)
-    finally:
-        claimed.unlink(missing_ok=True)
+        pass
+    records: dict[bytes, Record] = {}
+    damaged: list[str] = []
+    kept: list[Path] = []
+    for index, path in enumerate(files):
+        try:
+            records.update((r.digest, r) for r in _read_outbox(path))
+            kept.append(path)
+        except StateDirError as exc:
+            aside = directory / f"{OUTBOX_FILE}.damaged-{int(time.time())}-{index}"
+            os.replace(path, aside)
+            damaged.append(f"{exc}; set aside as {aside.name}")
+    return OutboxClaim(records=tuple(records.values()), damaged=tuple(damaged), files=tuple(kept))
+
+
+def take_queued_records(directory: Path) -> list[Record]:
+    """Claim and release at once (for a caller with no roster to save first); raises
+    :class:`StateDirError` if a claimed file was damaged (it is set aside, not deleted)."""
+    claim = claim_queued_records(directory)
+    claim.release()
+    if claim.damaged:
+        raise StateDirError(claim.damaged[0])
+    return list(claim.records)

@@ -28,13 +28,13 @@ from ._control import CONTROL_PORT
 from ._io_mesh_state import (
     AgentAlreadyRunning,
     MeshFiles,
+    OutboxClaim,
     RosterFile,
-    StateDirError,
+    claim_queued_records,
     load_mesh_files,
     load_roster,
     running_agent_pid,
     save_roster,
-    take_queued_records,
     write_agent_info,
     write_hosts,
 )
@@ -101,14 +101,19 @@ def _initial_roster(
     return roster, 0, frozenset(m.identity for m in files.preliminary)
 
 
-def _merge_queued(roster: Roster, state: Path) -> list[Record]:
-    """Merge the outbox's records (already verified); return the ones that changed the roster."""
+def _merge_queued(roster: Roster, state: Path) -> tuple[list[Record], OutboxClaim | None]:
+    """Merge the outbox's records (already verified) into ``roster``: the ones that changed it,
+    and the claim to release once the roster is saved (``None``: nothing was queued)."""
     try:
-        records = take_queued_records(state)
-    except StateDirError as exc:
-        log.warning("dropped the outbox: %s", exc)
-        return []
-    return list(roster.merge(records).changed) if records else []
+        claim = claim_queued_records(state)
+    except OSError as exc:
+        log.warning("cannot take the outbox: %s", exc)
+        return [], None
+    for problem in claim.damaged:
+        log.warning("the outbox was damaged: %s", problem)
+    if not claim.files:
+        return [], None
+    return list(roster.merge(claim.records).changed) if claim.records else [], claim
 
 
 def _describe(record: Record) -> str:
@@ -176,7 +181,8 @@ async def run_agent(
         )
     )
     # Records a command queued while no agent ran (or just before this one started).
-    admitted += _merge_queued(roster, opts.state)
+    queued, claim = _merge_queued(roster, opts.state)
+    admitted += queued
     if admitted:
         agent.roster_changed(MergeResult(changed=tuple(admitted)))
     await trio.to_thread.run_sync(device.reconcile_now, roster)
@@ -224,6 +230,8 @@ async def run_agent(
 
     if generation == 0 or admitted:
         save(roster)
+    if claim is not None:
+        claim.release()  # what it held is in the saved roster now
     node = MeshNode(
         agent,
         wireguard=device,
@@ -265,7 +273,14 @@ async def run_agent(
             if admitted:
                 opts.progress("admitted " + ", ".join(f"{r.name} ({r.address})" for r in admitted))
                 node.merged_locally(MergeResult(changed=tuple(admitted)))
-            queued = _merge_queued(roster, opts.state)
+            queued, claim = _merge_queued(roster, opts.state)
+            if claim is not None:
+                try:
+                    save(roster)  # on disk before the claimed outbox is let go
+                except OSError as exc:
+                    log.warning("saving state failed; the outbox is kept: %s", exc)
+                else:
+                    claim.release()
             if queued:
                 opts.progress("took " + ", ".join(_describe(r) for r in queued))
                 node.merged_locally(MergeResult(changed=tuple(queued)))

@@ -16,6 +16,7 @@ from ppn._cli import main
 from ppn._io_mesh_state import (
     OUTBOX_FILE,
     StateDirError,
+    claim_queued_records,
     load_roster,
     queue_records,
     save_roster,
@@ -91,9 +92,11 @@ def test_outbox_round_trip_is_claimed_once(tmp_path: Path) -> None:
     assert take_queued_records(tmp_path) == []
     assert not list(tmp_path.iterdir())  # neither the outbox nor the claimed copy remain
     (tmp_path / OUTBOX_FILE).write_bytes(b"junk")
-    with pytest.raises(StateDirError, match="damaged"):
+    with pytest.raises(StateDirError, match=r"damaged.*set aside as outbox\.bin\.damaged-"):
         take_queued_records(tmp_path)
-    assert not list(tmp_path.iterdir())
+    (aside,) = tmp_path.iterdir()  # kept for the operator, byte for byte, never deleted
+    assert aside.name.startswith(f"{OUTBOX_FILE}.damaged-") and aside.read_bytes() == b"junk"
+    assert take_queued_records(tmp_path) == []  # and not claimed again
 
 
 def test_the_agent_merges_queued_records_once(tmp_path: Path) -> None:
@@ -101,13 +104,35 @@ def test_the_agent_merges_queued_records_once(tmp_path: Path) -> None:
     held = fleet.roster.copy()
     tombstone = fleet.roster.remove(fleet.genesis, fleet.keys["cloud"].public, now=5000)
     queue_records(tmp_path, [tombstone])
-    changed = _merge_queued(held, tmp_path)
-    assert [r.digest for r in changed] == [tombstone.digest]
+    changed, claim = _merge_queued(held, tmp_path)
+    assert [r.digest for r in changed] == [tombstone.digest] and claim is not None
     assert held.view().by_name("cloud") is None
+    claim.release()
+    assert not list(tmp_path.iterdir())
     queue_records(tmp_path, [tombstone])
-    assert _merge_queued(held, tmp_path) == []  # already held: nothing to push
+    changed, claim = _merge_queued(held, tmp_path)
+    assert changed == [] and claim is not None  # already held: nothing to push
+    claim.release()
+    assert _merge_queued(held, tmp_path) == ([], None)  # nothing queued
     (tmp_path / OUTBOX_FILE).write_bytes(b"junk")
-    assert _merge_queued(held, tmp_path) == []  # logged and dropped, the agent keeps running
+    changed, claim = _merge_queued(held, tmp_path)  # logged and set aside, the agent runs on
+    assert changed == [] and claim is None
+    assert [p.name.startswith(f"{OUTBOX_FILE}.damaged-") for p in tmp_path.iterdir()] == [True]
+
+
+def test_an_agent_that_dies_before_saving_loses_no_queued_record(tmp_path: Path) -> None:
+    fleet = fleet3()
+    first = fleet.roster.remove(fleet.genesis, fleet.keys["cloud"].public, now=5000)
+    second = fleet.roster.remove(fleet.keys["relay"], fleet.keys["relay"].public, now=5001)
+    queue_records(tmp_path, [first])
+    dead = claim_queued_records(tmp_path)  # claimed, merged in memory, then the agent died
+    assert [r.digest for r in dead.records] == [first.digest]
+    queue_records(tmp_path, [second])  # a command queues more meanwhile
+    again = claim_queued_records(tmp_path)  # the next agent finds both
+    assert sorted(r.digest for r in again.records) == sorted([first.digest, second.digest])
+    assert set(again.files) >= set(dead.files)
+    again.release()
+    assert not list(tmp_path.iterdir())
 
 
 def _member(node: NodeState, address: str) -> CeremonyMember:
