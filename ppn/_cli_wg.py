@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 EXIT_CONFIG = 20
@@ -269,23 +270,45 @@ def _sync_paused(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    from ._wg_model import key_text as encode_key
+
     verb = "would apply" if args.dry_run else "applied"
+    # A dry run is for reviewing: every line. A real sync summarises past a screenful (a first
+    # sync of 10,000 peers is 10,001 operations); --json always has everything.
+    limit = None if args.dry_run else _SHOWN
     if not ops:
         print(f"{args.iface}: in sync ({choice.reason}); nothing to do")
     else:
         tail = "" if args.dry_run else ", verified by read-back"
         print(f"{args.iface}: {verb} {len(ops)} operation(s) ({choice.reason}){tail}")
-        for op in ops:
-            print(f"  {describe(op)}")
-    for key in report.plan.kept_endpoints:
-        from ._wg_model import key_text as encode_key
-
-        print(f"  kept roamed endpoint of live peer {encode_key(key)}")
-    for key in report.plan.foreign_peers:
-        from ._wg_model import key_text as encode_key
-
-        print(f"  left alone peer {encode_key(key)} (not owned by this node)")
+        _print_some((describe(op) for op in ops), len(ops), limit, "operation(s)")
+    _print_some(
+        (f"kept roamed endpoint of live peer {encode_key(k)}" for k in report.plan.kept_endpoints),
+        len(report.plan.kept_endpoints),
+        limit,
+        "kept endpoint(s)",
+    )
+    _print_some(
+        (
+            f"left alone peer {encode_key(k)} (not owned by this node)"
+            for k in report.plan.foreign_peers
+        ),
+        len(report.plan.foreign_peers),
+        limit,
+        "peer(s) left alone",
+    )
     return 0
+
+
+_SHOWN = 20  # lines of each list a real sync prints before summarising the rest
+
+
+def _print_some(lines: Iterator[str], count: int, limit: int | None, what: str) -> None:
+    for index, line in enumerate(lines):
+        if limit is not None and index == limit:
+            print(f"  ... and {count - limit} more {what} (--json lists them all)")
+            return
+        print(f"  {line}")
 
 
 def _age(seconds: float) -> str:

@@ -219,6 +219,22 @@ def test_duplicate_prefix_is_refused_by_the_cli_and_nothing_changes(
     a.cli("sync", a.ifname, str(conf), env=_env(tmp_path))
     assert set(a.backend.read().peers) == {p1.public}
 
+    # A big sync prints a screenful and a count; its dry run lists every operation.
+    many = [WireGuardKeyPair.generate() for _ in range(30)]
+    conf.write_text(
+        f"[Interface]\nPrivateKey = {encode_key(a.keys.private)}\n"
+        + "".join(
+            f"[Peer]\nPublicKey = {k.public_b64}\nAllowedIPs = 10.10.{i}.0/24\n"
+            for i, k in enumerate(many)
+        )
+    )
+    dry = a.cli("sync", a.ifname, str(conf), "--dry-run", env=_env(tmp_path))
+    assert dry.stdout.count("\n  add peer ") == 30 and "more operation" not in dry.stdout
+    done = a.cli("sync", a.ifname, str(conf), env=_env(tmp_path)).stdout
+    assert "applied 31 operation(s)" in done  # 30 additions and p1's removal
+    assert done.count("\n  ") == 21 and "... and 11 more operation(s)" in done
+    assert len(a.backend.read().peers) == 30
+
 
 _PARTIAL_WRITER = """
 import socket, sys
