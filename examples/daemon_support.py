@@ -137,7 +137,8 @@ def control_resolver(
 @dataclass
 class PlannedWireGuard:
     """A WireGuard stand-in: plans the peers a device would get from the roster and reports
-    them. A daemon with a device reconciles it here instead (``ppn.wg.reconcile``)."""
+    them. A daemon with a device reconciles it here instead (a ``ppn.wg.Reconciler`` kept for the
+    daemon's life: one device read per pass)."""
 
     identity: bytes
     peers: list[str] = field(default_factory=list)
