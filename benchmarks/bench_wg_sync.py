@@ -1,10 +1,11 @@
 """``ppn wg sync`` against ``wg syncconf``, side by side on the same wireguard-go device.
 
 At 1,000 and 10,000 peers: initial apply (empty device), no-change sync, and 1 % churn
-(1 % of the peers replaced by new ones). For ppn three figures: ``agent`` is what the node
-agent does each pass (``Reconciler.sync`` of a desired state it holds, in a running process: one
-read of the device, plan, apply; the check of the writes, which the agent runs on the next
-pass's read, is timed here on an untimed read and added, so only the second read is saved);
+(1 % of the peers replaced by new ones). For ppn three figures: ``agent`` is what a daemon does
+each pass (``Reconciler.sync`` of a parsed desired state it holds, in a running process: one
+read of the device, plan, apply; the check of the writes, which it runs on the next pass's
+read, is timed here on an untimed read and added, so only the second read is saved; the mesh
+agent does the same but rebuilds its desired state each pass, for tens of peers);
 ``lib`` is one file → device pass in a running process with every cache emptied
 (``parse_config`` + ``reconcile`` with its immediate read-back, i.e. ``ppn wg sync`` without
 interpreter start-up); ``cli`` is the ``ppn wg sync`` command, a new Python process each time
