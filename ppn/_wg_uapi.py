@@ -117,6 +117,14 @@ _VOLATILE_RUN = re.compile(
 )
 
 
+# The volatile lines exactly as wireguard-go prints them between a peer's preshared key and its
+# keepalive (the endpoint line only when it has one).
+_WIREGUARD_GO_MIDDLE = re.compile(
+    r"protocol_version=[0-9]+\n(?:endpoint=([^\n]*)\n)?last_handshake_time_sec=[0-9]+\n"
+    r"last_handshake_time_nsec=[0-9]+\ntx_bytes=[0-9]+\nrx_bytes=[0-9]+\n"
+)
+
+
 def _redact_psk(match: re.Match[str]) -> str:
     psk = _hex_key(match.group(1), "preshared_key")
     tag = key_fingerprint(psk).hex()
@@ -254,14 +262,17 @@ class LazyPeers(Mapping[bytes, PeerState]):
         # lines, then the signature's tail (keepalive, allowed IPs), as wireguard-go prints
         # it. Otherwise (another implementation's order, unknown lines): drop the volatile
         # lines and compare; either way equal text means equal configuration.
+        head = sig.head
         end = len(block) - 1 if block[-1:] == "\n" else len(block)
         middle_end = end - len(sig.tail)
-        fast = (
-            middle_end >= len(sig.head)
-            and block.startswith(sig.head)
-            and block.endswith(sig.tail, 0, end)
-            and _VOLATILE_RUN.fullmatch(block, len(sig.head), middle_end)
-        )
+        fast = False
+        if middle_end >= len(head) and block.startswith(head) and block.endswith(sig.tail, 0, end):
+            # wireguard-go's exact volatile lines: one match that also yields the endpoint
+            # (most of a no-change pass at 10,000 peers is spent in this method)
+            exact = _WIREGUARD_GO_MIDDLE.fullmatch(block, len(head), middle_end)
+            if exact is not None:
+                return sig.endpoint is None or exact[1] == sig.endpoint
+            fast = _VOLATILE_RUN.fullmatch(block, len(head), middle_end) is not None
         if not fast:
             whole = block if block[-1:] == "\n" else block + "\n"
             if _VOLATILE_LINE.sub("", "\n" + whole)[1:] != sig.text:

@@ -248,6 +248,15 @@ def test_unchanged_text_check_in_either_line_order(order: str) -> None:
     assert not unchanged(dataclasses.replace(p, endpoint=Endpoint.parse("192.0.2.2:51820")))
     odd = parse_get(_answer([_block(p, order, extra="future_key=1")]), "wg0", lazy=True)
     assert not odd.peers.unchanged(p)  # type: ignore[attr-defined]
+    # A peer the device has no endpoint for (no endpoint line at all).
+    bare = dataclasses.replace(p, endpoint=None)
+    lines = [line for line in _block(p, order) if not line.startswith("endpoint=")]
+    without = parse_get(_answer([lines]), "wg0", lazy=True).peers
+    assert without.unchanged(bare)  # type: ignore[attr-defined]
+    assert not without.unchanged(p)  # type: ignore[attr-defined]
+    # Numbers that are not numbers: never the exact wireguard-go match, same answers.
+    junk = [line.replace("tx_bytes=1", "tx_bytes=x") for line in _block(p, order)]
+    assert parse_get(_answer([junk]), "wg0", lazy=True).peers.unchanged(p)  # type: ignore[attr-defined]
 
 
 # --- the sync record: decoded lazily, written only when it changes ------------------------------
