@@ -101,6 +101,7 @@ def _clear_caches() -> None:
     _wg_model._prefix_cache.clear()
     _wg_model._public_keys.clear()
     _wg_uapi._signatures.clear()
+    _wg_uapi._by_value.clear()
     _wg_plan._last_checked.clear()
 
 

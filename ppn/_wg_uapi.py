@@ -141,21 +141,38 @@ class _Signature(NamedTuple):
 
 # Signatures by the identity of the (frozen) PeerConfig: hashing a config would hash all its
 # prefixes, which costs more than building the signature. The entry keeps the object alive so
-# its id cannot be reused while cached.
+# its id cannot be reused while cached. Behind it, signatures by value (the fields the text is
+# made of): a desired state built afresh — the mesh agent builds one every pass, a changed
+# config file parses into new objects — mostly repeats peers already seen.
 _signatures: dict[int, tuple[PeerConfig, _Signature]] = {}
+_by_value: dict[tuple[object, ...], _Signature] = {}
 
 
 def _signature(peer: PeerConfig) -> _Signature:
     entry = _signatures.get(id(peer))
     if entry is not None and entry[0] is peer:
         return entry[1]
-    psk = peer.preshared_key
-    tag = _ZERO_HEX if psk is None or psk == _ZERO_KEY else key_fingerprint(psk).hex()
-    nets = "".join([f"allowed_ip={text}\n" for text in peer.prefix_texts()])
-    head = f"{peer.public_key.hex()}\npreshared_key={tag}\n"
-    tail = f"persistent_keepalive_interval={peer.persistent_keepalive}\n{nets}"
-    endpoint = None if peer.endpoint is None else str(peer.endpoint)
-    signature = _Signature(head + tail, head, tail[:-1], endpoint)
+    ep = peer.endpoint
+    value = (
+        peer.public_key,
+        peer.preshared_key,
+        peer.persistent_keepalive,
+        None if ep is None else ep.host,
+        None if ep is None else ep.port,
+        peer.prefix_texts(),
+    )
+    signature = _by_value.get(value)
+    if signature is None:
+        psk = peer.preshared_key
+        tag = _ZERO_HEX if psk is None or psk == _ZERO_KEY else key_fingerprint(psk).hex()
+        nets = "".join([f"allowed_ip={text}\n" for text in peer.prefix_texts()])
+        head = f"{peer.public_key.hex()}\npreshared_key={tag}\n"
+        tail = f"persistent_keepalive_interval={peer.persistent_keepalive}\n{nets}"
+        endpoint = None if ep is None else str(ep)
+        signature = _Signature(head + tail, head, tail[:-1], endpoint)
+        if len(_by_value) >= 1 << 17:
+            _by_value.clear()
+        _by_value[value] = signature
     if len(_signatures) >= 1 << 17:
         _signatures.clear()
     _signatures[id(peer)] = (peer, signature)

@@ -298,3 +298,21 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in heavy or m in heavy))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_equal_peers_built_separately_share_one_signature() -> None:
+    from ppn._wg_uapi import _signature
+
+    a = peer(1, "10.0.0.1/32", endpoint="192.0.2.1:1")
+    b = peer(1, "10.0.0.1/32", endpoint="192.0.2.1:1")
+    assert a is not b and _signature(a) is _signature(b)
+    for other in (
+        peer(1, "10.0.0.1/32", endpoint="192.0.2.1:2"),
+        peer(1, "10.0.0.2/32", endpoint="192.0.2.1:1"),
+        peer(2, "10.0.0.1/32", endpoint="192.0.2.1:1"),
+        dataclasses.replace(a, persistent_keepalive=25),
+        dataclasses.replace(a, preshared_key=key(9)),
+        dataclasses.replace(a, endpoint=None),
+    ):
+        assert _signature(other) != _signature(a)
+        assert _signature(other).text == _signature(dataclasses.replace(other)).text
