@@ -4,7 +4,8 @@
 control (TCP 9206), pulls, pushes, reconciles WireGuard and saves the roster, doing exactly what
 the sans-IO :class:`MeshAgent` says and speaking the wire through :class:`ControlConnection`.
 The WireGuard side is the embedder's: any object with ``async def reconcile(roster)`` (for a real
-device, wrap ``ppn._io_mesh_wg.DeviceWireGuard.reconcile_now`` in ``asyncio.to_thread``).
+device, call ``ppn._io_mesh_wg.DeviceWireGuard.reconcile_now`` in ``asyncio.to_thread`` on
+``roster.copy()``, made before the call: the loop goes on merging into ``roster`` meanwhile).
 :func:`pull_once` and :func:`push_once` are one-shot client operations.
 """
 

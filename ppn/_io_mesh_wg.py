@@ -221,7 +221,11 @@ class DeviceWireGuard:
         self.operations_applied = 0  # since start: 0 after a restart means "nothing disturbed"
 
     async def reconcile(self, roster: Roster) -> None:
-        await trio.to_thread.run_sync(self.reconcile_now, roster)
+        # The worker thread gets a copy made here, in the event loop: the loop goes on merging
+        # pushed and pulled records into ``roster`` meanwhile, and a dict that changes size
+        # under the thread's iteration raises (which would end the agent).
+        snapshot = roster.copy()
+        await trio.to_thread.run_sync(self.reconcile_now, snapshot)
 
     def desired(self, roster: Roster, state: wg.DeviceState, now: float) -> DesiredConfig:
         observations = observations_from(state)
