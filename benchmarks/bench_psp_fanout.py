@@ -156,7 +156,7 @@ def _vault_process(n: int, stub: bool) -> None:
 def _aggregator_process() -> None:
     import trio
 
-    from psp._trio_orchestration import serve_orchestration
+    from psp.aggregation._trio import serve_orchestration
 
     _raise_fd_limit()
 
@@ -215,10 +215,10 @@ def _run(n: int, rounds: int, *, stub: bool = False) -> dict[str, Any]:
 
     from ppn import IdentityKey
     from psp import Query, Scope, mint
-    from psp._aggregate import Mode
-    from psp._aggregate_plan import VaultAddress, plan_targets
     from psp._trio import VaultClient
-    from psp._trio_orchestration import OrchestrationClient
+    from psp.aggregation._merge import Mode
+    from psp.aggregation._plan import VaultAddress, plan_targets
+    from psp.aggregation._trio import OrchestrationClient
 
     _raise_fd_limit()
     vaults_proc = _Proc("--vaults", str(n), *(["--stub"] if stub else []))

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from nacl.signing import VerifyKey
 
 from ppn import IdentityKey, WireGuardKeyPair, wire
-from ppn._control import ControlConnection, Pull, Role
-from ppn._roster import Roster
-from ppn._roster_records import Record, sign_admission, sign_member
+from ppn.mesh._control import ControlConnection, Pull, Role
+from ppn.mesh._records import Record, sign_admission, sign_member
+from ppn.mesh._roster import Roster
 
 N = 1000
 CIDR = "10.8.0.0/22"
@@ -110,7 +110,7 @@ def main() -> None:
     values = [wire.unpack_canonical(r.encoded) for r in records]
     ingest_ms = _best(lambda: Roster(mesh=mesh, network=net).ingest(values), repeat=3)
     pairs = [(VerifyKey(r.admission.admitter), r.admission.signature) for r in records]
-    from ppn._roster_records import ADMISSION_LABEL
+    from ppn.mesh._records import ADMISSION_LABEL
 
     msgs = [ADMISSION_LABEL + wire.pack_canonical(r.admission.signed_fields()) for r in records]
 

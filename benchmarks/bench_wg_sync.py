@@ -82,7 +82,7 @@ def _installed_ppn(root: Path) -> str:
     (site / "ppn.pth").write_text(f"{repo}\n{sysconfig.get_paths()['purelib']}\n")
     script = venv / "bin" / "ppn"
     script.write_text(
-        f"#!{venv}/bin/python\nimport sys\nfrom ppn._cli import main\n"
+        f"#!{venv}/bin/python\nimport sys\nfrom ppn.cli import main\n"
         "if __name__ == '__main__':\n"
         "    sys.argv[0] = sys.argv[0].removesuffix('.exe')\n"
         "    sys.exit(main())\n"
@@ -92,7 +92,9 @@ def _installed_ppn(root: Path) -> str:
 
 
 def _clear_caches() -> None:
-    from ppn import _wg_model, _wg_plan, _wg_uapi
+    from ppn.wg import _model as _wg_model
+    from ppn.wg import _plan as _wg_plan
+    from ppn.wg import _uapi as _wg_uapi
 
     _wg_model._network_cache.clear()
     _wg_model._address_cache.clear()
@@ -202,7 +204,7 @@ def main() -> None:
             """One file → device pass in this process, every cache emptied first."""
 
             def run() -> None:
-                from ppn._io_wg_state import load_record, save_record
+                from ppn.wg._io_state import load_record, save_record
 
                 _clear_caches()
                 cfg = parse_config(path.read_text())

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from ppn._cli import CommandError
+from ppn.cli import CommandError
 
 TIMEOUT = 30.0
 

@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from ppn import encode_key
-from ppn._cli import CommandError
+from ppn.cli import CommandError
 
 from . import _trio
 from ._bundle import MemberRecord, lowest_free_address, parse_endpoint
@@ -265,7 +265,7 @@ def grant_for(directory: Path, peer: PartyInfo) -> Grant | None:
     members other sponsors admitted, and removed identities), and gets the lowest host address
     neither holds, so two sponsors collide only when they admit at the same time.
     """
-    from ppn._io_mesh_state import StateDirError, load_signed_claims
+    from ppn.mesh._io_state import StateDirError, load_signed_claims
 
     current = load_mesh(directory)
     if current is None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._admit import Admitted, admit
-from ._aggregate import Aggregation, Mode, TargetStatus, VaultStatus
-from ._aggregate_plan import AggregateCursor, VaultAddress, plan_targets
 from ._capability import (
     Capability,
     Envelope,
@@ -55,10 +53,12 @@ from ._messages import (
     decode_message,
     encode_message,
 )
-from ._orchestration import AggregatorConnection, OrchestrationClientConnection
 from ._query import Aggregate, Filter, Query, check_permitted, decode_query
 from ._scope import ANY, OPERATIONS, Scope
 from ._verifier import Authorization, ReplaySet, Verifier
+from .aggregation._connection import AggregatorConnection, OrchestrationClientConnection
+from .aggregation._merge import Aggregation, Mode, TargetStatus, VaultStatus
+from .aggregation._plan import AggregateCursor, VaultAddress, plan_targets
 
 if TYPE_CHECKING:
     from ._asyncio import AsyncioVaultClient, query_vault_asyncio
@@ -132,7 +132,7 @@ __all__ = [
 ]
 
 # PSP aggregation (RFC-NOTES §10): the merge, the client's plan and cursor, the wire cores. The
-# trio aggregator and client are psp._trio_orchestration (imported on demand).
+# trio aggregator and client are psp.aggregation._trio (imported on demand).
 __all__ += [
     "AggregateCursor",
     "Aggregation",

@@ -43,14 +43,14 @@ def _exit_for(code: ErrorCode) -> int:
 
 
 def _fail_code(code: ErrorCode, detail: str = "") -> Exception:
-    from ppn._cli import CommandError
+    from ppn.cli import CommandError
 
     sentence = detail or code.sentence
     return CommandError(f"{code.name} ({int(code)}): {sentence}", _exit_for(code))
 
 
 def _error(message: str, status: int) -> Exception:
-    from ppn._cli import CommandError
+    from ppn.cli import CommandError
 
     return CommandError(message, status)
 
@@ -642,7 +642,7 @@ def _query(args: argparse.Namespace) -> int:
     from ._trio import VaultClient
 
     if args.via is not None:  # many vaults through an aggregator (RFC-NOTES §10)
-        from ._cli_orchestration import query_via
+        from .aggregation._cli import query_via
 
         return query_via(args)
     if not args.cap or len(args.cap) != 1 or len(args.vault) != 1:
@@ -959,8 +959,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--json", action="store_true", help="JSON lines")
     p.set_defaults(handler=_query)
-    from ._cli_orchestration import add_via_options
-    from ._cli_orchestration import register as register_orchestration
+    from .aggregation._cli import add_via_options
+    from .aggregation._cli import register as register_orchestration
 
     add_via_options(p)  # --via, --vaults, --mode, --resume (RFC-NOTES §10.6)
     register_orchestration(subparsers)  # ppn orchestration serve

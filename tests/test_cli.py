@@ -9,7 +9,8 @@ from importlib import import_module
 
 import pytest
 
-from ppn._cli import FAMILIES, _family_of, build_parser, main
+from ppn.cli import FAMILIES, build_parser, main
+from ppn.cli._main import _family_of
 
 
 @pytest.mark.parametrize("module", sorted(FAMILIES))
@@ -52,7 +53,7 @@ def test_unknown_command_is_a_usage_error() -> None:
 def test_a_command_loads_only_its_family() -> None:
     code = (
         "import sys\n"
-        "from ppn._cli import main\n"
+        "from ppn.cli import main\n"
         "try:\n    main(['wg', '--help'])\nexcept SystemExit:\n    pass\n"
         "print(sorted(m for m in ('psp', 'genesis', 'psp._cli', 'genesis._cli') if m in sys.modules))"
     )
@@ -66,7 +67,7 @@ def test_a_reader_that_stops_reading_gets_no_traceback() -> None:
     """``ppn ... | head``: exit 141 like a C tool killed by SIGPIPE, nothing on stderr."""
     flood = (
         "import sys\n"
-        "import ppn._cli as cli, ppn._cli_wg as family\n"
+        "import ppn.cli._main as cli, ppn.wg._cli as family\n"
         "def _show(args):\n"
         "    for _ in range(200_000):\n"
         "        print('peer: ' + 'x' * 60)\n"

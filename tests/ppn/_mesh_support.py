@@ -6,8 +6,8 @@ import hashlib
 from dataclasses import dataclass, field
 
 from ppn import IdentityKey, WireGuardKeyPair
-from ppn._roster import Roster
-from ppn._roster_records import Record, sign_admission, sign_member, sign_tombstone
+from ppn.mesh._records import Record, sign_admission, sign_member, sign_tombstone
+from ppn.mesh._roster import Roster
 
 CIDR = "10.8.0.0/24"
 

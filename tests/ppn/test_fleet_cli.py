@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ppn import IdentityKey, decode_key
-from ppn._cli import main
+from ppn.cli import main
 
 from ._fleet_support import fleet_directory
 

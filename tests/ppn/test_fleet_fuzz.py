@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ppn import RemoteProtocolError, wire
-from ppn._fleet_control import decode_control_request
-from ppn._fleet_heartbeat import HEARTBEAT_CONTEXT, decode_heartbeat_reply
 from ppn.fleet import NodeTable, SpawnClient, SpawnServer, VmSpec, decode_heartbeat
+from ppn.fleet._heartbeat import HEARTBEAT_CONTEXT, decode_heartbeat_reply
+from ppn.fleet._operator import decode_control_request
 
 from ._fleet_support import fleet_directory, make_heartbeat, make_key, make_member
 
@@ -104,7 +104,7 @@ def test_spawn_client_after_a_valid_challenge(answers: list[bytes]) -> None:
 @given(_VALUES)
 def test_signed_garbage_spawn_bodies(value: object) -> None:
     """A body signed by the real controller but malformed only raises RemoteProtocolError."""
-    from ppn._fleet_spawn import SPAWN_CONTEXT
+    from ppn.fleet._spawn import SPAWN_CONTEXT
 
     node_a = make_member(2, "a").node_id
     server = SpawnServer(node_id=node_a, directory=fleet_directory(), nonce=b"N" * 16)

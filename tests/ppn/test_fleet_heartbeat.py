@@ -7,7 +7,6 @@ from dataclasses import replace
 import pytest
 
 from ppn import RemoteProtocolError, wire
-from ppn._fleet_heartbeat import HEARTBEAT_CONTEXT, decode_heartbeat_reply, encode_heartbeat_reply
 from ppn.fleet import (
     HeartbeatAuthError,
     ReplayGuard,
@@ -17,6 +16,7 @@ from ppn.fleet import (
     decode_heartbeat,
     encode_heartbeat,
 )
+from ppn.fleet._heartbeat import HEARTBEAT_CONTEXT, decode_heartbeat_reply, encode_heartbeat_reply
 
 from ._fleet_support import make_heartbeat, make_key
 

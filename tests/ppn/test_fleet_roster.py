@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from ppn import IdentityKey, WireGuardKeyPair
-from ppn._fleet_roster import RosterDirectory
-from ppn._roster import Roster
 from ppn.fleet import HeartbeatAuthError, NodeTable, derive_node_id, encode_heartbeat
+from ppn.fleet._roster import RosterDirectory
+from ppn.mesh._roster import Roster
 
 from ._fleet_support import make_heartbeat
 
@@ -69,8 +69,8 @@ def test_heartbeats_checked_against_the_live_roster(roster: Roster) -> None:
 
 
 def test_state_dir_roster_follows_the_agents_writes(tmp_path: Path, roster: Roster) -> None:
-    from ppn._io_fleet_state import StateDirRoster
-    from ppn._io_mesh_state import save_roster
+    from ppn.fleet._io_state import StateDirRoster
+    from ppn.mesh._io_state import save_roster
 
     save_roster(tmp_path, roster, generation=1, baseline=[])
     source = StateDirRoster(tmp_path, mesh=roster.mesh, cidr="10.8.0.0/24")

@@ -13,8 +13,6 @@ import pytest
 import trio
 import trio.testing
 
-from ppn._fleet_control import ControlRequest
-from ppn._io_fleet_host import HostFacts, ProvisionerResult, run_provisioner
 from ppn.fleet import (
     FleetController,
     FleetControllerConfig,
@@ -23,6 +21,8 @@ from ppn.fleet import (
     VmHostService,
     VmSpec,
 )
+from ppn.fleet._io_host import HostFacts, ProvisionerResult, run_provisioner
+from ppn.fleet._operator import ControlRequest
 
 from ._fleet_support import fleet_directory, make_key, make_member
 

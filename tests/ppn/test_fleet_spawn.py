@@ -6,8 +6,6 @@ from __future__ import annotations
 import pytest
 
 from ppn import LocalProtocolError, RemoteProtocolError, wire
-from ppn._fleet_control import ControlRequest, decode_control_request, encode_control_request
-from ppn._fleet_spawn import SpawnState
 from ppn.fleet import (
     DirectoryError,
     SpawnAnswer,
@@ -20,6 +18,8 @@ from ppn.fleet import (
     VmSpec,
     derive_node_id,
 )
+from ppn.fleet._operator import ControlRequest, decode_control_request, encode_control_request
+from ppn.fleet._spawn import SpawnState
 
 from ._fleet_support import fleet_directory, make_key, make_member
 

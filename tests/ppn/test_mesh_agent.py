@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ppn._mesh_agent import MeshAgent, PullFrom, PushTo, Reconcile, SaveState
-from ppn._mesh_ids import node_address6
-from ppn._roster import MergeResult
+from ppn.mesh._agent import MeshAgent, PullFrom, PushTo, Reconcile, SaveState
+from ppn.mesh._ids import node_address6
+from ppn.mesh._roster import MergeResult
 from tests.ppn._mesh_support import Fleet, identity
 
 
@@ -77,7 +77,7 @@ def test_changes_are_pushed_to_everyone_but_their_source_and_coalesced() -> None
 
 def test_a_joiner_pulls_from_bootstrap_addresses_until_it_knows_members() -> None:
     fleet = fleet3()
-    from ppn._roster import Roster
+    from ppn.mesh._roster import Roster
 
     empty = Roster(mesh=fleet.mesh, network=fleet.roster.network)
     sponsor = ctl(fleet, "genesis")

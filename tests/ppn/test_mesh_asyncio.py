@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 
 from ppn import IdentityKey, WireGuardKeyPair, mesh
-from ppn._asyncio_mesh import pull_once
-from ppn._mesh_ids import node_address6
+from ppn.mesh._asyncio import pull_once
+from ppn.mesh._ids import node_address6
 
 
 class RecordingWireGuard:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ppn import LocalProtocolError, RemoteProtocolError, wire
-from ppn._control import (
+from ppn.mesh._control import (
     ConnectionClosed,
     ControlConnection,
     ControlProtocolError,
@@ -21,7 +21,7 @@ from ppn._control import (
     RosterUpdated,
     SyncComplete,
 )
-from ppn._roster import Roster
+from ppn.mesh._roster import Roster
 from tests.ppn._mesh_support import CIDR, Fleet, identity, record_pool
 
 POOL = record_pool()

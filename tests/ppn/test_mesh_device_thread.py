@@ -8,11 +8,11 @@ from collections.abc import Iterable, Iterator
 import pytest
 import trio
 
-from ppn import _roster
-from ppn._addressing import MeshNetwork
-from ppn._io_mesh_wg import DeviceWireGuard
-from ppn._roster_records import Record
-from ppn._roster_view import RosterView, compute_view
+from ppn.mesh import _roster as _roster
+from ppn.mesh._addressing import MeshNetwork
+from ppn.mesh._io_wg import DeviceWireGuard
+from ppn.mesh._records import Record
+from ppn.mesh._view import RosterView, compute_view
 from ppn.wg import FakeBackend
 from tests.ppn._mesh_support import Fleet, wg
 

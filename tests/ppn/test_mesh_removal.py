@@ -12,8 +12,8 @@ import pytest
 from genesis._bundle import MemberRecord as CeremonyMember
 from genesis._derive import mesh_id_for
 from genesis._io_state import MeshState, NodeState, new_node, write_membership
-from ppn._cli import main
-from ppn._io_mesh_state import (
+from ppn.cli import main
+from ppn.mesh._io_state import (
     OUTBOX_FILE,
     StateDirError,
     claim_queued_records,
@@ -22,10 +22,10 @@ from ppn._io_mesh_state import (
     save_roster,
     take_queued_records,
 )
-from ppn._mesh_removal import RefusalKind, RemovalRefused, plan_removal, sign_removal
-from ppn._roster import Roster
-from ppn._roster_records import Tombstone, record_from_bytes
-from ppn._trio_mesh_agent import _merge_queued
+from ppn.mesh._records import Tombstone, record_from_bytes
+from ppn.mesh._removal import RefusalKind, RemovalRefused, plan_removal, sign_removal
+from ppn.mesh._roster import Roster
+from ppn.mesh._trio_agent import _merge_queued
 from tests.ppn._mesh_support import Fleet
 
 CIDR = "10.8.0.0/24"

@@ -19,10 +19,10 @@ from genesis._io_state import (
     new_node,
     write_membership,
 )
-from ppn._io_mesh_state import load_mesh_files, save_roster
-from ppn._mesh_bootstrap import sponsor_admissions
-from ppn._roster import Roster
-from ppn._trio_mesh_agent import _initial_roster
+from ppn.mesh._bootstrap import sponsor_admissions
+from ppn.mesh._io_state import load_mesh_files, save_roster
+from ppn.mesh._roster import Roster
+from ppn.mesh._trio_agent import _initial_roster
 
 CIDR = "10.8.0.0/24"
 

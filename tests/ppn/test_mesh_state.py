@@ -11,10 +11,10 @@ import pytest
 from genesis._bundle import MemberRecord as CeremonyMember
 from genesis._derive import mesh_id_for
 from genesis._io_state import MeshState, add_member, new_node, write_membership
-from ppn._cli import main
-from ppn._io_mesh_state import StateDirError, load_mesh_files, load_roster, save_roster
-from ppn._mesh_bootstrap import sponsor_admissions
-from ppn._roster import Roster
+from ppn.cli import main
+from ppn.mesh._bootstrap import sponsor_admissions
+from ppn.mesh._io_state import StateDirError, load_mesh_files, load_roster, save_roster
+from ppn.mesh._roster import Roster
 
 
 def genesis_dir(path: Path) -> tuple[Path, object]:

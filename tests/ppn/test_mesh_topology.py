@@ -3,10 +3,10 @@ fresh, everything else through the hub's mesh-CIDR route; keepalives; names and 
 
 from __future__ import annotations
 
-from ppn._addressing import parse_cidr
-from ppn._mesh_ids import control_network, node_address6
-from ppn._names import hosts_fragment, replace_hosts_block, resolve
-from ppn._topology import KEEPALIVE, DesiredConfig, Observation, PathKind, plan_topology
+from ppn.mesh._addressing import parse_cidr
+from ppn.mesh._ids import control_network, node_address6
+from ppn.mesh._names import hosts_fragment, replace_hosts_block, resolve
+from ppn.mesh._topology import KEEPALIVE, DesiredConfig, Observation, PathKind, plan_topology
 from tests.ppn._mesh_support import CIDR, Fleet, wg
 
 NET = parse_cidr(CIDR)
@@ -199,8 +199,8 @@ def test_endpoints_on_an_attached_network_are_preferred() -> None:
 
 
 def test_bootstrap_peers_fill_in_what_the_signed_roster_lacks() -> None:
-    from ppn._mesh_bootstrap import PreliminaryMember, with_bootstrap_peers
-    from ppn._roster import Roster
+    from ppn.mesh._bootstrap import PreliminaryMember, with_bootstrap_peers
+    from ppn.mesh._roster import Roster
 
     fleet = platform_fleet()
     genesis_record = fleet.roster.get(fleet.genesis.public)

@@ -8,10 +8,10 @@ from typing import Any
 import trio
 import trio.testing
 
-from ppn._mesh_agent import MeshAgent
-from ppn._mesh_ids import node_address6
-from ppn._roster import Roster
-from ppn._trio_mesh import MeshNode, pull_once
+from ppn.mesh._agent import MeshAgent
+from ppn.mesh._ids import node_address6
+from ppn.mesh._roster import Roster
+from ppn.mesh._trio import MeshNode, pull_once
 from tests.ppn._mesh_support import Fleet, identity, wg
 
 
@@ -105,7 +105,7 @@ async def test_an_admission_is_pushed_to_every_member_at_once(autojump_clock: An
 
 
 def _changed(record: Any) -> Any:
-    from ppn._roster import MergeResult
+    from ppn.mesh._roster import MergeResult
 
     return MergeResult(changed=(record,))
 
@@ -164,7 +164,7 @@ async def test_bad_records_from_a_peer_are_reported_not_merged(autojump_clock: A
         genesis = cluster.nodes["genesis"]
         forger = Roster(mesh=fleet.mesh, network=fleet.roster.network)
         good = fleet.admit("golf", now=1700)
-        from ppn._roster_records import MemberRecord
+        from ppn.mesh._records import MemberRecord
 
         assert isinstance(good, MemberRecord)
         forged = MemberRecord(
@@ -178,8 +178,8 @@ async def test_bad_records_from_a_peer_are_reported_not_merged(autojump_clock: A
             signature=good.signature,
         )
         object.__setattr__(forged, "checked", True)  # slip it past the local guard
-        from ppn._control import Push, PushAcknowledged
-        from ppn._trio_mesh import _client_operation
+        from ppn.mesh._control import Push, PushAcknowledged
+        from ppn.mesh._trio import _client_operation
 
         forger.merge([forged])
         client, server = trio.testing.memory_stream_pair()

@@ -9,16 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ppn import LocalProtocolError
-from ppn._addressing import (
+from ppn.mesh._addressing import (
     AddressSpaceExhausted,
     first_host,
     is_host_address,
     lowest_free,
     parse_cidr,
 )
-from ppn._mesh_agent import MeshAgent
-from ppn._roster import Roster
-from ppn._roster_view import ProblemKind
+from ppn.mesh._agent import MeshAgent
+from ppn.mesh._roster import Roster
+from ppn.mesh._view import ProblemKind
 from tests.ppn._mesh_support import CIDR, Fleet, identity, wg
 
 

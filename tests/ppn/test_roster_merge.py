@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ppn._roster import Roster
-from ppn._roster_records import Record
+from ppn.mesh._records import Record
+from ppn.mesh._roster import Roster
 from tests.ppn._mesh_support import CIDR, Fleet, record_pool, roster_of
 
 POOL = record_pool()

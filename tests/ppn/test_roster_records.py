@@ -9,9 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ppn import LocalProtocolError, RemoteProtocolError, wire
-from ppn._mesh_ids import mesh_id, node_id
-from ppn._roster import Roster
-from ppn._roster_records import (
+from ppn.mesh._ids import mesh_id, node_id
+from ppn.mesh._records import (
     ADMISSION_LABEL,
     MEMBER_LABEL,
     InvalidRecord,
@@ -23,7 +22,8 @@ from ppn._roster_records import (
     sign_member,
     sign_tombstone,
 )
-from ppn._roster_view import ProblemKind
+from ppn.mesh._roster import Roster
+from ppn.mesh._view import ProblemKind
 from tests.ppn._mesh_support import CIDR, Fleet, identity, record_pool, wg
 
 POOL = record_pool()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ppn import _io_wg_device
-from ppn._cli import main
 from ppn._keys import WireGuardKeyPair, encode_key
+from ppn.cli import main
 from ppn.wg import ConfigOnlyBackend, parse_config, select_backend
+from ppn.wg import _io_device as _io_wg_device
 
 
 def _conf(tmp_path: Path, text: str) -> str:

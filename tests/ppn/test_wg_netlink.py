@@ -20,7 +20,6 @@ from pyroute2.netlink.generic.wireguard import (
     wgmsg,
 )
 
-from ppn._wg_netlink import MESSAGE_BUDGET
 from ppn.wg import (
     AddPeer,
     Endpoint,
@@ -32,6 +31,7 @@ from ppn.wg import (
     merge_dump,
     public_key_of,
 )
+from ppn.wg._netlink import MESSAGE_BUDGET
 
 PRIV = bytes(range(1, 33))
 A = bytes([0xA1]) * 32

@@ -15,9 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ppn._keys import KeyFormatError, decode_key
-from ppn._wg_config import _key
-from ppn._wg_model import _public_keys, canonical_prefix
-from ppn._wg_uapi import parse_get
 from ppn.wg import (
     ConfigError,
     DeviceState,
@@ -35,6 +32,9 @@ from ppn.wg import (
     reconcile,
     save_record,
 )
+from ppn.wg._config import _key
+from ppn.wg._model import _public_keys, canonical_prefix
+from ppn.wg._uapi import parse_get
 
 NOW = 1_800_000_000.0
 PRIV = bytes(range(1, 33))
@@ -286,8 +286,13 @@ def test_the_sync_path_loads_no_heavy_module() -> None:
 
     code = """
 import sys
-from ppn import _cli_wg, _io_wg_device, _io_wg_state, _wg_backend, _wg_config, _wg_plan
-from ppn._wg_fake import FakeBackend
+from ppn.wg import _cli as _cli_wg
+from ppn.wg import _io_device as _io_wg_device
+from ppn.wg import _io_state as _io_wg_state
+from ppn.wg import _backend as _wg_backend
+from ppn.wg import _config as _wg_config
+from ppn.wg import _plan as _wg_plan
+from ppn.wg._fake import FakeBackend
 cfg = _wg_config.parse_config(
     "[Interface]\\nPrivateKey = " + "E" * 43 + "=\\n[Peer]\\nPublicKey = " + "A" * 43 + "=\\n"
     "AllowedIPs = 10.0.0.1/32\\nEndpoint = 192.0.2.1:51820\\n"
@@ -301,7 +306,7 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in heavy or m in heavy))
 
 
 def test_equal_peers_built_separately_share_one_signature() -> None:
-    from ppn._wg_uapi import _signature
+    from ppn.wg._uapi import _signature
 
     a = peer(1, "10.0.0.1/32", endpoint="192.0.2.1:1")
     b = peer(1, "10.0.0.1/32", endpoint="192.0.2.1:1")

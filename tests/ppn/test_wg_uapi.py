@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ppn._wg_uapi import GET_REQUEST, parse_errno
 from ppn.wg import (
     AddPeer,
     DeviceError,
@@ -22,6 +21,7 @@ from ppn.wg import (
     parse_get,
     public_key_of,
 )
+from ppn.wg._uapi import GET_REQUEST, parse_errno
 
 PRIV = bytes(range(1, 33))
 K1 = bytes([0x11]) * 32

@@ -12,11 +12,11 @@ import trio
 
 from ppn import IdentityKey
 from psp import Capability, Scope, mint
-from psp._aggregate_plan import VaultAddress
 from psp._io_store import KEY_FILE, Store
 from psp._io_vault import Vault, write_key_file
 from psp._trio import serve_vault
-from psp._trio_orchestration import VaultPool, handle_client
+from psp.aggregation._plan import VaultAddress
+from psp.aggregation._trio import VaultPool, handle_client
 
 NOW = 1_800_000_000
 HOLDER = IdentityKey.from_seed(b"h" * 32)

@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from psp import Aggregate, ErrorCode, LocalProtocolError, Query, Scope
-from psp._aggregate import Aggregation, Mode, VaultStatus, sort_key, status_for_code
 from psp._io_store import Store
 from psp._query import check_permitted
+from psp.aggregation._merge import Aggregation, Mode, VaultStatus, sort_key, status_for_code
 
 NOW = 1_800_000_000
 SHM = Path("/dev/shm") if Path("/dev/shm").is_dir() else None

@@ -16,15 +16,15 @@ import trio
 import trio.testing
 
 from psp import Capability, ErrorCode, Query, RowBatch
-from psp import _trio_orchestration as orchestration
-from psp._aggregate import Mode, VaultStatus
-from psp._aggregate_plan import VaultAddress
 from psp._connection import ServerConnection
 from psp._io_vault import Vault
 from psp._messages import Header, Request
-from psp._orchestration import MergedRows
 from psp._trio import handle_connection
-from psp._trio_orchestration import (
+from psp.aggregation import _trio as orchestration
+from psp.aggregation._connection import MergedRows
+from psp.aggregation._merge import Mode, VaultStatus
+from psp.aggregation._plan import VaultAddress
+from psp.aggregation._trio import (
     AggregationFailed,
     OrchestrationClient,
     VaultPool,
@@ -269,7 +269,7 @@ async def test_client_going_away_cancels_the_vaults(
 ) -> None:
     ports = [lab.add("good", _people(3000)) for _ in range(3)]
     client = await lab.client()
-    from psp._aggregate_plan import plan_targets
+    from psp.aggregation._plan import plan_targets
 
     _, targets = plan_targets(
         HOLDER,
@@ -300,7 +300,7 @@ async def test_slow_client_holds_the_vaults_back(
     ports = [lab.add("good", _people(3000)) for _ in range(3)]
     client = await lab.client()
     client.window = 1
-    from psp._aggregate_plan import plan_targets
+    from psp.aggregation._plan import plan_targets
 
     _, targets = plan_targets(
         HOLDER,

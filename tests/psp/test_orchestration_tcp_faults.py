@@ -16,14 +16,14 @@ import pytest
 import trio
 
 from psp import ErrorCode, Query, RowBatch
-from psp._aggregate import Mode, VaultStatus
-from psp._aggregate_plan import VaultAddress, plan_targets
 from psp._connection import ServerConnection
 from psp._io_vault import Vault
 from psp._messages import Header, Request
-from psp._orchestration import MergedRows
 from psp._trio import handle_connection
-from psp._trio_orchestration import OrchestrationClient, VaultPool
+from psp.aggregation._connection import MergedRows
+from psp.aggregation._merge import Mode, VaultStatus
+from psp.aggregation._plan import VaultAddress, plan_targets
+from psp.aggregation._trio import OrchestrationClient, VaultPool
 
 from ._orchestration_support import HOLDER, cap_for, clock, make_vault, start_aggregator
 
@@ -119,7 +119,7 @@ async def fleet(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Fleet]:
 async def test_a_vault_that_never_connects_is_unreachable_not_timed_out(
     nursery: trio.Nursery, fleet: Fleet, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from psp import _trio_orchestration as orchestration
+    from psp.aggregation import _trio as orchestration
 
     if path == "tasks":
         monkeypatch.setattr(orchestration, "_EPOLL", False)
@@ -202,8 +202,8 @@ async def test_a_stale_pooled_connection_is_replaced(nursery: trio.Nursery, flee
 async def test_big_answers_are_handed_to_tasks_and_held_back(
     nursery: trio.Nursery, fleet: Fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from psp import _trio_orchestration as orchestration
-    from psp import _trio_orchestration_epoll as fast
+    from psp.aggregation import _trio as orchestration
+    from psp.aggregation import _trio_epoll as fast
 
     monkeypatch.setattr(orchestration, "ROW_BUDGET", 64 << 10)
     monkeypatch.setattr(fast, "ROW_BUDGET", 64 << 10)

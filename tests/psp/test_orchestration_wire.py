@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 
 from ppn.wire import encode_frame, pack_canonical
 from psp import Cancel, Credit, Error, ErrorCode, LocalProtocolError, RemoteProtocolError
-from psp._aggregate import Mode, VaultStatus
-from psp._orchestration import (
+from psp.aggregation._connection import (
     AggregateRequest,
     AggregatorConnection,
     AggregatorHello,
@@ -26,6 +25,7 @@ from psp._orchestration import (
     decode_orchestration,
     encode_orchestration,
 )
+from psp.aggregation._merge import Mode, VaultStatus
 
 REQ = AggregateRequest(
     request_id=1, targets=2, mode=Mode.STRICT, deadline_ms=5000, vault_deadline_ms=4500, credit=1

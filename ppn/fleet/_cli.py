@@ -1,0 +1,613 @@
+"""``ppn fleet …``, ``ppn vmhost …`` and ``ppn vm …``: the fleet's commands (RFC-NOTES §8.8).
+
+Exit statuses (fleet range 60–69):
+60 the fleet controller's operator socket cannot be reached · 61 placement refused ·
+62 the operator did not confirm · 63 dispatch to the vm-host failed · 64 migration refused
+(excluded by design) · 65 the provisioner reported failure (``--wait``) · 66 bad configuration
+(identity, directory, addresses) · 67 timed out waiting for the provisioner (``--wait``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..cli._main import CommandError
+
+EXIT_UNREACHABLE = 60
+EXIT_REFUSED = 61
+EXIT_NOT_CONFIRMED = 62
+EXIT_DISPATCH = 63
+EXIT_MIGRATION = 64
+EXIT_PROVISIONER_FAILED = 65
+EXIT_CONFIG = 66
+EXIT_WAIT_TIMEOUT = 67
+
+DEFAULT_CONTROL = "/run/ppn/fleet.sock"
+
+_STATUSES = """exit statuses:
+  0 success · 60 controller unreachable · 61 placement refused · 62 not confirmed ·
+  63 dispatch failed · 64 migration refused · 65 provisioner failed · 66 bad configuration ·
+  67 timed out waiting for the provisioner"""
+
+_DIRECTORY_HELP = (
+    'JSON member directory: {"members": [{"name", "identity" (base64 Ed25519 public key), '
+    '"mesh_address", "roles" (the controller has "cloud")}]}'
+)
+
+
+def _control_path(args: argparse.Namespace) -> str:
+    return str(args.control or os.environ.get("PPN_FLEET_CONTROL") or DEFAULT_CONTROL)
+
+
+def _add_control(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--control",
+        metavar="PATH",
+        help=f"the controller's operator socket (default $PPN_FLEET_CONTROL or {DEFAULT_CONTROL})",
+    )
+
+
+# --- talking to the controller ------------------------------------------------------------------
+
+
+def _ask(path: str, message: dict[str, Any], *, timeout: float = 60.0) -> dict[str, Any]:
+    import socket
+
+    from .. import wire
+    from ._operator import MAX_CONTROL_FRAME
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            payload = wire.pack_canonical(message)
+            sock.sendall(wire.encode_frame(payload, max_size=MAX_CONTROL_FRAME))
+            decoder = wire.FrameDecoder(max_size=MAX_CONTROL_FRAME)
+            while (frame := decoder.next_frame()) is None:
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("the controller closed the connection")
+                decoder.feed(data)
+        reply = wire.unpack_canonical(frame)
+    except (OSError, wire.WireError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CommandError(
+            f"cannot reach the fleet controller at {path}: {reason} "
+            "(is 'ppn fleet serve' running on this node?)",
+            EXIT_UNREACHABLE,
+        ) from exc
+    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+        raise CommandError("the fleet controller sent a malformed reply", EXIT_UNREACHABLE)
+    return reply
+
+
+# --- ppn fleet status ----------------------------------------------------------------------------
+
+
+def _age(ms: int) -> str:
+    return f"{ms / 1000:.1f}s"
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    nodes = doc.get("nodes", [])
+    timeout_s = doc.get("eviction_timeout_ms", 0) / 1000
+    print(
+        f"fleet controller {doc.get('controller')}: {len(nodes)} live node(s), "
+        f"eviction after {timeout_s:g} s without a heartbeat"
+    )
+    if nodes:
+        header = (
+            "NODE",
+            "ADDRESS",
+            "HEARTBEAT",
+            "RAM AVAIL/TOTAL",
+            "CPUS",
+            "LOAD",
+            "KVM",
+            "RESERVED",
+            "VMS",
+        )
+        rows = [
+            (
+                n["name"],
+                n["mesh_address"],
+                _age(n["heartbeat_age_ms"]) + " ago",
+                f"{n['ram_available_mb']}/{n['ram_total_mb']} MB",
+                str(n["cpu_cores"]),
+                f"{n['load_milli'] / 1000:.2f}",
+                "yes" if n["kvm"] else "no",
+                "yes" if n["reserved"] else "no",
+                str(len(n["vms"])),
+            )
+            for n in nodes
+        ]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        for n in nodes:
+            for vm in n["vms"]:
+                detail = f": {vm['detail']}" if vm["detail"] else ""
+                print(
+                    f"  vm {vm['name']} ({vm['type']}, {vm['ram_mb']} MB, {vm['vcpus']} vCPU) "
+                    f"on {n['name']}: {vm['state']}{detail}"
+                )
+    for e in doc.get("evicted", []):
+        print(
+            f"evicted: {e['name']} (silent {_age(e['silent_for_ms'])}, "
+            f"evicted {_age(e['evicted_ago_ms'])} ago)"
+        )
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    doc = _ask(_control_path(args), {"op": "status"})
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        _print_status(doc)
+    return 0
+
+
+# --- ppn vm create / migrate ------------------------------------------------------------------------
+
+
+def _confirm(question: str) -> bool:
+    print(question, end="", file=sys.stderr, flush=True)
+    try:
+        answer = input()
+    except EOFError:
+        print(file=sys.stderr)
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _wait_for_vm(path: str, node: str, request_id: str, seconds: float) -> dict[str, Any]:
+    import time
+
+    deadline = time.monotonic() + seconds
+    print(
+        f"waiting up to {seconds:g} s for {node} to report the provisioner's result…",
+        file=sys.stderr,
+    )
+    while True:
+        doc = _ask(path, {"op": "status"})
+        for n in doc.get("nodes", []):
+            for vm in n["vms"] if n["name"] == node else []:
+                if vm["request_id"] == request_id and vm["state"] != "provisioning":
+                    return dict(vm)
+        if time.monotonic() >= deadline:
+            raise CommandError(
+                f"no result from {node}'s provisioner within {seconds:g} s "
+                "(see 'ppn fleet status' later)",
+                EXIT_WAIT_TIMEOUT,
+            )
+        time.sleep(0.5)
+
+
+def _cmd_vm_create(args: argparse.Namespace) -> int:
+    from ._vm import VM_NAME, VM_TYPE, normalize_vm_type
+
+    vm_type = normalize_vm_type(args.type)
+    if not VM_TYPE.match(vm_type):
+        raise CommandError("a VM type is 1-32 lower-case letters, digits and '-'", 2)
+    if args.name and not VM_NAME.match(args.name):
+        raise CommandError("a VM name is 1-63 lower-case letters, digits and '-'", 2)
+    if args.ram < 1 or args.vcpus < 1:
+        raise CommandError("--ram and --vcpus must be positive", 2)
+    path = _control_path(args)
+    message: dict[str, Any] = {
+        "op": "place",
+        "type": vm_type,
+        "ram_mb": args.ram,
+        "vcpus": args.vcpus,
+        "name": args.name or "",
+        "node": args.node or "",
+        "prefer_kvm": args.prefer_kvm,
+    }
+    advice = _ask(path, message)
+    if not advice["ok"]:
+        if args.json:
+            print(json.dumps(advice, indent=2, sort_keys=True))
+        raise CommandError(f"placement refused: {advice.get('message')}", EXIT_REFUSED)
+    node = str(advice["node"])
+    summary = (
+        f"advisory placement: {vm_type} VM"
+        f"{' ' + args.name if args.name else ''} ({args.ram} MB, {args.vcpus} vCPU) "
+        f"on node {node} — {advice.get('reason')}"
+    )
+    print(summary, file=sys.stderr if args.json else sys.stdout)
+    if not args.yes and not _confirm(f"create it on {node}? [y/N] "):
+        raise CommandError("not confirmed; nothing was created", EXIT_NOT_CONFIRMED)
+    result = _ask(path, {**message, "op": "create", "node": node})
+    if not result["ok"]:
+        status = EXIT_REFUSED if result.get("error") == "refused" else EXIT_DISPATCH
+        raise CommandError(str(result.get("message")), status)
+    vm_name = result["vm"]["name"]
+    outcome: dict[str, Any] = {**result}
+    if args.wait:
+        vm = _wait_for_vm(path, node, str(result["request_id"]), args.wait)
+        outcome["state"] = vm["state"]
+        outcome["detail"] = vm["detail"]
+    if args.json:
+        print(json.dumps(outcome, indent=2, sort_keys=True))
+    else:
+        print(f"dispatched {vm_name} to {node} (request {result['request_id'][:8]})")
+        if args.wait:
+            detail = f": {outcome['detail']}" if outcome["detail"] else ""
+            print(f"{vm_name} on {node}: {outcome['state']}{detail}")
+    if args.wait and outcome["state"] == "failed":
+        raise CommandError(
+            f"the provisioner on {node} failed{': ' + outcome['detail'] if outcome['detail'] else ''}",
+            EXIT_PROVISIONER_FAILED,
+        )
+    return 0
+
+
+def _cmd_vm_migrate(args: argparse.Namespace) -> int:
+    from ._placement import MIGRATION_REFUSAL
+
+    raise CommandError(f"cannot move {args.vm}: {MIGRATION_REFUSAL}", EXIT_MIGRATION)
+
+
+# --- the services ---------------------------------------------------------------------------------
+
+
+def _load_identity(path: str) -> Any:
+    from .._keys import IdentityKey, KeyFormatError, decode_key
+
+    try:
+        with open(path, encoding="ascii") as f:
+            return IdentityKey.from_seed(decode_key(f.read()))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"cannot read the identity key {path}: {exc}", EXIT_CONFIG) from exc
+    except KeyFormatError as exc:
+        raise CommandError(f"{path} is not an identity key file: {exc}", EXIT_CONFIG) from exc
+
+
+def _load_directory(path: str) -> Any:
+    from ._directory import DirectoryError, StaticDirectory
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return StaticDirectory.from_document(json.load(f))
+    except (OSError, ValueError) as exc:
+        message = str(exc) if isinstance(exc, DirectoryError) else f"cannot read {path}: {exc}"
+        raise CommandError(f"member directory: {message}", EXIT_CONFIG) from exc
+
+
+def _membership(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(identity key, member directory) from ``--state`` or from ``--identity``/``--directory``."""
+    if args.state is not None:
+        if args.identity or args.directory:
+            raise CommandError("give either --state or --identity with --directory, not both", 2)
+        from ._io_state import StateDirError, load_fleet_membership
+
+        try:
+            membership = load_fleet_membership(args.state)
+        except StateDirError as exc:
+            raise CommandError(str(exc), EXIT_CONFIG) from exc
+        return membership.identity, membership.directory
+    if not (args.identity and args.directory):
+        raise CommandError("give --state DIR (a mesh node) or both --identity and --directory", 2)
+    return _load_identity(args.identity), _load_directory(args.directory)
+
+
+def _add_membership(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state",
+        type=Path,
+        metavar="DIR",
+        help="the mesh node's state directory ('ppn up --state DIR'): identity and the live "
+        "signed roster come from there",
+    )
+    parser.add_argument(
+        "--identity", metavar="FILE", help="without a mesh: identity key file ('ppn fleet keygen')"
+    )
+    parser.add_argument("--directory", metavar="FILE", help="without a mesh: " + _DIRECTORY_HELP)
+
+
+def _setup_logging(verbose: bool) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _serve(run: Any) -> int:
+    import signal
+
+    import trio
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        return
+
+            nursery.start_soon(stop_on_signal)
+            await nursery.start(run)
+
+    try:
+        trio.run(main)
+    except OSError as exc:
+        raise CommandError(f"cannot serve: {exc.strerror or exc}", EXIT_CONFIG) from exc
+    return 0
+
+
+def _cmd_fleet_serve(args: argparse.Namespace) -> int:
+    from .._errors import PPNError
+    from ._trio_controller import FleetController, FleetControllerConfig
+
+    control = _control_path(args)
+    if os.path.dirname(control):
+        os.makedirs(os.path.dirname(control), mode=0o700, exist_ok=True)
+    identity, directory = _membership(args)
+    config = FleetControllerConfig(
+        identity=identity,
+        directory=directory,
+        listen_address=args.listen,
+        port=args.port,
+        control_path=control,
+        spawn_port=args.spawn_port,
+        eviction_timeout=args.eviction_timeout,
+    )
+    try:
+        controller = FleetController(config)
+    except PPNError as exc:
+        raise CommandError(str(exc), EXIT_CONFIG) from exc
+    _setup_logging(args.verbose)
+    return _serve(controller.run)
+
+
+def _cmd_vmhost_serve(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .._errors import PPNError
+    from ._trio_host import VmHostConfig, VmHostService
+
+    identity, directory = _membership(args)
+    config = VmHostConfig(
+        identity=identity,
+        directory=directory,
+        controller_address=args.controller,
+        controller_port=args.controller_port,
+        listen_address=args.listen,
+        spawn_port=args.port,
+        interval=args.interval,
+        reserved=args.reserved,
+        provisioner=shlex.split(args.provisioner) if args.provisioner else (),
+        provisioner_timeout=args.provisioner_timeout,
+        max_ram_mb=args.max_ram_mb,
+    )
+    try:
+        service = VmHostService(config)
+    except PPNError as exc:
+        raise CommandError(str(exc), EXIT_CONFIG) from exc
+    _setup_logging(args.verbose)
+    return _serve(service.run)
+
+
+def _cmd_fleet_keygen(args: argparse.Namespace) -> int:
+    from .._keys import IdentityKey, encode_key
+    from ._directory import derive_node_id
+
+    key = IdentityKey.generate()
+    try:
+        fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise CommandError(f"cannot create {args.file}: {exc.strerror}", EXIT_CONFIG) from exc
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(encode_key(key.seed) + "\n")
+    if args.json:
+        print(json.dumps({"identity": key.public_b64, "node_id": derive_node_id(key.public)}))
+    else:
+        print(f"identity {key.public_b64}  (node id {derive_node_id(key.public)})")
+    return 0
+
+
+# --- registration ---------------------------------------------------------------------------------
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Wrap one-paragraph descriptions; keep multi-line epilogs (examples, statuses) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``fleet``, ``vmhost`` and ``vm`` to ``ppn``."""
+    fmt = _Formatter
+
+    fleet = subparsers.add_parser(
+        "fleet",
+        help="the VM resource pool: status, and the controller service",
+        description="The mesh's nodes form one VM resource pool. Each runs a vm-host that "
+        "heartbeats every 10 s to the fleet controller on the cloud node; a node silent for "
+        "30 s is evicted.",
+        epilog=_STATUSES,
+        formatter_class=fmt,
+    )
+    fleet_sub = fleet.add_subparsers(dest="fleet_command", metavar="COMMAND", required=True)
+
+    status = fleet_sub.add_parser(
+        "status",
+        help="live nodes, heartbeat ages, RAM/CPU, VMs and evicted nodes",
+        description="Ask the fleet controller on this node for the live pool: each node's last "
+        "heartbeat age (by the controller's clock), RAM, CPUs, load, KVM, reservation and VMs, "
+        "and the nodes recently evicted.",
+        epilog=_STATUSES,
+        formatter_class=fmt,
+    )
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    _add_control(status)
+    status.set_defaults(handler=_cmd_status)
+
+    serve = fleet_sub.add_parser(
+        "serve",
+        help="run the fleet controller (service-vm-fleet) on the cloud node",
+        description="Listen for heartbeats (TCP 9203 on this node's mesh address), keep the live "
+        "node table, evict nodes silent for 30 s, and serve the operator socket used by "
+        "'ppn fleet status' and 'ppn vm create'. Stops on SIGTERM or Ctrl-C.",
+        epilog="examples:\n  ppn fleet serve --state /var/lib/ppn\n"
+        "  ppn fleet serve --identity cloud.key --directory fleet.json --control /tmp/fleet.sock"
+        "\n\n" + _STATUSES,
+        formatter_class=fmt,
+    )
+    _add_membership(serve)
+    serve.add_argument(
+        "--listen", metavar="ADDR", help="address to listen on (default: this node's mesh address)"
+    )
+    serve.add_argument("--port", type=int, default=9203, help="heartbeat port (default 9203)")
+    serve.add_argument(
+        "--spawn-port", type=int, default=9220, help="the vm-hosts' spawn port (default 9220)"
+    )
+    serve.add_argument(
+        "--eviction-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="evict a node this long after its last heartbeat (default 30)",
+    )
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every heartbeat")
+    _add_control(serve)
+    serve.set_defaults(handler=_cmd_fleet_serve)
+
+    keygen = fleet_sub.add_parser(
+        "keygen",
+        help="create an identity key file (until the mesh roster provides one)",
+        description="Write a new Ed25519 identity seed (base64, mode 0600) to FILE and print its "
+        "public key and node id for the member directory.",
+    )
+    keygen.add_argument("file", metavar="FILE")
+    keygen.add_argument("--json", action="store_true", help="print the public key as JSON")
+    keygen.set_defaults(handler=_cmd_fleet_keygen)
+
+    vmhost = subparsers.add_parser(
+        "vmhost",
+        help="the per-node VM host service (heartbeats and spawn requests)",
+        description="Every infrastructure node runs a vm-host: it heartbeats to the fleet "
+        "controller and launches VMs through its provisioner command when the controller asks.",
+        epilog=_STATUSES,
+        formatter_class=fmt,
+    )
+    vmhost_sub = vmhost.add_subparsers(dest="vmhost_command", metavar="COMMAND", required=True)
+    hs = vmhost_sub.add_parser(
+        "serve",
+        help="run service-vm-host on this node",
+        description="Heartbeat every 10 s to the fleet controller (TCP 9203) and accept spawn "
+        "requests signed by the controller (TCP 9220 on this node's mesh address). A spawn runs "
+        "the provisioner command with the VM spec as JSON on stdin and in PPN_VM_TYPE, "
+        "PPN_VM_NAME, PPN_VM_RAM_MB, PPN_VM_VCPUS, PPN_VM_REQUEST_ID; exit 0 means running. "
+        "The result is reported in the next heartbeat. Stops on SIGTERM or Ctrl-C.",
+        epilog="examples:\n  ppn vmhost serve --state /var/lib/ppn --provisioner '/usr/local/sbin/launch-vm'\n"
+        "  ppn vmhost serve --identity id.key --directory fleet.json --reserved \\\n"
+        "      --provisioner '/usr/local/sbin/launch-vm --qemu'\n\n" + _STATUSES,
+        formatter_class=fmt,
+    )
+    _add_membership(hs)
+    hs.add_argument(
+        "--listen", metavar="ADDR", help="spawn listen address (default: this node's mesh address)"
+    )
+    hs.add_argument("--port", type=int, default=9220, help="spawn port (default 9220)")
+    hs.add_argument(
+        "--controller", metavar="ADDR", help="controller address (default: its mesh address)"
+    )
+    hs.add_argument(
+        "--controller-port", type=int, default=9203, help="controller heartbeat port (default 9203)"
+    )
+    hs.add_argument(
+        "--interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="heartbeat interval (default 10)",
+    )
+    hs.add_argument(
+        "--reserved",
+        action="store_true",
+        help="mark this node reserved: placed on only when nothing else fits",
+    )
+    hs.add_argument(
+        "--provisioner", metavar="CMD", help="command that launches a VM (shell-style quoting)"
+    )
+    hs.add_argument(
+        "--provisioner-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="give up on the provisioner after this long (default 600)",
+    )
+    hs.add_argument(
+        "--max-ram-mb",
+        type=int,
+        metavar="MB",
+        help="advertise at most this much RAM to the pool; VMs launched here count against it",
+    )
+    hs.add_argument("-v", "--verbose", action="store_true", help="more logging")
+    hs.set_defaults(handler=_cmd_vmhost_serve)
+
+    vm = subparsers.add_parser(
+        "vm",
+        help="create VMs in the pool (advisory placement, operator-confirmed)",
+        description="VMs are created by an operator: the controller advises a node, you confirm, "
+        "the node's vm-host launches it. VMs never move between nodes.",
+        epilog=_STATUSES,
+        formatter_class=fmt,
+    )
+    vm_sub = vm.add_subparsers(dest="vm_command", metavar="COMMAND", required=True)
+    create = vm_sub.add_parser(
+        "create",
+        help="place a VM, confirm, and dispatch it to the chosen node",
+        description="Show where the controller advises to put the VM (among live, non-reserved "
+        "nodes with at least RAM + 512 MB available, the one with the most; KVM nodes first with "
+        "--prefer-kvm; reserved nodes only when nothing else fits), ask for confirmation, then "
+        "dispatch it. A VM-Totebox must name its node with --node: its WORM archive data does not "
+        "move over the network.",
+        epilog="examples:\n  ppn vm create generic --ram 2048 --vcpus 2\n"
+        "  ppn vm create totebox --ram 4096 --node laptop-b --yes --wait 60\n\n" + _STATUSES,
+        formatter_class=fmt,
+    )
+    create.add_argument(
+        "type", metavar="TYPE", help="VM type, e.g. generic, orchestration, totebox"
+    )
+    create.add_argument("--ram", type=int, required=True, metavar="MB", help="memory in MB")
+    create.add_argument(
+        "--vcpus", type=int, default=1, metavar="N", help="virtual CPUs (default 1)"
+    )
+    create.add_argument(
+        "--node", metavar="NAME", help="put it on this node (required for a VM-Totebox)"
+    )
+    create.add_argument("--name", metavar="NAME", help="VM name (default: TYPE-<request id>)")
+    create.add_argument("--prefer-kvm", action="store_true", help="prefer nodes with /dev/kvm")
+    create.add_argument("--yes", action="store_true", help="confirm without asking (for scripts)")
+    create.add_argument(
+        "--wait", type=float, metavar="SECONDS", help="wait for the provisioner's result"
+    )
+    create.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    _add_control(create)
+    create.set_defaults(handler=_cmd_vm_create)
+
+    migrate = vm_sub.add_parser(
+        "migrate",
+        help="refused: live migration is excluded by design",
+        description="There is no migrate operation. A VM stays on the node it was created on; "
+        "create a new VM elsewhere instead. This command exists to say so (exit status 64).",
+        epilog=_STATUSES,
+        formatter_class=fmt,
+    )
+    migrate.add_argument("vm", metavar="VM")
+    migrate.add_argument("--to", metavar="NODE", help="ignored: nothing is moved")
+    migrate.set_defaults(handler=_cmd_vm_migrate)

@@ -1,0 +1,273 @@
+"""Spawn dispatch: the fleet controller asks one vm-host to launch a VM (RFC-NOTES §8.7).
+
+One TCP connection per request, three frames:
+
+1. host -> controller ``{"t": "challenge", "node_id": str, "nonce": bin(16)}``
+2. controller -> host ``{"body": bin, "key": bin(32), "sig": bin(64)}`` where ``body`` is the
+   canonical map ``{"v": 1, "t": "spawn", "node_id", "nonce", "request_id": bin(16), "vm": spec}``
+   and ``sig`` is Ed25519 by the controller's identity key over ``SPAWN_CONTEXT || body``;
+3. host -> controller ``{"t": "accepted" | "refused", "request_id": bin(16), "reason": str}``.
+
+The fresh nonce from the host binds the signed request to this connection, so a recorded request
+cannot be replayed; the host accepts only the key its directory names as the fleet controller.
+"Accepted" means the provisioner was started; its outcome travels in the host's next heartbeat.
+
+Both sides are sans-IO cores: :class:`SpawnServer` (the vm-host) and :class:`SpawnClient` (the
+controller). A missing transition raises LocalProtocolError; bad input RemoteProtocolError; either
+leaves the core in ERROR.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from .. import wire
+from .._errors import LocalProtocolError, PPNError, RemoteProtocolError
+from .._keys import IdentityKey, verify_signature
+from ._codec import expect_bytes, expect_int, expect_map, expect_text, unpack_message
+from ._directory import MemberDirectory
+from ._vm import REQUEST_ID_SIZE, VmSpec
+
+__all__ = [
+    "MAX_SPAWN_FRAME",
+    "NONCE_SIZE",
+    "SPAWN_CONTEXT",
+    "SpawnAnswer",
+    "SpawnAuthError",
+    "SpawnClient",
+    "SpawnDecision",
+    "SpawnRequested",
+    "SpawnServer",
+    "SpawnState",
+]
+
+SPAWN_CONTEXT = b"ppn fleet spawn v1\x00"
+NONCE_SIZE = 16
+MAX_SPAWN_FRAME = 4096
+MAX_REASON = 200
+
+
+class SpawnAuthError(RemoteProtocolError):
+    """A spawn request not signed by the fleet controller for this connection. Detail-free."""
+
+    def __init__(self) -> None:
+        super().__init__("spawn request authentication failed")
+
+
+class SpawnState(enum.Enum):
+    AWAIT_CHALLENGE = "await-challenge"  # client only
+    AWAIT_REQUEST = "await-request"  # server only
+    AWAIT_DECISION = "await-decision"  # server: the adapter decides accept/refuse
+    AWAIT_ANSWER = "await-answer"  # client only
+    DONE = "done"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpawnRequested:
+    """Server event: the controller asks for ``spec`` under ``request_id``."""
+
+    request_id: bytes
+    spec: VmSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpawnDecision:
+    """Server input: accept (provisioner started) or refuse with a reason."""
+
+    request_id: bytes
+    accepted: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpawnAnswer:
+    """Client event: the host's answer."""
+
+    request_id: bytes
+    accepted: bool
+    reason: str
+
+
+_SERVER_TRANSITIONS = {
+    (SpawnState.AWAIT_REQUEST, "request"): SpawnState.AWAIT_DECISION,
+    (SpawnState.AWAIT_DECISION, "decision"): SpawnState.DONE,
+}
+_CLIENT_TRANSITIONS = {
+    (SpawnState.AWAIT_CHALLENGE, "challenge"): SpawnState.AWAIT_ANSWER,
+    (SpawnState.AWAIT_ANSWER, "answer"): SpawnState.DONE,
+}
+
+
+class _Core:
+    _transitions: dict[tuple[SpawnState, str], SpawnState]
+
+    def __init__(self, state: SpawnState) -> None:
+        self.state = state
+        self._decoder = wire.FrameDecoder(max_size=MAX_SPAWN_FRAME)
+        self._out = bytearray()
+        self._events: deque[Any] = deque()
+
+    def _step(self, what: str) -> None:
+        nxt = self._transitions.get((self.state, what))
+        if nxt is None:
+            current = self.state
+            self.state = SpawnState.ERROR
+            raise LocalProtocolError(f"cannot handle {what!r} in state {current.value}")
+        self.state = nxt
+
+    def _emit(self, message: dict[str, Any]) -> None:
+        self._out += wire.encode_frame(wire.pack_canonical(message), max_size=MAX_SPAWN_FRAME)
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def receive_data(self, data: bytes) -> None:
+        if self.state is SpawnState.ERROR:
+            raise LocalProtocolError("the core is in its ERROR state")
+        try:
+            self._decoder.feed(data)
+            while (frame := self._decoder.next_frame()) is not None:
+                self._handle_frame(frame)
+            if self._decoder.at_eof and self.state is not SpawnState.DONE:
+                raise RemoteProtocolError("peer closed the connection before the exchange ended")
+        except wire.WireError as exc:
+            self.state = SpawnState.ERROR
+            raise RemoteProtocolError(f"spawn frame: {exc}") from exc
+        except PPNError:
+            self.state = SpawnState.ERROR
+            raise
+
+    def _handle_frame(self, frame: bytes) -> None:
+        raise NotImplementedError
+
+    def next_event(self) -> Any:
+        return self._events.popleft() if self._events else None
+
+
+class SpawnServer(_Core):
+    """The vm-host side. Sends its challenge at once; yields :class:`SpawnRequested`."""
+
+    _transitions = _SERVER_TRANSITIONS
+
+    def __init__(self, *, node_id: str, directory: MemberDirectory, nonce: bytes) -> None:
+        if len(nonce) != NONCE_SIZE:
+            raise LocalProtocolError(f"the challenge nonce is {NONCE_SIZE} random bytes")
+        super().__init__(SpawnState.AWAIT_REQUEST)
+        self.node_id = node_id
+        self.directory = directory
+        self._nonce = nonce
+        self._request_id = b""
+        self._emit({"t": "challenge", "node_id": node_id, "nonce": nonce})
+
+    def _handle_frame(self, frame: bytes) -> None:
+        if self.state is not SpawnState.AWAIT_REQUEST:
+            raise RemoteProtocolError("controller sent more than one request")
+        outer = unpack_message(frame, what="spawn request", max_size=MAX_SPAWN_FRAME)
+        m = expect_map(outer, what="spawn request", required=("body", "key", "sig"))
+        body, key, sig = m["body"], m["key"], m["sig"]
+        if not isinstance(body, bytes) or not isinstance(key, bytes) or not isinstance(sig, bytes):
+            raise RemoteProtocolError("spawn request fields must be bytes")
+        controller = self.directory.controller()
+        if (
+            controller is None
+            or key != controller.identity
+            or not verify_signature(key, SPAWN_CONTEXT + body, sig)
+        ):
+            raise SpawnAuthError()
+        inner = unpack_message(body, what="spawn body", max_size=MAX_SPAWN_FRAME)
+        what = "spawn body"
+        b = expect_map(
+            inner, what=what, required=("v", "t", "node_id", "nonce", "request_id", "vm")
+        )
+        if expect_int(b, "v", what=what, low=0, high=255) != 1 or b["t"] != "spawn":
+            raise RemoteProtocolError("spawn body is not a version-1 spawn request")
+        # A valid signature over someone else's nonce or node is a replay: same error as a forgery.
+        if b["nonce"] != self._nonce or b["node_id"] != self.node_id:
+            raise SpawnAuthError()
+        request_id = expect_bytes(b, "request_id", what=what, size=REQUEST_ID_SIZE)
+        spec = VmSpec.from_wire(b["vm"], what=f"{what}.vm")
+        self._step("request")
+        self._request_id = request_id
+        self._events.append(SpawnRequested(request_id=request_id, spec=spec))
+
+    def send(self, decision: SpawnDecision) -> None:
+        if decision.request_id != self._request_id:
+            self.state = SpawnState.ERROR
+            raise LocalProtocolError("decision for a request this connection did not carry")
+        self._step("decision")
+        self._emit(
+            {
+                "t": "accepted" if decision.accepted else "refused",
+                "request_id": decision.request_id,
+                "reason": decision.reason[:MAX_REASON],
+            }
+        )
+
+
+class SpawnClient(_Core):
+    """The controller side: answers the host's challenge with a signed request."""
+
+    _transitions = _CLIENT_TRANSITIONS
+
+    def __init__(
+        self,
+        *,
+        key: IdentityKey,
+        node_id: str,
+        request_id: bytes,
+        spec: VmSpec,
+    ) -> None:
+        if len(request_id) != REQUEST_ID_SIZE:
+            raise LocalProtocolError(f"a request id is {REQUEST_ID_SIZE} random bytes")
+        super().__init__(SpawnState.AWAIT_CHALLENGE)
+        self._key = key
+        self.node_id = node_id
+        self.request_id = request_id
+        self.spec = spec
+
+    def _handle_frame(self, frame: bytes) -> None:
+        message = unpack_message(frame, what="spawn message", max_size=MAX_SPAWN_FRAME)
+        if self.state is SpawnState.AWAIT_CHALLENGE:
+            what = "challenge"
+            m = expect_map(message, what=what, required=("t", "node_id", "nonce"))
+            if m["t"] != "challenge":
+                raise RemoteProtocolError("expected the host's challenge")
+            node_id = expect_text(m, "node_id", what=what, max_len=64)
+            if node_id != self.node_id:
+                raise RemoteProtocolError(f"reached node {node_id!r}, not {self.node_id!r}")
+            nonce = expect_bytes(m, "nonce", what=what, size=NONCE_SIZE)
+            self._step("challenge")
+            body = wire.pack_canonical(
+                {
+                    "v": 1,
+                    "t": "spawn",
+                    "node_id": self.node_id,
+                    "nonce": nonce,
+                    "request_id": self.request_id,
+                    "vm": self.spec.to_wire(),
+                }
+            )
+            signature = self._key.sign(SPAWN_CONTEXT + body)
+            self._emit({"body": body, "key": self._key.public, "sig": signature})
+        elif self.state is SpawnState.AWAIT_ANSWER:
+            what = "spawn answer"
+            m = expect_map(message, what=what, required=("t", "request_id", "reason"))
+            if m["t"] not in ("accepted", "refused"):
+                raise RemoteProtocolError("spawn answer is neither accepted nor refused")
+            if expect_bytes(m, "request_id", what=what, size=REQUEST_ID_SIZE) != self.request_id:
+                raise RemoteProtocolError("spawn answer is for another request")
+            reason = expect_text(m, "reason", what=what, max_len=MAX_REASON)
+            self._step("answer")
+            self._events.append(
+                SpawnAnswer(
+                    request_id=self.request_id, accepted=m["t"] == "accepted", reason=reason
+                )
+            )
+        else:
+            raise RemoteProtocolError("host sent a frame after its answer")

@@ -1,0 +1,321 @@
+"""service-vm-fleet on trio: the heartbeat listener, the eviction timer, placement and dispatch.
+
+Heartbeats arrive on TCP 9203 (one frame per connection, answered with one reply frame) and go
+into the :class:`~ppn.fleet._table.NodeTable` stamped with trio's clock -- the receiver's clock.
+A timer task sleeps until the table's next eviction deadline and evicts on time even when nobody
+asks. The operator's commands (status, place, create) come over a local Unix socket; a create is
+dispatched to the chosen node's vm-host (TCP 9220) as a request signed by this node's identity.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import secrets
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from .. import wire
+from .._errors import PPNError, RemoteProtocolError
+from .._keys import IdentityKey
+from ._directory import Member, MemberDirectory
+from ._heartbeat import MAX_HEARTBEAT_SIZE, encode_heartbeat_reply
+from ._operator import (
+    MAX_CONTROL_FRAME,
+    ControlRequest,
+    candidates,
+    decode_control_request,
+    status_document,
+)
+from ._placement import Placed, place
+from ._spawn import MAX_SPAWN_FRAME, SpawnAnswer, SpawnClient, SpawnState
+from ._table import DEFAULT_EVICTION_TIMEOUT, HeartbeatAccepted, NodeEvicted, NodeTable
+from ._vm import VmSpec, is_totebox
+
+__all__ = ["FleetController", "FleetControllerConfig"]
+
+log = logging.getLogger("ppn.fleet.controller")
+
+FLEET_PORT = 9203
+SPAWN_PORT = 9220
+
+
+@dataclass(kw_only=True)
+class FleetControllerConfig:
+    identity: IdentityKey
+    directory: MemberDirectory
+    listen_address: str | None = None  # default: this node's mesh address
+    port: int = FLEET_PORT
+    control_path: str | None = None  # the operator's Unix socket; None: no operator channel
+    spawn_port: int = SPAWN_PORT
+    eviction_timeout: float = DEFAULT_EVICTION_TIMEOUT
+    connection_timeout: float = 10.0
+    # Seam for embedders and tests: how to reach a vm-host.
+    connect: Callable[[str, int], Awaitable[trio.abc.Stream]] = trio.open_tcp_stream
+
+
+async def _read_frame(stream: trio.abc.Stream, max_size: int) -> bytes:
+    decoder = wire.FrameDecoder(max_size=max_size)
+    while True:
+        data = bytes(await stream.receive_some(65536))
+        decoder.feed(data)
+        try:
+            frame = decoder.next_frame()
+        except wire.FrameError as exc:  # an oversized header: the peer's fault, never ours
+            raise RemoteProtocolError(str(exc)) from exc
+        if frame is not None:
+            return frame
+        if not data:
+            raise RemoteProtocolError("connection closed before a whole frame arrived")
+
+
+class FleetController:
+    """The fleet controller. ``await controller.run()`` (or ``nursery.start(controller.run)``)."""
+
+    def __init__(self, config: FleetControllerConfig) -> None:
+        self.config = config
+        member = config.directory.member_by_identity(config.identity.public)
+        if member is None:
+            raise PPNError("this node's identity key is not a member of the fleet directory")
+        if not member.is_controller:
+            raise PPNError(f"member {member.name!r} does not hold the fleet-controller role")
+        self.member: Member = member
+        self.table = NodeTable(config.directory, eviction_timeout=config.eviction_timeout)
+        self.port: int | None = None
+        self._timer_scope: trio.CancelScope | None = None
+
+    # --- heartbeats and the eviction timer ---------------------------------------------------
+
+    def _after_table_change(self) -> None:
+        while (event := self.table.next_event()) is not None:
+            if isinstance(event, NodeEvicted):
+                log.warning(
+                    "node %s evicted: no heartbeat for %.1f s", event.name, event.silent_for
+                )
+            elif isinstance(event, HeartbeatAccepted):
+                log.debug("heartbeat from %s (seq %d)", event.name, event.seq)
+            else:
+                log.info(
+                    "node %s %s the fleet", event.name, "rejoined" if event.rejoined else "joined"
+                )
+        if self._timer_scope is not None:
+            deadline = self.table.get_timer()
+            self._timer_scope.deadline = math.inf if deadline is None else deadline
+
+    async def eviction_timer(self) -> None:
+        """Evict silent nodes on time: sleep until the table's next deadline, forever."""
+        while True:
+            deadline = self.table.get_timer()
+            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
+            self.table.handle_timer(trio.current_time())
+            self._after_table_change()
+
+    async def serve_heartbeat_stream(self, stream: trio.abc.Stream) -> None:
+        """Handle one heartbeat connection: one frame in, one reply frame out."""
+        try:
+            with trio.fail_after(self.config.connection_timeout):
+                payload = await _read_frame(stream, MAX_HEARTBEAT_SIZE)
+                try:
+                    self.table.receive_heartbeat(payload, trio.current_time())
+                except RemoteProtocolError as exc:
+                    log.warning("heartbeat refused: %s", exc)
+                    reply = encode_heartbeat_reply(accepted=False, reason=str(exc))
+                else:
+                    reply = encode_heartbeat_reply(accepted=True)
+                finally:
+                    self._after_table_change()
+                await stream.send_all(wire.encode_frame(reply, max_size=1024))
+        except (RemoteProtocolError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+            log.info("heartbeat connection dropped: %s", exc or "timed out")
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    # --- operator requests -------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return status_document(self.table, trio.current_time(), controller=self.member.name)
+
+    def advise(self, request: ControlRequest) -> dict[str, Any]:
+        """Advisory placement as a reply map (``ok`` false with ``message`` when refused)."""
+        self.table.handle_timer(trio.current_time())
+        self._after_table_change()
+        pool = candidates(self.table)
+        decision = place(request.placement_request(), pool)
+        considered = [
+            {
+                "name": c.name,
+                "ram_available_mb": c.ram_available_mb,
+                "kvm": c.kvm,
+                "reserved": c.reserved,
+            }
+            for c in pool
+        ]
+        if not isinstance(decision, Placed):
+            return {
+                "ok": False,
+                "error": "refused",
+                "message": decision.reason,
+                "nodes": considered,
+            }
+        return {
+            "ok": True,
+            "node": decision.node,
+            "reason": decision.reason,
+            "reserved_fallback": decision.reserved_fallback,
+            "nodes": considered,
+        }
+
+    async def create(self, request: ControlRequest) -> dict[str, Any]:
+        """Dispatch a VM to the node the operator confirmed (re-checked against the live table)."""
+        if not request.node:
+            return {
+                "ok": False,
+                "error": "refused",
+                "message": "a create names the node the operator confirmed",
+            }
+        advice = self.advise(request)
+        if not advice["ok"]:
+            return advice
+        record = self.table.live_node(request.node)
+        if record is None:  # pragma: no cover - advise just checked it
+            return {"ok": False, "error": "refused", "message": "node left the fleet"}
+        request_id = secrets.token_bytes(16)
+        name = request.name or f"{request.vm_type}-{request_id.hex()[:8]}"
+        spec = VmSpec(
+            vm_type=request.vm_type, name=name, ram_mb=request.ram_mb, vcpus=request.vcpus
+        )
+        client = SpawnClient(
+            key=self.config.identity,
+            node_id=record.member.node_id,
+            request_id=request_id,
+            spec=spec,
+        )
+        address = record.member.mesh_address
+        try:
+            with trio.fail_after(self.config.connection_timeout):
+                stream = await self.config.connect(address, self.config.spawn_port)
+                async with stream:
+                    while client.state is not SpawnState.DONE:
+                        client.receive_data(bytes(await stream.receive_some(MAX_SPAWN_FRAME)))
+                        out = client.data_to_send()
+                        if out:
+                            await stream.send_all(out)
+        except (PPNError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+            message = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+            log.warning("dispatch to %s failed: %s", record.name, message)
+            return {
+                "ok": False,
+                "error": "dispatch",
+                "message": f"could not dispatch to {record.name} ({address}): {message}",
+            }
+        answer = client.next_event()
+        if not isinstance(answer, SpawnAnswer):  # pragma: no cover - core invariant
+            return {"ok": False, "error": "dispatch", "message": "no answer from the vm-host"}
+        if not answer.accepted:
+            log.warning("vm-host %s refused %s: %s", record.name, name, answer.reason)
+            return {
+                "ok": False,
+                "error": "dispatch",
+                "message": f"{record.name} refused the VM: {answer.reason}",
+            }
+        log.info("VM %s (%s, %d MB) dispatched to %s", name, spec.vm_type, spec.ram_mb, record.name)
+        return {
+            "ok": True,
+            "node": record.name,
+            "vm": spec.to_wire(),
+            "request_id": request_id.hex(),
+            "totebox": is_totebox(spec.vm_type),
+        }
+
+    async def handle_control(self, request: ControlRequest) -> dict[str, Any]:
+        if request.op == "status":
+            return self.status()
+        if request.op == "place":
+            return self.advise(request)
+        return await self.create(request)
+
+    async def _serve_control(self, stream: trio.abc.Stream) -> None:
+        try:
+            with trio.fail_after(max(self.config.connection_timeout * 2, 30)):
+                payload = await _read_frame(stream, MAX_CONTROL_FRAME)
+                try:
+                    request = decode_control_request(payload)
+                except RemoteProtocolError as exc:
+                    reply: dict[str, Any] = {"ok": False, "error": "request", "message": str(exc)}
+                else:
+                    try:
+                        reply = await self.handle_control(request)
+                    except PPNError as exc:  # a bug must not take the controller down
+                        log.exception("control request %s failed", request.op)
+                        reply = {"ok": False, "error": "request", "message": str(exc)}
+                data = wire.pack_canonical(reply)
+                await stream.send_all(wire.encode_frame(data, max_size=MAX_CONTROL_FRAME))
+        except (RemoteProtocolError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+            log.info("control connection dropped: %s", exc or "timed out")
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _control_listener(self, path: str) -> trio.SocketListener:
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        try:
+            if os.path.exists(path):
+                probe = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+                with probe:
+                    try:
+                        await probe.connect(path)
+                    except OSError:
+                        if stat.S_ISSOCK(os.lstat(path).st_mode):
+                            os.unlink(path)  # a stale socket from a controller that died
+                    else:
+                        raise OSError(errno.EADDRINUSE, f"a controller already serves {path}")
+            old_umask = os.umask(0o077)  # the socket is the operator's authority: owner only
+            try:
+                await sock.bind(path)
+            finally:
+                os.umask(old_umask)
+            sock.listen(16)
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketListener(sock)
+
+    # --- the service -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve forever. ``started`` reports the heartbeat port actually bound."""
+        host = self.config.listen_address or self.member.mesh_address
+        control = self.config.control_path
+        async with trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(self.config.port, host=host)
+            self.port = listeners[0].socket.getsockname()[1]
+            log.info(
+                "fleet controller %s on %s port %d (eviction after %g s)%s",
+                self.member.name,
+                host,
+                self.port,
+                self.config.eviction_timeout,
+                f", operator socket {control}" if control else "",
+            )
+            nursery.start_soon(trio.serve_listeners, self.serve_heartbeat_stream, listeners)
+            if control:
+                control_listener = await self._control_listener(control)
+                nursery.start_soon(trio.serve_listeners, self._serve_control, [control_listener])
+            nursery.start_soon(self.eviction_timer)
+            task_status.started(self.port)
+            try:
+                await trio.sleep_forever()
+            finally:
+                if control:
+                    try:
+                        os.unlink(control)
+                    except OSError:
+                        pass

@@ -1,0 +1,503 @@
+"""``ppn up``, ``ppn status``, ``ppn resolve`` and ``ppn remove``: the node agent and its views
+(RFC-NOTES §7.11).
+
+Module top stays light; trio, the agent and the WireGuard backends load inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..cli._main import CommandError
+
+EXIT_NOT_MEMBER = 30
+EXIT_BAD_STATE = 31
+EXIT_UNKNOWN_NAME = 32
+EXIT_WIREGUARD = 33
+EXIT_CONTROL = 34
+EXIT_UNREACHABLE = 35
+EXIT_AGENT_RUNNING = 36
+EXIT_REMOVE_REFUSED = 37
+EXIT_NOT_CONFIRMED = 38
+EXIT_AGENT_SLOW = 39
+
+# How long 'ppn remove' waits for a running agent to take the tombstone (it looks every second).
+REMOVE_WAIT = 10.0
+
+EXIT_STATUSES = """\
+exit status:
+  0   success
+  30  the state directory is not a mesh member yet (run 'ppn genesis' or 'ppn join')
+  31  the state directory is damaged or belongs to another mesh
+  32  (resolve, remove) no member has that name
+  33  the WireGuard device cannot be brought up or configured
+  34  the PPN control port cannot be opened
+  35  (status --check) some member is not reachable
+  36  (up) another 'ppn up' already runs on this state directory
+  37  (remove) this node may not remove that member (only the member itself or the
+      genesis node may; the genesis node is never removed)
+  38  (remove) not confirmed; nothing changed
+  39  (remove) the running agent did not take the removal within 10 s (it stays queued)
+  130 interrupted
+"""
+
+DEFAULT_STATE = os.environ.get("PPN_STATE", "/var/lib/ppn")
+
+
+def _state_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=Path(DEFAULT_STATE),
+        metavar="DIR",
+        help="the node's state directory (default: $PPN_STATE or /var/lib/ppn)",
+    )
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``up``, ``status`` and ``resolve`` to ``ppn``."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser(
+        "up",
+        help="run the node agent: WireGuard up, roster sync, reconcile (until SIGTERM)",
+        description=(
+            "Bring this node's WireGuard interface up and keep it matching the signed roster: "
+            "serve PPN control (TCP 9206 on this node's IPv6 control address in the mesh), push roster changes to every "
+            "member, pull from every member every 30 s, reconcile WireGuard peers with minimal "
+            "changes every 5 s, and admit members that a 'ppn invite' on this node let in. "
+            "SIGTERM stops the agent and leaves the tunnel up; running it again changes nothing "
+            "on a correctly configured interface."
+        ),
+        epilog=EXIT_STATUSES
+        + "\nexample:\n  ppn up --state /var/lib/ppn --role relay --endpoint 203.0.113.7:51820\n",
+        formatter_class=fmt,
+    )
+    _state_arg(p)
+    p.add_argument(
+        "--interface", metavar="NAME", help="WireGuard interface (default: from mesh.json, ppn0)"
+    )
+    p.add_argument(
+        "--endpoint",
+        action="append",
+        metavar="HOST:PORT",
+        help="where members reach this node (repeatable; default: as given at genesis/join)",
+    )
+    p.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        metavar="ROLE",
+        help="add a role to this node's entry, e.g. 'relay' to be the mesh's hub (repeatable)",
+    )
+    p.add_argument("--listen-port", type=int, metavar="PORT", help="WireGuard UDP port")
+    p.add_argument(
+        "--control-port", type=int, default=9206, metavar="PORT", help="PPN control TCP port (9206)"
+    )
+    p.add_argument(
+        "--control-listen",
+        metavar="ADDR",
+        help="address PPN control listens on (default: this node's control address)",
+    )
+    p.add_argument(
+        "--hosts-file",
+        type=Path,
+        metavar="PATH",
+        help="also keep the mesh's block in this hosts file",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON line when up (for scripts)")
+    p.set_defaults(handler=_up)
+
+    p = subparsers.add_parser(
+        "status",
+        help="members, addresses, roles, handshake age, endpoints and path (direct or via hub)",
+        description=(
+            "Show the mesh as this node sees it: every member with its address, roles, the "
+            "path this node uses to reach it (direct, via the relay hub), the age of the last "
+            "WireGuard handshake and the endpoint in use; then any roster problems "
+            "(address conflicts, broken admission chains)."
+        ),
+        epilog=EXIT_STATUSES,
+        formatter_class=fmt,
+    )
+    _state_arg(p)
+    p.add_argument("--interface", metavar="NAME", help="WireGuard interface (default: the agent's)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--check", action="store_true", help="exit 35 unless every member is reachable")
+    p.set_defaults(handler=_status)
+
+    p = subparsers.add_parser(
+        "resolve",
+        help="a member's mesh address by name (also NAME.ppn or a node id prefix)",
+        description="Print the mesh address of the member called NAME.",
+        epilog=EXIT_STATUSES + "\nexample:\n  ping $(ppn resolve cloud)\n",
+        formatter_class=fmt,
+    )
+    p.add_argument("name", metavar="NAME")
+    _state_arg(p)
+    p.add_argument("--json", action="store_true", help="address, endpoints and node id as JSON")
+    p.set_defaults(handler=_resolve)
+
+    p = subparsers.add_parser(
+        "remove",
+        help="remove a member from the mesh for good (signs a tombstone)",
+        description=(
+            "Remove the member called NAME (or NAME.ppn, or a node id prefix) from the mesh: "
+            "sign a tombstone with this node's identity key and hand it to this node's agent, "
+            "which pushes it to every member; each member's agent then drops the member's "
+            "WireGuard peer. Only the member itself or the genesis node may sign a removal. "
+            "Removal is final: the removed node can never rejoin with the same identity key "
+            "(it needs a fresh state directory and a new 'ppn join'). Without a running agent "
+            "the removal is written to the roster and pushed when 'ppn up' next runs."
+        ),
+        epilog=EXIT_STATUSES
+        + "\nexamples:\n  ppn remove laptop --state /var/lib/ppn          # asks first\n"
+        "  ppn remove laptop --state /var/lib/ppn --yes\n",
+        formatter_class=fmt,
+    )
+    p.add_argument("name", metavar="NAME", help="member name, NAME.ppn, or a node id prefix")
+    _state_arg(p)
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p.set_defaults(handler=_remove)
+
+
+def _load(state: Path) -> tuple[Any, Any]:
+    from ._io_state import StateDirError, load_mesh_files, load_roster
+    from ._roster import Roster
+
+    try:
+        files = load_mesh_files(state)
+        saved = load_roster(state, mesh=files.mesh, cidr=files.cidr)
+    except StateDirError as exc:
+        raise CommandError(str(exc), EXIT_NOT_MEMBER if exc.missing else EXIT_BAD_STATE) from exc
+    roster = saved.roster if saved else Roster(mesh=files.mesh, network=files.cidr)
+    return files, (roster, saved.generation if saved else 0)
+
+
+def _up(args: argparse.Namespace) -> int:
+    import trio
+
+    from ._io_state import AgentAlreadyRunning, StateDirError
+    from ._io_wg import MeshDeviceError
+    from ._trio_agent import AgentOptions, run_agent
+
+    def progress(line: str) -> None:
+        print(f"ppn up: {line}", file=sys.stderr, flush=True)
+
+    def ready(details: dict[str, object]) -> None:
+        if args.json:
+            print(json.dumps({"event": "up", **details}, sort_keys=True), flush=True)
+
+    options = AgentOptions(
+        state=args.state,
+        interface=args.interface,
+        endpoints=args.endpoint,
+        roles=args.role,
+        control_port=args.control_port,
+        control_listen=args.control_listen,
+        listen_port=args.listen_port,
+        hosts_file=args.hosts_file,
+        progress=progress,
+    )
+    try:
+        trio.run(lambda: run_agent(options, ready=ready))
+    except AgentAlreadyRunning as exc:
+        raise CommandError(str(exc), EXIT_AGENT_RUNNING) from exc
+    except StateDirError as exc:
+        raise CommandError(str(exc), EXIT_NOT_MEMBER if exc.missing else EXIT_BAD_STATE) from exc
+    except MeshDeviceError as exc:
+        raise CommandError(str(exc), EXIT_WIREGUARD) from exc
+    except OSError as exc:
+        raise CommandError(f"cannot open PPN control: {exc.strerror or exc}", EXIT_CONTROL) from exc
+    return 0
+
+
+def _address_key(address: str) -> tuple[int, int]:
+    import ipaddress
+
+    parsed = ipaddress.ip_address(address)
+    return parsed.version, int(parsed)
+
+
+def _handshake_cell(row: dict[str, Any], rows: list[dict[str, Any]], hub: str) -> str:
+    if row["path"] == "self":
+        return "-"
+    if row["path"] == "via-hub":
+        hub_row = next((r for r in rows if r["name"] == hub), None)
+        return f"({hub}) {_age(hub_row['handshake_age'] if hub_row else None)}"
+    return _age(row["handshake_age"])
+
+
+def _age(seconds: int | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago"
+
+
+def _status(args: argparse.Namespace) -> int:
+    import time
+
+    from .. import wg
+    from ._ids import short_id
+    from ._io_state import read_agent_info
+    from ._io_wg import observations_from
+    from ._topology import PathKind, plan_topology
+
+    files, (roster, generation) = _load(args.state)
+    agent = read_agent_info(args.state) or {}
+    interface = args.interface or agent.get("interface") or files.interface
+    agent_running = False
+    if isinstance(agent.get("pid"), int):
+        try:
+            os.kill(agent["pid"], 0)
+            agent_running = True
+        except (ProcessLookupError, PermissionError):
+            pass
+    observations = {}
+    device_note = ""
+    try:
+        choice = wg.select_backend(interface)
+        if choice.backend is not None and choice.running:
+            observations = observations_from(choice.backend.read())
+            device_note = choice.kind
+        else:
+            device_note = "down"
+    except (wg.DeviceError, OSError) as exc:
+        device_note = f"unreadable ({exc})"
+    now = int(time.time())
+    view = roster.view()
+    topology = plan_topology(
+        view,
+        network=roster.network,
+        self_identity=files.identity.public,
+        observations=observations,
+        now=now,
+    )
+    rows: list[dict[str, Any]] = []
+    for path in sorted(topology.paths, key=lambda p: _address_key(p.member.address)):
+        m = path.member
+        rows.append(
+            {
+                "name": m.name,
+                "node_id": m.node_id.hex(),
+                "address": m.address,
+                "roles": list(m.roles),
+                "path": path.kind.value,
+                "reachable": path.reachable,
+                "handshake_age": path.handshake_age,
+                "endpoint": path.endpoint or (m.endpoints[0] if m.endpoints else None),
+                "version": m.version,
+            }
+        )
+    problems = [
+        {
+            "kind": p.kind.value,
+            "node_id": short_id(p.identity),
+            "detail": p.detail,
+            "suggested_address": p.suggested_address,
+        }
+        for p in view.problems
+    ]
+    unreachable: list[str] = [r["name"] for r in rows if not r["reachable"]]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "mesh": files.mesh.hex(),
+                    "cidr": str(roster.network),
+                    "node": files.name,
+                    "interface": interface,
+                    "device": device_note,
+                    "agent_running": agent_running,
+                    "generation": generation,
+                    "agent": agent,
+                    "hub": topology.hub.name if topology.hub else None,
+                    "members": rows,
+                    "removed": [t.name for t in view.removed],
+                    "problems": problems,
+                },
+                indent=2,
+                sort_keys=True,
+            )
+        )
+    else:
+        hub = topology.hub.name if topology.hub else "none"
+        print(
+            f"mesh {short_id(files.mesh)} {roster.network} · node {files.name} · {interface} "
+            f"({device_note}) · agent {'running' if agent_running else 'not running'} · "
+            f"roster generation {generation} · hub {hub}"
+        )
+        header = ("NAME", "ADDRESS", "ROLES", "PATH", "HANDSHAKE", "ENDPOINT")
+        table: list[tuple[str, ...]] = [header] + [
+            (
+                r["name"],
+                r["address"],
+                ",".join(r["roles"]) or "-",
+                r["path"] if r["path"] != PathKind.VIA_HUB.value else f"via {hub}",
+                _handshake_cell(r, rows, hub),
+                "-" if r["path"] == PathKind.VIA_HUB.value else (r["endpoint"] or "-"),
+            )
+            for r in rows
+        ]
+        widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+        for row in table:
+            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        for p in problems:
+            print(f"problem: {p['node_id']} {p['kind']}: {p['detail']}")
+        if view.removed:
+            print("removed: " + ", ".join(sorted(t.name for t in view.removed)))
+        rejected = agent.get("rejected") if agent_running else None
+        if rejected:
+            print(f"refused roster records (recent): {len(rejected)}, last: {rejected[-1]}")
+    if args.check and unreachable:
+        raise CommandError("not reachable: " + ", ".join(unreachable), EXIT_UNREACHABLE)
+    return 0
+
+
+def _resolve(args: argparse.Namespace) -> int:
+    from ._names import resolve
+
+    files, (roster, _) = _load(args.state)
+    found = resolve(roster.view(), args.name)
+    if found is not None:
+        result = {
+            "name": found.name,
+            "address": found.address,
+            "endpoints": list(found.endpoints),
+            "node_id": found.node_id.hex(),
+            "routed": found.routed,
+            "signed": True,
+        }
+    else:
+        # Not (yet) on the signed roster: the ceremony's preliminary list still binds names.
+        wanted = args.name.strip().lower().removesuffix(".ppn")
+        # (Only for members the signed roster does not know: not a removed one, nor a lost name.)
+        pre = next(
+            (m for m in files.preliminary if m.name == wanted and m.identity not in roster), None
+        )
+        if pre is None:
+            raise CommandError(f"no member is called {args.name!r}", EXIT_UNKNOWN_NAME)
+        result = {
+            "name": pre.name,
+            "address": pre.address,
+            "endpoints": list(pre.endpoints),
+            "node_id": None,
+            "routed": True,
+            "signed": False,
+        }
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(result["address"])
+    return 0
+
+
+def _confirm(question: str) -> bool:
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline().strip().lower()
+    if not sys.stdin.isatty():
+        print(answer or "(no answer)", file=sys.stderr, flush=True)
+    return answer in ("y", "yes")
+
+
+def _remove(args: argparse.Namespace) -> int:
+    import time
+
+    from ._ids import short_id
+    from ._io_state import (
+        StateDirError,
+        load_roster,
+        queue_records,
+        running_agent_pid,
+        save_roster,
+    )
+    from ._records import Tombstone
+    from ._removal import RefusalKind, RemovalRefused, plan_removal, sign_removal
+
+    files, (roster, _) = _load(args.state)
+    try:
+        plan = plan_removal(roster, files.identity, args.name)
+    except RemovalRefused as exc:
+        status = EXIT_UNKNOWN_NAME if exc.kind is RefusalKind.UNKNOWN else EXIT_REMOVE_REFUSED
+        raise CommandError(str(exc), status) from exc
+    member = plan.member
+    label = f"{member.name} ({member.address}, node {short_id(member.identity)})"
+    if not args.yes:
+        what = "this node itself" if plan.self_removal else label
+        question = (
+            f"Remove {what} from mesh {short_id(roster.mesh)} for good? Its identity can never "
+            "rejoin."
+        )
+        if not _confirm(question):
+            raise CommandError(f"{member.name} not removed; nothing changed", EXIT_NOT_CONFIRMED)
+    tombstone = sign_removal(roster, files.identity, plan, now=int(time.time()))
+
+    def taken() -> bool:
+        saved = load_roster(args.state, mesh=files.mesh, cidr=files.cidr)
+        return saved is not None and isinstance(saved.roster.get(member.identity), Tombstone)
+
+    try:
+        # The outbox is how signed records reach a running agent (it holds the roster in memory
+        # and owns roster.bin); it also covers an agent that starts while this command runs.
+        queue_records(args.state, [tombstone])
+        agent_pid = running_agent_pid(args.state)
+        if agent_pid is None:
+            saved = load_roster(args.state, mesh=files.mesh, cidr=files.cidr)
+            if saved is not None:
+                saved.roster.merge([tombstone])
+                save_roster(
+                    args.state,
+                    saved.roster,
+                    generation=saved.generation + 1,
+                    baseline=saved.baseline,
+                )
+            outcome = "queued"
+            note = "the agent pushes the removal to every member when 'ppn up' next runs"
+        else:
+            deadline = time.monotonic() + REMOVE_WAIT
+            waited = False
+            while not taken():
+                if time.monotonic() > deadline:
+                    raise CommandError(
+                        f"the agent (pid {agent_pid}) did not take the removal of {member.name} "
+                        f"within {REMOVE_WAIT:.0f} s; it stays queued in "
+                        f"{args.state / 'outbox.bin'}",
+                        EXIT_AGENT_SLOW,
+                    )
+                if not waited:
+                    print(
+                        f"ppn remove: handing the removal to the agent (pid {agent_pid}) ...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    waited = True
+                time.sleep(0.1)
+            outcome = "taken"
+            note = "the agent pushes it to every member, and each drops its WireGuard peer"
+    except (StateDirError, OSError) as exc:
+        raise CommandError(f"cannot record the removal: {exc}", EXIT_BAD_STATE) from exc
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "removed": member.name,
+                    "address": member.address,
+                    "node_id": member.node_id.hex(),
+                    "self": plan.self_removal,
+                    "agent": outcome,
+                },
+                sort_keys=True,
+            )
+        )
+    else:
+        print(f"removed {label}; {note}")
+    return 0

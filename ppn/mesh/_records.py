@@ -1,0 +1,499 @@
+"""Roster records: admissions, member entries and tombstones, their encoding and signatures.
+
+A record is judged on its own here (signatures, field formats, who may sign what); whether its
+admission chain reaches the genesis node depends on the other records and is judged by
+:mod:`ppn.mesh._view`. Keeping record validity local is what makes the roster merge a plain
+join-semilattice (RFC-NOTES §7.2–7.4).
+
+Signature inputs are ``label || pack_canonical(map without "sig")`` with a distinct label per
+record type, so a signature made for one purpose never verifies for another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import wire
+from .._errors import LocalProtocolError, RemoteProtocolError
+from .._keys import IdentityKey, verify_signature
+from ._ids import ID_SIZE, mesh_id, node_id
+
+__all__ = [
+    "ADMISSION_LABEL",
+    "MEMBER_LABEL",
+    "TOMBSTONE_LABEL",
+    "Admission",
+    "InvalidRecord",
+    "MemberRecord",
+    "Record",
+    "Tombstone",
+    "build_record",
+    "check_record",
+    "decode_record",
+    "encode_record",
+    "parse_endpoint",
+    "record_from_bytes",
+    "sign_admission",
+    "sign_member",
+    "sign_tombstone",
+    "validate_name",
+]
+
+ADMISSION_LABEL = b"PPN-v1 roster admission\x00"
+MEMBER_LABEL = b"PPN-v1 roster member\x00"
+TOMBSTONE_LABEL = b"PPN-v1 roster tombstone\x00"
+
+MAX_ENDPOINTS = 8
+MAX_ROLES = 8
+MAX_RECORD_SIZE = 4096
+_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_U64 = 2**64
+
+
+class InvalidRecord(RemoteProtocolError):
+    """A roster record that is malformed or whose signature does not verify.
+
+    The message is one short sentence naming which rule failed; for a signature it says only
+    that it did not verify (no detail).
+    """
+
+
+def validate_name(name: str) -> str:
+    """A member name is one lower-case DNS label (1–63 of a-z, 0-9, '-', no '-' at either end)."""
+    if not isinstance(name, str) or not _LABEL_RE.fullmatch(name):
+        raise InvalidRecord("a member name is one lower-case DNS label")
+    return name
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """Split ``host:port`` / ``[v6]:port`` into (host, port), rejecting non-canonical forms."""
+    if not isinstance(text, str) or len(text) > 262:
+        raise InvalidRecord("an endpoint is host:port")
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or str(int(port_text)) != port_text:
+        raise InvalidRecord("an endpoint is host:port with a decimal port")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise InvalidRecord("an endpoint port is 1-65535")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise InvalidRecord("an IPv6 endpoint is [address]:port")
+        try:
+            v6 = ipaddress.IPv6Address(host[1:-1])
+        except ValueError as exc:
+            raise InvalidRecord("an IPv6 endpoint is [address]:port") from exc
+        if str(v6) != host[1:-1]:
+            raise InvalidRecord("an IPv6 endpoint address must be in canonical form")
+        return host[1:-1], port
+    try:
+        v4 = ipaddress.IPv4Address(host)
+    except ValueError:
+        if not _HOST_RE.fullmatch(host) or host.replace(".", "").isdigit():
+            raise InvalidRecord("an endpoint host is an address or a host name") from None
+        return host, port
+    if str(v4) != host:
+        raise InvalidRecord("an endpoint address must be in canonical form")
+    return host, port
+
+
+def _check_address(text: str) -> None:
+    try:
+        parsed = ipaddress.ip_address(text)
+    except ValueError as exc:
+        raise InvalidRecord("a mesh address is an IP address") from exc
+    if str(parsed) != text:
+        raise InvalidRecord("a mesh address must be in canonical form")
+
+
+def _record_hash(encoded: bytes) -> bytes:
+    return hashlib.sha512(b"PPN-v1 roster record\x00" + encoded).digest()[:32]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Admission:
+    """The admitter's statement that ``identity`` joined mesh ``mesh`` under ``name``.
+
+    The genesis node admits itself (``admitter == identity`` and ``mesh == mesh_id(identity)``);
+    every other admission names the member who sponsored it.
+    """
+
+    mesh: bytes
+    identity: bytes
+    name: str
+    admitter: bytes
+    admitted_at: int
+    signature: bytes = field(repr=False)
+
+    def signed_fields(self) -> dict[str, Any]:
+        return {
+            "admitted_at": self.admitted_at,
+            "admitter": self.admitter,
+            "identity": self.identity,
+            "mesh": self.mesh,
+            "name": self.name,
+        }
+
+    def to_value(self) -> dict[str, Any]:
+        return {**self.signed_fields(), "sig": self.signature}
+
+    @property
+    def is_genesis(self) -> bool:
+        return self.admitter == self.identity
+
+
+@dataclass(frozen=True, kw_only=True)
+class _RecordBase:
+    admission: Admission
+    signer: bytes
+    signature: bytes = field(repr=False)
+    encoded: bytes = field(init=False, repr=False, compare=False)
+    digest: bytes = field(init=False, repr=False, compare=False)
+    # Set by _check_record only: a Roster accepts nothing that was not checked.
+    checked: bool = field(init=False, default=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        encoded = wire.pack_canonical(self.to_value())
+        object.__setattr__(self, "encoded", encoded)
+        object.__setattr__(self, "digest", _record_hash(encoded))
+
+    def to_value(self) -> dict[str, Any]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @property
+    def identity(self) -> bytes:
+        return self.admission.identity
+
+    @property
+    def node_id(self) -> bytes:
+        return node_id(self.admission.identity)
+
+    @property
+    def name(self) -> str:
+        return self.admission.name
+
+    @property
+    def mesh(self) -> bytes:
+        return self.admission.mesh
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemberRecord(_RecordBase):
+    """One version of a live member's entry.
+
+    Signed by the member itself (any version) or, for version 1 only, by its admitter: a sponsor
+    publishes the joiner's first entry; after that only the member's own key changes it.
+    """
+
+    wg_key: bytes
+    address: str
+    endpoints: tuple[str, ...]
+    roles: tuple[str, ...]
+    version: int
+
+    def signed_fields(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "admission": self.admission.to_value(),
+            "endpoints": list(self.endpoints),
+            "roles": list(self.roles),
+            "signer": self.signer,
+            "type": "member",
+            "version": self.version,
+            "wg_key": self.wg_key,
+        }
+
+    def to_value(self) -> dict[str, Any]:
+        return {**self.signed_fields(), "sig": self.signature}
+
+    @property
+    def rank(self) -> tuple[int, int, int, bytes]:
+        return (0, self.version, int(self.signer == self.identity), self.digest)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tombstone(_RecordBase):
+    """The final record of a member: signed by the member itself or by the genesis node."""
+
+    removed_at: int
+
+    def signed_fields(self) -> dict[str, Any]:
+        return {
+            "admission": self.admission.to_value(),
+            "removed_at": self.removed_at,
+            "signer": self.signer,
+            "type": "tombstone",
+        }
+
+    def to_value(self) -> dict[str, Any]:
+        return {**self.signed_fields(), "sig": self.signature}
+
+    @property
+    def rank(self) -> tuple[int, int, int, bytes]:
+        return (1, 0, 0, self.digest)
+
+
+Record = MemberRecord | Tombstone
+
+
+# --- signing -----------------------------------------------------------------------------------
+
+
+def sign_admission(
+    admitter: IdentityKey, *, mesh: bytes, identity: bytes, name: str, admitted_at: int
+) -> Admission:
+    fields = {
+        "admitted_at": admitted_at,
+        "admitter": admitter.public,
+        "identity": identity,
+        "mesh": mesh,
+        "name": name,
+    }
+    sig = admitter.sign(ADMISSION_LABEL + wire.pack_canonical(fields))
+    admission = Admission(
+        mesh=mesh,
+        identity=identity,
+        name=name,
+        admitter=admitter.public,
+        admitted_at=admitted_at,
+        signature=sig,
+    )
+    _authored(_check_admission, admission)
+    return admission
+
+
+def sign_member(
+    signer: IdentityKey,
+    *,
+    admission: Admission,
+    wg_key: bytes,
+    address: str,
+    endpoints: tuple[str, ...] | list[str],
+    roles: tuple[str, ...] | list[str] | set[str] | frozenset[str],
+    version: int,
+) -> MemberRecord:
+    fields = {
+        "address": address,
+        "admission": admission.to_value(),
+        "endpoints": list(endpoints),
+        "roles": sorted(set(roles)),
+        "signer": signer.public,
+        "type": "member",
+        "version": version,
+        "wg_key": wg_key,
+    }
+    sig = signer.sign(MEMBER_LABEL + wire.pack_canonical(fields))
+    record = MemberRecord(
+        admission=admission,
+        wg_key=wg_key,
+        address=address,
+        endpoints=tuple(endpoints),
+        roles=tuple(sorted(set(roles))),
+        version=version,
+        signer=signer.public,
+        signature=sig,
+    )
+    _authored(_check_record, record)
+    return record
+
+
+def sign_tombstone(signer: IdentityKey, *, admission: Admission, removed_at: int) -> Tombstone:
+    fields = {
+        "admission": admission.to_value(),
+        "removed_at": removed_at,
+        "signer": signer.public,
+        "type": "tombstone",
+    }
+    sig = signer.sign(TOMBSTONE_LABEL + wire.pack_canonical(fields))
+    record = Tombstone(
+        admission=admission, removed_at=removed_at, signer=signer.public, signature=sig
+    )
+    _authored(_check_record, record)
+    return record
+
+
+def _authored(check: Callable[[Any], None], thing: Any) -> None:
+    """Run a record check on something we are signing: a failure is the caller's mistake."""
+    try:
+        check(thing)
+    except InvalidRecord as exc:
+        raise LocalProtocolError(str(exc)) from None
+
+
+# --- checking and decoding ---------------------------------------------------------------------
+
+
+def _check_admission(adm: Admission) -> None:
+    if len(adm.mesh) != ID_SIZE or len(adm.identity) != 32 or len(adm.admitter) != 32:
+        raise InvalidRecord("an admission has a malformed key or mesh id")
+    validate_name(adm.name)
+    if not 0 <= adm.admitted_at < _U64:
+        raise InvalidRecord("an admission time is a non-negative integer")
+    if adm.is_genesis and mesh_id(adm.identity) != adm.mesh:
+        raise InvalidRecord("only the genesis node admits itself")
+    if not adm.is_genesis and mesh_id(adm.identity) == adm.mesh:
+        raise InvalidRecord("the genesis node can only be admitted by itself")
+    message = ADMISSION_LABEL + wire.pack_canonical(adm.signed_fields())
+    if not verify_signature(adm.admitter, message, adm.signature):
+        raise InvalidRecord("a roster signature did not verify")
+
+
+def _check_record(record: Record) -> None:
+    _check_admission(record.admission)
+    adm = record.admission
+    if len(record.signer) != 32:
+        raise InvalidRecord("a record signer is a 32-byte key")
+    if isinstance(record, MemberRecord):
+        if len(record.wg_key) != 32:
+            raise InvalidRecord("a WireGuard key is 32 bytes")
+        _check_address(record.address)
+        if len(record.endpoints) > MAX_ENDPOINTS or len(set(record.endpoints)) != len(
+            record.endpoints
+        ):
+            raise InvalidRecord(f"a member lists at most {MAX_ENDPOINTS} distinct endpoints")
+        for endpoint in record.endpoints:
+            parse_endpoint(endpoint)
+        if len(record.roles) > MAX_ROLES or list(record.roles) != sorted(set(record.roles)):
+            raise InvalidRecord(f"roles are at most {MAX_ROLES} distinct labels, sorted")
+        for role in record.roles:
+            if not _LABEL_RE.fullmatch(role):
+                raise InvalidRecord("a role is one lower-case DNS label")
+        if not 1 <= record.version < _U64:
+            raise InvalidRecord("a member version is a positive integer")
+        if record.signer == adm.identity:
+            pass
+        elif record.signer == adm.admitter:
+            if record.version != 1:
+                raise InvalidRecord("an admitter signs only version 1 of a member")
+        else:
+            raise InvalidRecord("a member record is signed by the member or its admitter")
+        label = MEMBER_LABEL
+    else:
+        if not 0 <= record.removed_at < _U64:
+            raise InvalidRecord("a removal time is a non-negative integer")
+        if record.signer != adm.identity and mesh_id(record.signer) != adm.mesh:
+            raise InvalidRecord("a tombstone is signed by the member or the genesis node")
+        label = TOMBSTONE_LABEL
+    if len(record.encoded) > MAX_RECORD_SIZE:
+        raise InvalidRecord(f"a record is at most {MAX_RECORD_SIZE} bytes")
+    if not verify_signature(
+        record.signer, label + wire.pack_canonical(record.signed_fields()), record.signature
+    ):
+        raise InvalidRecord("a roster signature did not verify")
+    object.__setattr__(record, "checked", True)
+
+
+def encode_record(record: Record) -> bytes:
+    """The canonical msgpack bytes of a record (what is stored and sent)."""
+    return record.encoded
+
+
+def _expect_map(value: Any, keys: set[str]) -> dict[str, Any]:
+    if not isinstance(value, dict) or set(value) != keys:
+        raise InvalidRecord("a roster record has missing or unknown fields")
+    return value
+
+
+def _expect(value: Any, kind: type, what: str) -> Any:
+    if type(value) is not kind:
+        raise InvalidRecord(f"{what} has the wrong type")
+    return value
+
+
+def _decode_admission(value: Any) -> Admission:
+    m = _expect_map(value, {"admitted_at", "admitter", "identity", "mesh", "name", "sig"})
+    return Admission(
+        mesh=_expect(m["mesh"], bytes, "mesh"),
+        identity=_expect(m["identity"], bytes, "identity"),
+        name=_expect(m["name"], str, "name"),
+        admitter=_expect(m["admitter"], bytes, "admitter"),
+        admitted_at=_expect(m["admitted_at"], int, "admitted_at"),
+        signature=_expect(m["sig"], bytes, "sig"),
+    )
+
+
+def _str_list(value: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > 16:
+        raise InvalidRecord(f"{what} is a short list")
+    return tuple(_expect(v, str, what) for v in value)
+
+
+def decode_record(value: Any) -> Record:
+    """Build and fully check a record from its decoded msgpack value.
+
+    Raises :class:`InvalidRecord` for anything malformed or any signature that does not verify.
+    """
+    record = build_record(value)
+    check_record(record)
+    return record
+
+
+def build_record(value: Any) -> Record:
+    """Build a record from its decoded msgpack value, checking shape and types only.
+
+    The result is not yet trusted: pass it to :func:`check_record` (which verifies signatures)
+    before use. Splitting the two lets a roster skip verification of a record it already holds.
+    """
+    if not isinstance(value, dict):
+        raise InvalidRecord("a roster record is a map")
+    kind = value.get("type")
+    record: Record
+    try:
+        if kind == "member":
+            m = _expect_map(
+                value,
+                {
+                    "address",
+                    "admission",
+                    "endpoints",
+                    "roles",
+                    "signer",
+                    "type",
+                    "version",
+                    "wg_key",
+                    "sig",
+                },
+            )
+            record = MemberRecord(
+                admission=_decode_admission(m["admission"]),
+                wg_key=_expect(m["wg_key"], bytes, "wg_key"),
+                address=_expect(m["address"], str, "address"),
+                endpoints=_str_list(m["endpoints"], "endpoints"),
+                roles=_str_list(m["roles"], "roles"),
+                version=_expect(m["version"], int, "version"),
+                signer=_expect(m["signer"], bytes, "signer"),
+                signature=_expect(m["sig"], bytes, "sig"),
+            )
+        elif kind == "tombstone":
+            m = _expect_map(value, {"admission", "removed_at", "signer", "type", "sig"})
+            record = Tombstone(
+                admission=_decode_admission(m["admission"]),
+                removed_at=_expect(m["removed_at"], int, "removed_at"),
+                signer=_expect(m["signer"], bytes, "signer"),
+                signature=_expect(m["sig"], bytes, "sig"),
+            )
+        else:
+            raise InvalidRecord("a roster record is a member or a tombstone")
+    except wire.EncodingError as exc:
+        raise InvalidRecord("a roster record has no canonical encoding") from exc
+    return record
+
+
+def check_record(record: Record) -> None:
+    """Verify a record's fields and signatures; raises :class:`InvalidRecord` if any fails."""
+    if not record.checked:
+        _check_record(record)
+
+
+def record_from_bytes(data: bytes) -> Record:
+    """Decode one record from its canonical bytes (as stored in a state file)."""
+    try:
+        value = wire.unpack_canonical(data, max_size=MAX_RECORD_SIZE)
+    except wire.EncodingError as exc:
+        raise InvalidRecord("a roster record is not canonical msgpack") from exc
+    return decode_record(value)

@@ -1,0 +1,323 @@
+"""Trio adapter for the mesh: PPN control server and client, and the node agent loop.
+
+Owns sockets, tasks, timeouts and cancellation; every decision is made by the sans-IO cores
+(:class:`ControlConnection` for the wire, :class:`MeshAgent` for what to do when). The WireGuard
+side is behind :class:`WireGuardPort`, so tests run the whole agent against in-memory devices
+and the CLI plugs in the real backend (:mod:`ppn.mesh._io_wg`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from .._errors import PPNError
+from ._agent import (
+    AgentStats,
+    MeshAgent,
+    PullFrom,
+    PushTo,
+    Reconcile,
+    SaveState,
+    WireGuardPort,
+)
+from ._control import (
+    CONTROL_PORT,
+    ConnectionClosed,
+    ControlConnection,
+    Pull,
+    Push,
+    PushAcknowledged,
+    Role,
+    RosterUpdated,
+    SyncComplete,
+)
+from ._records import Record
+from ._roster import MergeResult, Roster
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "EXCHANGE_TIMEOUT",
+    "AgentStats",
+    "MeshNode",
+    "WireGuardPort",
+    "pull_once",
+    "push_once",
+    "serve_connection",
+]
+
+log = logging.getLogger("ppn.mesh")
+
+CONNECT_TIMEOUT = 5.0
+EXCHANGE_TIMEOUT = 10.0
+_RECEIVE_SIZE = 65536
+
+
+async def _pump_client(
+    stream: trio.abc.Stream, conn: ControlConnection, done: type
+) -> list[object]:
+    """Send what the core has, feed what arrives, until an event of type ``done``."""
+    events: list[object] = []
+    while True:
+        out = conn.data_to_send()
+        if out:
+            await stream.send_all(out)
+        while (event := conn.next_event()) is not None:
+            events.append(event)
+            if isinstance(event, done):
+                return events
+        data = await stream.receive_some(_RECEIVE_SIZE)
+        conn.receive_data(bytes(data))
+
+
+async def _client_operation(
+    connect: Callable[[], Awaitable[trio.abc.Stream]],
+    roster: Roster,
+    operation: Pull | Push,
+    done: type,
+) -> list[object]:
+    with trio.fail_after(CONNECT_TIMEOUT):
+        stream = await connect()
+    async with stream:
+        conn = ControlConnection(roster, role=Role.CLIENT)
+        conn.send(operation)
+        with trio.fail_after(EXCHANGE_TIMEOUT):
+            events = await _pump_client(stream, conn, done)
+    return events
+
+
+def _tcp(host: str, port: int) -> Callable[[], Awaitable[trio.abc.Stream]]:
+    async def connect() -> trio.abc.Stream:
+        return await trio.open_tcp_stream(host, port)
+
+    return connect
+
+
+async def pull_once(host: str, port: int, roster: Roster) -> list[object]:
+    """One anti-entropy exchange with the node at host:port; returns the core's events."""
+    return await _client_operation(_tcp(host, port), roster, Pull(), SyncComplete)
+
+
+async def push_once(
+    host: str, port: int, roster: Roster, records: tuple[Record, ...]
+) -> list[object]:
+    """Push ``records`` to the node at host:port and wait for its ack."""
+    return await _client_operation(
+        _tcp(host, port), roster, Push(records=records), PushAcknowledged
+    )
+
+
+async def serve_connection(
+    stream: trio.abc.Stream,
+    roster: Roster,
+    on_update: Callable[[RosterUpdated], None],
+) -> None:
+    """Serve one PPN control connection until the peer closes it (or breaks the grammar)."""
+    conn = ControlConnection(roster, role=Role.SERVER)
+    try:
+        with trio.move_on_after(EXCHANGE_TIMEOUT * 3):
+            while True:
+                out = conn.data_to_send()
+                if out:
+                    await stream.send_all(out)
+                data = await stream.receive_some(_RECEIVE_SIZE)
+                conn.receive_data(bytes(data))
+                closed = False
+                while (event := conn.next_event()) is not None:
+                    if isinstance(event, RosterUpdated):
+                        on_update(event)
+                    elif isinstance(event, ConnectionClosed):
+                        closed = True
+                out = conn.data_to_send()
+                if out:
+                    await stream.send_all(out)
+                if closed:
+                    return
+    except (PPNError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        log.info("control connection ended: %s", exc)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+class MeshNode:
+    """The node agent: serves PPN control, pulls, pushes, reconciles WireGuard, saves state.
+
+    ``control_address(address)`` maps a member's control address (what :class:`MeshAgent`
+    names) to where its PPN control server listens (the identity map plus
+    :data:`CONTROL_PORT` in production; loopback ports in tests). ``connect`` replaces TCP entirely (in-memory tests: it hands the other end to
+    another node's :meth:`accept_stream`); ``listen_host=None`` opens no listener. ``save``
+    persists the roster (called after every change).
+    """
+
+    def __init__(
+        self,
+        agent: MeshAgent,
+        *,
+        wireguard: WireGuardPort,
+        save: Callable[[Roster], None],
+        listen_host: str | None,
+        listen_port: int = CONTROL_PORT,
+        control_address: Callable[[str], tuple[str, int]] | None = None,
+        connect: Callable[[str], Awaitable[trio.abc.Stream]] | None = None,
+    ) -> None:
+        self.agent = agent
+        self.roster = agent.roster
+        self.wireguard = wireguard
+        self.save = save
+        self.listen_host = listen_host
+        self.listen_port = listen_port
+        self.control_address = control_address or (lambda address: (address, CONTROL_PORT))
+        self._connect = connect or self._connect_tcp
+        self._nursery: trio.Nursery | None = None
+        self._listen_scope: trio.CancelScope | None = None
+        self.stats = AgentStats()
+        self._wakeup = trio.Event()
+        self._reconcile_wanted = trio.Event()
+        self._in_flight: set[str] = set()
+        self.bound_port: int | None = None
+
+    # --- entry point ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled. ``task_status.started`` gets the bound control port."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self.listen_host is not None:
+                await nursery.start(self._listen, self.listen_host)
+            nursery.start_soon(self._reconciler)
+            task_status.started(self.bound_port or 0)
+            while True:
+                self._drain(nursery)
+                with trio.move_on_at(self.agent.get_timer()):
+                    await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                self.agent.handle_timer(trio.current_time())
+
+    async def _listen(self, host: str, *, task_status: trio.TaskStatus[None]) -> None:
+        listeners = await trio.open_tcp_listeners(self.listen_port, host=host)
+        self.bound_port = listeners[0].socket.getsockname()[1]
+        self.listen_host = host
+        with trio.CancelScope() as scope:
+            self._listen_scope = scope
+            task_status.started()
+            await trio.serve_listeners(self._serve, listeners)
+
+    async def rebind(self, host: str) -> None:
+        """Move the control listener to ``host`` (after this node was re-addressed)."""
+        if self._nursery is None or host == self.listen_host:
+            return
+        old = self._listen_scope
+        # Same port: close the old listener first (its sockets close when the scope unwinds).
+        if old is not None:
+            old.cancel()
+            await trio.sleep(0)
+        await self._nursery.start(self._listen, host)
+
+    def accept_stream(self, stream: trio.abc.Stream, peer: str | None = None) -> None:
+        """Serve a control connection that arrived by other means than the TCP listener."""
+        if self._nursery is None:
+            raise RuntimeError("the node is not running")
+        self._nursery.start_soon(self._serve_stream, stream, peer)
+
+    def merged_locally(self, result: MergeResult) -> None:
+        """Tell the agent about records merged outside a control connection (e.g. admissions)."""
+        self.agent.roster_changed(result)
+        self._wakeup.set()
+
+    # --- actions ---------------------------------------------------------------------------
+
+    def _drain(self, nursery: trio.Nursery) -> None:
+        while (action := self.agent.next_action()) is not None:
+            if isinstance(action, PullFrom):
+                key = "pull " + action.address
+                if key not in self._in_flight:
+                    self._in_flight.add(key)
+                    nursery.start_soon(self._pull, action.address, key)
+            elif isinstance(action, PushTo):
+                nursery.start_soon(self._push, action.address, action.records)
+            elif isinstance(action, Reconcile):
+                self._reconcile_wanted.set()
+            elif isinstance(action, SaveState):
+                try:
+                    self.save(self.roster)
+                    self.stats.saves += 1
+                except OSError as exc:
+                    self.stats.last_error = f"saving state failed: {exc}"
+                    log.warning("saving state failed: %s", exc)
+
+    def _on_update(self, event: RosterUpdated, source: str | None) -> None:
+        if event.rejected:
+            self.stats.rejected.extend(event.rejected)
+            for rejection in event.rejected:
+                log.warning("refused a roster record from %s: %s", source, rejection.detail)
+        if event.changed:
+            self.agent.roster_changed(
+                MergeResult(changed=event.changed, rejected=event.rejected), source=source
+            )
+            self._wakeup.set()
+
+    async def _pull(self, address: str, key: str) -> None:
+        try:
+            events = await _client_operation(
+                lambda: self._connect(address), self.roster, Pull(), SyncComplete
+            )
+        except (OSError, PPNError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            self.stats.pulls_failed += 1
+            self.stats.last_error = f"pull from {address}: {exc or type(exc).__name__}"
+            log.info("pull from %s failed: %r", address, exc)
+            self.agent.pull_finished(ok=False, now=trio.current_time())
+            self._wakeup.set()
+        else:
+            self.stats.pulls_ok += 1
+            self.agent.pull_finished(ok=True, now=trio.current_time())
+            for event in events:
+                if isinstance(event, RosterUpdated):
+                    self._on_update(event, address)
+        finally:
+            self._in_flight.discard(key)
+
+    async def _push(self, address: str, records: tuple[Record, ...]) -> None:
+        try:
+            events = await _client_operation(
+                lambda: self._connect(address),
+                self.roster,
+                Push(records=records),
+                PushAcknowledged,
+            )
+        except (OSError, PPNError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            # Not retried: the periodic pull repairs whatever a lost push leaves behind.
+            self.stats.pushes_failed += 1
+            log.info("push to %s failed: %r", address, exc)
+        else:
+            self.stats.pushes_ok += 1
+            for event in events:
+                if isinstance(event, RosterUpdated):
+                    self._on_update(event, address)
+
+    async def _connect_tcp(self, address: str) -> trio.abc.Stream:
+        host, port = self.control_address(address)
+        return await trio.open_tcp_stream(host, port)
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        try:
+            peer = stream.socket.getpeername()[0]
+        except OSError:
+            peer = None
+        await self._serve_stream(stream, peer)
+
+    async def _serve_stream(self, stream: trio.abc.Stream, peer: str | None) -> None:
+        await serve_connection(stream, self.roster, lambda e: self._on_update(e, peer))
+
+    async def _reconciler(self) -> None:
+        while True:
+            await self._reconcile_wanted.wait()
+            self._reconcile_wanted = trio.Event()
+            try:
+                await self.wireguard.reconcile(self.roster)
+                self.stats.reconciles += 1
+            except (PPNError, OSError) as exc:
+                self.stats.reconcile_errors += 1
+                self.stats.last_error = f"reconcile: {exc}"
+                log.warning("reconciling WireGuard failed: %s", exc)

@@ -1,0 +1,298 @@
+"""What a roster means: live members, their admission chains, and conflict resolution.
+
+The view is a pure function of the set of records (and the mesh CIDR), so two members holding
+the same records see the same members, the same winners of every conflict and the same problems
+(RFC-NOTES §7.4).
+
+Rules, in order:
+
+1. *Chain*: a record counts only if its admitter's record is on the roster and itself counts,
+   back to the genesis node (which admits itself). The admission time must not precede the
+   admitter's own, and if the admitter was removed, must not follow its removal time.
+2. *Priority* between two live members is ``(admitted_at, node_id)``: earlier admission wins,
+   the lower node id breaks ties.
+3. *WireGuard key*: members claiming the same WireGuard key — only the first by priority is
+   configured; the others are reported and left out.
+4. *Address*: of members claiming one address, the first by priority keeps it; every other is
+   *unrouted* (no peer routes its address) until it re-addresses itself. Its suggested new
+   address is the lowest free one, handed out to losers in priority order. Addresses outside the
+   mesh CIDR are unrouted too.
+5. *Name*: of members claiming one name, the first by priority keeps it; the others resolve
+   only by node id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from ._addressing import MeshNetwork, is_host_address, lowest_free
+from ._ids import short_id
+from ._records import MemberRecord, Record, Tombstone
+
+__all__ = ["Member", "Problem", "ProblemKind", "RosterView", "compute_view"]
+
+
+class ProblemKind(Enum):
+    BROKEN_CHAIN = "broken-chain"
+    WG_KEY_CONFLICT = "wg-key-conflict"
+    ADDRESS_CONFLICT = "address-conflict"
+    ADDRESS_OUTSIDE_MESH = "address-outside-mesh"
+    NAME_CONFLICT = "name-conflict"
+    INVALID_RECORD = "invalid-record"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Problem:
+    """Something wrong with one member's record, as every member computes it alike."""
+
+    kind: ProblemKind
+    identity: bytes
+    detail: str
+    winner: bytes | None = None  # the identity that kept the contested key/address/name
+    suggested_address: str | None = None  # for ADDRESS_CONFLICT: where the loser should move
+
+
+@dataclass(frozen=True, kw_only=True)
+class Member:
+    """A live member whose admission chain reaches the genesis node."""
+
+    record: MemberRecord
+    routed: bool  # its mesh address is routed to it (no lost conflict, inside the CIDR)
+    named: bool  # its name resolves to it (no lost name conflict)
+
+    @property
+    def identity(self) -> bytes:
+        return self.record.identity
+
+    @property
+    def node_id(self) -> bytes:
+        return self.record.node_id
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def address(self) -> str:
+        return self.record.address
+
+    @property
+    def wg_key(self) -> bytes:
+        return self.record.wg_key
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return self.record.endpoints
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return self.record.roles
+
+    @property
+    def admitter(self) -> bytes:
+        return self.record.admission.admitter
+
+    @property
+    def admitted_at(self) -> int:
+        return self.record.admission.admitted_at
+
+    @property
+    def version(self) -> int:
+        return self.record.version
+
+    @property
+    def priority(self) -> tuple[int, bytes]:
+        return (self.admitted_at, self.node_id)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RosterView:
+    """Members (ordered by priority), removed members, and problems of one roster state."""
+
+    members: tuple[Member, ...]
+    removed: tuple[Tombstone, ...]
+    problems: tuple[Problem, ...]
+
+    def member(self, identity: bytes) -> Member | None:
+        for m in self.members:
+            if m.identity == identity:
+                return m
+        return None
+
+    def by_name(self, name: str) -> Member | None:
+        for m in self.members:
+            if m.named and m.name == name:
+                return m
+        return None
+
+    def by_node_id(self, ident: bytes) -> Member | None:
+        for m in self.members:
+            if m.node_id == ident:
+                return m
+        return None
+
+    def problems_of(self, identity: bytes) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.identity == identity)
+
+    def relays(self) -> tuple[Member, ...]:
+        return tuple(m for m in self.members if "relay" in m.roles and m.routed)
+
+
+def _chain_status(records: Mapping[bytes, Record]) -> dict[bytes, str | None]:
+    """For every identity: None when its chain reaches genesis, else why not. Iterative, so
+    a chain thousands of members long needs no recursion."""
+    status: dict[bytes, str | None] = {}
+    for start in records:
+        path: list[bytes] = []
+        on_path: set[bytes] = set()
+        current = start
+        result: str | None
+        while True:
+            if current in status:
+                known = status[current]
+                result = None if known is None else "its admitter's chain is broken"
+                break
+            record = records.get(current)
+            if record is None:
+                result = "its admitter is not on the roster"
+                break
+            if current in on_path:
+                result = "its admission chain is a cycle"
+                break
+            on_path.add(current)
+            path.append(current)
+            admission = record.admission
+            if admission.is_genesis:
+                status[current] = None
+                path.pop()
+                result = None
+                break
+            parent = records.get(admission.admitter)
+            if parent is not None:
+                link_error = _link_error(record, parent)
+                if link_error is not None:
+                    status[current] = link_error
+                    path.pop()
+                    result = "its admitter's chain is broken"
+                    break
+            current = admission.admitter
+        if path:
+            status[path[-1]] = result
+            inherited = None if result is None else "its admitter's chain is broken"
+            for ident in reversed(path[:-1]):
+                status[ident] = inherited
+    return status
+
+
+def _link_error(record: Record, parent: Record) -> str | None:
+    admitted_at = record.admission.admitted_at
+    if admitted_at < parent.admission.admitted_at:
+        return "it was admitted before its admitter was"
+    if isinstance(parent, Tombstone) and admitted_at > parent.removed_at:
+        return "it was admitted after its admitter was removed"
+    return None
+
+
+def compute_view(records: Iterable[Record], network: MeshNetwork) -> RosterView:
+    by_identity = {r.identity: r for r in records}
+    chain = _chain_status(by_identity)
+    problems: list[Problem] = []
+    live: list[MemberRecord] = []
+    removed: list[Tombstone] = []
+    for identity in sorted(by_identity):
+        record = by_identity[identity]
+        reason = chain[identity]
+        if reason is not None:
+            problems.append(
+                Problem(kind=ProblemKind.BROKEN_CHAIN, identity=identity, detail=reason)
+            )
+        elif isinstance(record, Tombstone):
+            removed.append(record)
+        else:
+            live.append(record)
+    live.sort(key=lambda r: (r.admission.admitted_at, r.node_id))
+
+    # Rule 3: one WireGuard key, one member.
+    wg_owner: dict[bytes, MemberRecord] = {}
+    configured: list[MemberRecord] = []
+    for record in live:
+        owner = wg_owner.get(record.wg_key)
+        if owner is None:
+            wg_owner[record.wg_key] = record
+            configured.append(record)
+        else:
+            problems.append(
+                Problem(
+                    kind=ProblemKind.WG_KEY_CONFLICT,
+                    identity=record.identity,
+                    detail=f"its WireGuard key belongs to {owner.name} ({short_id(owner.node_id)})",
+                    winner=owner.identity,
+                )
+            )
+
+    # Rule 4: addresses.
+    address_owner: dict[str, MemberRecord] = {}
+    losers: list[tuple[MemberRecord, MemberRecord]] = []
+    routed: set[bytes] = set()
+    for record in configured:
+        if not is_host_address(network, record.address):
+            problems.append(
+                Problem(
+                    kind=ProblemKind.ADDRESS_OUTSIDE_MESH,
+                    identity=record.identity,
+                    detail=f"{record.address} is not a host address of {network}",
+                )
+            )
+            continue
+        owner = address_owner.get(record.address)
+        if owner is None:
+            address_owner[record.address] = record
+            routed.add(record.identity)
+        else:
+            losers.append((record, owner))
+    taken = {r.address for r in live}
+    for record, owner in losers:
+        try:
+            suggestion: str | None = lowest_free(network, taken)
+        except Exception:
+            suggestion = None
+        if suggestion is not None:
+            taken.add(suggestion)
+        problems.append(
+            Problem(
+                kind=ProblemKind.ADDRESS_CONFLICT,
+                identity=record.identity,
+                detail=(
+                    f"{record.address} belongs to {owner.name} ({short_id(owner.node_id)}), "
+                    f"admitted first"
+                ),
+                winner=owner.identity,
+                suggested_address=suggestion,
+            )
+        )
+
+    # Rule 5: names.
+    name_owner: dict[str, MemberRecord] = {}
+    named: set[bytes] = set()
+    for record in configured:
+        owner = name_owner.get(record.name)
+        if owner is None:
+            name_owner[record.name] = record
+            named.add(record.identity)
+        else:
+            problems.append(
+                Problem(
+                    kind=ProblemKind.NAME_CONFLICT,
+                    identity=record.identity,
+                    detail=f"the name {record.name!r} belongs to {short_id(owner.node_id)}",
+                    winner=owner.identity,
+                )
+            )
+
+    members = tuple(
+        Member(record=r, routed=r.identity in routed, named=r.identity in named) for r in configured
+    )
+    problems.sort(key=lambda p: (p.identity, p.kind.value))
+    return RosterView(members=members, removed=tuple(removed), problems=tuple(problems))

@@ -1,0 +1,72 @@
+"""The kernel backend: WireGuard's generic-netlink family through pyroute2.
+
+Message building and dump merging live in the sans-IO :mod:`ppn.wg._netlink` (tested against
+recorded dumps); this module only owns the socket. The development machine has no WireGuard
+module, so this path is exercised by those tests and by :func:`select_backend` refusing it when
+the module is absent, not by a live device (RFC-NOTES §6.6).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+from typing import Any
+
+from ._model import DeviceError, DeviceState
+from ._netlink import build_set_messages, merge_dump
+from ._plan import Operation
+
+__all__ = ["KernelBackend"]
+
+
+class KernelBackend:
+    kind = "kernel"
+
+    def __init__(self, interface: str, *, netns: str | None = None) -> None:
+        self.interface = interface
+        self.netns = netns
+
+    @property
+    def description(self) -> str:
+        return "kernel WireGuard via generic netlink"
+
+    def _socket(self) -> Any:
+        from pyroute2 import WireGuard
+
+        try:
+            return WireGuard() if self.netns is None else WireGuard(netns=self.netns)
+        except OSError as exc:
+            code = getattr(exc, "code", None) or exc.errno or 0
+            if code in (errno.ENOENT, errno.ENOTSUP):
+                raise DeviceError("the kernel has no WireGuard module", code) from None
+            raise DeviceError(f"cannot open the WireGuard netlink family: {exc}", code) from None
+
+    def read(self) -> DeviceState:
+        wg = self._socket()
+        try:
+            messages = wg.info(self.interface)
+        except OSError as exc:
+            code = getattr(exc, "code", None) or exc.errno or 0
+            raise DeviceError(f"cannot read {self.interface}: {exc}", code) from None
+        finally:
+            wg.close()
+        return merge_dump(messages, self.interface)
+
+    def apply(self, ops: Sequence[Operation]) -> None:
+        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+
+        messages = build_set_messages(self.interface, ops)
+        if not messages:
+            return
+        wg = self._socket()
+        try:
+            prid = getattr(wg, "prid", None) or wg.asyncore.prid
+            for msg in messages:
+                wg.nlm_request(msg, msg_type=prid, msg_flags=NLM_F_REQUEST | NLM_F_ACK)
+        except OSError as exc:
+            code = getattr(exc, "code", None) or exc.errno or 0
+            raise DeviceError(
+                f"the kernel refused a change to {self.interface}: {exc}", code
+            ) from None
+        finally:
+            wg.close()

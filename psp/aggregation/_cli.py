@@ -1,0 +1,340 @@
+"""``ppn orchestration serve`` and ``ppn query --via`` (RFC-NOTES §10.6).
+
+Exit statuses (RFC-NOTES §1.4, §10.6), after §9.7's 40–48: 49 the aggregator is unreachable,
+refused the request or broke the protocol · 50 a strict query failed because some vault was not
+ok (the status table says which) · 51 a best-effort answer is incomplete (some vault failed; the
+rows that arrived are printed) · 52 the vault list is unreadable or names a vault no ``--cap``
+covers. Heavy imports happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._plan import VaultAddress
+    from ._trio import AggregateResult
+
+EXIT_AGGREGATOR = 49
+EXIT_STRICT_FAILED = 50
+EXIT_INCOMPLETE = 51
+EXIT_VAULT_LIST = 52
+DEFAULT_PORT = 9211
+
+VIA_HELP = """\
+through an aggregator (VM-Orchestration), many vaults at once:
+  --via HOST:PORT          the aggregator (ppn orchestration serve; port 9211)
+  --vault ID@HOST:PORT     a target vault: its id (public key, base64) and address (repeat)
+  --vaults FILE            targets, one 'ID@HOST:PORT [CAP]' per line ('#' comments)
+  --cap CAP                repeat: each vault uses the first capability naming it
+  --mode strict|best_effort   strict (default for --count and aggregates) fails the whole
+                           query when any vault is not ok; best_effort (default for rows)
+                           returns what arrived. Either way a status table lists every vault.
+  --resume CURSOR          the next page: the cursor a previous answer printed
+  --vault-timeout S        per-vault deadline (default: --timeout less 10%, at most 1 s less)
+exit statuses: 49 aggregator unreachable or refused, 50 strict query failed,
+  51 best-effort answer incomplete, 52 bad vault list
+example:
+  ppn query --via 127.0.0.1:9211 --vaults entities.txt --key me.key --collection people --count
+"""
+
+
+def _error(message: str, status: int) -> Exception:
+    from ppn.cli import CommandError
+
+    return CommandError(message, status)
+
+
+def _hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = default_host, text
+    host = host.strip("[]") or default_host
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def add_via_options(p: argparse.ArgumentParser) -> None:
+    """The ``ppn query`` options for the aggregated path (``--vault`` and ``--cap`` repeat)."""
+    p.epilog = f"{p.epilog or ''}\n\n{VIA_HELP}"
+    g = p.add_argument_group("aggregation (see the epilog)")
+    g.add_argument(
+        "--via", type=_hostport, metavar="HOST:PORT", help="query through this aggregator"
+    )
+    g.add_argument(
+        "--vaults", metavar="FILE", help="target vaults, one ID@HOST:PORT [CAP] per line"
+    )
+    g.add_argument("--mode", choices=("strict", "best_effort"), help="completeness policy")
+    g.add_argument("--resume", metavar="CURSOR", help="continue from a previous page's cursor")
+    g.add_argument("--vault-timeout", type=float, metavar="S", help="per-vault deadline, seconds")
+
+
+def _parse_target(text: str, where: str) -> tuple[VaultAddress, str | None]:
+    from ppn import KeyFormatError, decode_key
+
+    from ._plan import VaultAddress
+
+    parts = text.split()
+    spec, cap = parts[0], (parts[1] if len(parts) > 1 else None)
+    vault_text, at, addr = spec.partition("@")
+    if not at or len(parts) > 2:
+        raise _error(f"{where}: expected ID@HOST:PORT [CAP], got {text!r}", EXIT_VAULT_LIST)
+    try:
+        vault = decode_key(vault_text)
+        host, port = _hostport(addr)
+    except (KeyFormatError, argparse.ArgumentTypeError) as exc:
+        raise _error(f"{where}: {exc}", EXIT_VAULT_LIST) from None
+    return VaultAddress(vault=vault, host=host, port=port), cap
+
+
+def _targets(args: argparse.Namespace) -> tuple[list[VaultAddress], list[str]]:
+    from pathlib import Path
+
+    vaults: list[VaultAddress] = []
+    caps: list[str] = []
+    for i, text in enumerate(args.vault or []):
+        va, cap = _parse_target(text, f"--vault #{i + 1}")
+        vaults.append(va)
+        if cap:
+            caps.append(cap)
+    if args.vaults:
+        try:
+            lines = Path(args.vaults).read_text().splitlines()
+        except OSError as exc:
+            raise _error(f"cannot read {args.vaults}: {exc.strerror}", EXIT_VAULT_LIST) from None
+        for n, line in enumerate(lines, 1):
+            line = line.split("#", 1)[0].strip()
+            if line:
+                va, cap = _parse_target(line, f"{args.vaults}:{n}")
+                vaults.append(va)
+                if cap:
+                    caps.append(cap)
+    if not vaults:
+        raise _error("give target vaults with --vault ID@HOST:PORT or --vaults FILE", 2)
+    return vaults, caps
+
+
+def _short(vault: bytes) -> str:
+    import base64
+
+    return base64.b64encode(vault).decode()[:10]
+
+
+def query_via(args: argparse.Namespace) -> int:
+    """``ppn query --via``: sign one invocation per vault, run through the aggregator, print."""
+    import trio
+
+    from .. import _cli as core
+    from .._errors import LocalProtocolError, QueryError, RemoteProtocolError
+    from ._merge import Mode
+    from ._plan import AggregateCursor
+    from ._trio import AggregationFailed, OrchestrationClient
+
+    vaults, cap_texts = _targets(args)
+    key = core._load_key(args.key)
+    given = args.cap if isinstance(args.cap, list) else [args.cap] if args.cap else []
+    caps = [core._load_cap(c) for c in [*cap_texts, *given]]
+    caps = [c for c in caps if c.holder == key.public]
+    if not caps:
+        raise _error("no --cap was issued to --key", EXIT_VAULT_LIST)
+    covered = {v for c in caps for v in c.scope.vaults}
+    missing = [va for va in vaults if va.vault not in covered]
+    if missing:
+        raise _error(
+            f"no capability names vault {_short(missing[0].vault)}… ({len(missing)} uncovered)",
+            EXIT_VAULT_LIST,
+        )
+    try:
+        query = core._build_query(args)
+        query.encode()
+    except QueryError as exc:
+        raise core._fail_code(exc.code, exc.detail) from None
+    cursor = None
+    if args.resume:
+        try:
+            cursor = AggregateCursor.from_text(args.resume)
+        except ValueError as exc:
+            raise _error(f"--resume: {exc}", 2) from None
+    mode = Mode(args.mode) if args.mode else None
+    host, port = args.via
+    timeout: float = args.timeout
+
+    async def run() -> AggregateResult:
+        with trio.fail_after(timeout + 5):
+            async with await OrchestrationClient.connect(host, port) as client:
+                return await client.query(
+                    key,
+                    caps,
+                    vaults,
+                    query,
+                    mode=mode,
+                    deadline=timeout,
+                    vault_deadline=args.vault_timeout,
+                    cursor=cursor,
+                )
+
+    failed: AggregationFailed | None = None
+    try:
+        result = trio.run(run)
+    except AggregationFailed as exc:
+        failed, result = exc, exc.result
+    except trio.TooSlowError:
+        raise _error(f"no answer from the aggregator at {host}:{port}", EXIT_AGGREGATOR) from None
+    except RemoteProtocolError as exc:
+        raise _error(f"aggregator {host}:{port}: {exc}", EXIT_AGGREGATOR) from None
+    except (LocalProtocolError, ValueError) as exc:
+        raise _error(str(exc), EXIT_VAULT_LIST) from None
+    _print_result(result, as_json=args.json)
+    if failed is not None:
+        print(f"ppn: strict query failed: {failed}", file=sys.stderr)
+        return EXIT_STRICT_FAILED
+    if result.done.failed:
+        return EXIT_INCOMPLETE
+    return 0
+
+
+def _print_result(result: AggregateResult, *, as_json: bool) -> None:
+    import base64
+    import json
+
+    from .. import _cli as core
+
+    def vault_of(index: int | None) -> str:
+        if index is None:
+            return "*"
+        return base64.b64encode(result.vaults[index].vault).decode()
+
+    rows: list[dict[str, Any]] = []
+    for index, raw in result.rows:
+        row = json.loads(raw)
+        if index is not None:
+            row = {
+                "vault": vault_of(index) if as_json else _short(result.vaults[index].vault),
+                **row,
+            }
+        rows.append(row)
+    statuses = []
+    for s in result.statuses:
+        va = result.vaults[s.index]
+        entry: dict[str, Any] = {
+            "vault": base64.b64encode(va.vault).decode(),
+            "address": va.address,
+            "status": s.status.value,
+            "rows": s.rows,
+            "as_of": s.as_of,
+        }
+        if s.code is not None:
+            entry["code"] = s.code.name
+        if s.message:
+            entry["message"] = s.message
+        if s.cursor is not None:
+            entry["cursor"] = list(s.cursor)
+        statuses.append(entry)
+    cursor = result.cursor
+    summary = {
+        "complete": result.complete,
+        "failed": result.done.failed,
+        "rows": len(rows),
+        "mode": result.mode.value,
+        "cursor": cursor.to_text() if cursor else None,
+    }
+    if as_json:
+        for row in rows:
+            core._print_json(row)
+        for entry in statuses:
+            core._print_json({"vault_status": entry})
+        core._print_json({"summary": summary})
+        return
+    if rows:
+        print(core._table(rows))
+        print()
+    footer = [
+        {
+            "vault": _short(base64.b64decode(e["vault"])),
+            "address": e["address"],
+            "status": e["status"],
+            "rows": e["rows"],
+            "as_of": e["as_of"],
+            "detail": (f"{e['code']}: " if "code" in e else "") + e.get("message", ""),
+        }
+        for e in statuses
+    ]
+    print(core._table(footer))
+    ok = sum(1 for e in statuses if e["status"] == "ok")
+    if result.complete:
+        verdict = "complete"
+    elif result.done.failed:
+        verdict = f"INCOMPLETE: {result.done.failed} failed"
+    else:
+        verdict = "more to come (--resume)"
+    print(
+        f"{len(rows)} row(s) from {len(statuses)} vault(s): {ok} ok, {verdict} ({result.mode.value})"
+    )
+    if cursor is not None:
+        what = "retry the failed vaults / continue" if result.done.failed else "more"
+        print(f"{what}: --resume {cursor.to_text()}", file=sys.stderr)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from functools import partial
+
+    import trio
+
+    from ._trio import VaultPool, handle_client
+
+    host, port = args.listen
+
+    import resource
+
+    # One connection per target vault: 1,000 vaults need more descriptors than the usual 1024.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    async def run() -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        name = listeners[0].socket.getsockname()
+        print(f"orchestration listening on {name[0]}:{name[1]}", flush=True)
+        pool = VaultPool()
+        try:
+            await trio.serve_listeners(partial(handle_client, pool=pool), listeners)
+        finally:
+            pool.close()
+
+    try:
+        trio.run(run)
+    except OSError as exc:
+        raise _error(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_AGGREGATOR
+        ) from None
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "orchestration",
+        help="VM-Orchestration: fan one PSP query out to many vaults, holding nothing",
+        description=(
+            "The PSP aggregator. It relays invocations that holders signed for each vault, merges "
+            "the answers (ordered rows, combined aggregates) with a per-vault status, and forgets: "
+            "no files, no keys, nothing kept between requests but idle vault connections."
+        ),
+    )
+    sub = p.add_subparsers(dest="orchestration_command", metavar="ACTION", required=True)
+    s = sub.add_parser(
+        "serve",
+        help="serve aggregated queries on TCP (default 127.0.0.1:9211)",
+        description="Serve aggregated PSP queries (RFC-NOTES §10). Clients use 'ppn query --via'.",
+        epilog="example: ppn orchestration serve --listen 10.8.0.1:9211",
+    )
+    s.add_argument(
+        "--listen",
+        type=_hostport,
+        default=("127.0.0.1", DEFAULT_PORT),
+        metavar="HOST:PORT",
+        help="address to listen on (default 127.0.0.1:9211; port 0 picks one)",
+    )
+    s.set_defaults(handler=_serve)

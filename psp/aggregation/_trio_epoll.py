@@ -1,0 +1,226 @@
+"""The aggregator's fast path on Linux: one trio task serves every plain-TCP vault of a request
+through its own epoll set (RFC-NOTES §10.5).
+
+A task per vault costs trio a task, a cancel scope and stream machinery per send and receive;
+with a thousand vaults answering one small query each, that is most of the aggregator's CPU. Here
+the request's vault sockets are non-blocking stdlib sockets registered in one ``select.epoll``;
+the task waits until that epoll descriptor is readable (trio polls it like any socket), then
+drains every ready socket with plain syscalls and feeds the same vault-protocol cores and the same
+event handling as the task path (``_on_event``). A vault whose answer needs more credit than the
+merge wants now is handed over to a task (``_run_target``) with its connection as it stands, so
+back-pressure, deadlines and cancellation behave exactly as on the task path. Sockets still open
+when the request ends or is cancelled are closed, so the vaults see EOF.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import select
+import socket
+from collections.abc import Sequence
+
+import trio
+
+from .._errors import ErrorCode, RemoteProtocolError
+from .._messages import Credit, Request
+from ._connection import Target
+from ._merge import Aggregation, VaultStatus
+from ._trio import (
+    RECEIVE_SIZE,
+    ROW_BUDGET,
+    VaultPool,
+    _Changed,
+    _Flow,
+    _Next,
+    _on_event,
+    _run_target,
+    _split_address,
+    _VaultLink,
+)
+
+__all__ = ["fan_out"]
+
+_IN = select.EPOLLIN | select.EPOLLRDHUP
+_OUT = select.EPOLLOUT
+
+
+class _Raw:
+    __slots__ = ("connecting", "flow", "out")
+
+    def __init__(self, flow: _Flow, *, connecting: bool) -> None:
+        self.flow = flow
+        self.connecting = connecting
+        self.out = b""
+
+
+async def fan_out(
+    agg: Aggregation,
+    targets: Sequence[Target],
+    changed: _Changed,
+    pool: VaultPool,
+    awaiting_connect: set[int],
+) -> None:
+    """Run every target's exchange; returns when all are settled (or handed to tasks that
+    have finished). Cancellation closes whatever is still open. ``awaiting_connect`` holds the
+    targets whose TCP connection is not up yet (the caller reports those as unreachable at the
+    per-vault deadline)."""
+    ep = select.epoll()
+    live: dict[int, _Raw] = {}
+    families: dict[str, int] = {}  # host -> address family, or -1 for a name
+    try:
+        async with trio.open_nursery() as tasks:
+
+            def unregister(fd: int) -> None:
+                del live[fd]
+                try:
+                    ep.unregister(fd)
+                except OSError:
+                    pass  # already closed (by _on_event): closing left the epoll set
+
+            def start(target: Target, *, fresh: bool = False) -> None:
+                host, port = _split_address(target.address)
+                family = families.get(host)
+                if family is None:
+                    family = families[host] = _family(host)
+                if family < 0:  # a name: resolved on the task path
+                    tasks.start_soon(_run_target, agg, target, changed, pool, awaiting_connect)
+                    return
+                link = None if fresh else pool.take_idle(host, port)
+                if link is not None and not link.raw:
+                    pool.release(link)  # a stream link belongs to the task path
+                    tasks.start_soon(_run_target, agg, target, changed, pool, awaiting_connect)
+                    return
+                connecting = link is None
+                if link is None:
+                    sock = socket.socket(family, socket.SOCK_STREAM)
+                    sock.setblocking(False)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    code = sock.connect_ex((host, port))
+                    if code not in (0, errno.EINPROGRESS):
+                        sock.close()
+                        _unreachable(agg, target, os.strerror(code))
+                        return
+                    link = _VaultLink(None, (host, port), sock=sock)
+                    pool.adopt(link)
+                    awaiting_connect.add(target.index)
+                conn = link.conn
+                conn.send(
+                    Request(
+                        request_id=conn.next_request_id(),
+                        envelope=target.envelope,
+                        query=target.query,
+                        credit=1,
+                    )
+                )
+                raw = _Raw(
+                    _Flow(target=target, link=link, may_retry=not connecting), connecting=connecting
+                )
+                raw.out = conn.data_to_send()
+                assert link.sock is not None
+                fd = link.sock.fileno()
+                live[fd] = raw
+                ep.register(fd, _IN | _OUT)
+
+            def service(fd: int, mask: int) -> None:
+                raw = live[fd]
+                flow = raw.flow
+                sock = flow.link.sock
+                assert sock is not None
+                if raw.connecting:
+                    if not mask & (_OUT | select.EPOLLERR | select.EPOLLHUP):
+                        return
+                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if code:
+                        unregister(fd)
+                        flow.link.close()
+                        _unreachable(agg, flow.target, os.strerror(code))
+                        return
+                    raw.connecting = False
+                    awaiting_connect.discard(flow.target.index)
+                eof = False
+                if raw.out:
+                    try:
+                        raw.out = raw.out[sock.send(raw.out) :]
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        eof = True  # reset: read what is there, then it ends as closed
+                    if not raw.out:
+                        ep.modify(fd, _IN)
+                conn = flow.link.conn
+                if mask & (_IN | select.EPOLLHUP | select.EPOLLERR) or eof:
+                    while True:
+                        try:
+                            data = sock.recv(RECEIVE_SIZE)
+                        except BlockingIOError:
+                            break
+                        except OSError:
+                            data = b""
+                        try:
+                            conn.receive_data(data)
+                        except RemoteProtocolError as exc:
+                            unregister(fd)
+                            flow.link.close()
+                            agg.fail(
+                                flow.target.index,
+                                VaultStatus.ERROR,
+                                exc.code,
+                                f"the vault broke the protocol: {exc}"[:400],
+                            )
+                            return
+                        if not data:
+                            break
+                while (event := conn.next_event()) is not None:
+                    nxt = _on_event(agg, flow, pool, event)
+                    if nxt is _Next.CONTINUE:
+                        continue
+                    unregister(fd)
+                    if nxt is _Next.RETRY:
+                        start(flow.target, fresh=True)
+                    elif nxt is _Next.CREDIT:
+                        if agg.wants_more(flow.target.index, ROW_BUDGET):
+                            conn.send(Credit(request_id=conn.request_id, batches=1))
+                            raw.out += conn.data_to_send()
+                            live[fd] = raw
+                            ep.register(fd, _IN | _OUT)
+                            continue
+                        # The merge does not want more now: a task waits for that.
+                        tasks.start_soon(
+                            _run_target, agg, flow.target, changed, pool, awaiting_connect, flow
+                        )
+                    return
+
+            for target in targets:
+                start(target)
+            changed.notify()
+            while live:
+                await trio.lowlevel.wait_readable(ep)
+                for fd, mask in ep.poll(0):
+                    if fd in live:
+                        service(fd, mask)
+                if agg.ready:  # wake the writer only when it has something to do
+                    changed.notify()
+                if agg.stopped:
+                    break
+    finally:
+        for raw in live.values():
+            raw.flow.link.close()
+        ep.close()
+
+
+def _family(host: str) -> int:
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return -1
+
+
+def _unreachable(agg: Aggregation, target: Target, reason: str) -> None:
+    agg.fail(
+        target.index,
+        VaultStatus.UNREACHABLE,
+        ErrorCode.UNAVAILABLE,
+        f"cannot connect to {target.address}: {reason}"[:400],
+    )
