@@ -24,6 +24,7 @@ from pathlib import Path
 
 import trio
 
+from ..ports import WIREGUARD_PORT
 from ._agent import PULL_INTERVAL, MeshAgent
 from ._bootstrap import sponsor_admissions
 from ._control import CONTROL_PORT
@@ -41,17 +42,16 @@ from ._io_state import (
     write_agent_info,
     write_hosts,
 )
-from ._io_wg import DeviceWireGuard, ensure_device
+from ._io_wg import DeviceHandle, DeviceWireGuard, ensure_device
 from ._names import hosts_fragment, replace_hosts_block
 from ._records import MemberRecord, Record
 from ._roster import MergeResult, Roster
 from ._trio import MeshNode
 
-__all__ = ["AgentOptions", "run_agent"]
+__all__ = ["AgentOptions", "NodeAgent", "run_agent"]
 
 log = logging.getLogger("ppn.mesh")
 
-WG_PORT = 51820
 WATCH_INTERVAL = 1.0
 
 
@@ -63,7 +63,7 @@ class AgentOptions:
     roles: Sequence[str] = ()
     control_port: int = CONTROL_PORT
     control_listen: str | None = None  # default: this node's mesh address
-    listen_port: int | None = None  # WireGuard; default: port of the first endpoint, or 51820
+    listen_port: int | None = None  # WireGuard; default: the first endpoint's port, or 51820
     hosts_file: Path | None = None
     pull_interval: float = PULL_INTERVAL
     progress: Callable[[str], None] = field(default=lambda line: None)
@@ -76,7 +76,7 @@ def _listen_port(files: MeshFiles, endpoints: Sequence[str], override: int | Non
         _, _, port = endpoint.rpartition(":")
         if port.isdigit():
             return int(port)
-    return WG_PORT
+    return WIREGUARD_PORT
 
 
 def _initial_roster(
@@ -121,101 +121,177 @@ def _describe(record: Record) -> str:
     return f"{kind} of {record.name}"
 
 
-async def run_agent(
-    opts: AgentOptions, *, ready: Callable[[dict[str, object]], None] | None = None
-) -> None:
-    """Run the agent until SIGTERM/SIGINT (or cancellation). Raises the I/O modules' errors."""
-    files = load_mesh_files(opts.state)
-    other = running_agent_pid(opts.state)
-    if other is not None:
-        raise AgentAlreadyRunning(f"another 'ppn up' (pid {other}) runs on {opts.state}")
+@dataclass(frozen=True, kw_only=True)
+class _Published:
+    """What this node publishes about itself at start: its roles and underlay endpoints."""
+
+    roles: list[str]
+    endpoints: Sequence[str]
+
+
+def _published(files: MeshFiles, saved: RosterFile | None, opts: AgentOptions) -> _Published:
     own = files.own_preliminary()
-    saved = load_roster(files.directory, mesh=files.mesh, cidr=files.cidr)
     signed = saved.roster.get(files.identity.public) if saved else None
     signed_roles = signed.roles if isinstance(signed, MemberRecord) else ()
     # Roles only accumulate (a restart without --role relay keeps the hub where it is);
     # endpoints default to what this node last published, then to what it gave the ceremony.
     roles = sorted(set(own.roles if own else ()) | set(signed_roles) | set(opts.roles))
     if opts.endpoints is not None:
-        endpoints = tuple(opts.endpoints)
+        endpoints: Sequence[str] = tuple(opts.endpoints)
     elif isinstance(signed, MemberRecord) and signed.signer == files.identity.public:
         endpoints = signed.endpoints
     else:
         endpoints = files.endpoints
-    roster, generation, baseline = _initial_roster(files, roles, saved)
-    interface = opts.interface or files.interface
-    opts.progress(f"bringing up WireGuard interface {interface} ...")
-    handle = await trio.to_thread.run_sync(ensure_device, interface)
-    current = {"files": files}
+    return _Published(roles=roles, endpoints=endpoints)
 
-    device = DeviceWireGuard(
-        interface=interface,
-        backend=handle.backend,
-        private_key=files.wg.private,
-        self_identity=files.identity.public,
-        listen_port=_listen_port(files, endpoints, opts.listen_port),
-        fallback_address=f"{files.address}/{roster.network.prefixlen}",
-        fallback_control_address=f"{node_address6(files.mesh, files.identity.public)}/64",
-        preliminary=lambda: current["files"].preliminary,
-    )
-    agent = MeshAgent(
-        roster,
-        identity=files.identity,
-        now=trio.current_time(),
-        endpoints=endpoints,
-        roles=roles,
-        bootstrap=[
-            node_address6(files.mesh, m.identity)
-            for m in files.preliminary
-            if m.identity != files.identity.public
-        ],
-        pull_interval=opts.pull_interval,
-    )
-    admitted: list[Record] = list(
-        sponsor_admissions(
+
+class NodeAgent:
+    """One ``ppn up`` process. :meth:`start` loads the state directory, brings the device up
+    and reconciles it once; :meth:`serve` runs PPN control, the mesh.json/outbox watch and the
+    signal watch until SIGTERM/SIGINT (or cancellation), then saves.
+
+    The decisions are :class:`MeshAgent`'s and the network side is :class:`MeshNode`'s; this
+    object owns what lives between them: the files, the device handle, the generation counter,
+    and the saving of the roster, hosts and ``agent.json``.
+    """
+
+    def __init__(
+        self,
+        opts: AgentOptions,
+        *,
+        files: MeshFiles,
+        handle: DeviceHandle,
+        interface: str,
+        published: _Published,
+        roster: Roster,
+        generation: int,
+        baseline: frozenset[bytes],
+    ) -> None:
+        self.opts = opts
+        self.files = files
+        # The latest mesh.json; ``files`` stays the one read at start (identity, keys, mesh).
+        self.current = files
+        self.handle = handle
+        self.interface = interface
+        self.roster = roster
+        self.generation = generation
+        self.baseline = baseline
+        self.control_host = opts.control_listen or node_address6(files.mesh, files.identity.public)
+        self.node: MeshNode | None = None  # set once the initial state is saved
+        self.address = files.address  # the routed address, once the device is reconciled
+        self.device = DeviceWireGuard(
+            interface=interface,
+            backend=handle.backend,
+            private_key=files.wg.private,
+            self_identity=files.identity.public,
+            listen_port=_listen_port(files, published.endpoints, opts.listen_port),
+            fallback_address=f"{files.address}/{roster.network.prefixlen}",
+            fallback_control_address=f"{node_address6(files.mesh, files.identity.public)}/64",
+            preliminary=lambda: self.current.preliminary,
+        )
+        self.agent = MeshAgent(
             roster,
-            files.preliminary,
+            identity=files.identity,
+            now=trio.current_time(),
+            endpoints=published.endpoints,
+            roles=published.roles,
+            bootstrap=[
+                node_address6(files.mesh, m.identity)
+                for m in files.preliminary
+                if m.identity != files.identity.public
+            ],
+            pull_interval=opts.pull_interval,
+        )
+
+    @classmethod
+    async def start(cls, opts: AgentOptions) -> NodeAgent:
+        """Load the state, bring the device up and reconcile it once, save, and return the
+        agent ready to :meth:`serve`. Raises the I/O modules' errors."""
+        files = load_mesh_files(opts.state)
+        other = running_agent_pid(opts.state)
+        if other is not None:
+            raise AgentAlreadyRunning(f"another 'ppn up' (pid {other}) runs on {opts.state}")
+        saved = load_roster(files.directory, mesh=files.mesh, cidr=files.cidr)
+        published = _published(files, saved, opts)
+        roster, generation, baseline = _initial_roster(files, published.roles, saved)
+        interface = opts.interface or files.interface
+        opts.progress(f"bringing up WireGuard interface {interface} ...")
+        handle = await trio.to_thread.run_sync(ensure_device, interface)
+        self = cls(
+            opts,
+            files=files,
+            handle=handle,
+            interface=interface,
+            published=published,
+            roster=roster,
+            generation=generation,
             baseline=baseline,
-            sponsor=files.identity,
+        )
+        await self._catch_up()
+        return self
+
+    async def _catch_up(self) -> None:
+        """Take what happened while no agent ran: members a ceremony on this node admitted and
+        records a command queued; reconcile the device once and save if anything is new."""
+        admitted: list[Record] = list(self._admissions())
+        # Records a command queued while no agent ran (or just before this one started).
+        queued, claim = _merge_queued(self.roster, self.opts.state)
+        admitted += queued
+        if admitted:
+            self.agent.roster_changed(MergeResult(changed=tuple(admitted)))
+        await trio.to_thread.run_sync(self.device.reconcile_now, self.roster)
+        me = self.roster.view().member(self.files.identity.public)
+        self.address = me.address if me is not None and me.routed else self.files.address
+        if self.generation == 0 or admitted:
+            self.save(self.roster)
+        if claim is not None:
+            claim.release()  # what it held is in the saved roster now
+        self.node = MeshNode(
+            self.agent,
+            wireguard=self.device,
+            save=self.save,
+            listen_host=self.control_host,
+            listen_port=self.opts.control_port,
+        )
+
+    def _admissions(self) -> list[MemberRecord]:
+        return sponsor_admissions(
+            self.roster,
+            self.current.preliminary,
+            baseline=self.baseline,
+            sponsor=self.files.identity,
             now=int(time.time()),
         )
-    )
-    # Records a command queued while no agent ran (or just before this one started).
-    queued, claim = _merge_queued(roster, opts.state)
-    admitted += queued
-    if admitted:
-        agent.roster_changed(MergeResult(changed=tuple(admitted)))
-    await trio.to_thread.run_sync(device.reconcile_now, roster)
-    me = roster.view().member(files.identity.public)
-    address = me.address if me is not None and me.routed else files.address
-    control_host = opts.control_listen or node_address6(files.mesh, files.identity.public)
-    state = {"generation": generation}
 
-    def info(node: MeshNode | None) -> dict[str, object]:
+    def info(self) -> dict[str, object]:
+        """The contents of ``agent.json`` (what ``ppn status`` reads)."""
+        node = self.node
         stats = node.stats if node is not None else None
         return {
             "pid": os.getpid(),
-            "interface": interface,
-            "backend": handle.kind,
-            "wireguard_go_pid": handle.started_pid,
-            "control": f"[{control_host}]:{node.bound_port if node else opts.control_port}",
-            "generation": state["generation"],
+            "interface": self.interface,
+            "backend": self.handle.kind,
+            "wireguard_go_pid": self.handle.started_pid,
+            "control": f"[{self.control_host}]:"
+            f"{node.bound_port if node else self.opts.control_port}",
+            "generation": self.generation,
             "pulls_ok": stats.pulls_ok if stats else 0,
             "pulls_failed": stats.pulls_failed if stats else 0,
             "pushes_ok": stats.pushes_ok if stats else 0,
             "pushes_failed": stats.pushes_failed if stats else 0,
             "rejected": [r.detail for r in stats.rejected[-10:]] if stats else [],
             "last_error": stats.last_error if stats else None,
-            "wireguard_operations": device.operations_applied,
+            "wireguard_operations": self.device.operations_applied,
             "reconciles": stats.reconciles if stats else 0,
             "updated": int(time.time()),
         }
 
-    node_box: list[MeshNode] = []
-
-    def save(roster: Roster) -> None:
-        state["generation"] += 1
-        save_roster(opts.state, roster, generation=state["generation"], baseline=baseline)
+    def save(self, roster: Roster) -> None:
+        """Save the roster as the next generation, then the hosts fragment (and the hosts file,
+        if one is managed) and ``agent.json``. Raises OSError."""
+        self.generation += 1
+        opts = self.opts
+        save_roster(opts.state, roster, generation=self.generation, baseline=self.baseline)
         fragment = hosts_fragment(roster.view(), mesh=roster.mesh)
         write_hosts(opts.state, fragment)
         if opts.hosts_file is not None:
@@ -226,94 +302,109 @@ async def run_agent(
             updated = replace_hosts_block(text, fragment, mesh=roster.mesh)
             if updated != text:
                 opts.hosts_file.write_text(updated)
-        write_agent_info(opts.state, info(node_box[0] if node_box else None))
+        write_agent_info(opts.state, self.info())
 
-    if generation == 0 or admitted:
-        save(roster)
-    if claim is not None:
-        claim.release()  # what it held is in the saved roster now
-    node = MeshNode(
-        agent,
-        wireguard=device,
-        save=save,
-        listen_host=control_host,
-        listen_port=opts.control_port,
-    )
-    node_box.append(node)
+    async def serve(self, *, ready: Callable[[dict[str, object]], None] | None = None) -> None:
+        """Serve until SIGTERM/SIGINT (or cancellation); save on the way out, whatever ends it."""
+        node = self.node
+        assert node is not None, "start() builds the node"
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_signals, nursery.cancel_scope)
+                port = await nursery.start(node.run)
+                nursery.start_soon(self._watch, node)
+                write_agent_info(self.opts.state, self.info())
+                self._announce(port, ready)
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    self.save(self.roster)
+                except OSError as exc:
+                    log.warning("final save failed: %s", exc)
 
-    async def watch_mesh_json() -> None:
-        mtime = files.mesh_json_mtime
+    def _announce(self, port: int, ready: Callable[[dict[str, object]], None] | None) -> None:
+        address = self.address
+        self.opts.progress(
+            f"up: {self.files.name} {address} on {self.interface} ({self.handle.kind}); "
+            f"PPN control on [{self.control_host}]:{port}"
+        )
+        if ready is not None:
+            ready(
+                {
+                    "interface": self.interface,
+                    "address": address,
+                    "control_port": port,
+                    "members": len(self.roster.view().members),
+                    "backend": self.handle.kind,
+                }
+            )
+
+    async def _watch(self, node: MeshNode) -> None:
+        """Every second: refresh ``agent.json``, re-read a changed ``mesh.json``, admit the
+        members this node sponsored and take the outbox."""
+        mtime = self.files.mesh_json_mtime
         reported: dict[str, object] = {}
         while True:
             await trio.sleep(WATCH_INTERVAL)
-            report = info(node)
-            report.pop("updated")
-            if report != reported:
-                reported = report
-                try:
-                    write_agent_info(opts.state, info(node))
-                except OSError as exc:
-                    log.info("writing agent.json failed: %s", exc)
-            try:
-                now_mtime = (opts.state / "mesh.json").stat().st_mtime
-                if now_mtime != mtime:
-                    current["files"] = load_mesh_files(opts.state)
-                    mtime = now_mtime
-            except Exception as exc:  # a half-written file is retried on the next tick
-                log.info("re-reading mesh.json failed: %s", exc)
+            reported = self._publish_info(reported)
+            mtime = self._reread_mesh_json(mtime)
             # Every tick, not only when mesh.json changed: a sponsor whose own signed entry had
             # not arrived yet when the ceremony finished admits its joiner as soon as it has.
-            admitted = sponsor_admissions(
-                roster,
-                current["files"].preliminary,
-                baseline=baseline,
-                sponsor=files.identity,
-                now=int(time.time()),
-            )
+            admitted = self._admissions()
             if admitted:
-                opts.progress("admitted " + ", ".join(f"{r.name} ({r.address})" for r in admitted))
+                self.opts.progress(
+                    "admitted " + ", ".join(f"{r.name} ({r.address})" for r in admitted)
+                )
                 node.merged_locally(MergeResult(changed=tuple(admitted)))
-            queued, claim = _merge_queued(roster, opts.state)
-            if claim is not None:
-                try:
-                    save(roster)  # on disk before the claimed outbox is let go
-                except OSError as exc:
-                    log.warning("saving state failed; the outbox is kept: %s", exc)
-                else:
-                    claim.release()
-            if queued:
-                opts.progress("took " + ", ".join(_describe(r) for r in queued))
-                node.merged_locally(MergeResult(changed=tuple(queued)))
+            self._take_outbox(node)
 
-    async def watch_signals(cancel: trio.CancelScope) -> None:
+    def _publish_info(self, reported: dict[str, object]) -> dict[str, object]:
+        """Rewrite ``agent.json`` if anything but its timestamp changed; returns what it holds."""
+        report = self.info()
+        report.pop("updated")
+        if report != reported:
+            try:
+                write_agent_info(self.opts.state, self.info())
+            except OSError as exc:
+                log.info("writing agent.json failed: %s", exc)
+        return report
+
+    def _reread_mesh_json(self, mtime: float) -> float:
+        try:
+            now_mtime = (self.opts.state / "mesh.json").stat().st_mtime
+            if now_mtime != mtime:
+                self.current = load_mesh_files(self.opts.state)
+                mtime = now_mtime
+        except Exception as exc:  # a half-written file is retried on the next tick
+            log.info("re-reading mesh.json failed: %s", exc)
+        return mtime
+
+    def _take_outbox(self, node: MeshNode) -> None:
+        queued, claim = _merge_queued(self.roster, self.opts.state)
+        if claim is not None:
+            try:
+                self.save(self.roster)  # on disk before the claimed outbox is let go
+            except OSError as exc:
+                log.warning("saving state failed; the outbox is kept: %s", exc)
+            else:
+                claim.release()
+        if queued:
+            self.opts.progress("took " + ", ".join(_describe(r) for r in queued))
+            node.merged_locally(MergeResult(changed=tuple(queued)))
+
+    async def _watch_signals(self, cancel: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                opts.progress(f"stopping on {signal.Signals(signum).name}; the tunnel stays up")
+                self.opts.progress(
+                    f"stopping on {signal.Signals(signum).name}; the tunnel stays up"
+                )
                 cancel.cancel()
                 return
 
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_signals, nursery.cancel_scope)
-            port = await nursery.start(node.run)
-            nursery.start_soon(watch_mesh_json)
-            write_agent_info(opts.state, info(node))
-            details: dict[str, object] = {
-                "interface": interface,
-                "address": address,
-                "control_port": port,
-                "members": len(roster.view().members),
-                "backend": handle.kind,
-            }
-            opts.progress(
-                f"up: {files.name} {address} on {interface} ({handle.kind}); PPN control on "
-                f"[{control_host}]:{port}"
-            )
-            if ready is not None:
-                ready(details)
-    finally:
-        with trio.CancelScope(shield=True):
-            try:
-                save(roster)
-            except OSError as exc:
-                log.warning("final save failed: %s", exc)
+
+async def run_agent(
+    opts: AgentOptions, *, ready: Callable[[dict[str, object]], None] | None = None
+) -> None:
+    """Run the agent until SIGTERM/SIGINT (or cancellation). Raises the I/O modules' errors."""
+    agent = await NodeAgent.start(opts)
+    await agent.serve(ready=ready)
