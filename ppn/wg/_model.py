@@ -453,7 +453,7 @@ class PeerConfig:
         """A peer whose allowed IPs are given as *canonical* prefix texts (see
         :func:`canonical_prefix`, which the caller must have applied): the network objects
         are built only if ``allowed_ips`` is ever read. A 10,000-peer sync that changes a
-        few peers then builds a few dozen instead of 20,000 (RFC-NOTES §6.10)."""
+        few peers then builds a few dozen instead of 20,000 (ARCHITECTURE §8.1)."""
         if len(public_key) != KEY_SIZE or not 0 <= persistent_keepalive <= 65535:
             raise ValueError("a public key is 32 bytes, a keepalive 0..65535 seconds")
         if preshared_key is not None and len(preshared_key) != KEY_SIZE:

@@ -1,4 +1,4 @@
-"""The fast paths of RFC-NOTES §6.10 give the answers of the slow ones, and verify stays honest."""
+"""The fast paths of ARCHITECTURE §8.1 give the answers of the slow ones, and verify stays honest."""
 
 from __future__ import annotations
 
