@@ -1,22 +1,40 @@
 """The kernel backend: WireGuard's generic-netlink family through pyroute2.
 
-Message building and dump merging live in the sans-IO :mod:`ppn.wg._netlink` (tested against
-recorded dumps); this module only owns the socket. The development machine has no WireGuard
-module, so this path is exercised by those tests and by :func:`select_backend` refusing it when
-the module is absent, not by a live device (RFC-NOTES §6.6).
+The message layout and dump merging live in the sans-IO :mod:`ppn.wg._netlink` (tested against
+recorded dumps); this module owns what needs pyroute2: the ``wgmsg`` objects and the socket.
+The development machine has no WireGuard module, so this path is exercised by those tests and
+by :func:`select_backend` refusing it when the module is absent, not by a live device
+(RFC-NOTES §6.6).
 """
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pyroute2.netlink.generic.wireguard import wgmsg
+
 from ._model import DeviceError, DeviceState
-from ._netlink import build_set_messages, merge_dump
+from ._netlink import WG_CMD_SET_DEVICE, WG_GENL_VERSION, merge_dump, set_device_attrs
 from ._plan import Operation
 
-__all__ = ["KernelBackend"]
+__all__ = ["KernelBackend", "build_set_messages"]
+
+
+def build_set_messages(interface: str, ops: Iterable[Operation]) -> list[wgmsg]:
+    """``WG_CMD_SET_DEVICE`` messages for ``ops``, in order, batched under the budget.
+
+    Headers (type, pid, sequence) are left for the socket to fill in.
+    """
+    messages = []
+    for attrs in set_device_attrs(interface, ops):
+        msg = wgmsg()
+        msg["cmd"] = WG_CMD_SET_DEVICE
+        msg["version"] = WG_GENL_VERSION
+        msg["attrs"] = attrs
+        messages.append(msg)
+    return messages
 
 
 class KernelBackend:

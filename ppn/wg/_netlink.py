@@ -1,11 +1,14 @@
 """WireGuard generic-netlink messages (the kernel backend), sans I/O.
 
-Built and parsed with pyroute2's ``wgmsg`` layout (``uapi/wireguard.h``):
+The layout is pyroute2's ``wgmsg`` (``uapi/wireguard.h``), written here as plain attribute
+lists so this core needs no pyroute2 (importing pyroute2 loads asyncio, sqlite3 and socket);
+:mod:`ppn.wg._io_kernel` wraps the lists into ``wgmsg`` objects and owns the socket.
 
-* :func:`build_set_messages` turns operations into ``WG_CMD_SET_DEVICE`` messages, batching many
-  peers per message under a size budget. A peer whose allowed IPs do not fit is continued in the
-  next message with ``WGPEER_F_UPDATE_ONLY`` and without ``REPLACE_ALLOWEDIPS`` (as wg(8) does),
-  so the continuation appends instead of wiping the first part.
+* :func:`set_device_attrs` turns operations into the attribute lists of ``WG_CMD_SET_DEVICE``
+  messages, batching many peers per message under a size budget. A peer whose allowed IPs do
+  not fit is continued in the next message with ``WGPEER_F_UPDATE_ONLY`` and without
+  ``REPLACE_ALLOWEDIPS`` (as wg(8) does), so the continuation appends instead of wiping the
+  first part.
 * :func:`merge_dump` folds the messages of a ``WG_CMD_GET_DEVICE`` dump into one
   :class:`DeviceState`. The kernel splits a large device over several messages, and one peer's
   allowed IPs may straddle two of them: chunks are merged by public key. The private key is
@@ -19,15 +22,6 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pyroute2.netlink.generic.wireguard import (
-    WG_CMD_SET_DEVICE,
-    WG_GENL_VERSION,
-    WGPEER_F_REMOVE_ME,
-    WGPEER_F_REPLACE_ALLOWEDIPS,
-    WGPEER_F_UPDATE_ONLY,
-    wgmsg,
-)
-
 from .._errors import LocalProtocolError
 from ._model import (
     DeviceState,
@@ -40,7 +34,23 @@ from ._model import (
 )
 from ._plan import AddPeer, Operation, RemovePeer, SetInterface
 
-__all__ = ["MESSAGE_BUDGET", "build_set_messages", "merge_dump"]
+__all__ = [
+    "MESSAGE_BUDGET",
+    "WG_CMD_SET_DEVICE",
+    "WG_GENL_VERSION",
+    "WGPEER_F_REMOVE_ME",
+    "WGPEER_F_REPLACE_ALLOWEDIPS",
+    "WGPEER_F_UPDATE_ONLY",
+    "merge_dump",
+    "set_device_attrs",
+]
+
+# uapi/wireguard.h (the kernel ABI; a test holds them equal to pyroute2's copies).
+WG_CMD_SET_DEVICE = 1
+WG_GENL_VERSION = 1
+WGPEER_F_REMOVE_ME = 1 << 0
+WGPEER_F_REPLACE_ALLOWEDIPS = 1 << 1
+WGPEER_F_UPDATE_ONLY = 1 << 2
 
 # Stay well under the kernel's per-message limits and a default socket buffer.
 MESSAGE_BUDGET = 16 * 1024
@@ -102,7 +112,7 @@ def _peer_chunks(op: Operation) -> list[list[list[Any]]]:
             flags |= WGPEER_F_REPLACE_ALLOWEDIPS
     per_chunk = max(1, (MESSAGE_BUDGET - _PEER_BASE_SIZE - 64) // _ALLOWED_IP_SIZE)
     all_nets = list(nets or ())
-    first = [["WGPEER_A_PUBLIC_KEY", _b64(key)], ["WGPEER_A_FLAGS", flags], *head]
+    first: list[list[Any]] = [["WGPEER_A_PUBLIC_KEY", _b64(key)], ["WGPEER_A_FLAGS", flags], *head]
     if nets is not None:
         first.append(["WGPEER_A_ALLOWEDIPS", [_allowed_attr(n) for n in all_nets[:per_chunk]]])
     chunks = [first]
@@ -128,10 +138,10 @@ def _chunk_size(attrs: list[list[Any]]) -> int:
     return size
 
 
-def build_set_messages(interface: str, ops: Iterable[Operation]) -> list[wgmsg]:
-    """``WG_CMD_SET_DEVICE`` messages for ``ops``, in order, batched under the budget.
-
-    Headers (type, pid, sequence) are left for the socket to fill in.
+def set_device_attrs(interface: str, ops: Iterable[Operation]) -> list[list[list[Any]]]:
+    """The attribute lists of the ``WG_CMD_SET_DEVICE`` messages for ``ops``, in order, batched
+    under the budget (empty when there is nothing to do). Each list starts with the interface's
+    name; the command, version and headers are the socket side's to add.
     """
     device: list[list[Any]] = []
     peer_chunks: list[list[list[Any]]] = []
@@ -145,29 +155,21 @@ def build_set_messages(interface: str, ops: Iterable[Operation]) -> list[wgmsg]:
                 device.append(["WGDEVICE_A_FWMARK", op.fwmark])
         else:
             peer_chunks.extend(_peer_chunks(op))
-    messages: list[wgmsg] = []
-
-    def new_message(extra: list[list[Any]]) -> wgmsg:
-        msg = wgmsg()
-        msg["cmd"] = WG_CMD_SET_DEVICE
-        msg["version"] = WG_GENL_VERSION
-        msg["attrs"] = [["WGDEVICE_A_IFNAME", interface], *extra]
-        messages.append(msg)
-        return msg
-
-    current = new_message(device)
+    current: list[list[Any]] = [["WGDEVICE_A_IFNAME", interface], *device]
+    messages = [current]
     batch: list[dict[str, Any]] = []
     used = 64
     for chunk in peer_chunks:
         size = _chunk_size(chunk)
         if batch and used + size > MESSAGE_BUDGET:
-            current["attrs"].append(["WGDEVICE_A_PEERS", batch])
-            current = new_message([])
+            current.append(["WGDEVICE_A_PEERS", batch])
+            current = [["WGDEVICE_A_IFNAME", interface]]
+            messages.append(current)
             batch, used = [], 64
         batch.append({"attrs": chunk})
         used += size
     if batch:
-        current["attrs"].append(["WGDEVICE_A_PEERS", batch])
+        current.append(["WGDEVICE_A_PEERS", batch])
     if len(messages) == 1 and not device and not batch:
         return []
     return messages

@@ -27,6 +27,7 @@ from ppn.wg import (
     RemovePeer,
     SetInterface,
     UpdatePeer,
+    _netlink,
     build_set_messages,
     merge_dump,
     public_key_of,
@@ -166,3 +167,17 @@ def test_a_huge_allowed_ip_list_is_continued_without_replacing() -> None:
 
 def test_nothing_to_do_is_no_message() -> None:
     assert build_set_messages("wg0", []) == []
+
+
+def test_the_core_s_copy_of_the_kernel_constants_matches_pyroute2() -> None:
+    # The sans-IO layout carries its own copy so that it need not import pyroute2.
+    from pyroute2.netlink.generic import wireguard
+
+    for name in (
+        "WG_CMD_SET_DEVICE",
+        "WG_GENL_VERSION",
+        "WGPEER_F_REMOVE_ME",
+        "WGPEER_F_REPLACE_ALLOWEDIPS",
+        "WGPEER_F_UPDATE_ONLY",
+    ):
+        assert getattr(_netlink, name) == getattr(wireguard, name), name
