@@ -12,53 +12,37 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ppn.ports import VAULT_PORT
+
+from ._cli_common import (
+    EXIT_CHAIN_BROKEN,
+    EXIT_KEY,
+    EXIT_PSP,
+    EXIT_RECORD,
+    EXIT_STORE,
+    EXIT_UNAVAILABLE,
+    build_query,
+    code,
+    error,
+    fail_code,
+    hostport,
+    load_cap,
+    load_key,
+    now,
+    parse_pubkey,
+    print_json,
+    table,
+)
+
 if TYPE_CHECKING:
-    from ppn import IdentityKey
+    from typing import TypeAlias
 
     from ._capability import Capability
-    from ._errors import ErrorCode
     from ._scope import Scope
 
-EXIT_PSP = 40
-EXIT_DENIED = 41
-EXIT_QUERY = 42
-EXIT_UNAVAILABLE = 43
-EXIT_PROTOCOL = 44
-EXIT_CHAIN_BROKEN = 45
-EXIT_STORE = 46
-EXIT_KEY = 47
-EXIT_RECORD = 48
+    Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _exit_for(code: ErrorCode) -> int:
-    if code.retryable:
-        return EXIT_UNAVAILABLE
-    if code.value < 140:
-        return EXIT_DENIED
-    if code.value < 150:
-        return EXIT_QUERY
-    return EXIT_PROTOCOL
-
-
-def _fail_code(code: ErrorCode, detail: str = "") -> Exception:
-    from ppn.cli import CommandError
-
-    sentence = detail or code.sentence
-    return CommandError(f"{code.name} ({int(code)}): {sentence}", _exit_for(code))
-
-
-def _error(message: str, status: int) -> Exception:
-    from ppn.cli import CommandError
-
-    return CommandError(message, status)
-
-
-def _now() -> int:
-    import time
-
-    return int(time.time())
 
 
 def _ttl(text: str) -> int:
@@ -79,71 +63,13 @@ def _csv(text: str) -> tuple[str, ...]:
     return items
 
 
-def _hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = default_host, text
-    host = host.strip("[]") or default_host
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host, int(port)
-
-
-def _load_key(path: str) -> IdentityKey:
-    from ppn import KeyFormatError
-
-    from ._io_vault import read_key_file
-
-    try:
-        return read_key_file(path)
-    except KeyFormatError as exc:
-        raise _error(str(exc), EXIT_KEY) from None
-
-
-def _load_cap(text: str) -> Capability:
-    from pathlib import Path
-
-    from ._capability import TEXT_PREFIX, Capability
-    from ._errors import AuthorizationError
-
-    if not text.startswith(TEXT_PREFIX):
-        try:
-            text = Path(text).read_text()
-        except OSError as exc:
-            raise _error(f"cannot read capability file {text}: {exc.strerror}", EXIT_KEY) from None
-    try:
-        return Capability.from_text(text)
-    except AuthorizationError as exc:
-        raise _error(f"not a valid capability: {exc.code.sentence}", EXIT_KEY) from None
-
-
-def _parse_pubkey(text: str) -> bytes:
-    from ppn import KeyFormatError, decode_key
-
-    from ._ed25519 import public_key_ok
-
-    try:
-        raw = decode_key(text)
-    except KeyFormatError as exc:
-        raise _error(f"bad public key {text!r}: {exc}", EXIT_KEY) from None
-    if not public_key_ok(raw):
-        raise _error(f"{text} is not a usable Ed25519 public key", EXIT_KEY)
-    return raw
-
-
 def _open_store(directory: str) -> Any:
     from ._io_store import Store, StoreError
 
     try:
         return Store.open(directory)
     except StoreError as exc:
-        raise _error(str(exc), EXIT_STORE) from None
-
-
-def _print_json(value: Any) -> None:
-    import json
-
-    print(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+        raise error(str(exc), EXIT_STORE) from None
 
 
 # --- vault -------------------------------------------------------------------------------------
@@ -159,18 +85,18 @@ def _vault_init(args: argparse.Namespace) -> int:
 
     directory = Path(args.store)
     if (directory / DB_FILE).exists() or (directory / KEY_FILE).exists():
-        raise _error(f"{directory} already holds a vault", EXIT_STORE)
+        raise error(f"{directory} already holds a vault", EXIT_STORE)
     key = IdentityKey.generate()
     try:
         directory.mkdir(parents=True, exist_ok=True)
         write_key_file(directory / KEY_FILE, key)
         Store.create(
-            directory, name=args.name or directory.name, vault_id=key.public, now=_now()
+            directory, name=args.name or directory.name, vault_id=key.public, now=now()
         ).close()
     except (OSError, StoreError) as exc:
-        raise _error(f"cannot create the vault in {directory}: {exc}", EXIT_STORE) from None
+        raise error(f"cannot create the vault in {directory}: {exc}", EXIT_STORE) from None
     if args.json:
-        _print_json(
+        print_json(
             {
                 "vault_id": encode_key(key.public),
                 "name": args.name or directory.name,
@@ -188,9 +114,9 @@ def _parse_record(text: str) -> Any:
     try:
         record = json.loads(text)
     except ValueError as exc:
-        raise _error(f"the record is not JSON: {exc}", EXIT_RECORD) from None
+        raise error(f"the record is not JSON: {exc}", EXIT_RECORD) from None
     if not isinstance(record, dict):
-        raise _error("a record is a JSON object", EXIT_RECORD)
+        raise error("a record is a JSON object", EXIT_RECORD)
     return record
 
 
@@ -200,11 +126,11 @@ def _vault_append(args: argparse.Namespace) -> int:
     record = _parse_record(sys.stdin.read() if args.record == "-" else args.record)
     store = _open_store(args.store)
     try:
-        seq = store.append(args.collection, record, now=_now(), supersedes=args.supersedes)
+        seq = store.append(args.collection, record, now=now(), supersedes=args.supersedes)
     except StoreError as exc:
-        raise _error(str(exc), EXIT_STORE) from None
+        raise error(str(exc), EXIT_STORE) from None
     if args.json:
-        _print_json({"seq": seq})
+        print_json({"seq": seq})
     else:
         print(seq)
     return 0
@@ -221,7 +147,7 @@ def _vault_import(args: argparse.Namespace) -> int:
     try:
         source = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
     except OSError as exc:
-        raise _error(f"cannot read {args.file}: {exc.strerror}", EXIT_RECORD) from None
+        raise error(f"cannot read {args.file}: {exc.strerror}", EXIT_RECORD) from None
     with source:
         try:
             for line_no, line in enumerate(source, 1):
@@ -230,11 +156,11 @@ def _vault_import(args: argparse.Namespace) -> int:
                 try:
                     batch.append(_parse_record(line))
                 except Exception as exc:
-                    raise _error(
+                    raise error(
                         f"line {line_no}: {getattr(exc, 'message', exc)}", EXIT_RECORD
                     ) from None
                 if len(batch) >= args.batch:
-                    store.append_many(args.collection, batch, now=_now())
+                    store.append_many(args.collection, batch, now=now())
                     total += len(batch)
                     batch = []
                     if time.monotonic() - last_report > 1.0:
@@ -246,15 +172,15 @@ def _vault_import(args: argparse.Namespace) -> int:
                             flush=True,
                         )
             if batch:
-                store.append_many(args.collection, batch, now=_now())
+                store.append_many(args.collection, batch, now=now())
                 total += len(batch)
         except StoreError as exc:
-            raise _error(
+            raise error(
                 f"line {line_no}: {exc} ({total} records were imported before it)", EXIT_STORE
             ) from None
     head = store.head()[0]
     if args.json:
-        _print_json({"imported": total, "head": head})
+        print_json({"imported": total, "head": head})
     else:
         print(f"imported {total} records into {args.collection}; head is now {head}")
     return 0
@@ -264,7 +190,7 @@ def _vault_verify(args: argparse.Namespace) -> int:
     store = _open_store(args.store)
     report = store.verify()
     if args.json:
-        _print_json(
+        print_json(
             {
                 "ok": report.ok,
                 "entries": report.entries,
@@ -290,7 +216,7 @@ def _vault_index(args: argparse.Namespace) -> int:
         try:
             created = store.create_index(field)
         except StoreError as exc:
-            raise _error(str(exc), EXIT_STORE) from None
+            raise error(str(exc), EXIT_STORE) from None
         print(f"{'indexed' if created else 'already indexed'}: {field}")
     return 0
 
@@ -305,13 +231,13 @@ def _vault_serve(args: argparse.Namespace) -> int:
     from ._trio import serve_vault
 
     host, port = args.listen
-    trusted = [_parse_pubkey(k) for k in args.trust]
+    trusted = [parse_pubkey(k) for k in args.trust]
     try:
         vault = Vault.open(args.store, trusted_roots=trusted)
     except StoreError as exc:
-        raise _error(str(exc), EXIT_STORE) from None
+        raise error(str(exc), EXIT_STORE) from None
     except KeyFormatError as exc:
-        raise _error(str(exc), EXIT_KEY) from None
+        raise error(str(exc), EXIT_KEY) from None
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
@@ -326,7 +252,7 @@ def _vault_serve(args: argparse.Namespace) -> int:
     try:
         trio.run(run)
     except OSError as exc:
-        raise _error(
+        raise error(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_UNAVAILABLE
         ) from None
     return 0
@@ -344,11 +270,11 @@ def _key_new(args: argparse.Namespace) -> int:
     try:
         write_key_file(args.file, key)
     except FileExistsError:
-        raise _error(f"{args.file} exists; refusing to overwrite a key", EXIT_KEY) from None
+        raise error(f"{args.file} exists; refusing to overwrite a key", EXIT_KEY) from None
     except OSError as exc:
-        raise _error(f"cannot write {args.file}: {exc.strerror}", EXIT_KEY) from None
+        raise error(f"cannot write {args.file}: {exc.strerror}", EXIT_KEY) from None
     if args.json:
-        _print_json({"public": key.public_b64, "file": args.file})
+        print_json({"public": key.public_b64, "file": args.file})
     else:
         print(key.public_b64)
     return 0
@@ -361,19 +287,19 @@ def _scope_from_args(
 
     base = parent or Scope(vaults=default_vaults, rows=10_000)
     vaults = (
-        tuple(sorted({_parse_pubkey(v) for v in args.vault_id})) if args.vault_id else base.vaults
+        tuple(sorted({parse_pubkey(v) for v in args.vault_id})) if args.vault_id else base.vaults
     )
     window = (
         args.since if args.since is not None else base.time[0],
         args.until if args.until is not None else base.time[1],
     )
     if not 0 <= window[0] <= window[1] <= MAX_TIME:
-        raise _error("--since must not be after --until", 2)
+        raise error("--since must not be after --until", 2)
     ops = args.ops or base.ops
     from ._scope import OPERATIONS
 
     if not set(ops) <= set(OPERATIONS):
-        raise _error(f"--ops takes {', '.join(OPERATIONS)}", 2)
+        raise error(f"--ops takes {', '.join(OPERATIONS)}", 2)
     scope = Scope(
         vaults=vaults,
         collections=args.collections or base.collections,
@@ -387,20 +313,14 @@ def _scope_from_args(
     try:
         scope.validate()
     except AuthorizationError:
-        raise _error(
+        raise error(
             "the scope names an invalid collection or field, or a row limit out of range", 2
         ) from None
     if parent is not None and not scope.within(parent):
-        raise _fail_code(
-            _code("SCOPE_WIDENED"), "a delegation must be within its parent in every dimension"
+        raise fail_code(
+            code("SCOPE_WIDENED"), "a delegation must be within its parent in every dimension"
         )
     return scope
-
-
-def _code(name: str) -> ErrorCode:
-    from ._errors import ErrorCode
-
-    return ErrorCode[name]
 
 
 def _emit_cap(cap: Capability, args: argparse.Namespace) -> None:
@@ -412,7 +332,7 @@ def _emit_cap(cap: Capability, args: argparse.Namespace) -> None:
         with os.fdopen(fd, "w") as f:
             f.write(text + "\n")
     if args.json:
-        _print_json({"capability": text, "link_id": cap.leaf.id.hex(), "expires": cap.leaf.expires})
+        print_json({"capability": text, "link_id": cap.leaf.id.hex(), "expires": cap.leaf.expires})
     elif not args.out:
         print(text)
     else:
@@ -427,15 +347,15 @@ def _cap_mint(args: argparse.Namespace) -> int:
     from ._io_store import KEY_FILE
 
     store = _open_store(args.store)
-    vault_key = _load_key(str(Path(args.store) / KEY_FILE))
+    vault_key = load_key(str(Path(args.store) / KEY_FILE))
     scope = _scope_from_args(args, None, (store.vault_id,))
-    now = _now()
+    issued = now()
     cap = mint(
         vault_key,
-        audience=_parse_pubkey(args.to),
+        audience=parse_pubkey(args.to),
         scope=scope,
-        not_before=now - 60,
-        expires=now + args.ttl,
+        not_before=issued - 60,
+        expires=issued + args.ttl,
         nonce=secrets.token_bytes(16),
     )
     _emit_cap(cap, args)
@@ -448,27 +368,27 @@ def _cap_delegate(args: argparse.Namespace) -> int:
     from ._capability import delegate
     from ._errors import LocalProtocolError
 
-    parent = _load_cap(args.cap)
-    key = _load_key(args.key)
+    parent = load_cap(args.cap)
+    key = load_key(args.key)
     if key.public != parent.holder:
-        raise _fail_code(
-            _code("HOLDER_MISMATCH"), "--key is not the key this capability was issued to"
+        raise fail_code(
+            code("HOLDER_MISMATCH"), "--key is not the key this capability was issued to"
         )
     scope = _scope_from_args(args, parent.scope, parent.scope.vaults)
-    now = _now()
+    issued = now()
     try:
         cap = delegate(
             parent,
             key,
-            audience=_parse_pubkey(args.to),
+            audience=parse_pubkey(args.to),
             scope=scope,
-            not_before=now - 60,
-            expires=now + args.ttl,
+            not_before=issued - 60,
+            expires=issued + args.ttl,
             nonce=secrets.token_bytes(16),
         )
     except LocalProtocolError as exc:
-        raise _fail_code(
-            _code("SCOPE_WIDENED") if "within" in str(exc) else _code("TOO_DEEP"), str(exc)
+        raise fail_code(
+            code("SCOPE_WIDENED") if "within" in str(exc) else code("TOO_DEEP"), str(exc)
         ) from None
     _emit_cap(cap, args)
     return 0
@@ -501,10 +421,10 @@ def _describe(cap: Capability) -> list[dict[str, Any]]:
 def _cap_inspect(args: argparse.Namespace) -> int:
     import datetime
 
-    cap = _load_cap(args.cap)
+    cap = load_cap(args.cap)
     links = _describe(cap)
     if args.json:
-        _print_json({"holder": links[-1]["audience"], "links": links})
+        print_json({"holder": links[-1]["audience"], "links": links})
         return 0
     print(f"capability with {len(links)} link(s); holder {links[-1]['audience']}")
     for i, link in enumerate(links):
@@ -523,114 +443,20 @@ def _cap_inspect(args: argparse.Namespace) -> int:
 
 
 def _cap_revoke(args: argparse.Namespace) -> int:
-    cap = _load_cap(args.cap)
+    cap = load_cap(args.cap)
     if not -len(cap.links) <= args.link < len(cap.links):
-        raise _error(f"--link must index one of the {len(cap.links)} links", 2)
+        raise error(f"--link must index one of the {len(cap.links)} links", 2)
     link = cap.links[args.link]
     store = _open_store(args.store)
-    fresh = store.revoke(link.id, now=_now())
+    fresh = store.revoke(link.id, now=now())
     if args.json:
-        _print_json({"revoked": link.id.hex(), "new": fresh})
+        print_json({"revoked": link.id.hex(), "new": fresh})
     else:
         print(f"{'revoked' if fresh else 'already revoked'}: link {link.id.hex()}")
     return 0
 
 
 # --- query -------------------------------------------------------------------------------------
-
-_OPS = ((">=", "ge"), ("<", "lt"), ("^=", "prefix"), ("=", "eq"))
-
-
-def _value(text: str) -> Any:
-    import json
-
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return text
-    if isinstance(value, float | list | dict):
-        raise _error(f"filter value {text!r}: only text, integers, true, false and null", 2)
-    return value
-
-
-def _where(expr: str) -> Any:
-    from ._query import Filter
-
-    if " in " in expr:
-        field, _, values = expr.partition(" in ")
-        return Filter(
-            field=field.strip(), op="in", args=tuple(_value(v.strip()) for v in values.split(","))
-        )
-    for token, op in _OPS:
-        field, sep, value = expr.partition(token)
-        if sep and field.strip():
-            f = field.strip()
-            if op == "eq":
-                return Filter(field=f, op="eq", args=(_value(value),))
-            if op == "prefix":
-                return Filter(field=f, op="prefix", args=(value,))
-            bound = _value(value)
-            return Filter(field=f, op="range", args=(bound, None) if op == "ge" else (None, bound))
-    raise _error(f"--where {expr!r}: use F=V, F>=V, F<V, F^=PREFIX or 'F in A,B'", 2)
-
-
-def _build_query(args: argparse.Namespace) -> Any:
-    from ._query import Aggregate, Query
-
-    where = tuple(_where(w) for w in args.where)
-    op, agg = "read", None
-    fn_field = next(
-        ((fn, f) for fn, f in (("sum", args.sum), ("min", args.min), ("max", args.max)) if f), None
-    )
-    if args.count and not args.group_by:
-        op = "count"
-    elif fn_field or args.group_by:
-        op = "aggregate"
-        fn, f = fn_field or ("count", None)
-        agg = Aggregate(fn=fn, field=f, group=args.group_by)
-    order = None
-    if args.order:
-        desc = args.order.startswith("-")
-        order = (args.order.lstrip("-"), desc)
-    return Query(
-        collection=args.collection,
-        op=op,
-        where=where,
-        select=tuple(args.select) if args.select and op == "read" else (),
-        order=order,
-        limit=args.limit,
-        agg=agg,
-        as_of=args.as_of or 0,
-        offset=args.offset or 0,
-    )
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    import json
-
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
-    cells = [
-        [
-            (
-                ""
-                if k not in r
-                else r[k]
-                if isinstance(r[k], str)
-                else json.dumps(r[k], ensure_ascii=False)
-            )
-            for k in columns
-        ]
-        for r in rows
-    ]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += [
-        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    ]
-    return "\n".join(lines)
 
 
 def _query(args: argparse.Namespace) -> int:
@@ -646,22 +472,22 @@ def _query(args: argparse.Namespace) -> int:
 
         return query_via(args)
     if not args.cap or len(args.cap) != 1 or len(args.vault) != 1:
-        raise _error("a direct query takes one --cap and one --vault (for many, use --via)", 2)
-    key = _load_key(args.key)
-    cap = _load_cap(args.cap[0])
+        raise error("a direct query takes one --cap and one --vault (for many, use --via)", 2)
+    key = load_key(args.key)
+    cap = load_cap(args.cap[0])
     if key.public != cap.holder:
-        raise _fail_code(
-            _code("HOLDER_MISMATCH"), "--key is not the key this capability was issued to"
+        raise fail_code(
+            code("HOLDER_MISMATCH"), "--key is not the key this capability was issued to"
         )
     try:
-        query = _build_query(args)
+        query = build_query(args)
         query.encode()
     except QueryError as exc:
-        raise _fail_code(exc.code, exc.detail) from None
+        raise fail_code(exc.code, exc.detail) from None
     try:
-        host, port = _hostport(args.vault[0])
+        host, port = hostport(args.vault[0])
     except argparse.ArgumentTypeError as exc:
-        raise _error(f"--vault: {exc}", 2) from None
+        raise error(f"--vault: {exc}", 2) from None
 
     async def run() -> Any:
         with trio.fail_after(args.timeout):
@@ -671,23 +497,21 @@ def _query(args: argparse.Namespace) -> int:
     try:
         result = trio.run(run)
     except VaultError as exc:
-        raise _fail_code(exc.code, exc.detail) from None
+        raise fail_code(exc.code, exc.detail) from None
     except trio.TooSlowError:
-        raise _fail_code(
-            _code("DEADLINE"), f"no answer from {host}:{port} within {args.timeout:g} s"
+        raise fail_code(
+            code("DEADLINE"), f"no answer from {host}:{port} within {args.timeout:g} s"
         ) from None
     except RemoteProtocolError as exc:
-        raise _fail_code(
-            exc.code, f"the vault at {host}:{port} broke the protocol: {exc}"
-        ) from None
+        raise fail_code(exc.code, f"the vault at {host}:{port} broke the protocol: {exc}") from None
     except LocalProtocolError as exc:
-        raise _error(str(exc), EXIT_PSP) from None
+        raise error(str(exc), EXIT_PSP) from None
     rows = [json.loads(r) for r in result.rows]
     if args.json:
         for row in rows:
-            _print_json(row)
+            print_json(row)
     elif rows:
-        print(_table(rows))
+        print(table(rows))
     cursor = result.cursor
     more = f"; more: --as-of {cursor.as_of} --offset {cursor.offset}" if cursor else ""
     print(f"{len(rows)} row(s) as of entry {result.header.as_of}{more}", file=sys.stderr)
@@ -752,15 +576,32 @@ def _add_scope_options(p: argparse.ArgumentParser, *, delegating: bool) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add this family's commands to ``ppn``. Handlers are set with ``set_defaults(handler=...)``."""
-    fmt = argparse.RawDescriptionHelpFormatter
+def register(subparsers: Subparsers) -> None:
+    """Add this family's commands to ``ppn``. Handlers are set with ``set_defaults(handler=...)``.
+
+    ``ppn orchestration`` is its own family (:mod:`psp.aggregation._cli`)."""
+    _register_vault(subparsers)
+    _register_key(subparsers)
+    _register_cap(subparsers)
+    _register_query(subparsers)
+
+
+def _register_vault(subparsers: Subparsers) -> None:
     vault = subparsers.add_parser(
         "vault",
         help="create, fill, serve and verify a Totebox vault (PSP)",
-        description="A vault is one entity's append-only (WORM) record store with its own Ed25519 key, served over PSP (TCP 9210).",
+        description=f"A vault is one entity's append-only (WORM) record store with its own Ed25519 key, served over PSP (TCP {VAULT_PORT}).",
     )
     vsub = vault.add_subparsers(dest="vault_command", metavar="ACTION", required=True)
+    _add_vault_init(vsub)
+    _add_vault_append(vsub)
+    _add_vault_import(vsub)
+    _add_vault_index(vsub)
+    _add_vault_serve(vsub)
+    _add_vault_verify(vsub)
+
+
+def _add_vault_init(vsub: Subparsers) -> None:
     p = vsub.add_parser(
         "init",
         help="create a store and the vault key; print the vault id",
@@ -770,6 +611,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--name", help="a label for the vault (default: the directory name)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_vault_init)
+
+
+def _add_vault_append(vsub: Subparsers) -> None:
     p = vsub.add_parser(
         "append",
         help="append one JSON record; print its sequence number",
@@ -782,6 +626,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("record", metavar="JSON", help="the record, or - to read it from stdin")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_vault_append)
+
+
+def _add_vault_import(vsub: Subparsers) -> None:
     p = vsub.add_parser(
         "import",
         help="append every line of a JSON-lines file",
@@ -793,6 +640,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("file", metavar="FILE.jsonl", help="the file, or - for stdin")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_vault_import)
+
+
+def _add_vault_index(vsub: Subparsers) -> None:
     p = vsub.add_parser(
         "index",
         help="index record fields that queries filter or order on",
@@ -801,18 +651,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--store", required=True, metavar="DIR")
     p.add_argument("fields", nargs="+", metavar="FIELD")
     p.set_defaults(handler=_vault_index)
+
+
+def _add_vault_serve(vsub: Subparsers) -> None:
     p = vsub.add_parser(
         "serve",
-        help="answer PSP queries on TCP (default 127.0.0.1:9210)",
+        help=f"answer PSP queries on TCP (default 127.0.0.1:{VAULT_PORT})",
         description="Serve the vault: authorize each invocation against the vault key (and --trust roots), answer with rows.",
     )
     p.add_argument("--store", required=True, metavar="DIR")
     p.add_argument(
         "--listen",
-        type=_hostport,
-        default=("127.0.0.1", 9210),
+        type=hostport,
+        default=("127.0.0.1", VAULT_PORT),
         metavar="HOST:PORT",
-        help="address to listen on (default 127.0.0.1:9210; port 0 picks one)",
+        help=f"address to listen on (default 127.0.0.1:{VAULT_PORT}; port 0 picks one)",
     )
     p.add_argument(
         "--trust",
@@ -822,6 +675,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="also accept chains rooted in this key (repeat)",
     )
     p.set_defaults(handler=_vault_serve)
+
+
+def _add_vault_verify(vsub: Subparsers) -> None:
     p = vsub.add_parser(
         "verify",
         help="check the whole hash chain; report the first broken link",
@@ -831,6 +687,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_vault_verify)
 
+
+def _register_key(subparsers: Subparsers) -> None:
     key = subparsers.add_parser("key", help="holder keys for PSP capabilities")
     ksub = key.add_subparsers(dest="key_command", metavar="ACTION", required=True)
     p = ksub.add_parser(
@@ -842,35 +700,50 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_key_new)
 
+
+def _register_cap(subparsers: Subparsers) -> None:
     cap = subparsers.add_parser(
         "cap",
         help="mint, delegate, inspect and revoke PSP capabilities",
         description="Capabilities are signed, offline-delegable grants to a holder key. A CAP argument is the capability text (pspcap1.…) or a file containing it.",
     )
     csub = cap.add_subparsers(dest="cap_command", metavar="ACTION", required=True)
+    _add_cap_mint(csub)
+    _add_cap_delegate(csub)
+    _add_cap_inspect(csub)
+    _add_cap_revoke(csub)
+
+
+def _add_cap_mint(csub: Subparsers) -> None:
     p = csub.add_parser(
         "mint",
         help="issue a capability from a vault's key",
         description="Issue a root capability signed by the vault key in --store, to the holder key --to.",
         epilog="example: ppn cap mint --store v --to $(cat alice.pub) --collections people --rows 1000 --ttl 7d --out alice.cap",
-        formatter_class=fmt,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--store", required=True, metavar="DIR")
     p.add_argument("--to", required=True, metavar="PUBKEY", help="the holder's public key")
     _add_scope_options(p, delegating=False)
     p.set_defaults(handler=_cap_mint)
+
+
+def _add_cap_delegate(csub: Subparsers) -> None:
     p = csub.add_parser(
         "delegate",
         help="delegate a narrower capability, offline",
         description="Sign a narrower capability for --to with the holder key of CAP. Unset scope options keep the parent's value; nothing may be wider than the parent.",
         epilog="example: ppn cap delegate alice.cap --key alice.key --to $(cat bob.pub) --fields name,age --ops read,count --rows 50 --ttl 1h --out bob.cap",
-        formatter_class=fmt,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("cap", metavar="CAP")
     p.add_argument("--key", required=True, metavar="FILE", help="the key CAP was issued to")
     p.add_argument("--to", required=True, metavar="PUBKEY", help="the delegate's public key")
     _add_scope_options(p, delegating=True)
     p.set_defaults(handler=_cap_delegate)
+
+
+def _add_cap_inspect(csub: Subparsers) -> None:
     p = csub.add_parser(
         "inspect",
         help="show a capability's links and scopes",
@@ -879,6 +752,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("cap", metavar="CAP")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cap_inspect)
+
+
+def _add_cap_revoke(csub: Subparsers) -> None:
     p = csub.add_parser(
         "revoke",
         help="revoke a capability link at a vault",
@@ -892,6 +768,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cap_revoke)
 
+
+def _register_query(subparsers: Subparsers) -> None:
+    from .aggregation._cli import add_via_options
+
     p = subparsers.add_parser(
         "query",
         help="query a vault with a capability",
@@ -902,7 +782,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "  ppn query --key bob.key --cap bob.cap --vault 127.0.0.1:9210 --collection people --where 'age>=40' --select name,age\n"
             "  ppn query ... --collection ledger --sum amount --group-by account --json"
         ),
-        formatter_class=fmt,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--key", required=True, metavar="FILE", help="the holder key the capability was issued to"
@@ -918,9 +798,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         default=[],
         metavar="HOST:PORT",
-        help="the vault's PSP address (vaults listen on 9210 by default); with --via: ID@HOST:PORT, repeat",
+        help=f"the vault's PSP address (vaults listen on {VAULT_PORT} by default); with --via: ID@HOST:PORT, repeat",
     )
     p.add_argument("--collection", required=True, metavar="C", help="the collection to query")
+    _add_query_shape_options(p)
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="give up after S seconds (default 30)",
+    )
+    p.add_argument("--json", action="store_true", help="JSON lines")
+    p.set_defaults(handler=_query)
+    add_via_options(p)  # --via, --vaults, --mode, --resume (RFC-NOTES §10.6)
+
+
+def _add_query_shape_options(p: argparse.ArgumentParser) -> None:
+    """The options :func:`build_query` reads: filters, fields, order, aggregate, paging."""
     p.add_argument(
         "--where",
         action="append",
@@ -950,17 +845,3 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--as-of", type=int, metavar="SEQ", help="pin to this entry (to repeat or resume a query)"
     )
     p.add_argument("--offset", type=int, metavar="K", help="skip K rows (resume)")
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=30.0,
-        metavar="S",
-        help="give up after S seconds (default 30)",
-    )
-    p.add_argument("--json", action="store_true", help="JSON lines")
-    p.set_defaults(handler=_query)
-    from .aggregation._cli import add_via_options
-    from .aggregation._cli import register as register_orchestration
-
-    add_via_options(p)  # --via, --vaults, --mode, --resume (RFC-NOTES §10.6)
-    register_orchestration(subparsers)  # ppn orchestration serve

@@ -41,7 +41,8 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "ppn.wg._cli": ("wg",),
     "ppn.mesh._cli": ("up", "status", "resolve", "remove"),
     "ppn.fleet._cli": ("fleet", "vmhost", "vm"),
-    "psp._cli": ("vault", "key", "cap", "query", "orchestration"),
+    "psp._cli": ("vault", "key", "cap", "query"),
+    "psp.aggregation._cli": ("orchestration",),
 }
 
 

@@ -11,21 +11,39 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ppn.ports import AGGREGATOR_PORT
+
+from .._cli_common import (
+    build_query,
+    error,
+    fail_code,
+    hostport,
+    load_cap,
+    load_key,
+    print_json,
+    table,
+)
+
 if TYPE_CHECKING:
-    from ._plan import VaultAddress
-    from ._trio import AggregateResult
+    from ppn import IdentityKey
+
+    from .._capability import Capability
+    from .._query import Query
+    from ._merge import Mode
+    from ._plan import AggregateCursor, VaultAddress
+    from ._trio_client import AggregateResult
 
 EXIT_AGGREGATOR = 49
 EXIT_STRICT_FAILED = 50
 EXIT_INCOMPLETE = 51
 EXIT_VAULT_LIST = 52
-DEFAULT_PORT = 9211
 
-VIA_HELP = """\
+VIA_HELP = f"""\
 through an aggregator (VM-Orchestration), many vaults at once:
-  --via HOST:PORT          the aggregator (ppn orchestration serve; port 9211)
+  --via HOST:PORT          the aggregator (ppn orchestration serve; port {AGGREGATOR_PORT})
   --vault ID@HOST:PORT     a target vault: its id (public key, base64) and address (repeat)
   --vaults FILE            targets, one 'ID@HOST:PORT [CAP]' per line ('#' comments)
   --cap CAP                repeat: each vault uses the first capability naming it
@@ -41,28 +59,12 @@ example:
 """
 
 
-def _error(message: str, status: int) -> Exception:
-    from ppn.cli import CommandError
-
-    return CommandError(message, status)
-
-
-def _hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = default_host, text
-    host = host.strip("[]") or default_host
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host, int(port)
-
-
 def add_via_options(p: argparse.ArgumentParser) -> None:
     """The ``ppn query`` options for the aggregated path (``--vault`` and ``--cap`` repeat)."""
     p.epilog = f"{p.epilog or ''}\n\n{VIA_HELP}"
     g = p.add_argument_group("aggregation (see the epilog)")
     g.add_argument(
-        "--via", type=_hostport, metavar="HOST:PORT", help="query through this aggregator"
+        "--via", type=hostport, metavar="HOST:PORT", help="query through this aggregator"
     )
     g.add_argument(
         "--vaults", metavar="FILE", help="target vaults, one ID@HOST:PORT [CAP] per line"
@@ -81,12 +83,12 @@ def _parse_target(text: str, where: str) -> tuple[VaultAddress, str | None]:
     spec, cap = parts[0], (parts[1] if len(parts) > 1 else None)
     vault_text, at, addr = spec.partition("@")
     if not at or len(parts) > 2:
-        raise _error(f"{where}: expected ID@HOST:PORT [CAP], got {text!r}", EXIT_VAULT_LIST)
+        raise error(f"{where}: expected ID@HOST:PORT [CAP], got {text!r}", EXIT_VAULT_LIST)
     try:
         vault = decode_key(vault_text)
-        host, port = _hostport(addr)
+        host, port = hostport(addr)
     except (KeyFormatError, argparse.ArgumentTypeError) as exc:
-        raise _error(f"{where}: {exc}", EXIT_VAULT_LIST) from None
+        raise error(f"{where}: {exc}", EXIT_VAULT_LIST) from None
     return VaultAddress(vault=vault, host=host, port=port), cap
 
 
@@ -104,7 +106,7 @@ def _targets(args: argparse.Namespace) -> tuple[list[VaultAddress], list[str]]:
         try:
             lines = Path(args.vaults).read_text().splitlines()
         except OSError as exc:
-            raise _error(f"cannot read {args.vaults}: {exc.strerror}", EXIT_VAULT_LIST) from None
+            raise error(f"cannot read {args.vaults}: {exc.strerror}", EXIT_VAULT_LIST) from None
         for n, line in enumerate(lines, 1):
             line = line.split("#", 1)[0].strip()
             if line:
@@ -113,7 +115,7 @@ def _targets(args: argparse.Namespace) -> tuple[list[VaultAddress], list[str]]:
                 if cap:
                     caps.append(cap)
     if not vaults:
-        raise _error("give target vaults with --vault ID@HOST:PORT or --vaults FILE", 2)
+        raise error("give target vaults with --vault ID@HOST:PORT or --vaults FILE", 2)
     return vaults, caps
 
 
@@ -125,68 +127,14 @@ def _short(vault: bytes) -> str:
 
 def query_via(args: argparse.Namespace) -> int:
     """``ppn query --via``: sign one invocation per vault, run through the aggregator, print."""
-    import trio
+    from ._trio_client import AggregationFailed
 
-    from .. import _cli as core
-    from .._errors import LocalProtocolError, QueryError, RemoteProtocolError
-    from ._merge import Mode
-    from ._plan import AggregateCursor
-    from ._trio import AggregationFailed, OrchestrationClient
-
-    vaults, cap_texts = _targets(args)
-    key = core._load_key(args.key)
-    given = args.cap if isinstance(args.cap, list) else [args.cap] if args.cap else []
-    caps = [core._load_cap(c) for c in [*cap_texts, *given]]
-    caps = [c for c in caps if c.holder == key.public]
-    if not caps:
-        raise _error("no --cap was issued to --key", EXIT_VAULT_LIST)
-    covered = {v for c in caps for v in c.scope.vaults}
-    missing = [va for va in vaults if va.vault not in covered]
-    if missing:
-        raise _error(
-            f"no capability names vault {_short(missing[0].vault)}… ({len(missing)} uncovered)",
-            EXIT_VAULT_LIST,
-        )
-    try:
-        query = core._build_query(args)
-        query.encode()
-    except QueryError as exc:
-        raise core._fail_code(exc.code, exc.detail) from None
-    cursor = None
-    if args.resume:
-        try:
-            cursor = AggregateCursor.from_text(args.resume)
-        except ValueError as exc:
-            raise _error(f"--resume: {exc}", 2) from None
-    mode = Mode(args.mode) if args.mode else None
-    host, port = args.via
-    timeout: float = args.timeout
-
-    async def run() -> AggregateResult:
-        with trio.fail_after(timeout + 5):
-            async with await OrchestrationClient.connect(host, port) as client:
-                return await client.query(
-                    key,
-                    caps,
-                    vaults,
-                    query,
-                    mode=mode,
-                    deadline=timeout,
-                    vault_deadline=args.vault_timeout,
-                    cursor=cursor,
-                )
-
+    request = _request(args)
     failed: AggregationFailed | None = None
     try:
-        result = trio.run(run)
+        result = _run(request, args)
     except AggregationFailed as exc:
         failed, result = exc, exc.result
-    except trio.TooSlowError:
-        raise _error(f"no answer from the aggregator at {host}:{port}", EXIT_AGGREGATOR) from None
-    except RemoteProtocolError as exc:
-        raise _error(f"aggregator {host}:{port}: {exc}", EXIT_AGGREGATOR) from None
-    except (LocalProtocolError, ValueError) as exc:
-        raise _error(str(exc), EXIT_VAULT_LIST) from None
     _print_result(result, as_json=args.json)
     if failed is not None:
         print(f"ppn: strict query failed: {failed}", file=sys.stderr)
@@ -196,26 +144,136 @@ def query_via(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Request:
+    """What ``ppn query --via`` sends: checked against the key and capabilities it was given."""
+
+    key: IdentityKey
+    caps: list[Capability]
+    vaults: list[VaultAddress]
+    query: Query
+    cursor: AggregateCursor | None
+    mode: Mode | None
+
+
+def _request(args: argparse.Namespace) -> _Request:
+    from .._errors import QueryError
+    from ._merge import Mode
+    from ._plan import AggregateCursor
+
+    vaults, cap_texts = _targets(args)
+    key = load_key(args.key)
+    given = args.cap if isinstance(args.cap, list) else [args.cap] if args.cap else []
+    caps = [load_cap(c) for c in [*cap_texts, *given]]
+    caps = [c for c in caps if c.holder == key.public]
+    if not caps:
+        raise error("no --cap was issued to --key", EXIT_VAULT_LIST)
+    covered = {v for c in caps for v in c.scope.vaults}
+    missing = [va for va in vaults if va.vault not in covered]
+    if missing:
+        raise error(
+            f"no capability names vault {_short(missing[0].vault)}… ({len(missing)} uncovered)",
+            EXIT_VAULT_LIST,
+        )
+    try:
+        query = build_query(args)
+        query.encode()
+    except QueryError as exc:
+        raise fail_code(exc.code, exc.detail) from None
+    cursor = None
+    if args.resume:
+        try:
+            cursor = AggregateCursor.from_text(args.resume)
+        except ValueError as exc:
+            raise error(f"--resume: {exc}", 2) from None
+    return _Request(
+        key=key,
+        caps=caps,
+        vaults=vaults,
+        query=query,
+        cursor=cursor,
+        mode=Mode(args.mode) if args.mode else None,
+    )
+
+
+def _run(request: _Request, args: argparse.Namespace) -> AggregateResult:
+    """Run the request at the aggregator; its failures become :class:`CommandError` (a strict
+    query's :class:`AggregationFailed` is the caller's: it carries the rows to print)."""
+    import trio
+
+    from .._errors import LocalProtocolError, RemoteProtocolError
+    from ._trio_client import OrchestrationClient
+
+    host, port = args.via
+    timeout: float = args.timeout
+
+    async def run() -> AggregateResult:
+        with trio.fail_after(timeout + 5):
+            async with await OrchestrationClient.connect(host, port) as client:
+                return await client.query(
+                    request.key,
+                    request.caps,
+                    request.vaults,
+                    request.query,
+                    mode=request.mode,
+                    deadline=timeout,
+                    vault_deadline=args.vault_timeout,
+                    cursor=request.cursor,
+                )
+
+    try:
+        return trio.run(run)
+    except trio.TooSlowError:
+        raise error(f"no answer from the aggregator at {host}:{port}", EXIT_AGGREGATOR) from None
+    except RemoteProtocolError as exc:
+        raise error(f"aggregator {host}:{port}: {exc}", EXIT_AGGREGATOR) from None
+    except (LocalProtocolError, ValueError) as exc:
+        raise error(str(exc), EXIT_VAULT_LIST) from None
+
+
 def _print_result(result: AggregateResult, *, as_json: bool) -> None:
+    rows = _rows(result, as_json=as_json)
+    statuses = _statuses(result)
+    if as_json:
+        cursor = result.cursor
+        for row in rows:
+            print_json(row)
+        for entry in statuses:
+            print_json({"vault_status": entry})
+        print_json(
+            {
+                "summary": {
+                    "complete": result.complete,
+                    "failed": result.done.failed,
+                    "rows": len(rows),
+                    "mode": result.mode.value,
+                    "cursor": cursor.to_text() if cursor else None,
+                }
+            }
+        )
+    else:
+        _print_tables(result, rows, statuses)
+
+
+def _rows(result: AggregateResult, *, as_json: bool) -> list[dict[str, Any]]:
+    """The merged rows, each led by the vault it came from (none for aggregates)."""
     import base64
     import json
-
-    from .. import _cli as core
-
-    def vault_of(index: int | None) -> str:
-        if index is None:
-            return "*"
-        return base64.b64encode(result.vaults[index].vault).decode()
 
     rows: list[dict[str, Any]] = []
     for index, raw in result.rows:
         row = json.loads(raw)
         if index is not None:
-            row = {
-                "vault": vault_of(index) if as_json else _short(result.vaults[index].vault),
-                **row,
-            }
+            vault = result.vaults[index].vault
+            row = {"vault": base64.b64encode(vault).decode() if as_json else _short(vault), **row}
         rows.append(row)
+    return rows
+
+
+def _statuses(result: AggregateResult) -> list[dict[str, Any]]:
+    """One entry per target vault: its status, row count, as_of, and why it is not ok."""
+    import base64
+
     statuses = []
     for s in result.statuses:
         va = result.vaults[s.index]
@@ -233,23 +291,16 @@ def _print_result(result: AggregateResult, *, as_json: bool) -> None:
         if s.cursor is not None:
             entry["cursor"] = list(s.cursor)
         statuses.append(entry)
-    cursor = result.cursor
-    summary = {
-        "complete": result.complete,
-        "failed": result.done.failed,
-        "rows": len(rows),
-        "mode": result.mode.value,
-        "cursor": cursor.to_text() if cursor else None,
-    }
-    if as_json:
-        for row in rows:
-            core._print_json(row)
-        for entry in statuses:
-            core._print_json({"vault_status": entry})
-        core._print_json({"summary": summary})
-        return
+    return statuses
+
+
+def _print_tables(
+    result: AggregateResult, rows: list[dict[str, Any]], statuses: list[dict[str, Any]]
+) -> None:
+    import base64
+
     if rows:
-        print(core._table(rows))
+        print(table(rows))
         print()
     footer = [
         {
@@ -262,7 +313,7 @@ def _print_result(result: AggregateResult, *, as_json: bool) -> None:
         }
         for e in statuses
     ]
-    print(core._table(footer))
+    print(table(footer))
     ok = sum(1 for e in statuses if e["status"] == "ok")
     if result.complete:
         verdict = "complete"
@@ -273,6 +324,7 @@ def _print_result(result: AggregateResult, *, as_json: bool) -> None:
     print(
         f"{len(rows)} row(s) from {len(statuses)} vault(s): {ok} ok, {verdict} ({result.mode.value})"
     )
+    cursor = result.cursor
     if cursor is not None:
         what = "retry the failed vaults / continue" if result.done.failed else "more"
         print(f"{what}: --resume {cursor.to_text()}", file=sys.stderr)
@@ -283,7 +335,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     import trio
 
-    from ._trio import VaultPool, handle_client
+    from ._trio_pool import VaultPool
+    from ._trio_server import handle_client
 
     host, port = args.listen
 
@@ -307,7 +360,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         trio.run(run)
     except OSError as exc:
-        raise _error(
+        raise error(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_AGGREGATOR
         ) from None
     return 0
@@ -326,15 +379,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sub = p.add_subparsers(dest="orchestration_command", metavar="ACTION", required=True)
     s = sub.add_parser(
         "serve",
-        help="serve aggregated queries on TCP (default 127.0.0.1:9211)",
+        help=f"serve aggregated queries on TCP (default 127.0.0.1:{AGGREGATOR_PORT})",
         description="Serve aggregated PSP queries (RFC-NOTES §10). Clients use 'ppn query --via'.",
         epilog="example: ppn orchestration serve --listen 10.8.0.1:9211",
     )
     s.add_argument(
         "--listen",
-        type=_hostport,
-        default=("127.0.0.1", DEFAULT_PORT),
+        type=hostport,
+        default=("127.0.0.1", AGGREGATOR_PORT),
         metavar="HOST:PORT",
-        help="address to listen on (default 127.0.0.1:9211; port 0 picks one)",
+        help=f"address to listen on (default 127.0.0.1:{AGGREGATOR_PORT}; port 0 picks one)",
     )
     s.set_defaults(handler=_serve)
