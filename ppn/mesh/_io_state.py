@@ -1,7 +1,7 @@
 """The mesh's files in the node's state directory (RFC-NOTES §7.10).
 
 The join ceremony owns ``identity.key``, ``wireguard.key``, ``node.json`` and ``mesh.json``
-(``genesis._io_state``); this module reads them and owns:
+(``genesis``, which depends only on the shared base); this module reads them and owns:
 
     roster.bin    canonical msgpack {"version": 1, "generation": n, "mesh": bin16, "cidr": str,
                   "records": [record bytes, ...], "baseline": [identity, ...]}
@@ -26,6 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from genesis import StateError, load_mesh, load_node
 
 from .. import wire
 from .._io_files import atomic_write
@@ -118,9 +120,13 @@ class MeshFiles:
 
 
 def load_mesh_files(directory: Path) -> MeshFiles:
-    """Read node and mesh membership through the ceremony's state module."""
-    from genesis._io_state import StateError, load_mesh, load_node
+    """Read node and mesh membership through the ceremony's public API.
 
+    The layers are base (``ppn`` itself) <- ``genesis`` <- ``ppn.mesh``: the mesh builds on the
+    ceremony's result, the ceremony only on the shared base, so this import is made at the top
+    of the file (it was hidden inside this function, where it looked like a cycle between
+    ``ppn`` and ``genesis``); tests/test_architecture.py holds the rooms acyclic.
+    """
     try:
         node = load_node(directory)
         mesh = load_mesh(directory)
