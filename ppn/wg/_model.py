@@ -257,6 +257,10 @@ def _v6(text: str) -> tuple[int, bool]:
 def _prefix_value(text: str) -> tuple[int, int, bool, bool]:
     """(masked value, prefix length, is IPv6, ``text`` is the canonical spelling)."""
     address, slash, length_text = text.partition("/")
+    if "%" in address:
+        # A scope (zone) names a link, not part of a prefix: wg(8) refuses it, and keeping the
+        # address while dropping the scope would route a different set of addresses.
+        raise ValueError(text)
     v6 = ":" in address
     bits = 128 if v6 else 32
     if slash:

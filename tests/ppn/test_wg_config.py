@@ -264,8 +264,29 @@ def test_fast_prefix_parser_agrees_with_ipaddress(address: str, length: str | No
         got = parse_network(text)
     except ValueError:
         got = None
-    if "%" in text:  # scoped addresses are not prefixes for WireGuard; refusing them is fine
-        assert got is None or got == expected
+    if "%" in text:  # a scoped address is not a prefix for WireGuard: always refused
+        assert got is None, text
         return
     assert got == expected, text
     assert got is None or str(got) == str(expected)
+
+
+@pytest.mark.parametrize(
+    "text", ["fe80::1%eth0", "fe80::1%eth0/64", "::%0", "fe80::%1/128", "10.0.0.1%eth0"]
+)
+def test_a_scoped_address_is_not_an_allowed_ip(text: str) -> None:
+    # Issue 15: parse_network("fe80::1%eth0") returned fe80::1/128, dropping the scope.
+    from ppn.wg import parse_network
+    from ppn.wg._model import canonical_prefix
+
+    with pytest.raises(ValueError, match="is not an IP prefix"):
+        parse_network(text)
+    with pytest.raises(ValueError, match="is not an IP prefix"):
+        canonical_prefix(text)
+    with pytest.raises(ConfigError, match="line 3"):
+        parse_config(f"[Peer]\nPublicKey = {'A' * 43}=\nAllowedIPs = {text}\n")
+
+
+def test_a_scoped_endpoint_keeps_its_scope() -> None:
+    # Scopes stay valid where they mean something: a link-local endpoint.
+    assert Endpoint.parse("[fe80::1%eth0]:51820").host == "fe80::1%eth0"
