@@ -10,10 +10,23 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..cli._main import CommandError
+from ..ports import CONTROL_PORT
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from ._io_state import MeshFiles
+    from ._records import Tombstone
+    from ._roster import Roster
+    from ._topology import Topology
+    from ._view import Member, RosterView
+
+    Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 EXIT_NOT_MEMBER = 30
 EXIT_BAD_STATE = 31
@@ -59,15 +72,21 @@ def _state_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``up``, ``status`` and ``resolve`` to ``ppn``."""
-    fmt = argparse.RawDescriptionHelpFormatter
+def register(subparsers: Subparsers) -> None:
+    """Add ``up``, ``status``, ``resolve`` and ``remove`` to ``ppn``."""
+    _add_up(subparsers)
+    _add_status(subparsers)
+    _add_resolve(subparsers)
+    _add_remove(subparsers)
+
+
+def _add_up(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "up",
         help="run the node agent: WireGuard up, roster sync, reconcile (until SIGTERM)",
         description=(
             "Bring this node's WireGuard interface up and keep it matching the signed roster: "
-            "serve PPN control (TCP 9206 on this node's IPv6 control address in the mesh), push roster changes to every "
+            f"serve PPN control (TCP {CONTROL_PORT} on this node's IPv6 control address in the mesh), push roster changes to every "
             "member, pull from every member every 30 s, reconcile WireGuard peers with minimal "
             "changes every 5 s, and admit members that a 'ppn invite' on this node let in. "
             "SIGTERM stops the agent and leaves the tunnel up; running it again changes nothing "
@@ -75,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
         epilog=EXIT_STATUSES
         + "\nexample:\n  ppn up --state /var/lib/ppn --role relay --endpoint 203.0.113.7:51820\n",
-        formatter_class=fmt,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _state_arg(p)
     p.add_argument(
@@ -96,7 +115,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--listen-port", type=int, metavar="PORT", help="WireGuard UDP port")
     p.add_argument(
-        "--control-port", type=int, default=9206, metavar="PORT", help="PPN control TCP port (9206)"
+        "--control-port",
+        type=int,
+        default=CONTROL_PORT,
+        metavar="PORT",
+        help=f"PPN control TCP port ({CONTROL_PORT})",
     )
     p.add_argument(
         "--control-listen",
@@ -112,6 +135,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--json", action="store_true", help="print one JSON line when up (for scripts)")
     p.set_defaults(handler=_up)
 
+
+def _add_status(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "status",
         help="members, addresses, roles, handshake age, endpoints and path (direct or via hub)",
@@ -122,7 +147,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "(address conflicts, broken admission chains)."
         ),
         epilog=EXIT_STATUSES,
-        formatter_class=fmt,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _state_arg(p)
     p.add_argument("--interface", metavar="NAME", help="WireGuard interface (default: the agent's)")
@@ -130,18 +155,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--check", action="store_true", help="exit 35 unless every member is reachable")
     p.set_defaults(handler=_status)
 
+
+def _add_resolve(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "resolve",
         help="a member's mesh address by name (also NAME.ppn or a node id prefix)",
         description="Print the mesh address of the member called NAME.",
         epilog=EXIT_STATUSES + "\nexample:\n  ping $(ppn resolve cloud)\n",
-        formatter_class=fmt,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", metavar="NAME")
     _state_arg(p)
     p.add_argument("--json", action="store_true", help="address, endpoints and node id as JSON")
     p.set_defaults(handler=_resolve)
 
+
+def _add_remove(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "remove",
         help="remove a member from the mesh for good (signs a tombstone)",
@@ -157,7 +186,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog=EXIT_STATUSES
         + "\nexamples:\n  ppn remove laptop --state /var/lib/ppn          # asks first\n"
         "  ppn remove laptop --state /var/lib/ppn --yes\n",
-        formatter_class=fmt,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", metavar="NAME", help="member name, NAME.ppn, or a node id prefix")
     _state_arg(p)
@@ -246,42 +275,76 @@ def _age(seconds: int | None) -> str:
 def _status(args: argparse.Namespace) -> int:
     import time
 
-    from .. import wg
-    from ._ids import short_id
-    from ._io_state import read_agent_info
-    from ._io_wg import observations_from
-    from ._topology import PathKind, plan_topology
+    from ._topology import plan_topology
 
     files, (roster, generation) = _load(args.state)
-    agent = read_agent_info(args.state) or {}
+    agent = _agent_info(args.state)
     interface = args.interface or agent.get("interface") or files.interface
-    agent_running = False
-    if isinstance(agent.get("pid"), int):
-        try:
-            os.kill(agent["pid"], 0)
-            agent_running = True
-        except (ProcessLookupError, PermissionError):
-            pass
-    observations = {}
-    device_note = ""
-    try:
-        choice = wg.select_backend(interface)
-        if choice.backend is not None and choice.running:
-            observations = observations_from(choice.backend.read())
-            device_note = choice.kind
-        else:
-            device_note = "down"
-    except (wg.DeviceError, OSError) as exc:
-        device_note = f"unreadable ({exc})"
-    now = int(time.time())
+    observations, device_note = _observe_device(interface)
     view = roster.view()
     topology = plan_topology(
         view,
         network=roster.network,
         self_identity=files.identity.public,
         observations=observations,
-        now=now,
+        now=int(time.time()),
     )
+    report = _StatusReport(
+        files=files,
+        roster=roster,
+        view=view,
+        generation=generation,
+        interface=interface,
+        device_note=device_note,
+        agent=agent,
+        agent_running=_agent_running(agent),
+        topology=topology,
+        rows=_member_rows(topology),
+    )
+    if args.json:
+        _print_status_json(report)
+    else:
+        _print_status_text(report)
+    unreachable: list[str] = [r["name"] for r in report.rows if not r["reachable"]]
+    if args.check and unreachable:
+        raise CommandError("not reachable: " + ", ".join(unreachable), EXIT_UNREACHABLE)
+    return 0
+
+
+def _agent_info(state: Path) -> dict[str, Any]:
+    from ._io_state import read_agent_info
+
+    return read_agent_info(state) or {}
+
+
+def _agent_running(agent: dict[str, Any]) -> bool:
+    """Whether the process ``agent.json`` names still exists."""
+    if not isinstance(agent.get("pid"), int):
+        return False
+    try:
+        os.kill(agent["pid"], 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _observe_device(interface: str) -> tuple[dict[Any, Any], str]:
+    """The device's peer observations, and a note on the device (its backend, down, or why it
+    cannot be read: status still shows the roster then)."""
+    from .. import wg
+    from ._io_wg import observations_from
+
+    try:
+        choice = wg.select_backend(interface)
+        if choice.backend is not None and choice.running:
+            return observations_from(choice.backend.read()), choice.kind
+        return {}, "down"
+    except (wg.DeviceError, OSError) as exc:
+        return {}, f"unreadable ({exc})"
+
+
+def _member_rows(topology: Topology) -> list[dict[str, Any]]:
+    """One row per member, in address order: how this node reaches it and how recently."""
     rows: list[dict[str, Any]] = []
     for path in sorted(topology.paths, key=lambda p: _address_key(p.member.address)):
         m = path.member
@@ -298,69 +361,95 @@ def _status(args: argparse.Namespace) -> int:
                 "version": m.version,
             }
         )
-    problems = [
-        {
-            "kind": p.kind.value,
-            "node_id": short_id(p.identity),
-            "detail": p.detail,
-            "suggested_address": p.suggested_address,
-        }
-        for p in view.problems
-    ]
-    unreachable: list[str] = [r["name"] for r in rows if not r["reachable"]]
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "mesh": files.mesh.hex(),
-                    "cidr": str(roster.network),
-                    "node": files.name,
-                    "interface": interface,
-                    "device": device_note,
-                    "agent_running": agent_running,
-                    "generation": generation,
-                    "agent": agent,
-                    "hub": topology.hub.name if topology.hub else None,
-                    "members": rows,
-                    "removed": [t.name for t in view.removed],
-                    "problems": problems,
-                },
-                indent=2,
-                sort_keys=True,
-            )
-        )
-    else:
-        hub = topology.hub.name if topology.hub else "none"
-        print(
-            f"mesh {short_id(files.mesh)} {roster.network} · node {files.name} · {interface} "
-            f"({device_note}) · agent {'running' if agent_running else 'not running'} · "
-            f"roster generation {generation} · hub {hub}"
-        )
-        header = ("NAME", "ADDRESS", "ROLES", "PATH", "HANDSHAKE", "ENDPOINT")
-        table: list[tuple[str, ...]] = [header] + [
-            (
-                r["name"],
-                r["address"],
-                ",".join(r["roles"]) or "-",
-                r["path"] if r["path"] != PathKind.VIA_HUB.value else f"via {hub}",
-                _handshake_cell(r, rows, hub),
-                "-" if r["path"] == PathKind.VIA_HUB.value else (r["endpoint"] or "-"),
-            )
-            for r in rows
+    return rows
+
+
+@dataclass(frozen=True, kw_only=True)
+class _StatusReport:
+    """What ``ppn status`` prints, in either form."""
+
+    files: MeshFiles
+    roster: Roster
+    view: RosterView
+    generation: int
+    interface: str
+    device_note: str
+    agent: dict[str, Any]
+    agent_running: bool
+    topology: Topology
+    rows: list[dict[str, Any]]
+
+    def problems(self) -> list[dict[str, Any]]:
+        from ._ids import short_id
+
+        return [
+            {
+                "kind": p.kind.value,
+                "node_id": short_id(p.identity),
+                "detail": p.detail,
+                "suggested_address": p.suggested_address,
+            }
+            for p in self.view.problems
         ]
-        widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-        for row in table:
-            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        for p in problems:
-            print(f"problem: {p['node_id']} {p['kind']}: {p['detail']}")
-        if view.removed:
-            print("removed: " + ", ".join(sorted(t.name for t in view.removed)))
-        rejected = agent.get("rejected") if agent_running else None
-        if rejected:
-            print(f"refused roster records (recent): {len(rejected)}, last: {rejected[-1]}")
-    if args.check and unreachable:
-        raise CommandError("not reachable: " + ", ".join(unreachable), EXIT_UNREACHABLE)
-    return 0
+
+
+def _print_status_json(r: _StatusReport) -> None:
+    hub = r.topology.hub
+    print(
+        json.dumps(
+            {
+                "mesh": r.files.mesh.hex(),
+                "cidr": str(r.roster.network),
+                "node": r.files.name,
+                "interface": r.interface,
+                "device": r.device_note,
+                "agent_running": r.agent_running,
+                "generation": r.generation,
+                "agent": r.agent,
+                "hub": hub.name if hub else None,
+                "members": r.rows,
+                "removed": [t.name for t in r.view.removed],
+                "problems": r.problems(),
+            },
+            indent=2,
+            sort_keys=True,
+        )
+    )
+
+
+def _print_status_text(r: _StatusReport) -> None:
+    from ._ids import short_id
+    from ._topology import PathKind
+
+    hub = r.topology.hub.name if r.topology.hub else "none"
+    print(
+        f"mesh {short_id(r.files.mesh)} {r.roster.network} · node {r.files.name} · {r.interface} "
+        f"({r.device_note}) · agent {'running' if r.agent_running else 'not running'} · "
+        f"roster generation {r.generation} · hub {hub}"
+    )
+    header = ("NAME", "ADDRESS", "ROLES", "PATH", "HANDSHAKE", "ENDPOINT")
+    table: list[tuple[str, ...]] = [header] + [
+        (
+            row["name"],
+            row["address"],
+            ",".join(row["roles"]) or "-",
+            row["path"] if row["path"] != PathKind.VIA_HUB.value else f"via {hub}",
+            _handshake_cell(row, r.rows, hub),
+            "-" if row["path"] == PathKind.VIA_HUB.value else (row["endpoint"] or "-"),
+        )
+        for row in r.rows
+    ]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for line in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+    for p in r.problems():
+        print(f"problem: {p['node_id']} {p['kind']}: {p['detail']}")
+    removed = r.view.removed
+    if removed:
+        print("removed: " + ", ".join(sorted(t.name for t in removed)))
+    rejected = r.agent.get("rejected") if r.agent_running else None
+    if rejected:
+        print(f"refused roster records (recent): {len(rejected)}, last: {rejected[-1]}")
 
 
 def _resolve(args: argparse.Namespace) -> int:
@@ -413,14 +502,6 @@ def _remove(args: argparse.Namespace) -> int:
     import time
 
     from ._ids import short_id
-    from ._io_state import (
-        StateDirError,
-        load_roster,
-        queue_records,
-        running_agent_pid,
-        save_roster,
-    )
-    from ._records import Tombstone
     from ._removal import RefusalKind, RemovalRefused, plan_removal, sign_removal
 
     files, (roster, _) = _load(args.state)
@@ -440,51 +521,7 @@ def _remove(args: argparse.Namespace) -> int:
         if not _confirm(question):
             raise CommandError(f"{member.name} not removed; nothing changed", EXIT_NOT_CONFIRMED)
     tombstone = sign_removal(roster, files.identity, plan, now=int(time.time()))
-
-    def taken() -> bool:
-        saved = load_roster(args.state, mesh=files.mesh, cidr=files.cidr)
-        return saved is not None and isinstance(saved.roster.get(member.identity), Tombstone)
-
-    try:
-        # The outbox is how signed records reach a running agent (it holds the roster in memory
-        # and owns roster.bin); it also covers an agent that starts while this command runs.
-        queue_records(args.state, [tombstone])
-        agent_pid = running_agent_pid(args.state)
-        if agent_pid is None:
-            saved = load_roster(args.state, mesh=files.mesh, cidr=files.cidr)
-            if saved is not None:
-                saved.roster.merge([tombstone])
-                save_roster(
-                    args.state,
-                    saved.roster,
-                    generation=saved.generation + 1,
-                    baseline=saved.baseline,
-                )
-            outcome = "queued"
-            note = "the agent pushes the removal to every member when 'ppn up' next runs"
-        else:
-            deadline = time.monotonic() + REMOVE_WAIT
-            waited = False
-            while not taken():
-                if time.monotonic() > deadline:
-                    raise CommandError(
-                        f"the agent (pid {agent_pid}) did not take the removal of {member.name} "
-                        f"within {REMOVE_WAIT:.0f} s; it stays queued in "
-                        f"{args.state / 'outbox.bin'}",
-                        EXIT_AGENT_SLOW,
-                    )
-                if not waited:
-                    print(
-                        f"ppn remove: handing the removal to the agent (pid {agent_pid}) ...",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    waited = True
-                time.sleep(0.1)
-            outcome = "taken"
-            note = "the agent pushes it to every member, and each drops its WireGuard peer"
-    except (StateDirError, OSError) as exc:
-        raise CommandError(f"cannot record the removal: {exc}", EXIT_BAD_STATE) from exc
+    outcome, note = _hand_over(args.state, files, member, tombstone)
     if args.json:
         print(
             json.dumps(
@@ -501,3 +538,60 @@ def _remove(args: argparse.Namespace) -> int:
     else:
         print(f"removed {label}; {note}")
     return 0
+
+
+def _hand_over(
+    state: Path, files: MeshFiles, member: Member, tombstone: Tombstone
+) -> tuple[str, str]:
+    """Queue the tombstone for the agent; without one running, also merge it into the saved
+    roster. Returns the outcome (``queued`` or ``taken``) and a sentence on what happens next."""
+    from ._io_state import StateDirError, load_roster, queue_records, running_agent_pid, save_roster
+
+    try:
+        # The outbox is how signed records reach a running agent (it holds the roster in memory
+        # and owns roster.bin); it also covers an agent that starts while this command runs.
+        queue_records(state, [tombstone])
+        agent_pid = running_agent_pid(state)
+        if agent_pid is None:
+            saved = load_roster(state, mesh=files.mesh, cidr=files.cidr)
+            if saved is not None:
+                saved.roster.merge([tombstone])
+                save_roster(
+                    state, saved.roster, generation=saved.generation + 1, baseline=saved.baseline
+                )
+            return "queued", "the agent pushes the removal to every member when 'ppn up' next runs"
+        _wait_until_taken(state, files, member, agent_pid)
+        return "taken", "the agent pushes it to every member, and each drops its WireGuard peer"
+    except (StateDirError, OSError) as exc:
+        raise CommandError(f"cannot record the removal: {exc}", EXIT_BAD_STATE) from exc
+
+
+def _wait_until_taken(state: Path, files: MeshFiles, member: Member, agent_pid: int) -> None:
+    """Wait up to REMOVE_WAIT for the running agent to save the member's tombstone."""
+    import time
+
+    from ._io_state import load_roster
+    from ._records import Tombstone
+
+    def taken() -> bool:
+        saved = load_roster(state, mesh=files.mesh, cidr=files.cidr)
+        return saved is not None and isinstance(saved.roster.get(member.identity), Tombstone)
+
+    deadline = time.monotonic() + REMOVE_WAIT
+    waited = False
+    while not taken():
+        if time.monotonic() > deadline:
+            raise CommandError(
+                f"the agent (pid {agent_pid}) did not take the removal of {member.name} "
+                f"within {REMOVE_WAIT:.0f} s; it stays queued in "
+                f"{state / 'outbox.bin'}",
+                EXIT_AGENT_SLOW,
+            )
+        if not waited:
+            print(
+                f"ppn remove: handing the removal to the agent (pid {agent_pid}) ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            waited = True
+        time.sleep(0.1)
