@@ -172,122 +172,154 @@ def plan_topology(
     now: int,
     local_networks: Sequence[MeshNetwork] = (),
 ) -> Topology:
-    """The desired WireGuard peers of this node and the path to every member (see module doc)."""
+    """The desired WireGuard peers of this node and the path to every member (see module doc).
+
+    Each other member falls under one of three rules: :func:`_full_mesh` (this node is the hub,
+    or there is none), :func:`_to_hub` (the member is the hub) or :func:`_via_hub` (both are
+    spokes)."""
     me = view.member(self_identity)
     hub = choose_hub(view)
     if me is None:
-        unreachable = tuple(
-            PeerPath(
-                member=m,
-                kind=PathKind.UNREACHABLE,
-                reachable=False,
-                handshake_age=None,
-                endpoint=None,
-            )
-            for m in view.members
-            if m.identity != self_identity
-        )
-        return Topology(config=None, paths=unreachable, hub=hub)
-
-    i_am_hub = hub is not None and hub.identity == me.identity
+        return _not_a_member(view, self_identity, hub)
     hub_obs = observations.get(hub.wg_key) if hub is not None else None
-    hub_fresh = hub_obs is not None and hub_obs.fresh(now)
-    i_am_natted = not me.endpoints
-    mesh = me.record.mesh
-    control_net = control_network(mesh)
+    here = _Here(
+        me=me,
+        hub=hub,
+        i_am_hub=hub is not None and hub.identity == me.identity,
+        hub_fresh=hub_obs is not None and hub_obs.fresh(now),
+        i_am_natted=not me.endpoints,
+        network=network,
+        control_net=control_network(me.record.mesh),
+    )
     peers: list[DesiredPeer] = []
     paths: list[PeerPath] = []
     for member in view.members:
         if member.identity == me.identity:
-            paths.append(
-                PeerPath(
-                    member=member,
-                    kind=PathKind.SELF,
-                    reachable=True,
-                    handshake_age=None,
-                    endpoint=None,
-                )
-            )
+            paths.append(_path(member, PathKind.SELF, True, None, None))
             continue
-        obs = observations.get(member.wg_key)
-        fresh = obs is not None and obs.fresh(now)
-        age = obs.handshake_age(now) if obs is not None else None
-        endpoint = choose_endpoint(member.endpoints, obs, now, local_networks)
-        natted = not member.endpoints
-        own_route = (_host_prefix(member.address),) if member.routed else ()
-        # The control address never conflicts, so it is routed even when the IPv4 one is not.
-        control_route = (f"{node_address6(mesh, member.identity)}/128",)
-
-        if i_am_hub or hub is None:
-            keepalive = KEEPALIVE if (natted or i_am_natted) else 0
-            if natted and i_am_natted:
-                paths.append(_path(member, PathKind.UNREACHABLE, False, age, None))
-                continue
-            peers.append(
-                DesiredPeer(
-                    wg_key=member.wg_key,
-                    endpoint=endpoint,
-                    allowed_ips=own_route + control_route,
-                    persistent_keepalive=keepalive,
-                )
-            )
-            kind = PathKind.DIRECT if member.routed else PathKind.UNREACHABLE
-            paths.append(
-                _path(member, kind, fresh and member.routed, age, obs.endpoint if obs else None)
-            )
-            continue
-
-        if member.identity == hub.identity:
-            routes = (*own_route, str(network)) if member.routed else ()
-            routes += (*control_route, control_net)
-            peers.append(
-                DesiredPeer(
-                    wg_key=member.wg_key,
-                    endpoint=endpoint,
-                    allowed_ips=routes,
-                    persistent_keepalive=KEEPALIVE,
-                )
-            )
-            paths.append(_path(member, PathKind.DIRECT, fresh, age, obs.endpoint if obs else None))
-            continue
-
-        if not member.routed:
-            if not (natted and i_am_natted):
-                peers.append(
-                    DesiredPeer(
-                        wg_key=member.wg_key,
-                        endpoint=endpoint,
-                        allowed_ips=control_route if fresh else (),
-                        persistent_keepalive=KEEPALIVE,
-                    )
-                )
-            paths.append(_path(member, PathKind.UNREACHABLE, False, age, None))
-            continue
-        if natted and i_am_natted:
-            paths.append(_path(member, PathKind.VIA_HUB, hub_fresh, None, None))
-            continue
-        # Probe the direct path (keepalive makes WireGuard handshake); route it once it works.
-        peers.append(
-            DesiredPeer(
-                wg_key=member.wg_key,
-                endpoint=endpoint,
-                allowed_ips=own_route + control_route if fresh else (),
-                persistent_keepalive=KEEPALIVE,
-            )
-        )
-        if fresh:
-            paths.append(_path(member, PathKind.DIRECT, True, age, obs.endpoint if obs else None))
+        seen = _see(member, here, observations.get(member.wg_key), now, local_networks)
+        if here.i_am_hub or hub is None:
+            peer, path = _full_mesh(seen, here)
+        elif member.identity == hub.identity:
+            peer, path = _to_hub(seen, here)
         else:
-            paths.append(_path(member, PathKind.VIA_HUB, hub_fresh, age, None))
-
+            peer, path = _via_hub(seen, here)
+        if peer is not None:
+            peers.append(peer)
+        paths.append(path)
     peers.sort(key=lambda p: p.wg_key)
     config = DesiredConfig(
         address=f"{me.address}/{network.prefixlen}",
-        control_address=f"{node_address6(mesh, me.identity)}/64",
+        control_address=f"{node_address6(me.record.mesh, me.identity)}/64",
         peers=tuple(peers),
-        forwarding=i_am_hub,
+        forwarding=here.i_am_hub,
     )
     return Topology(config=config, paths=tuple(paths), hub=hub)
+
+
+def _not_a_member(view: RosterView, self_identity: bytes, hub: Member | None) -> Topology:
+    """A node that is not a routed live member configures nothing and reaches no one."""
+    unreachable = tuple(
+        _path(m, PathKind.UNREACHABLE, False, None, None)
+        for m in view.members
+        if m.identity != self_identity
+    )
+    return Topology(config=None, paths=unreachable, hub=hub)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Here:
+    """This node's side of the plan: who it is, the hub, and what both share for every member."""
+
+    me: Member
+    hub: Member | None
+    i_am_hub: bool
+    hub_fresh: bool  # this node's handshake with the hub is fresh
+    i_am_natted: bool  # this node lists no endpoint
+    network: MeshNetwork
+    control_net: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Seen:
+    """One other member as this node sees it now, and the routes it would get."""
+
+    member: Member
+    fresh: bool
+    age: int | None
+    endpoint: str | None  # to configure (:func:`choose_endpoint`)
+    in_use: str | None  # the endpoint the device reports, for the path
+    natted: bool  # the member lists no endpoint
+    own_route: tuple[str, ...]  # its address, if routed
+    control_route: tuple[str, ...]
+
+
+def _see(
+    member: Member,
+    here: _Here,
+    obs: Observation | None,
+    now: int,
+    local_networks: Sequence[MeshNetwork],
+) -> _Seen:
+    return _Seen(
+        member=member,
+        fresh=obs is not None and obs.fresh(now),
+        age=obs.handshake_age(now) if obs is not None else None,
+        endpoint=choose_endpoint(member.endpoints, obs, now, local_networks),
+        in_use=obs.endpoint if obs else None,
+        natted=not member.endpoints,
+        own_route=(_host_prefix(member.address),) if member.routed else (),
+        # The control address never conflicts, so it is routed even when the IPv4 one is not.
+        control_route=(f"{node_address6(here.me.record.mesh, member.identity)}/128",),
+    )
+
+
+def _peer(seen: _Seen, allowed_ips: tuple[str, ...], keepalive: int) -> DesiredPeer:
+    return DesiredPeer(
+        wg_key=seen.member.wg_key,
+        endpoint=seen.endpoint,
+        allowed_ips=allowed_ips,
+        persistent_keepalive=keepalive,
+    )
+
+
+def _full_mesh(seen: _Seen, here: _Here) -> tuple[DesiredPeer | None, PeerPath]:
+    """On the hub, or without one: every member a direct peer with its own routes."""
+    member = seen.member
+    if seen.natted and here.i_am_natted:
+        return None, _path(member, PathKind.UNREACHABLE, False, seen.age, None)
+    keepalive = KEEPALIVE if (seen.natted or here.i_am_natted) else 0
+    peer = _peer(seen, seen.own_route + seen.control_route, keepalive)
+    kind = PathKind.DIRECT if member.routed else PathKind.UNREACHABLE
+    return peer, _path(member, kind, seen.fresh and member.routed, seen.age, seen.in_use)
+
+
+def _to_hub(seen: _Seen, here: _Here) -> tuple[DesiredPeer | None, PeerPath]:
+    """The hub's peer carries the whole mesh (IPv4 CIDR and control /64) besides its own."""
+    routes = (*seen.own_route, str(here.network)) if seen.member.routed else ()
+    routes += (*seen.control_route, here.control_net)
+    peer = _peer(seen, routes, KEEPALIVE)
+    return peer, _path(seen.member, PathKind.DIRECT, seen.fresh, seen.age, seen.in_use)
+
+
+def _via_hub(seen: _Seen, here: _Here) -> tuple[DesiredPeer | None, PeerPath]:
+    """A spoke seen from a spoke: probed for a direct path, routed direct once it works."""
+    member = seen.member
+    both_natted = seen.natted and here.i_am_natted
+    if not member.routed:
+        peer = (
+            None
+            if both_natted
+            else _peer(seen, seen.control_route if seen.fresh else (), KEEPALIVE)
+        )
+        return peer, _path(member, PathKind.UNREACHABLE, False, seen.age, None)
+    if both_natted:
+        return None, _path(member, PathKind.VIA_HUB, here.hub_fresh, None, None)
+    # Probe the direct path (keepalive makes WireGuard handshake); route it once it works.
+    peer = _peer(seen, seen.own_route + seen.control_route if seen.fresh else (), KEEPALIVE)
+    if seen.fresh:
+        return peer, _path(member, PathKind.DIRECT, True, seen.age, seen.in_use)
+    return peer, _path(member, PathKind.VIA_HUB, here.hub_fresh, seen.age, None)
 
 
 def _path(
