@@ -26,6 +26,7 @@ from typing import Any
 
 from ppn import IdentityKey, KeyFormatError, WireGuardKeyPair, decode_key, encode_key
 from ppn._io_files import atomic_write
+from ppn.ports import WIREGUARD_PORT
 
 from ._bundle import MemberRecord, parse_endpoint
 from ._errors import GenesisError
@@ -48,7 +49,6 @@ __all__ = [
 ]
 
 DEFAULT_INTERFACE = "ppn0"
-WG_PORT = 51820
 STATE_VERSION = 1
 
 
@@ -186,7 +186,7 @@ def render_wg_quick(node: NodeState, mesh: MeshState) -> str:
     """A wg-quick file: our key and address, one [Peer] per other member (its mesh /32)."""
     prefix = ipaddress.ip_network(mesh.cidr).prefixlen
     me = mesh.member(node.identity.public)
-    port = WG_PORT
+    port = WIREGUARD_PORT
     if me and me.endpoints:
         port = parse_endpoint(me.endpoints[0])[1]
     lines = [

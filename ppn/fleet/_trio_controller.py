@@ -24,6 +24,7 @@ import trio
 from .. import wire
 from .._errors import PPNError, RemoteProtocolError
 from .._keys import IdentityKey
+from ..ports import FLEET_PORT, SPAWN_PORT
 from ._directory import Member, MemberDirectory
 from ._heartbeat import MAX_HEARTBEAT_SIZE, encode_heartbeat_reply
 from ._operator import (
@@ -41,9 +42,6 @@ from ._vm import VmSpec, is_totebox
 __all__ = ["FleetController", "FleetControllerConfig"]
 
 log = logging.getLogger("ppn.fleet.controller")
-
-FLEET_PORT = 9203
-SPAWN_PORT = 9220
 
 
 @dataclass(kw_only=True)

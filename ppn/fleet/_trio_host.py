@@ -20,6 +20,7 @@ import trio
 from .. import wire
 from .._errors import PPNError
 from .._keys import IdentityKey
+from ..ports import FLEET_PORT, SPAWN_PORT
 from ._directory import Member, MemberDirectory
 from ._heartbeat import (
     MAX_VMS,
@@ -43,8 +44,6 @@ __all__ = ["DEFAULT_HEARTBEAT_INTERVAL", "VmHostConfig", "VmHostService"]
 log = logging.getLogger("ppn.fleet.vmhost")
 
 DEFAULT_HEARTBEAT_INTERVAL = 10.0
-FLEET_PORT = 9203
-SPAWN_PORT = 9220
 
 
 @dataclass(kw_only=True)

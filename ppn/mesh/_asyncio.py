@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Coroutine
 
 from .._errors import PPNError
+from ..ports import CONTROL_PORT
 from ._agent import (
     AgentStats,
     MeshAgent,
@@ -27,7 +28,6 @@ from ._agent import (
     WireGuardPort,
 )
 from ._control import (
-    CONTROL_PORT,
     ConnectionClosed,
     ControlConnection,
     Pull,

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from .._errors import PPNError
+from ..ports import CONTROL_PORT
 from ._agent import (
     AgentStats,
     MeshAgent,
@@ -24,7 +25,6 @@ from ._agent import (
     WireGuardPort,
 )
 from ._control import (
-    CONTROL_PORT,
     ConnectionClosed,
     ControlConnection,
     Pull,

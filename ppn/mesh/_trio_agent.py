@@ -24,10 +24,9 @@ from pathlib import Path
 
 import trio
 
-from ..ports import WIREGUARD_PORT
+from ..ports import CONTROL_PORT, WIREGUARD_PORT
 from ._agent import PULL_INTERVAL, MeshAgent
 from ._bootstrap import sponsor_admissions
-from ._control import CONTROL_PORT
 from ._ids import node_address6
 from ._io_state import (
     AgentAlreadyRunning,
