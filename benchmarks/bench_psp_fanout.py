@@ -22,6 +22,12 @@ Figures per round:
 Then the same with *stub* vaults that speak PSP but neither authorize nor read a store, which
 separates what the aggregator costs from what the vaults cost.
 
+The aggregator runs twice, once per fan-out path (``serve_orchestration(fanout=...)``): ``epoll``
+(one task serves every vault of a request from an epoll set) and ``tasks`` (a trio task per
+vault), each in its own process, taking turns round by round with the direct fan-out (the order
+rotates each round), so the epoll path's gain is an A/B in one run: its CPU per vault against the
+task path's, as medians and as the median of the per-round ratio.
+
 Goals (2-core box): overhead p50 ≤ 10 ms at 100 vaults, ≤ 150 ms at 1,000; aggregator CPU
 ≤ 100 µs per vault. Run: ``.venv/bin/python -m benchmarks psp_fanout``.
 """
@@ -41,6 +47,7 @@ from typing import Any
 
 NOW = 1_800_000_000
 RECORDS = 20
+FANOUTS = ("epoll", "tasks")  # the aggregator's two fan-out paths, A/B in every run
 
 
 def _raise_fd_limit() -> None:
@@ -153,16 +160,17 @@ def _vault_process(n: int, stub: bool) -> None:
 # --- the aggregator process ---------------------------------------------------------------------
 
 
-def _aggregator_process() -> None:
+def _aggregator_process(fanout: str) -> None:
     import trio
 
-    from psp.aggregation._trio import serve_orchestration
+    from psp.aggregation import serve_orchestration
 
     _raise_fd_limit()
+    serve = partial(serve_orchestration, fanout=fanout)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(serve_orchestration, "127.0.0.1", 0)
+            listeners = await nursery.start(serve, "127.0.0.1", 0)
             print("port", listeners[0].socket.getsockname()[1], flush=True)
             while True:
                 line = await trio.to_thread.run_sync(sys.stdin.readline)
@@ -216,18 +224,18 @@ def _run(n: int, rounds: int, *, stub: bool = False) -> dict[str, Any]:
     from ppn import IdentityKey
     from psp import Query, Scope, mint
     from psp._trio import VaultClient
-    from psp.aggregation._merge import Mode
-    from psp.aggregation._plan import VaultAddress, plan_targets
-    from psp.aggregation._trio import OrchestrationClient
+    from psp.aggregation import Mode, OrchestrationClient, VaultAddress, plan_targets
 
     _raise_fd_limit()
     vaults_proc = _Proc("--vaults", str(n), *(["--stub"] if stub else []))
-    agg_proc = _Proc("--aggregator")
+    agg_procs = {fanout: _Proc("--aggregator", fanout) for fanout in FANOUTS}
     try:
         ports = json.loads(vaults_proc.line())
-        while not (first := agg_proc.line()).startswith("port "):
-            pass  # (a profiler wrapping the aggregator may print first)
-        agg_port = int(first.split()[1])
+        agg_ports = {}
+        for fanout, agg_proc in agg_procs.items():
+            while not (first := agg_proc.line()).startswith("port "):
+                pass  # (a profiler wrapping the aggregator may print first)
+            agg_ports[fanout] = int(first.split()[1])
         holder = IdentityKey.from_seed(b"H" * 32)
         keys = [IdentityKey.from_seed(_seed(i)) for i in range(n)]
         addresses = [
@@ -247,19 +255,26 @@ def _run(n: int, rounds: int, *, stub: bool = False) -> dict[str, Any]:
             for k in keys
         ]
         query = Query(collection="people", op="count")
-        out: dict[str, Any] = {"via": [], "direct": []}
+        modes = (*FANOUTS, "direct")
+        out: dict[str, Any] = {mode: [] for mode in modes}
 
         def vault_stats() -> tuple[float, list[tuple[float, float]]]:
             m = json.loads(vaults_proc.ask())
             return m["cpu"], [tuple(t) for t in m["timings"]]
 
         async def main() -> None:
-            async with await OrchestrationClient.connect("127.0.0.1", agg_port) as client:
-                direct: list[VaultClient] = [
-                    await VaultClient.connect("127.0.0.1", p) for p in ports
-                ]
+            clients = {
+                fanout: await OrchestrationClient.connect("127.0.0.1", port)
+                for fanout, port in agg_ports.items()
+            }
+            direct: list[VaultClient] = [await VaultClient.connect("127.0.0.1", p) for p in ports]
+            try:
                 for r in range(rounds + 2):  # the first two warm the pools
-                    for mode in ("via", "direct"):
+                    turn = r % len(modes)
+                    for mode in modes[turn:] + modes[:turn]:
+                        via = mode != "direct"
+                        agg = mode if via else FANOUTS[0]  # (direct numbers its request there)
+                        client, agg_proc = clients[agg], agg_procs[agg]
                         v_cpu0, _ = vault_stats()
                         a_user0, a_sys0 = map(float, agg_proc.ask().split())
                         _, targets = plan_targets(
@@ -273,7 +288,7 @@ def _run(n: int, rounds: int, *, stub: bool = False) -> dict[str, Any]:
                         )
                         c_cpu0 = time.process_time()
                         t0 = time.perf_counter()
-                        if mode == "via":
+                        if via:
                             total = 0
                             async for event in client.events(
                                 targets, mode=Mode.STRICT, deadline=30
@@ -313,14 +328,18 @@ def _run(n: int, rounds: int, *, stub: bool = False) -> dict[str, Any]:
                                 "last_vault_end": max(e for _, e in timings) - t0,
                             }
                         )
+            finally:
                 for c in direct:
                     await c.aclose()
+                for client in clients.values():
+                    await client.aclose()
 
         trio.run(main)
         return out
     finally:
         vaults_proc.close()
-        agg_proc.close()
+        for agg_proc in agg_procs.values():
+            agg_proc.close()
 
 
 def _report(n: int, out: dict[str, Any], goal_ms: float, *, stub: bool = False) -> None:
@@ -331,26 +350,45 @@ def _report(n: int, out: dict[str, Any], goal_ms: float, *, stub: bool = False) 
         return f"p50 {_pct(xs, 0.5) * 1e3:7.1f} ms  p99 {_pct(xs, 0.99) * 1e3:7.1f} ms"
 
     what = "stub vaults (PSP framing only)" if stub else f"vaults (a count over {RECORDS} records)"
-    print(f"-- {n} {what}, {len(out['via'])} rounds each")
-    for mode, label in (("via", "through the aggregator"), ("direct", "client fans out itself")):
+    print(f"-- {n} {what}, {len(out['direct'])} rounds each")
+    labels = {f: f"through the aggregator, {f}" for f in FANOUTS}
+    labels["direct"] = "client fans out itself"
+    for mode, label in labels.items():
         print(
-            f"  {label:23} e2e {ms(col(mode, 'e2e'))}"
+            f"  {label:31} e2e {ms(col(mode, 'e2e'))}"
             f" | slowest vault {_pct(col(mode, 'slowest'), 0.5) * 1e3:5.2f} ms"
             f" | vault process CPU {_pct(col(mode, 'vault_cpu'), 0.5) * 1e3:6.1f} ms"
         )
-    over = [r["e2e"] - r["slowest"] for r in out["via"]]
-    beyond = [r["e2e"] - r["vault_cpu"] for r in out["via"]]
-    paired = [v["e2e"] - d["e2e"] for v, d in zip(out["via"], out["direct"], strict=True)]
-    print(f"  overhead above the slowest vault {ms(over)}  (goal p50 ≤ {goal_ms:g} ms)")
-    print(f"  e2e beyond the vault process's CPU (its vaults share one core) {ms(beyond)}")
-    print(f"  aggregator minus direct fan-out, same round {ms(paired)}")
-    agg = statistics.median(r["agg_cpu"] / n for r in out["via"])
-    agg_sys = statistics.median(r["agg_sys"] / n for r in out["via"])
     direct_cpu = statistics.median(r["client_cpu"] / n for r in out["direct"])
+    cpu: dict[str, float] = {}
+    for fanout in FANOUTS:
+        via = out[fanout]
+        over = [r["e2e"] - r["slowest"] for r in via]
+        beyond = [r["e2e"] - r["vault_cpu"] for r in via]
+        paired = [v["e2e"] - d["e2e"] for v, d in zip(via, out["direct"], strict=True)]
+        print(
+            f"  [{fanout}] overhead above the slowest vault {ms(over)}  (goal p50 ≤ {goal_ms:g} ms)"
+        )
+        print(
+            f"  [{fanout}] e2e beyond the vault process's CPU (its vaults share one core) {ms(beyond)}"
+        )
+        print(f"  [{fanout}] aggregator minus direct fan-out, same round {ms(paired)}")
+        cpu[fanout] = agg = statistics.median(r["agg_cpu"] / n for r in via)
+        agg_sys = statistics.median(r["agg_sys"] / n for r in via)
+        print(
+            f"  [{fanout}] aggregator CPU per vault p50 {agg * 1e6:6.1f} µs"
+            f" (goal ≤ 100; kernel {agg_sys * 1e6:.1f})"
+            f" | client CPU per vault fanning out itself {direct_cpu * 1e6:6.1f} µs"
+            f" | ratio {agg / direct_cpu:.2f}x"
+        )
+    a, b = FANOUTS
+    pairs = list(zip(out[a], out[b], strict=True))  # the same round: the same load on the box
+    per_round = statistics.median(x["agg_cpu"] / y["agg_cpu"] for x, y in pairs)
+    e2e = statistics.median(x["e2e"] / y["e2e"] for x, y in pairs)
     print(
-        f"  aggregator CPU per vault p50 {agg * 1e6:6.1f} µs (goal ≤ 100; kernel {agg_sys * 1e6:.1f})"
-        f" | client CPU per vault fanning out itself {direct_cpu * 1e6:6.1f} µs"
-        f" | ratio {agg / direct_cpu:.2f}x"
+        f"  A/B aggregator CPU per vault {a} {cpu[a] * 1e6:.1f} µs vs {b} {cpu[b] * 1e6:.1f} µs:"
+        f" {a}/{b} {cpu[a] / cpu[b]:.2f} (median of per-round ratios {per_round:.2f});"
+        f" e2e {a}/{b} per round {e2e:.2f}"
     )
 
 
@@ -366,7 +404,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--vaults":
         _vault_process(int(sys.argv[2]), stub="--stub" in sys.argv)
-    elif len(sys.argv) > 1 and sys.argv[1] == "--aggregator":
-        _aggregator_process()
+    elif len(sys.argv) > 2 and sys.argv[1] == "--aggregator":
+        _aggregator_process(sys.argv[2])
     else:
         main()

@@ -5,11 +5,13 @@ Capabilities (``mint``, ``delegate``, ``invoke``), the vault's check (``Verifier
 queries (``Query``), and the wire protocol cores (``ClientConnection``, ``ServerConnection``).
 The trio adapter is ``psp._trio`` (imported on demand so ``import psp`` stays light); the asyncio
 client is ``psp._asyncio``, exported as :class:`AsyncioVaultClient` and :func:`query_vault_asyncio`
-(loaded on first use; RFC-NOTES §12).
+(loaded on first use; RFC-NOTES §12). Aggregation, the fan-out through VM-Orchestration, is
+``psp.aggregation``; its core names are exported here too, loaded on first use.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from ._admit import Admitted, admit
@@ -56,24 +58,48 @@ from ._messages import (
 from ._query import Aggregate, Filter, Query, check_permitted, decode_query
 from ._scope import ANY, OPERATIONS, Scope
 from ._verifier import Authorization, ReplaySet, Verifier
-from .aggregation._connection import AggregatorConnection, OrchestrationClientConnection
-from .aggregation._merge import Aggregation, Mode, TargetStatus, VaultStatus
-from .aggregation._plan import AggregateCursor, VaultAddress, plan_targets
 
 if TYPE_CHECKING:
     from ._asyncio import AsyncioVaultClient, query_vault_asyncio
+    from .aggregation import (
+        AggregateCursor,
+        Aggregation,
+        AggregatorConnection,
+        Mode,
+        OrchestrationClientConnection,
+        TargetStatus,
+        VaultAddress,
+        VaultStatus,
+        plan_targets,
+    )
 
-_ASYNCIO = ("AsyncioVaultClient", "query_vault_asyncio")
+# Loaded on first use, so ``import psp`` loads neither asyncio nor the aggregation package.
+_LAZY = {
+    "AsyncioVaultClient": "psp._asyncio",
+    "query_vault_asyncio": "psp._asyncio",
+    "AggregateCursor": "psp.aggregation",
+    "Aggregation": "psp.aggregation",
+    "AggregatorConnection": "psp.aggregation",
+    "Mode": "psp.aggregation",
+    "OrchestrationClientConnection": "psp.aggregation",
+    "TargetStatus": "psp.aggregation",
+    "VaultAddress": "psp.aggregation",
+    "VaultStatus": "psp.aggregation",
+    "plan_targets": "psp.aggregation",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _ASYNCIO:
-        from . import _asyncio
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'psp' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
 
-        value = getattr(_asyncio, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'psp' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
@@ -131,8 +157,8 @@ __all__ = [
     "query_hash",
 ]
 
-# PSP aggregation (RFC-NOTES §10): the merge, the client's plan and cursor, the wire cores. The
-# trio aggregator and client are psp.aggregation._trio (imported on demand).
+# PSP aggregation (RFC-NOTES §10): the merge, the client's plan and cursor, the wire cores; the
+# whole aggregation API, the trio server, client and pool included, is psp.aggregation.
 __all__ += [
     "AggregateCursor",
     "Aggregation",

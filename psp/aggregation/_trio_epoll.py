@@ -6,10 +6,10 @@ with a thousand vaults answering one small query each, that is most of the aggre
 the request's vault sockets are non-blocking stdlib sockets registered in one ``select.epoll``;
 the task waits until that epoll descriptor is readable (trio polls it like any socket), then
 drains every ready socket with plain syscalls and feeds the same vault-protocol cores and the same
-event handling as the task path (``_on_event``). A vault whose answer needs more credit than the
-merge wants now is handed over to a task (``_run_target``) with its connection as it stands, so
-back-pressure, deadlines and cancellation behave exactly as on the task path. Sockets still open
-when the request ends or is cancelled are closed, so the vaults see EOF.
+event handling as the task path (:meth:`FanOut.on_event`). A vault whose answer needs more credit
+than the merge wants now is handed to a task (:meth:`FanOut.run_target`) with its connection as it
+stands, so back-pressure, deadlines and cancellation behave exactly as on the task path. Sockets
+still open when the request ends or is cancelled are closed, so the vaults see EOF.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import ipaddress
 import os
 import select
 import socket
-from collections.abc import Sequence
 
 import trio
 
@@ -27,45 +26,30 @@ from .._errors import ErrorCode, RemoteProtocolError
 from .._messages import Credit, Request
 from ._connection import Target
 from ._merge import Aggregation, VaultStatus
-from ._trio import (
-    RECEIVE_SIZE,
-    ROW_BUDGET,
-    VaultPool,
-    _Changed,
-    _Flow,
-    _Next,
-    _on_event,
-    _run_target,
-    _split_address,
-    _VaultLink,
-)
+from ._trio_exchange import FanOut, Flow, Next
+from ._trio_pool import RECEIVE_SIZE, VaultLink, split_address
 
 __all__ = ["fan_out"]
 
 _IN = select.EPOLLIN | select.EPOLLRDHUP
 _OUT = select.EPOLLOUT
+_ERR = select.EPOLLERR | select.EPOLLHUP
 
 
 class _Raw:
     __slots__ = ("connecting", "flow", "out")
 
-    def __init__(self, flow: _Flow, *, connecting: bool) -> None:
+    def __init__(self, flow: Flow, *, connecting: bool) -> None:
         self.flow = flow
         self.connecting = connecting
         self.out = b""
 
 
-async def fan_out(
-    agg: Aggregation,
-    targets: Sequence[Target],
-    changed: _Changed,
-    pool: VaultPool,
-    awaiting_connect: set[int],
-) -> None:
+async def fan_out(job: FanOut) -> None:
     """Run every target's exchange; returns when all are settled (or handed to tasks that
-    have finished). Cancellation closes whatever is still open. ``awaiting_connect`` holds the
-    targets whose TCP connection is not up yet (the caller reports those as unreachable at the
-    per-vault deadline)."""
+    have finished). Cancellation closes whatever is still open. Only for a pool of plain TCP
+    connections (:attr:`VaultPool.plain_tcp`): the links it opens are raw sockets."""
+    agg, pool, awaiting_connect = job.agg, job.pool, job.connecting
     ep = select.epoll()
     live: dict[int, _Raw] = {}
     families: dict[str, int] = {}  # host -> address family, or -1 for a name
@@ -77,20 +61,20 @@ async def fan_out(
                 try:
                     ep.unregister(fd)
                 except OSError:
-                    pass  # already closed (by _on_event): closing left the epoll set
+                    pass  # already closed (by on_event): closing left the epoll set
 
             def start(target: Target, *, fresh: bool = False) -> None:
-                host, port = _split_address(target.address)
+                host, port = split_address(target.address)
                 family = families.get(host)
                 if family is None:
                     family = families[host] = _family(host)
                 if family < 0:  # a name: resolved on the task path
-                    tasks.start_soon(_run_target, agg, target, changed, pool, awaiting_connect)
+                    tasks.start_soon(job.run_target, target)
                     return
                 link = None if fresh else pool.take_idle(host, port)
                 if link is not None and not link.raw:
                     pool.release(link)  # a stream link belongs to the task path
-                    tasks.start_soon(_run_target, agg, target, changed, pool, awaiting_connect)
+                    tasks.start_soon(job.run_target, target)
                     return
                 connecting = link is None
                 if link is None:
@@ -102,7 +86,7 @@ async def fan_out(
                         sock.close()
                         _unreachable(agg, target, os.strerror(code))
                         return
-                    link = _VaultLink(None, (host, port), sock=sock)
+                    link = VaultLink(None, (host, port), sock=sock)
                     pool.adopt(link)
                     awaiting_connect.add(target.index)
                 conn = link.conn
@@ -115,7 +99,7 @@ async def fan_out(
                     )
                 )
                 raw = _Raw(
-                    _Flow(target=target, link=link, may_retry=not connecting), connecting=connecting
+                    Flow(target=target, link=link, may_retry=not connecting), connecting=connecting
                 )
                 raw.out = conn.data_to_send()
                 assert link.sock is not None
@@ -129,7 +113,7 @@ async def fan_out(
                 sock = flow.link.sock
                 assert sock is not None
                 if raw.connecting:
-                    if not mask & (_OUT | select.EPOLLERR | select.EPOLLHUP):
+                    if not mask & (_OUT | _ERR):
                         return
                     code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                     if code:
@@ -150,7 +134,7 @@ async def fan_out(
                     if not raw.out:
                         ep.modify(fd, _IN)
                 conn = flow.link.conn
-                if mask & (_IN | select.EPOLLHUP | select.EPOLLERR) or eof:
+                if mask & (_IN | _ERR) or eof:
                     while True:
                         try:
                             data = sock.recv(RECEIVE_SIZE)
@@ -173,35 +157,33 @@ async def fan_out(
                         if not data:
                             break
                 while (event := conn.next_event()) is not None:
-                    nxt = _on_event(agg, flow, pool, event)
-                    if nxt is _Next.CONTINUE:
+                    nxt = job.on_event(flow, event)
+                    if nxt is Next.CONTINUE:
                         continue
                     unregister(fd)
-                    if nxt is _Next.RETRY:
+                    if nxt is Next.RETRY:
                         start(flow.target, fresh=True)
-                    elif nxt is _Next.CREDIT:
-                        if agg.wants_more(flow.target.index, ROW_BUDGET):
+                    elif nxt is Next.CREDIT:
+                        if job.wants_more(flow.target.index):
                             conn.send(Credit(request_id=conn.request_id, batches=1))
                             raw.out += conn.data_to_send()
                             live[fd] = raw
                             ep.register(fd, _IN | _OUT)
                             continue
                         # The merge does not want more now: a task waits for that.
-                        tasks.start_soon(
-                            _run_target, agg, flow.target, changed, pool, awaiting_connect, flow
-                        )
+                        tasks.start_soon(job.run_target, flow.target, flow)
                     return
 
-            for target in targets:
+            for target in job.targets:
                 start(target)
-            changed.notify()
+            job.changed.notify()
             while live:
                 await trio.lowlevel.wait_readable(ep)
                 for fd, mask in ep.poll(0):
                     if fd in live:
                         service(fd, mask)
                 if agg.ready:  # wake the writer only when it has something to do
-                    changed.notify()
+                    job.changed.notify()
                 if agg.stopped:
                     break
     finally:

@@ -15,8 +15,8 @@ from psp import Capability, Scope, mint
 from psp._io_store import KEY_FILE, Store
 from psp._io_vault import Vault, write_key_file
 from psp._trio import serve_vault
+from psp.aggregation import Fanout, VaultPool, handle_client
 from psp.aggregation._plan import VaultAddress
-from psp.aggregation._trio import VaultPool, handle_client
 
 NOW = 1_800_000_000
 HOLDER = IdentityKey.from_seed(b"h" * 32)
@@ -65,10 +65,17 @@ async def serve_fleet(nursery: trio.Nursery, vaults: list[Vault]) -> Fleet:
 
 
 async def start_aggregator(
-    nursery: trio.Nursery, pool: VaultPool | None = None
+    nursery: trio.Nursery,
+    pool: VaultPool | None = None,
+    *,
+    fanout: Fanout = "epoll",
+    row_budget: int | None = None,
 ) -> tuple[int, trio.CancelScope]:
     """Start an aggregator in its own cancel scope: cancelling it stops the server and every
     connection it had (a restart loses whatever it held)."""
+    options: dict[str, Any] = {"fanout": fanout}
+    if row_budget is not None:
+        options["row_budget"] = row_budget
     scope = trio.CancelScope()
 
     async def run(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -77,7 +84,7 @@ async def start_aggregator(
             task_status.started(listeners[0].socket.getsockname()[1])
             own = pool or VaultPool()
             try:
-                await trio.serve_listeners(partial(handle_client, pool=own), listeners)
+                await trio.serve_listeners(partial(handle_client, pool=own, **options), listeners)
             finally:
                 own.close()
 

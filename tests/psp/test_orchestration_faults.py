@@ -20,16 +20,11 @@ from psp._connection import ServerConnection
 from psp._io_vault import Vault
 from psp._messages import Header, Request
 from psp._trio import handle_connection
-from psp.aggregation import _trio as orchestration
+from psp.aggregation import AggregationFailed, OrchestrationClient, VaultPool, handle_client
+from psp.aggregation import _trio_server as server
 from psp.aggregation._connection import MergedRows
 from psp.aggregation._merge import Mode, VaultStatus
 from psp.aggregation._plan import VaultAddress
-from psp.aggregation._trio import (
-    AggregationFailed,
-    OrchestrationClient,
-    VaultPool,
-    handle_client,
-)
 
 from ._orchestration_support import HOLDER, cap_for, clock, make_vault
 
@@ -137,11 +132,12 @@ class Lab:
         await stream.send_all(conn.data_to_send())
         await stream.aclose()
 
-    async def client(self, pool: VaultPool | None = None) -> OrchestrationClient:
+    async def client(
+        self, pool: VaultPool | None = None, *, row_budget: int = server.ROW_BUDGET
+    ) -> OrchestrationClient:
         ours, theirs = trio.testing.memory_stream_pair()
-        self.nursery.start_soon(
-            lambda: handle_client(theirs, pool=pool or VaultPool(connect=self.connect))
-        )
+        own = pool or VaultPool(connect=self.connect)
+        self.nursery.start_soon(lambda: handle_client(theirs, pool=own, row_budget=row_budget))
         client = OrchestrationClient(ours)
         await client._flush()
         return client
@@ -293,12 +289,12 @@ async def test_client_going_away_cancels_the_vaults(
 
 
 async def test_slow_client_holds_the_vaults_back(
-    lab: Lab, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+    lab: Lab, autojump_clock: trio.testing.MockClock
 ) -> None:
     # A 64 KB row budget per request (4 MiB by default) against 3 × 330 KB of rows.
-    monkeypatch.setattr(orchestration, "ROW_BUDGET", 64 << 10)
+    budget = 64 << 10
     ports = [lab.add("good", _people(3000)) for _ in range(3)]
-    client = await lab.client()
+    client = await lab.client(row_budget=budget)
     client.window = 1
     from psp.aggregation._plan import plan_targets
 
@@ -324,7 +320,7 @@ async def test_slow_client_holds_the_vaults_back(
     # merged frames: window 1, plus the credit granted on the first), the request's row budget,
     # and one batch per vault (256 rows) the aggregator asked for before the budget ran out.
     assert all(lab.sent[p] < total / 2 for p in ports), (lab.sent, total)
-    bound = 2 * orchestration.OUT_ROWS * row + orchestration.ROW_BUDGET + 3 * 256 * row
+    bound = 2 * server.OUT_ROWS * row + budget + 3 * 256 * row
     assert sum(lab.sent.values()) <= bound, (lab.sent, bound)
     n = len(first.rows)
     async for event in events:  # reading again drains everything

@@ -17,6 +17,7 @@ import pytest
 
 from interop.mesh_platform import Node, form_mesh
 from interop.netns import Lab
+from ppn.ports import AGGREGATOR_PORT, VAULT_PORT
 
 from ._orchestration_support import HOLDER, cap_for, make_vault
 
@@ -54,14 +55,16 @@ def test_orchestration_queries_vaults_on_other_nodes_through_the_mesh(
                 "--store",
                 str(tmp_path / name),
                 "--listen",
-                f"{mesh_address[name]}:9210",
+                f"{mesh_address[name]}:{VAULT_PORT}",
             ],
         )
         lines.append(f"{base64.b64encode(vault.vault_id).decode()}@{addr} {tmp_path / name}.cap\n")
     (tmp_path / "vaults.txt").write_text("".join(lines))
     (tmp_path / "holder.key").write_text(base64.b64encode(HOLDER.seed).decode() + "\n")
     cloud = nodes["cloud"]
-    via = _serve(cloud, ["orchestration", "serve", "--listen", f"{mesh_address['cloud']}:9211"])
+    via = _serve(
+        cloud, ["orchestration", "serve", "--listen", f"{mesh_address['cloud']}:{AGGREGATOR_PORT}"]
+    )
 
     def query(*extra: str) -> tuple[int, list[dict[str, Any]]]:
         result = cloud.host.run(

@@ -1,7 +1,8 @@
-"""Faults over real loopback TCP, where the aggregator serves plain-TCP vaults from one epoll
-set (``_trio_orchestration_epoll``): garbage, a hang, death mid-stream, a refused port, a
-pooled connection gone stale, a big answer handed to a task for back-pressure, and a client that
-goes away. (The same faults on the task path, in virtual time: test_orchestration_faults.py.)"""
+"""Faults over real loopback TCP, on both fan-out paths of the aggregator (``fanout="epoll"``:
+plain-TCP vaults served from one epoll set; ``"tasks"``: a task per vault): garbage, a hang,
+death mid-stream, a refused port, a pooled connection gone stale, a big answer held back (on
+epoll, handed to a task), and a client that goes away. (The same faults in virtual time, on
+in-memory streams and so on tasks: test_orchestration_faults.py.)"""
 
 from __future__ import annotations
 
@@ -20,14 +21,20 @@ from psp._connection import ServerConnection
 from psp._io_vault import Vault
 from psp._messages import Header, Request
 from psp._trio import handle_connection
+from psp.aggregation import Fanout, OrchestrationClient, VaultPool
 from psp.aggregation._connection import MergedRows
 from psp.aggregation._merge import Mode, VaultStatus
 from psp.aggregation._plan import VaultAddress, plan_targets
-from psp.aggregation._trio import OrchestrationClient, VaultPool
 
 from ._orchestration_support import HOLDER, cap_for, clock, make_vault, start_aggregator
 
 COUNT = Query(collection="people", op="count")
+
+
+@pytest.fixture(params=["epoll", "tasks"])
+def fanout(request: pytest.FixtureRequest) -> Fanout:
+    value: Fanout = request.param
+    return value
 
 
 async def _listen(
@@ -115,17 +122,12 @@ async def fleet(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Fleet]:
         sock.close()
 
 
-@pytest.mark.parametrize("path", ["epoll", "tasks"])
 async def test_a_vault_that_never_connects_is_unreachable_not_timed_out(
-    nursery: trio.Nursery, fleet: Fleet, path: str, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery, fleet: Fleet, fanout: Fanout
 ) -> None:
-    from psp.aggregation import _trio as orchestration
-
-    if path == "tasks":
-        monkeypatch.setattr(orchestration, "_EPOLL", False)
     for kind in ("good", "blackhole", "hang"):
         await fleet.add(kind)
-    port, _ = await start_aggregator(nursery)
+    port, _ = await start_aggregator(nursery, fanout=fanout)
     async with await OrchestrationClient.connect("127.0.0.1", port) as client:
         result = await client.query(
             HOLDER,
@@ -147,11 +149,13 @@ async def test_a_vault_that_never_connects_is_unreachable_not_timed_out(
     assert result.statuses[1].code is ErrorCode.UNAVAILABLE
 
 
-async def test_faults_over_tcp_best_effort_and_strict(nursery: trio.Nursery, fleet: Fleet) -> None:
+async def test_faults_over_tcp_best_effort_and_strict(
+    nursery: trio.Nursery, fleet: Fleet, fanout: Fanout
+) -> None:
     kinds = ["good", "hang", "garbage", "killed", "refused", "good"]
     for kind in kinds:
         await fleet.add(kind)
-    port, _ = await start_aggregator(nursery)
+    port, _ = await start_aggregator(nursery, fanout=fanout)
     async with await OrchestrationClient.connect("127.0.0.1", port) as client:
         result = await client.query(
             HOLDER,
@@ -173,7 +177,9 @@ async def test_faults_over_tcp_best_effort_and_strict(nursery: trio.Nursery, fle
         ]
         assert result.statuses[2].code is ErrorCode.PROTOCOL
         assert "mid-stream" in result.statuses[3].message
-        assert "refused" in result.statuses[4].message.lower()
+        # (epoll says why; trio's open_tcp_stream only that every attempt failed)
+        refused = "refused" if fanout == "epoll" else "all attempts to connect"
+        assert refused in result.statuses[4].message.lower()
         with pytest.raises(Exception) as caught:
             await client.query(
                 HOLDER, fleet.caps, fleet.addresses, COUNT, deadline=1.5, clock=clock
@@ -181,10 +187,12 @@ async def test_faults_over_tcp_best_effort_and_strict(nursery: trio.Nursery, fle
         assert caught.value.result.cursor is None  # type: ignore[attr-defined]
 
 
-async def test_a_stale_pooled_connection_is_replaced(nursery: trio.Nursery, fleet: Fleet) -> None:
+async def test_a_stale_pooled_connection_is_replaced(
+    nursery: trio.Nursery, fleet: Fleet, fanout: Fanout
+) -> None:
     await fleet.add("good")
     pool = VaultPool()
-    port, _ = await start_aggregator(nursery, pool)
+    port, _ = await start_aggregator(nursery, pool, fanout=fanout)
     async with await OrchestrationClient.connect("127.0.0.1", port) as client:
         assert (
             await client.query(HOLDER, fleet.caps, fleet.addresses, COUNT, clock=clock)
@@ -193,23 +201,21 @@ async def test_a_stale_pooled_connection_is_replaced(nursery: trio.Nursery, flee
         # The vault drops the idle connection (as a restarted vault would).
         for links in pool._idle.values():
             for link in links:
-                assert link.sock is not None
-                link.sock.shutdown(2)
+                # (epoll pools raw sockets; the task path, trio streams)
+                assert link.raw is (fanout == "epoll")
+                sock = link.sock if link.raw else link.stream.socket  # type: ignore[attr-defined]
+                assert sock is not None
+                sock.shutdown(socket.SHUT_RDWR)
         again = await client.query(HOLDER, fleet.caps, fleet.addresses, COUNT, clock=clock)
         assert again.complete and pool.connects == 2
 
 
-async def test_big_answers_are_handed_to_tasks_and_held_back(
-    nursery: trio.Nursery, fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+async def test_big_answers_are_held_back(
+    nursery: trio.Nursery, fleet: Fleet, fanout: Fanout
 ) -> None:
-    from psp.aggregation import _trio as orchestration
-    from psp.aggregation import _trio_epoll as fast
-
-    monkeypatch.setattr(orchestration, "ROW_BUDGET", 64 << 10)
-    monkeypatch.setattr(fast, "ROW_BUDGET", 64 << 10)
     for _ in range(3):
         await fleet.add("good", records=3000)
-    port, _ = await start_aggregator(nursery)
+    port, _ = await start_aggregator(nursery, fanout=fanout, row_budget=64 << 10)
     query = Query(collection="people", op="read", order=("name", False), select=("name",))
     async with await OrchestrationClient.connect("127.0.0.1", port) as client:
         result = await client.query(HOLDER, fleet.caps, fleet.addresses, query, clock=clock)

@@ -14,10 +14,10 @@ import trio.testing
 
 from psp import Aggregate, ErrorCode, Query, RemoteProtocolError
 from psp._io_store import Store
+from psp.aggregation import OrchestrationClient, query_via
 from psp.aggregation._connection import Target
 from psp.aggregation._merge import Mode, VaultStatus
 from psp.aggregation._plan import AggregateCursor, plan_targets
-from psp.aggregation._trio import OrchestrationClient, query_via
 
 from ._orchestration_support import HOLDER, clock, make_vault, serve_fleet, start_aggregator
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ppn.ports import VAULT_PORT
 from ppn.wire import encode_frame, pack_canonical
 from psp import Cancel, Credit, Error, ErrorCode, LocalProtocolError, RemoteProtocolError
 from psp.aggregation._connection import (
@@ -37,7 +38,7 @@ def _target(i: int, rid: int = 1) -> Target:
         request_id=rid,
         index=i,
         vault=bytes([i + 1]) * 32,
-        address="127.0.0.1:9210",
+        address=f"127.0.0.1:{VAULT_PORT}",
         envelope=b"env",
         query=b"q",
     )
