@@ -14,9 +14,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..cli._main import CommandError
+from ..ports import FLEET_PORT, SPAWN_PORT
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 EXIT_UNREACHABLE = 60
 EXIT_REFUSED = 61
@@ -427,10 +433,14 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return argparse.HelpFormatter._fill_text(self, text, width, indent)
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add ``fleet``, ``vmhost`` and ``vm`` to ``ppn``."""
-    fmt = _Formatter
+    _register_fleet(subparsers)
+    _register_vmhost(subparsers)
+    _register_vm(subparsers)
 
+
+def _register_fleet(subparsers: Subparsers) -> None:
     fleet = subparsers.add_parser(
         "fleet",
         help="the VM resource pool: status, and the controller service",
@@ -438,10 +448,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "heartbeats every 10 s to the fleet controller on the cloud node; a node silent for "
         "30 s is evicted.",
         epilog=_STATUSES,
-        formatter_class=fmt,
+        formatter_class=_Formatter,
     )
     fleet_sub = fleet.add_subparsers(dest="fleet_command", metavar="COMMAND", required=True)
 
+    _add_fleet_status(fleet_sub)
+    _add_fleet_serve(fleet_sub)
+    _add_fleet_keygen(fleet_sub)
+
+
+def _add_fleet_status(fleet_sub: Subparsers) -> None:
     status = fleet_sub.add_parser(
         "status",
         help="live nodes, heartbeat ages, RAM/CPU, VMs and evicted nodes",
@@ -449,30 +465,37 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "heartbeat age (by the controller's clock), RAM, CPUs, load, KVM, reservation and VMs, "
         "and the nodes recently evicted.",
         epilog=_STATUSES,
-        formatter_class=fmt,
+        formatter_class=_Formatter,
     )
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     _add_control(status)
     status.set_defaults(handler=_cmd_status)
 
+
+def _add_fleet_serve(fleet_sub: Subparsers) -> None:
     serve = fleet_sub.add_parser(
         "serve",
         help="run the fleet controller (service-vm-fleet) on the cloud node",
-        description="Listen for heartbeats (TCP 9203 on this node's mesh address), keep the live "
+        description=f"Listen for heartbeats (TCP {FLEET_PORT} on this node's mesh address), keep the live "
         "node table, evict nodes silent for 30 s, and serve the operator socket used by "
         "'ppn fleet status' and 'ppn vm create'. Stops on SIGTERM or Ctrl-C.",
         epilog="examples:\n  ppn fleet serve --state /var/lib/ppn\n"
         "  ppn fleet serve --identity cloud.key --directory fleet.json --control /tmp/fleet.sock"
         "\n\n" + _STATUSES,
-        formatter_class=fmt,
+        formatter_class=_Formatter,
     )
     _add_membership(serve)
     serve.add_argument(
         "--listen", metavar="ADDR", help="address to listen on (default: this node's mesh address)"
     )
-    serve.add_argument("--port", type=int, default=9203, help="heartbeat port (default 9203)")
     serve.add_argument(
-        "--spawn-port", type=int, default=9220, help="the vm-hosts' spawn port (default 9220)"
+        "--port", type=int, default=FLEET_PORT, help=f"heartbeat port (default {FLEET_PORT})"
+    )
+    serve.add_argument(
+        "--spawn-port",
+        type=int,
+        default=SPAWN_PORT,
+        help=f"the vm-hosts' spawn port (default {SPAWN_PORT})",
     )
     serve.add_argument(
         "--eviction-timeout",
@@ -485,6 +508,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_control(serve)
     serve.set_defaults(handler=_cmd_fleet_serve)
 
+
+def _add_fleet_keygen(fleet_sub: Subparsers) -> None:
     keygen = fleet_sub.add_parser(
         "keygen",
         help="create an identity key file (until the mesh roster provides one)",
@@ -495,38 +520,49 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     keygen.add_argument("--json", action="store_true", help="print the public key as JSON")
     keygen.set_defaults(handler=_cmd_fleet_keygen)
 
+
+def _register_vmhost(subparsers: Subparsers) -> None:
     vmhost = subparsers.add_parser(
         "vmhost",
         help="the per-node VM host service (heartbeats and spawn requests)",
         description="Every infrastructure node runs a vm-host: it heartbeats to the fleet "
         "controller and launches VMs through its provisioner command when the controller asks.",
         epilog=_STATUSES,
-        formatter_class=fmt,
+        formatter_class=_Formatter,
     )
     vmhost_sub = vmhost.add_subparsers(dest="vmhost_command", metavar="COMMAND", required=True)
+    _add_vmhost_serve(vmhost_sub)
+
+
+def _add_vmhost_serve(vmhost_sub: Subparsers) -> None:
     hs = vmhost_sub.add_parser(
         "serve",
         help="run service-vm-host on this node",
-        description="Heartbeat every 10 s to the fleet controller (TCP 9203) and accept spawn "
-        "requests signed by the controller (TCP 9220 on this node's mesh address). A spawn runs "
+        description=f"Heartbeat every 10 s to the fleet controller (TCP {FLEET_PORT}) and accept spawn "
+        f"requests signed by the controller (TCP {SPAWN_PORT} on this node's mesh address). A spawn runs "
         "the provisioner command with the VM spec as JSON on stdin and in PPN_VM_TYPE, "
         "PPN_VM_NAME, PPN_VM_RAM_MB, PPN_VM_VCPUS, PPN_VM_REQUEST_ID; exit 0 means running. "
         "The result is reported in the next heartbeat. Stops on SIGTERM or Ctrl-C.",
         epilog="examples:\n  ppn vmhost serve --state /var/lib/ppn --provisioner '/usr/local/sbin/launch-vm'\n"
         "  ppn vmhost serve --identity id.key --directory fleet.json --reserved \\\n"
         "      --provisioner '/usr/local/sbin/launch-vm --qemu'\n\n" + _STATUSES,
-        formatter_class=fmt,
+        formatter_class=_Formatter,
     )
     _add_membership(hs)
     hs.add_argument(
         "--listen", metavar="ADDR", help="spawn listen address (default: this node's mesh address)"
     )
-    hs.add_argument("--port", type=int, default=9220, help="spawn port (default 9220)")
+    hs.add_argument(
+        "--port", type=int, default=SPAWN_PORT, help=f"spawn port (default {SPAWN_PORT})"
+    )
     hs.add_argument(
         "--controller", metavar="ADDR", help="controller address (default: its mesh address)"
     )
     hs.add_argument(
-        "--controller-port", type=int, default=9203, help="controller heartbeat port (default 9203)"
+        "--controller-port",
+        type=int,
+        default=FLEET_PORT,
+        help=f"controller heartbeat port (default {FLEET_PORT})",
     )
     hs.add_argument(
         "--interval",
@@ -559,15 +595,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     hs.add_argument("-v", "--verbose", action="store_true", help="more logging")
     hs.set_defaults(handler=_cmd_vmhost_serve)
 
+
+def _register_vm(subparsers: Subparsers) -> None:
     vm = subparsers.add_parser(
         "vm",
         help="create VMs in the pool (advisory placement, operator-confirmed)",
         description="VMs are created by an operator: the controller advises a node, you confirm, "
         "the node's vm-host launches it. VMs never move between nodes.",
         epilog=_STATUSES,
-        formatter_class=fmt,
+        formatter_class=_Formatter,
     )
     vm_sub = vm.add_subparsers(dest="vm_command", metavar="COMMAND", required=True)
+    _add_vm_create(vm_sub)
+    _add_vm_migrate(vm_sub)
+
+
+def _add_vm_create(vm_sub: Subparsers) -> None:
     create = vm_sub.add_parser(
         "create",
         help="place a VM, confirm, and dispatch it to the chosen node",
@@ -578,7 +621,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "move over the network.",
         epilog="examples:\n  ppn vm create generic --ram 2048 --vcpus 2\n"
         "  ppn vm create totebox --ram 4096 --node laptop-b --yes --wait 60\n\n" + _STATUSES,
-        formatter_class=fmt,
+        formatter_class=_Formatter,
     )
     create.add_argument(
         "type", metavar="TYPE", help="VM type, e.g. generic, orchestration, totebox"
@@ -600,13 +643,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_control(create)
     create.set_defaults(handler=_cmd_vm_create)
 
+
+def _add_vm_migrate(vm_sub: Subparsers) -> None:
     migrate = vm_sub.add_parser(
         "migrate",
         help="refused: live migration is excluded by design",
         description="There is no migrate operation. A VM stays on the node it was created on; "
         "create a new VM elsewhere instead. This command exists to say so (exit status 64).",
         epilog=_STATUSES,
-        formatter_class=fmt,
+        formatter_class=_Formatter,
     )
     migrate.add_argument("vm", metavar="VM")
     migrate.add_argument("--to", metavar="NODE", help="ignored: nothing is moved")
