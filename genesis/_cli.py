@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import argparse
 import textwrap
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ppn.ports import PAIRING_PORT
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 EXIT_STATUSES = """\
 exit status:
@@ -42,9 +49,9 @@ def _common(parser: argparse.ArgumentParser, *, sponsor: bool) -> None:
     if sponsor:
         parser.add_argument(
             "--listen",
-            default="0.0.0.0:9205",
+            default=f"0.0.0.0:{PAIRING_PORT}",
             metavar="HOST:PORT",
-            help="pairing address (default 0.0.0.0:9205; port 0 picks a free port and reports it)",
+            help=f"pairing address (default 0.0.0.0:{PAIRING_PORT}; port 0 picks a free port and reports it)",
         )
         parser.add_argument(
             "--keep-open",
@@ -58,10 +65,15 @@ def _wrap(text: str) -> str:
     return textwrap.fill(text, width=78)
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add ``genesis``, ``invite``, ``join`` and ``demo`` to ``ppn``."""
-    fmt = argparse.RawDescriptionHelpFormatter
+    _add_genesis(subparsers)
+    _add_invite(subparsers)
+    _add_join(subparsers)
+    _add_demo(subparsers)
 
+
+def _add_genesis(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "genesis",
         help="create a new mesh with this node as its first member and open a join window",
@@ -72,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "it and the new node is in the mesh."
         ),
         epilog=EXIT_STATUSES,
-        formatter_class=fmt,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--state", required=True, metavar="DIR", help="this node's state directory")
     p.add_argument("--name", help="this node's name (default: the host name)")
@@ -87,6 +99,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _common(p, sponsor=True)
     p.set_defaults(handler=_handler("genesis"))
 
+
+def _add_invite(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "invite",
         help="on an existing member, open a join window for a new node",
@@ -95,12 +109,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "then run the ceremony with the node that types it."
         ),
         epilog=EXIT_STATUSES,
-        formatter_class=fmt,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--state", required=True, metavar="DIR", help="this node's state directory")
     _common(p, sponsor=True)
     p.set_defaults(handler=_handler("invite"))
 
+
+def _add_join(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "join",
         help="join a mesh with the code a member's operator reads to you",
@@ -111,7 +127,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "node's keys (0600), the roster and a wg-quick file."
         ),
         epilog=EXIT_STATUSES,
-        formatter_class=fmt,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "code", metavar="CODE", help="the code, e.g. 7-K3QF-M2XD-R (case and dashes do not matter)"
@@ -131,6 +147,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _common(p, sponsor=False)
     p.set_defaults(handler=_handler("join"))
 
+
+def _add_demo(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
         help="run a whole join ceremony between two local processes (no root, no WireGuard)",
@@ -140,7 +158,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "print the resulting roster. State goes to a temporary directory unless --dir."
         ),
         epilog=EXIT_STATUSES,
-        formatter_class=fmt,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--dir", metavar="DIR", help="keep the two state directories here")
     p.add_argument("--strong", action="store_true", help="use the 13-digit comparison string")

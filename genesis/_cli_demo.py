@@ -19,8 +19,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from ppn.cli import CommandError
+from ppn.ports import WIREGUARD_PORT
 
 TIMEOUT = 30.0
+# Each node's WireGuard endpoint as the ceremony records it; both on loopback, so beta takes the
+# next port. (Nothing listens on them: the demo runs no WireGuard.)
+ALPHA_ENDPOINT = f"127.0.0.1:{WIREGUARD_PORT}"
+BETA_ENDPOINT = f"127.0.0.1:{WIREGUARD_PORT + 1}"
 
 
 class _Process:
@@ -86,7 +91,7 @@ def _run(base: Path, strong: bool) -> int:
     started = time.monotonic()
     sponsor_dir, joiner_dir = base / "alpha", base / "beta"
     print(f"ppn demo: two nodes, state in {base}")
-    print("  [alpha] ppn genesis --name alpha --listen 127.0.0.1:0 --endpoint 127.0.0.1:51820")
+    print(f"  [alpha] ppn genesis --name alpha --listen 127.0.0.1:0 --endpoint {ALPHA_ENDPOINT}")
     sponsor = _Process(
         "sponsor",
         [
@@ -98,7 +103,7 @@ def _run(base: Path, strong: bool) -> int:
             "--listen",
             "127.0.0.1:0",
             "--endpoint",
-            "127.0.0.1:51820",
+            ALPHA_ENDPOINT,
             "--events",
             "json",
             *extra,
@@ -110,7 +115,7 @@ def _run(base: Path, strong: bool) -> int:
         code, address = code_event["code"], code_event["address"]
         print(f"  [alpha] join window {code_event['window']} open on {address}; code: {code}")
         print(
-            f"  [beta]  ppn join {code} --sponsor {address} --name beta --endpoint 127.0.0.1:51821"
+            f"  [beta]  ppn join {code} --sponsor {address} --name beta --endpoint {BETA_ENDPOINT}"
         )
         joiner = _Process(
             "joiner",
@@ -124,39 +129,19 @@ def _run(base: Path, strong: bool) -> int:
                 "--name",
                 "beta",
                 "--endpoint",
-                "127.0.0.1:51821",
+                BETA_ENDPOINT,
                 "--events",
                 "json",
                 *extra,
             ],
         )
-        joiner_sas = joiner.event()["sas"]
-        sponsor_sas = sponsor.event()["sas"]
-        match = joiner_sas == sponsor_sas
-        print()
-        print(f"  alpha's screen:  {sponsor_sas}")
-        print(f"  beta's screen:   {joiner_sas}")
-        print(f"  {'they match: both operators confirm' if match else 'THEY DIFFER: both reject'}")
-        print()
-        answer = "yes" if match else "no"
-        sponsor.answer(answer)
-        joiner.answer(answer)
-        if not match:
-            raise CommandError("demo: the comparison strings differ", 12)
+        _compare(sponsor, joiner)
         joined = joiner.event()
         sponsor.event()
         sponsor.proc.wait(timeout=TIMEOUT)
         joiner.proc.wait(timeout=TIMEOUT)
         print(f"  beta joined mesh {joined['mesh_id']} as {joined['address']}")
-        roster = json.loads((sponsor_dir / "mesh.json").read_text())["roster"]
-        print("  roster (alpha's mesh.json):")
-        for member in roster:
-            roles = ",".join(member["roles"]) or "-"
-            endpoints = ",".join(member["endpoints"]) or "-"
-            print(
-                f"    {member['name']:<8} {member['address']:<12} wg {member['wg']}  "
-                f"endpoint {endpoints}  roles {roles}"
-            )
+        _print_roster(sponsor_dir)
         print(f"  beta's wg-quick file: {joiner_dir / 'wg-ppn0.conf'}")
         print(f"ppn demo: done in {time.monotonic() - started:.1f} s")
         return 0
@@ -164,3 +149,32 @@ def _run(base: Path, strong: bool) -> int:
         for process in (joiner, sponsor):
             if process is not None:
                 process.stop()
+
+
+def _compare(sponsor: _Process, joiner: _Process) -> None:
+    """Show both comparison strings; both operators confirm if equal, else both reject."""
+    joiner_sas = joiner.event()["sas"]
+    sponsor_sas = sponsor.event()["sas"]
+    match = joiner_sas == sponsor_sas
+    print()
+    print(f"  alpha's screen:  {sponsor_sas}")
+    print(f"  beta's screen:   {joiner_sas}")
+    print(f"  {'they match: both operators confirm' if match else 'THEY DIFFER: both reject'}")
+    print()
+    answer = "yes" if match else "no"
+    sponsor.answer(answer)
+    joiner.answer(answer)
+    if not match:
+        raise CommandError("demo: the comparison strings differ", 12)
+
+
+def _print_roster(sponsor_dir: Path) -> None:
+    roster = json.loads((sponsor_dir / "mesh.json").read_text())["roster"]
+    print("  roster (alpha's mesh.json):")
+    for member in roster:
+        roles = ",".join(member["roles"]) or "-"
+        endpoints = ",".join(member["endpoints"]) or "-"
+        print(
+            f"    {member['name']:<8} {member['address']:<12} wg {member['wg']}  "
+            f"endpoint {endpoints}  roles {roles}"
+        )
