@@ -3,7 +3,7 @@
 Every ``interval`` seconds (10 by default) the service reads the machine's facts, signs a
 heartbeat and sends it to the controller (TCP 9203). A send that fails or times out is logged
 and counted, never fatal: the next one is attempted on schedule. Spawn requests arrive on TCP
-9220 on the node's mesh address; once authenticated as the controller's (see ``_fleet_spawn``)
+9220 on the node's mesh address; once authenticated as the controller's (see ``_spawn``)
 the configured provisioner command runs, and its outcome is reported in the next heartbeat.
 """
 
