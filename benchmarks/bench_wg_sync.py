@@ -6,9 +6,11 @@ each pass (``Reconciler.sync`` of a parsed desired state it holds, in a running 
 read of the device, plan, apply; the check of the writes, which it runs on the next pass's
 read, is timed here on an untimed read and added, so only the second read is saved; the mesh
 agent does the same but rebuilds its desired state each pass, for tens of peers);
-``lib`` is one file → device pass in a running process with every cache emptied
-(``parse_config`` + ``reconcile`` with its immediate read-back, i.e. ``ppn wg sync`` without
-interpreter start-up); ``cli`` is the ``ppn wg sync`` command, a new Python process each time
+``lib`` is one file → device pass in a running process with every cache empty (a new
+backend: the caches are its own; ``parse_config`` + ``reconcile`` with its immediate read-back
+and the collector paused as the command pauses it, i.e. ``ppn wg sync`` without interpreter
+start-up); the ``agent`` column's Reconciler gets a new backend each repeat and runs with the
+collector on, as the library leaves it; ``cli`` is the ``ppn wg sync`` command, a new Python process each time
 like ``wg``, run as an installed ``ppn`` runs: a console script in a virtual environment of its
 own that holds this source tree as a plain (non-editable) path, from cached bytecode. The
 development ``.venv`` installs ppn editable, whose import hook costs every process ~30 ms that
@@ -89,22 +91,6 @@ def _installed_ppn(root: Path) -> str:
     )
     script.chmod(0o755)
     return str(script)
-
-
-def _clear_caches() -> None:
-    from ppn.wg import _model as _wg_model
-    from ppn.wg import _plan as _wg_plan
-    from ppn.wg import _uapi as _wg_uapi
-
-    _wg_model._network_cache.clear()
-    _wg_model._address_cache.clear()
-    _wg_model._endpoint_cache.clear()
-    _wg_model._network_text.clear()
-    _wg_model._prefix_cache.clear()
-    _wg_model._public_keys.clear()
-    _wg_uapi._signatures.clear()
-    _wg_uapi._by_value.clear()
-    _wg_plan._last_checked.clear()
 
 
 # Issue 4 §6: (peers, case) → absolute limit in seconds; every case also ≤ wg syncconf.
@@ -201,21 +187,28 @@ def main() -> None:
         parsed: dict[Path, InterfaceConfig] = {}
 
         def ppn_lib(path: Path) -> Callable[[], None]:
-            """One file → device pass in this process, every cache emptied first."""
+            """One file → device pass in this process, with nothing remembered from earlier
+            passes: the caches belong to the backend (and a parse), and this is a new one, as
+            in ``ppn wg sync``."""
 
             def run() -> None:
+                import gc
+
                 from ppn.wg._io_state import load_record, save_record
 
-                _clear_caches()
-                cfg = parse_config(path.read_text())
-                record = load_record(ifname)
-                report = reconcile(
-                    backend,
-                    cfg,
-                    now=time.time(),
-                    previous=None if record is None else record.endpoints,
-                )
-                save_record(ifname, cfg.peers, unless_equal=record)
+                gc.disable()  # as the command does (ppn/wg/_cli.py); the library does not
+                try:
+                    cfg = parse_config(path.read_text())
+                    record = load_record(ifname)
+                    report = reconcile(
+                        UAPIBackend(ifname),
+                        cfg,
+                        now=time.time(),
+                        previous=None if record is None else record.endpoints,
+                    )
+                    save_record(ifname, cfg.peers, unless_equal=record)
+                finally:
+                    gc.enable()
                 ops_done["lib"] = len(report.plan)
 
             return run
@@ -274,7 +267,8 @@ def main() -> None:
             for _ in range(REPEATS[n]):
                 for tool, make in tools:
                     _reset(backend.path)
-                    agent_box[:] = [Reconciler(backend)]
+                    # a new agent: its backend (and so its caches) starts empty
+                    agent_box[:] = [Reconciler(UAPIBackend(ifname))]
                     record = os.path.join(env["PPN_WG_STATE_DIR"], f"{ifname}.json")
                     if os.path.exists(record):
                         os.unlink(record)

@@ -19,7 +19,6 @@ from ._model import (
     Endpoint,
     InterfaceConfig,
     VerifyError,
-    gc_paused,
 )
 from ._plan import Operation, Ownership, Plan, check_applied, describe, plan
 
@@ -79,20 +78,17 @@ def reconcile(
     ``progress`` is told, in a few words, about each step that may take a while. ``current``
     is a state the caller has just read from ``backend`` (it is then not read again).
     """
-    # A pass allocates tens of thousands of small acyclic objects (peer states, operations,
-    # texts); the cyclic collector's passes over a large heap would cost as much as the work.
-    with gc_paused():
-        return _reconcile(
-            backend,
-            desired,
-            now=now,
-            owned=owned,
-            previous=previous,
-            stale_after=stale_after,
-            dry_run=dry_run,
-            progress=progress,
-            current=current,
-        )
+    return _reconcile(
+        backend,
+        desired,
+        now=now,
+        owned=owned,
+        previous=previous,
+        stale_after=stale_after,
+        dry_run=dry_run,
+        progress=progress,
+        current=current,
+    )
 
 
 def _reconcile(
@@ -107,12 +103,19 @@ def _reconcile(
     progress: Callable[[str], None] | None,
     current: DeviceState | None,
     verify: bool = True,
+    prefixes_checked: bool = False,
 ) -> SyncReport:
     say = progress or (lambda _text: None)
     if current is None:
         current = backend.read()
     the_plan = plan(
-        desired, current, now=now, owned=owned, previous=previous, stale_after=stale_after
+        desired,
+        current,
+        now=now,
+        owned=owned,
+        previous=previous,
+        stale_after=stale_after,
+        prefixes_checked=prefixes_checked,
     )
     if dry_run or not the_plan:
         return SyncReport(
@@ -175,6 +178,10 @@ class Reconciler:
         self.owned = owned
         self.stale_after = stale_after
         self._unverified: tuple[InterfaceConfig, Plan] | None = None
+        # The last desired state planned without error, hence free of duplicate prefixes: a
+        # process that holds its desired state re-plans the same frozen object every pass and
+        # need not re-hash every prefix each time (by identity: equality would hash them all).
+        self._checked: InterfaceConfig | None = None
 
     @property
     def unverified(self) -> Plan | None:
@@ -195,25 +202,26 @@ class Reconciler:
         ``current`` is a state the caller has just read from the backend; otherwise it is read
         here. Raises :class:`VerifyError` if the previous writes are not on the device.
         """
-        with gc_paused():
-            if current is None:
-                current = self.backend.read()
-            self.verify(current, now=now)
-            report = _reconcile(
-                self.backend,
-                desired,
-                now=now,
-                owned=self.owned,
-                previous=previous,
-                stale_after=self.stale_after,
-                dry_run=False,
-                progress=progress,
-                current=current,
-                verify=False,
-            )
-            if report.applied:
-                self._unverified = (desired, report.plan)
-            return report
+        if current is None:
+            current = self.backend.read()
+        self.verify(current, now=now)
+        report = _reconcile(
+            self.backend,
+            desired,
+            now=now,
+            owned=self.owned,
+            previous=previous,
+            stale_after=self.stale_after,
+            dry_run=False,
+            progress=progress,
+            current=current,
+            verify=False,
+            prefixes_checked=desired is self._checked,
+        )
+        self._checked = desired
+        if report.applied:
+            self._unverified = (desired, report.plan)
+        return report
 
     def verify(self, current: DeviceState, *, now: float) -> None:
         """Check the pending writes against ``current`` (a fresh read); no-op if none pend."""

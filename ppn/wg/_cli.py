@@ -166,12 +166,18 @@ def _device_error(exc: Any, iface: str) -> Exception:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from ._model import gc_paused
+    import gc
 
-    # One short pass that allocates tens of thousands of acyclic objects: the cyclic
-    # collector would only spend time finding nothing.
-    with gc_paused():
+    # This command owns its process for one short pass that allocates tens of thousands of
+    # acyclic objects, so the cyclic collector would only spend time finding nothing (the
+    # library's parsers leave the collector alone). Measured in fresh processes, 10,000 peers,
+    # 1% churn (parse the file, parse the device's answer, plan), 9 runs each, interleaved on
+    # a loaded 2-core box: GC on min 206 / median 344 ms, GC off min 155 / median 282 ms.
+    gc.disable()
+    try:
         return _sync_paused(args)
+    finally:
+        gc.enable()
 
 
 def _sync_paused(args: argparse.Namespace) -> int:

@@ -18,8 +18,7 @@ from ._model import (
     InterfaceConfig,
     PeerConfig,
     QuickExtras,
-    canonical_prefix,
-    gc_paused,
+    TextMemo,
     key_text,
 )
 
@@ -88,13 +87,17 @@ def _list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def parse_config(text: str) -> InterfaceConfig:
-    """Parse a wg(8) or wg-quick(8) configuration. Raises :class:`ConfigError` with a line."""
-    with gc_paused():
-        return _parse(text)
+def parse_config(text: str, *, memo: TextMemo | None = None) -> InterfaceConfig:
+    """Parse a wg(8) or wg-quick(8) configuration. Raises :class:`ConfigError` with a line.
+
+    ``memo`` remembers the prefixes and endpoints read, for a caller that parses again and
+    again (by default, one for this parse).
+    """
+    return _parse(text, TextMemo() if memo is None else memo)
 
 
-def _parse(text: str) -> InterfaceConfig:
+def _parse(text: str, memo: TextMemo) -> InterfaceConfig:
+    prefix, endpoint = memo.prefix, memo.endpoint
     iface = _InterfaceDraft()
     peers: list[_PeerDraft] = []
     peer: _PeerDraft | None = None
@@ -131,12 +134,12 @@ def _parse(text: str) -> InterfaceConfig:
                     peer.public_key = _key(value, "PublicKey", number)
                 elif key == "allowedips":
                     peer.allowed_ips.extend(
-                        canonical_prefix(item) for item in value.split(",") if item.strip()
+                        prefix(item) for item in value.split(",") if item.strip()
                     )
                 elif key == "endpoint":
-                    peer.endpoint = Endpoint.parse(value)
+                    peer.endpoint = endpoint(value)
                 else:
-                    _peer_line(peer, key, value, number)
+                    _peer_line(peer, key, value, number, memo)
             elif section == "interface":
                 _interface_line(iface, key, value, number)
             else:
@@ -175,15 +178,15 @@ def _interface_line(iface: _InterfaceDraft, key: str, value: str, line: int) -> 
         raise ConfigError(f"unknown [Interface] key {key!r}", line)
 
 
-def _peer_line(peer: _PeerDraft, key: str, value: str, line: int) -> None:
+def _peer_line(peer: _PeerDraft, key: str, value: str, line: int, memo: TextMemo) -> None:
     if key == "publickey":
         peer.public_key = _key(value, "PublicKey", line)
     elif key == "presharedkey":
         peer.preshared_key = _key(value, "PresharedKey", line)
     elif key == "allowedips":
-        peer.allowed_ips.extend(canonical_prefix(item) for item in _list(value))
+        peer.allowed_ips.extend(memo.prefix(item) for item in _list(value))
     elif key == "endpoint":
-        peer.endpoint = Endpoint.parse(value)
+        peer.endpoint = memo.endpoint(value)
     elif key == "persistentkeepalive":
         peer.persistent_keepalive = (
             0 if value.lower() == "off" else _int(value, "PersistentKeepalive", line, 0, 65535)

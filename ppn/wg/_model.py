@@ -10,12 +10,11 @@ key, enough to tell whether it must change.
 from __future__ import annotations
 
 import binascii
-import contextlib
-import gc
 import ipaddress
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Union
 
 from .._errors import LocalProtocolError, PPNError, RemoteProtocolError
@@ -36,10 +35,10 @@ __all__ = [
     "PeerState",
     "QuickExtras",
     "UAPIProtocolError",
+    "TextMemo",
     "VerifyError",
     "canonical_address",
     "canonical_prefix",
-    "gc_paused",
     "key_fingerprint",
     "key_text",
     "network_text",
@@ -102,39 +101,16 @@ class VerifyError(PPNError):
     """Read-back after an apply does not match the desired state."""
 
 
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building many acyclic objects (a 10,000-peer
-    parse allocates ~100,000): in a long-lived process with a large heap, the collections it
-    would trigger cost as much as the parse itself."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def public_key_of(private_key: bytes) -> bytes:
     """The X25519 public key of a 32-byte private key (clamped as every WireGuard does)."""
     if len(private_key) != KEY_SIZE:
         raise _key_error(f"a private key is {KEY_SIZE} bytes")
-    found = _public_keys.get(private_key)
-    if found is not None:
-        return found
     # libsodium's X25519 (PyNaCl, already a dependency), imported here: it loads in a third
     # of the time of the cryptography package's, which is a good part of a small sync.
     # Both clamp the scalar as RFC 7748 says, so the result is the same (tested).
     from nacl.bindings import crypto_scalarmult_base
 
-    public = bytes(crypto_scalarmult_base(private_key))
-    _public_keys.clear()  # one entry: a process manages one or two interfaces at a time
-    _public_keys[private_key] = public
-    return public
-
-
-_public_keys: dict[bytes, bytes] = {}
+    return bytes(crypto_scalarmult_base(private_key))
 
 
 def key_fingerprint(key: bytes) -> bytes:
@@ -151,17 +127,6 @@ def short_key(public_key: bytes) -> str:
 
 _HEX_GROUP = re.compile(r"[0-9a-fA-F]{1,4}\Z")
 _NOT_IN_HOST = re.compile(r"[ \t\n\[\]]")
-_CACHE_LIMIT = 1 << 17
-# Parsed prefixes and addresses by their text. A config and a device read in the same pass
-# spell most prefixes identically, so the second lookup returns the *same* object and the
-# planner's tuple comparison short-cuts on identity; a long-lived agent hits on every pass.
-_network_cache: dict[str, IPNetwork] = {}
-_address_cache: dict[str, str] = {}
-_endpoint_cache: dict[str, Endpoint] = {}
-# The canonical text of each cached prefix, by identity (the entry keeps the object alive, so
-# the id cannot be reused while it is here).
-_network_text: dict[int, tuple[IPNetwork, str]] = {}
-_prefix_cache: dict[str, str] = {}  # prefix as written → canonical text
 
 
 # A canonical IPv4 literal (no leading zeros, octets up to 255) in one regular expression: the
@@ -293,71 +258,122 @@ def _parse_network(text: str) -> tuple[IPNetwork, str]:
 
 def parse_network(text: str) -> IPNetwork:
     """A prefix as ``wg`` accepts it: host bits are masked, a bare address is a host route."""
-    found = _network_cache.get(text)
-    if found is not None:
-        return found
+    return _parse_prefix(text)[0]
+
+
+def _parse_prefix(text: str) -> tuple[IPNetwork, str]:
     stripped = text.strip()
     try:
-        network, canonical = _parse_network(stripped)
+        return _parse_network(stripped)
     except ValueError:
         raise ValueError(f"{stripped!r} is not an IP prefix") from None
-    if len(_network_cache) >= _CACHE_LIMIT:
-        _network_cache.clear()
-        _network_text.clear()
-    _network_cache[text] = network
-    _network_text[id(network)] = (network, canonical)
-    return network
 
 
 def canonical_prefix(text: str) -> str:
     """``str(parse_network(text))`` without building the network object when ``text`` is
     already spelled canonically (the usual case): validates, and costs about a microsecond."""
-    found = _prefix_cache.get(text)
-    if found is not None:
-        return found
     stripped = text.strip()
     if _V4_HOST_PREFIX.fullmatch(stripped) or (
         stripped.count(":") <= 6 and _V6_HOST_PREFIX.fullmatch(stripped)
     ):
-        return stripped  # canonical already (and too cheap to be worth caching)
+        return stripped  # canonical already
     try:
         canonical = _prefix_value(stripped)[3]
     except ValueError:
         raise ValueError(f"{stripped!r} is not an IP prefix") from None
-    found = stripped if canonical else network_text(parse_network(stripped))
-    if len(_prefix_cache) >= _CACHE_LIMIT:
-        _prefix_cache.clear()
-    _prefix_cache[text] = found
-    return found
+    return stripped if canonical else _parse_prefix(stripped)[1]
 
 
 def network_text(network: IPNetwork) -> str:
-    """``str(network)``, remembered for prefixes that came from :func:`parse_network` (the
-    IPv6 spelling costs several microseconds, and a sync prints every prefix once or twice)."""
-    entry = _network_text.get(id(network))
-    if entry is not None and entry[0] is network:
-        return entry[1]
+    """``str(network)``; :meth:`TextMemo.network_text` remembers it for the prefixes it parsed."""
     return str(network)
 
 
 def canonical_address(text: str) -> str:
     """An IP literal in its one canonical spelling (zone kept); ValueError if not a literal."""
-    found = _address_cache.get(text)
-    if found is not None:
-        return found
     address, pct, zone = text.partition("%")
     if ":" in address:
         value, already = _v6(address)
-        canonical = (address if already else str(ipaddress.IPv6Address(value))) + pct + zone
-    else:
-        if pct:
-            raise ValueError(text)
-        _v4_int(address)
-        canonical = address
-    if len(_address_cache) >= _CACHE_LIMIT:
-        _address_cache.clear()
-    _address_cache[text] = canonical
-    return canonical
+        return (address if already else str(ipaddress.IPv6Address(value))) + pct + zone
+    if pct:
+        raise ValueError(text)
+    _v4_int(address)
+    return address
+
+
+class TextMemo:
+    """Parsed prefixes, addresses and endpoints by the text they were read from, for the object
+    that owns it (a backend that reads its device pass after pass, one config parse).
+
+    Within a read, most prefixes and endpoints repeat; across the reads of a long-lived owner,
+    nearly all of them do. A hit returns the *same* object, so the planner's tuple comparisons
+    short-cut on identity. The canonical text of each prefix parsed here is remembered by the
+    prefix's identity (the entry holds the object, so its id cannot be reused while it is
+    here): the IPv6 spelling costs several microseconds to format. Bounded: a table that
+    reaches ``limit`` entries starts again empty. Not thread-safe (one owner, one pass at a
+    time).
+    """
+
+    def __init__(self, *, limit: int = 1 << 17) -> None:
+        self.limit = limit
+        self._networks: dict[str, IPNetwork] = {}
+        self._texts: dict[int, tuple[IPNetwork, str]] = {}
+        self._prefixes: dict[str, str] = {}  # prefix as written -> canonical text
+        self._addresses: dict[str, str] = {}
+        self._endpoints: dict[str, Endpoint] = {}
+
+    def network(self, text: str) -> IPNetwork:
+        """:func:`parse_network`, remembered."""
+        found = self._networks.get(text)
+        if found is not None:
+            return found
+        network, canonical = _parse_prefix(text)
+        if len(self._networks) >= self.limit:
+            self._networks.clear()
+            self._texts.clear()
+        self._networks[text] = network
+        self._texts[id(network)] = (network, canonical)
+        return network
+
+    def network_text(self, network: IPNetwork) -> str:
+        """``str(network)``, without formatting it again when it was parsed here."""
+        entry = self._texts.get(id(network))
+        if entry is not None and entry[0] is network:
+            return entry[1]
+        return str(network)
+
+    def prefix(self, text: str) -> str:
+        """:func:`canonical_prefix`, remembered for spellings that are not canonical already
+        (canonical ones are checked faster than they are looked up)."""
+        found = self._prefixes.get(text)
+        if found is not None:
+            return found
+        found = canonical_prefix(text)
+        if found != text:
+            if len(self._prefixes) >= self.limit:
+                self._prefixes.clear()
+            self._prefixes[text] = found
+        return found
+
+    def address(self, text: str) -> str:
+        """:func:`canonical_address`, remembered."""
+        found = self._addresses.get(text)
+        if found is None:
+            found = canonical_address(text)
+            if len(self._addresses) >= self.limit:
+                self._addresses.clear()
+            self._addresses[text] = found
+        return found
+
+    def endpoint(self, text: str) -> Endpoint:
+        """:meth:`Endpoint.parse`, remembered."""
+        found = self._endpoints.get(text)
+        if found is None:
+            found = Endpoint.parse(text)
+            if len(self._endpoints) >= self.limit:
+                self._endpoints.clear()
+            self._endpoints[text] = found
+        return found
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -376,14 +392,7 @@ class Endpoint:
     @classmethod
     def parse(cls, text: str) -> Endpoint:
         """``1.2.3.4:51820``, ``[fd00::1]:51820`` or ``host.example:51820``."""
-        found = _endpoint_cache.get(text)
-        if found is not None:
-            return found
-        endpoint = cls._parse(text.strip())
-        if len(_endpoint_cache) >= _CACHE_LIMIT:
-            _endpoint_cache.clear()
-        _endpoint_cache[text] = endpoint
-        return endpoint
+        return cls._parse(text.strip())
 
     @classmethod
     def _parse(cls, text: str) -> Endpoint:
@@ -538,8 +547,9 @@ class InterfaceConfig:
         if self.fwmark is not None and not 0 <= self.fwmark <= 0xFFFFFFFF:
             raise ValueError("fwmark is a 32-bit number")
 
-    @property
+    @cached_property
     def public_key(self) -> bytes | None:
+        # Kept by the config itself (a planner asks on every pass; X25519 costs ~30 us).
         return None if self.private_key is None else public_key_of(self.private_key)
 
     def peer_map(self) -> dict[bytes, PeerConfig]:

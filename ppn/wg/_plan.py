@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Protocol, Union, runtime_checkable
 
 from ._model import (
     DEFAULT_STALE_AFTER,
@@ -38,6 +38,7 @@ from ._model import (
 )
 
 __all__ = [
+    "QuickCheck",
     "AddPeer",
     "Operation",
     "Ownership",
@@ -119,22 +120,35 @@ def _owner_predicate(owned: Ownership) -> Callable[[bytes], bool]:
     return keys.__contains__
 
 
-# The last desired state found free of internal duplicates, by identity: an agent re-plans
-# the same (frozen) desired state every pass and need not re-hash every prefix each time.
-_last_checked: list[InterfaceConfig] = []
+@runtime_checkable
+class QuickCheck(Protocol):
+    """What a device state's peer mapping may offer the planner: a cheap, exact test that the
+    device already has ``peer`` configured as desired (the UAPI reader compares text). False
+    only means "compare field by field"."""
+
+    def unchanged(self, peer: PeerConfig) -> bool: ...
+
+
+def _quick_check(peers: Mapping[bytes, PeerState]) -> Callable[[PeerConfig], bool] | None:
+    return peers.unchanged if isinstance(peers, QuickCheck) else None
 
 
 def check_prefixes(
-    desired: InterfaceConfig, foreign: Mapping[bytes, PeerState] | None = None
+    desired: InterfaceConfig,
+    foreign: Mapping[bytes, PeerState] | None = None,
+    *,
+    checked: bool = False,
 ) -> None:
     """Reject a prefix claimed by two desired peers, or by a desired and a foreign peer.
 
-    WireGuard would silently move the prefix to whichever peer was written last.
+    WireGuard would silently move the prefix to whichever peer was written last. ``checked``
+    says ``desired`` itself was found free of duplicates before (a long-lived caller re-plans
+    the same frozen state pass after pass: :class:`~ppn.wg.Reconciler` remembers it).
     """
     # Keyed by canonical text: equal prefixes have equal texts, and a parsed peer's texts
     # come without building network objects.
     owner: dict[str, bytes] = {}
-    if not (_last_checked and _last_checked[0] is desired) or foreign:
+    if not checked or foreign:
         for peer in desired.peers:
             for net in peer.prefix_texts():
                 other = owner.setdefault(net, peer.public_key)
@@ -143,7 +157,6 @@ def check_prefixes(
                         f"prefix {net} is claimed by two peers ({short_key(other)} and "
                         f"{short_key(peer.public_key)}); nothing was changed"
                     )
-        _last_checked[:] = [desired]
     for state in (foreign or {}).values():
         for net in map(network_text, state.allowed_ips):
             if net in owner:
@@ -162,13 +175,14 @@ def plan(
     owned: Ownership = None,
     previous: Mapping[bytes, Endpoint | None] | None = None,
     stale_after: float = DEFAULT_STALE_AFTER,
+    prefixes_checked: bool = False,
 ) -> Plan:
     """The operations that make ``current`` match ``desired`` (see the module docstring).
 
     ``previous`` maps public keys to the endpoint desired on the last successful pass (the
     roam rule needs to know whether the *desired* endpoint changed); without it, a peer with a
     fresh handshake keeps whatever endpoint it has. Endpoints must be IP literals here
-    (resolve host names first).
+    (resolve host names first). ``prefixes_checked``: see :func:`check_prefixes`.
     """
     is_owned = _owner_predicate(owned)
     wanted = desired.peer_map()
@@ -179,7 +193,7 @@ def plan(
             raise DesiredStateError(
                 f"peer {short_key(key)} is in the desired state but not owned by this node"
             )
-    check_prefixes(desired, foreign)
+    check_prefixes(desired, foreign, checked=prefixes_checked)
     own_key = current.public_key if desired.private_key is None else desired.public_key
     if own_key is not None and own_key in wanted:
         # WireGuard silently ignores such a peer, so it could never be verified.
@@ -196,7 +210,7 @@ def plan(
     kept: list[bytes] = []
     # A backend may offer a cheap exact "already configured like this" test (the UAPI reader
     # compares text); a miss only means the full comparison below decides.
-    unchanged: Callable[[PeerConfig], bool] | None = getattr(peers, "unchanged", None)
+    unchanged = _quick_check(peers)
     for key, peer in wanted.items():
         if key not in peers:
             ops.append(AddPeer(peer=peer))
@@ -255,7 +269,7 @@ def check_applied(
         missing.extend(
             op for op in applied.operations if isinstance(op, RemovePeer) and op.public_key in peers
         )
-    unchanged: Callable[[PeerConfig], bool] | None = getattr(peers, "unchanged", None)
+    unchanged = _quick_check(peers)
     for key, peer in wanted.items():
         if key not in peers:
             if whole_set or key in written:
@@ -271,7 +285,7 @@ def check_applied(
 
 def _interface_op(desired: InterfaceConfig, current: DeviceState) -> SetInterface | None:
     private_key = None
-    if desired.private_key is not None and public_key_of(desired.private_key) != current.public_key:
+    if desired.private_key is not None and desired.public_key != current.public_key:
         private_key = desired.private_key
     listen_port = None
     # Port 0 asks for a random port: a device that already has one satisfies it.

@@ -23,11 +23,10 @@ from ._model import (
     IPNetwork,
     PeerConfig,
     PeerState,
+    TextMemo,
     UAPIProtocolError,
-    gc_paused,
     key_fingerprint,
     network_text,
-    parse_network,
     public_key_of,
 )
 from ._plan import AddPeer, Operation, RemovePeer, SetInterface
@@ -35,6 +34,7 @@ from ._plan import AddPeer, Operation, RemovePeer, SetInterface
 __all__ = [
     "GET_REQUEST",
     "LazyPeers",
+    "PeerTexts",
     "peer_signature",
     "encode_set",
     "parse_errno",
@@ -139,53 +139,64 @@ class _Signature(NamedTuple):
     endpoint: str | None  # the endpoint as a device prints it
 
 
-# Signatures by the identity of the (frozen) PeerConfig: hashing a config would hash all its
-# prefixes, which costs more than building the signature. The entry keeps the object alive so
-# its id cannot be reused while cached. Behind it, signatures by value (the fields the text is
-# made of): a desired state built afresh — the mesh agent builds one every pass, a changed
-# config file parses into new objects — mostly repeats peers already seen.
-_signatures: dict[int, tuple[PeerConfig, _Signature]] = {}
-_by_value: dict[tuple[object, ...], _Signature] = {}
-
-
-def _signature(peer: PeerConfig) -> _Signature:
-    entry = _signatures.get(id(peer))
-    if entry is not None and entry[0] is peer:
-        return entry[1]
+def _build_signature(peer: PeerConfig) -> _Signature:
     ep = peer.endpoint
-    value = (
-        peer.public_key,
-        peer.preshared_key,
-        peer.persistent_keepalive,
-        None if ep is None else ep.host,
-        None if ep is None else ep.port,
-        peer.prefix_texts(),
-    )
-    signature = _by_value.get(value)
-    if signature is None:
-        psk = peer.preshared_key
-        tag = _ZERO_HEX if psk is None or psk == _ZERO_KEY else key_fingerprint(psk).hex()
-        nets = "".join([f"allowed_ip={text}\n" for text in peer.prefix_texts()])
-        head = f"{peer.public_key.hex()}\npreshared_key={tag}\n"
-        tail = f"persistent_keepalive_interval={peer.persistent_keepalive}\n{nets}"
-        endpoint = None if ep is None else str(ep)
-        signature = _Signature(head + tail, head, tail[:-1], endpoint)
-        if len(_by_value) >= 1 << 17:
-            _by_value.clear()
-        _by_value[value] = signature
-    if len(_signatures) >= 1 << 17:
-        _signatures.clear()
-    _signatures[id(peer)] = (peer, signature)
-    return signature
+    psk = peer.preshared_key
+    tag = _ZERO_HEX if psk is None or psk == _ZERO_KEY else key_fingerprint(psk).hex()
+    nets = "".join([f"allowed_ip={text}\n" for text in peer.prefix_texts()])
+    head = f"{peer.public_key.hex()}\npreshared_key={tag}\n"
+    tail = f"persistent_keepalive_interval={peer.persistent_keepalive}\n{nets}"
+    return _Signature(head + tail, head, tail[:-1], None if ep is None else str(ep))
+
+
+class PeerTexts:
+    """Each desired peer's text as a UAPI device prints it (:func:`peer_signature`), kept by
+    the object that compares against the device pass after pass (the UAPI backend).
+
+    By the identity of the (frozen) PeerConfig: hashing a config would hash all its prefixes,
+    which costs more than building the text. The entry holds the object, so its id cannot be
+    reused while it is here. Behind it, by value (the fields the text is made of): a desired
+    state built afresh (the mesh agent builds one every pass, a changed config file parses
+    into new objects) mostly repeats peers already seen. Bounded like :class:`TextMemo`.
+    """
+
+    def __init__(self, *, limit: int = 1 << 17) -> None:
+        self.limit = limit
+        self._by_identity: dict[int, tuple[PeerConfig, _Signature]] = {}
+        self._by_value: dict[tuple[object, ...], _Signature] = {}
+
+    def signature(self, peer: PeerConfig) -> _Signature:
+        entry = self._by_identity.get(id(peer))
+        if entry is not None and entry[0] is peer:
+            return entry[1]
+        ep = peer.endpoint
+        value = (
+            peer.public_key,
+            peer.preshared_key,
+            peer.persistent_keepalive,
+            None if ep is None else ep.host,
+            None if ep is None else ep.port,
+            peer.prefix_texts(),
+        )
+        signature = self._by_value.get(value)
+        if signature is None:
+            signature = _build_signature(peer)
+            if len(self._by_value) >= self.limit:
+                self._by_value.clear()
+            self._by_value[value] = signature
+        if len(self._by_identity) >= self.limit:
+            self._by_identity.clear()
+        self._by_identity[id(peer)] = (peer, signature)
+        return signature
 
 
 def peer_signature(peer: PeerConfig) -> str:
     """The configuration lines a UAPI device prints for ``peer`` (after ``public_key=``,
     volatile lines and endpoint left out, preshared key as fingerprint), in set order."""
-    return _signature(peer).text
+    return _build_signature(peer).text
 
 
-def _parse_block(block: str) -> PeerState:
+def _parse_block(block: str, memo: TextMemo) -> PeerState:
     """One peer's lines (redacted form), starting with the public key's hex."""
     lines = block.split("\n")
     peer_key = _hex_key(lines[0], "public_key")
@@ -202,12 +213,12 @@ def _parse_block(block: str) -> PeerState:
             raise UAPIProtocolError(f"line without '=': {line[:40]!r}")
         if key == "allowed_ip":
             try:
-                allowed.append(parse_network(value))
+                allowed.append(memo.network(value))
             except ValueError:
                 raise UAPIProtocolError(f"allowed_ip={value[:50]!r} is not a prefix") from None
         elif key == "endpoint":
             try:
-                endpoint = Endpoint.parse(value)
+                endpoint = memo.endpoint(value)
             except ValueError:
                 raise UAPIProtocolError(f"endpoint={value[:50]!r} is not ip:port") from None
         elif key == "preshared_key":
@@ -243,19 +254,28 @@ def _parse_block(block: str) -> PeerState:
 class LazyPeers(Mapping[bytes, PeerState]):
     """The peers of a UAPI answer, each decoded on first access.
 
-    ``unchanged(peer)`` answers "does the device already have exactly this configuration for
-    the peer?" by comparing text (:func:`peer_signature`) without decoding; the planner uses it
-    to skip the thousands of peers that did not change. A mismatch only means "look closer".
+    ``unchanged(peer)`` (the planner's :class:`~ppn.wg._plan.QuickCheck` protocol) answers
+    "does the device already have exactly this configuration for the peer?" by comparing text
+    (:func:`peer_signature`) without decoding; the planner uses it to skip the thousands of
+    peers that did not change. A mismatch only means "look closer".
     """
 
-    def __init__(self, blocks: dict[bytes, str]) -> None:
+    def __init__(
+        self,
+        blocks: dict[bytes, str],
+        *,
+        memo: TextMemo | None = None,
+        texts: PeerTexts | None = None,
+    ) -> None:
         self._blocks = blocks
         self._decoded: dict[bytes, PeerState] = {}
+        self._memo = TextMemo() if memo is None else memo
+        self._texts = PeerTexts() if texts is None else texts
 
     def __getitem__(self, key: bytes) -> PeerState:
         found = self._decoded.get(key)
         if found is None:
-            found = self._decoded[key] = _parse_block(self._blocks[key])
+            found = self._decoded[key] = _parse_block(self._blocks[key], self._memo)
         return found
 
     def __contains__(self, key: object) -> bool:
@@ -274,7 +294,7 @@ class LazyPeers(Mapping[bytes, PeerState]):
         block = self._blocks.get(peer.public_key)
         if block is None:
             return False
-        sig = _signature(peer)
+        sig = self._texts.signature(peer)
         # Fast: the block is the signature's head (key, preshared key), then only volatile
         # lines, then the signature's tail (keepalive, allowed IPs), as wireguard-go prints
         # it. Otherwise (another implementation's order, unknown lines): drop the volatile
@@ -303,22 +323,24 @@ class LazyPeers(Mapping[bytes, PeerState]):
         return block[at + 10 : stop if stop >= 0 else len(block)] == sig.endpoint
 
     def decode_all(self) -> dict[bytes, PeerState]:
-        with gc_paused():
-            return {key: self[key] for key in self._blocks}
+        return {key: self[key] for key in self._blocks}
 
 
-def parse_get(response: bytes, name: str, *, lazy: bool = False) -> DeviceState:
+def parse_get(
+    response: bytes,
+    name: str,
+    *,
+    lazy: bool = False,
+    memo: TextMemo | None = None,
+    texts: PeerTexts | None = None,
+) -> DeviceState:
     """Decode the answer to ``get=1``. Raises :class:`UAPIProtocolError` on malformed input
     (never anything else for arbitrary bytes) and :class:`DeviceError` for ``errno != 0``.
 
     ``lazy`` defers decoding each peer until it is looked at (:class:`LazyPeers`); a malformed
-    peer then raises :class:`UAPIProtocolError` on access instead of here.
+    peer then raises :class:`UAPIProtocolError` on access instead of here. ``memo`` and
+    ``texts`` are the caller's to keep from one read to the next (by default, fresh ones).
     """
-    with gc_paused():
-        return _parse_get(response, name, lazy)
-
-
-def _parse_get(response: bytes, name: str, lazy: bool) -> DeviceState:
     try:
         text = response.decode("utf-8")
     except UnicodeDecodeError:
@@ -368,7 +390,7 @@ def _parse_get(response: bytes, name: str, lazy: bool) -> DeviceState:
         if peer_key in blocks:
             raise UAPIProtocolError("the same peer appears twice")
         blocks[peer_key] = block
-    lazy_peers = LazyPeers(blocks)
+    lazy_peers = LazyPeers(blocks, memo=memo, texts=texts)
     peers: Mapping[bytes, PeerState] = lazy_peers if lazy else lazy_peers.decode_all()
     return DeviceState(
         name=name, public_key=public_key, listen_port=listen_port, fwmark=fwmark, peers=peers

@@ -33,7 +33,7 @@ from ppn.wg import (
     save_record,
 )
 from ppn.wg._config import _key
-from ppn.wg._model import _public_keys, canonical_prefix
+from ppn.wg._model import canonical_prefix
 from ppn.wg._uapi import parse_get
 
 NOW = 1_800_000_000.0
@@ -210,7 +210,6 @@ def test_fast_key_check_agrees_with_the_shared_decoder(text: str) -> None:
 @given(st.binary(min_size=32, max_size=32))
 @settings(max_examples=200, deadline=None)
 def test_public_key_of_matches_the_cryptography_package(private: bytes) -> None:
-    _public_keys.clear()
     expected = X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
     assert public_key_of(private) == expected
 
@@ -306,8 +305,9 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in heavy or m in heavy))
 
 
 def test_equal_peers_built_separately_share_one_signature() -> None:
-    from ppn.wg._uapi import _signature
+    from ppn.wg._uapi import PeerTexts
 
+    _signature = PeerTexts().signature
     a = peer(1, "10.0.0.1/32", endpoint="192.0.2.1:1")
     b = peer(1, "10.0.0.1/32", endpoint="192.0.2.1:1")
     assert a is not b and _signature(a) is _signature(b)
@@ -321,3 +321,58 @@ def test_equal_peers_built_separately_share_one_signature() -> None:
     ):
         assert _signature(other) != _signature(a)
         assert _signature(other).text == _signature(dataclasses.replace(other)).text
+
+
+def test_caches_belong_to_objects_not_to_the_module() -> None:
+    # Two owners never see each other's entries; a module holds no table that grows.
+    import ppn.wg._model as model_module
+    import ppn.wg._plan as plan_module
+    import ppn.wg._uapi as uapi_module
+    from ppn.wg._model import TextMemo
+    from ppn.wg._uapi import PeerTexts
+
+    for module in (model_module, uapi_module, plan_module):
+        tables = [
+            name
+            for name, value in vars(module).items()
+            if isinstance(value, (dict, list, set)) and name not in ("__all__", "__builtins__")
+        ]
+        assert tables == [], (module.__name__, tables)
+    one, two = TextMemo(), TextMemo()
+    assert one.network("fd00::1/128") is one.network("fd00::1/128")
+    assert one.network("fd00::1/128") is not two.network("fd00::1/128")
+    assert one.network_text(one.network("fd00:0::1/128")) == "fd00::1/128"
+    a = peer(1, "10.0.0.1/32")
+    assert PeerTexts().signature(a) is not PeerTexts().signature(a)
+
+
+def test_a_memo_is_bounded() -> None:
+    from ppn.wg._model import TextMemo
+
+    memo = TextMemo(limit=4)
+    for i in range(10):
+        memo.network(f"10.0.0.{i}/32")
+        memo.endpoint(f"192.0.2.{i}:1")
+    assert len(memo._networks) <= 4 and len(memo._texts) <= 4 and len(memo._endpoints) <= 4
+
+
+def test_the_planner_s_quick_check_is_a_declared_protocol() -> None:
+    from ppn.wg._plan import QuickCheck
+    from ppn.wg._uapi import LazyPeers
+
+    assert isinstance(LazyPeers({}), QuickCheck)
+    assert not isinstance({}, QuickCheck)
+
+
+def test_a_reconciler_skips_the_duplicate_check_only_for_the_state_it_checked() -> None:
+    from ppn.wg import DesiredStateError, FakeBackend, InterfaceConfig, Reconciler
+
+    reconciler = Reconciler(FakeBackend())
+    good = InterfaceConfig(peers=(peer(1, "10.0.0.1/32"), peer(2, "10.0.0.2/32")))
+    reconciler.sync(good, now=0.0)
+    reconciler.sync(good, now=1.0)  # the same object: not re-hashed, still fine
+    bad = InterfaceConfig(peers=(peer(1, "10.0.0.1/32"), peer(2, "10.0.0.1/32")))
+    with pytest.raises(DesiredStateError, match="claimed by two peers"):
+        reconciler.sync(bad, now=2.0)
+    with pytest.raises(DesiredStateError, match="claimed by two peers"):
+        reconciler.sync(bad, now=3.0)  # a refused state is never remembered as checked
