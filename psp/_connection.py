@@ -13,10 +13,9 @@ that overruns a client's credit is a protocol error at the client.
 from __future__ import annotations
 
 import enum
-from collections import deque
-from dataclasses import dataclass
+from typing import NoReturn
 
-from ppn.wire import FrameDecoder, WireError, encode_frame
+from ppn._framing import ConnectionClosed, FramedConnection
 
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ._messages import (
@@ -39,11 +38,6 @@ from ._messages import (
 )
 
 __all__ = ["ClientConnection", "ConnectionClosed", "ServerConnection", "State"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class ConnectionClosed:
-    """The peer closed its side at a frame boundary."""
 
 
 class State(enum.Enum):
@@ -88,74 +82,37 @@ _CLIENT_RECV: dict[tuple[State, type], State] = {
 }
 
 
-class _Core:
-    _from_server: bool
+class _Core(FramedConnection[State, Event | ConnectionClosed]):
+    """What both ends share: the framing base with PSP's messages, states and errors. Frames
+    are read until ERROR (after a connection-level error the client is CLOSED, and anything
+    more from the vault is a violation)."""
+
+    REMOTE_ERROR = RemoteProtocolError
+    LOCAL_ERROR = LocalProtocolError
 
     def __init__(self) -> None:
-        self.state = State.AWAIT_HELLO
-        self._decoder = FrameDecoder(max_size=MAX_FRAME)
-        self._out = bytearray()
-        self._events: deque[Event | ConnectionClosed] = deque()
+        super().__init__(State.AWAIT_HELLO, error=State.ERROR, max_frame=MAX_FRAME)
         self.request_id = 0  # the current (or last) request
         self.credit = 0
 
-    @property
-    def has_data_to_send(self) -> bool:
-        return bool(self._out)
-
-    def data_to_send(self) -> bytes:
-        data = bytes(self._out)
-        self._out.clear()
-        return data
-
-    def next_event(self) -> Event | ConnectionClosed | None:
-        return self._events.popleft() if self._events else None
-
     def receive_data(self, data: bytes) -> None:
-        if self.state is State.ERROR:
-            raise RemoteProtocolError("the connection already failed")
-        self._decoder.feed(data)
-        try:
-            while True:
-                frame = self._decoder.next_frame()
-                if frame is None:
-                    break
-                self._receive(decode_message(frame, from_server=self._from_server))
-        except WireError as exc:
-            self._fail(str(exc))
-        except RemoteProtocolError as exc:
-            self._fail(str(exc), exc.code)
-        if self._decoder.at_eof and self.state not in (State.CLOSED, State.ERROR):
+        """Bytes from the peer (``b""`` is EOF). Raises RemoteProtocolError."""
+        self._receive_frames(data)
+
+    def _on_eof(self) -> None:
+        if self.state is not State.CLOSED:
             self.state = State.CLOSED
             self._events.append(ConnectionClosed())
 
-    def _fail(self, message: str, code: ErrorCode = ErrorCode.PROTOCOL) -> None:
-        self.state = State.ERROR
-        raise RemoteProtocolError(message, code)
+    def _fail(self, message: str, code: ErrorCode = ErrorCode.PROTOCOL) -> NoReturn:
+        self._violation(RemoteProtocolError(message, code))
 
     def _emit(self, event: Event) -> None:
-        self._out += encode_frame(encode_message(event), max_size=MAX_FRAME)
-
-    def _transition(
-        self, table: dict[tuple[State, type], State], event: Event, remote: bool
-    ) -> None:
-        nxt = table.get((self.state, type(event)))
-        if nxt is None:
-            what = f"{type(event).__name__} in state {self.state.value}"
-            if remote:
-                self._fail(f"peer sent {what}")
-            self.state = State.ERROR
-            raise LocalProtocolError(f"cannot send {what}")
-        self.state = nxt
-
-    def _receive(self, event: Event) -> None:
-        raise NotImplementedError
+        self._write(encode_message(event))
 
 
 class ServerConnection(_Core):
     """The vault's end. Answers the client's hello itself (with ``vault_id``)."""
-
-    _from_server = False
 
     def __init__(self, *, vault_id: bytes, versions: tuple[int, ...] = PROTOCOL_VERSIONS) -> None:
         super().__init__()
@@ -165,11 +122,10 @@ class ServerConnection(_Core):
         self._digest = RowDigest()
         self._finished: int = 0
 
-    def _fail(self, message: str, code: ErrorCode = ErrorCode.PROTOCOL) -> None:
+    def _tell_peer(self, error: Exception) -> None:
         # Tell the client why before giving up: a connection-level error frame (id 0).
-        if self.state is not State.ERROR:
-            self._emit(Error(request_id=0, code=code, message=message[:500]))
-        super()._fail(message, code)
+        code = error.code if isinstance(error, RemoteProtocolError) else ErrorCode.PROTOCOL
+        self._emit(Error(request_id=0, code=code, message=str(error)[:500]))
 
     @property
     def rows_sent(self) -> int:
@@ -179,7 +135,8 @@ class ServerConnection(_Core):
     def rows_digest(self) -> bytes:
         return self._digest.digest()
 
-    def _receive(self, event: Event) -> None:
+    def _on_frame(self, payload: bytes) -> None:
+        event = decode_message(payload, from_server=False)
         if isinstance(event, Credit | Cancel):
             if event.request_id == self._finished:
                 return  # crossed our End or Error on the wire: harmless
@@ -198,7 +155,7 @@ class ServerConnection(_Core):
                 self._fail("no common protocol version", ErrorCode.VERSION_MISMATCH)
             self.version = max(common)
             self._emit(ServerHello(version=self.version, vault=self.vault_id))
-        self._transition(_SERVER_RECV, event, remote=True)
+        self._transition(_SERVER_RECV, type(event), remote=True)
         if isinstance(event, Request):
             if event.request_id <= self.request_id:
                 self._fail("request ids must increase")
@@ -217,16 +174,14 @@ class ServerConnection(_Core):
             self.state = State.CLOSED
             return
         if getattr(event, "request_id", None) != self.request_id:
-            self.state = State.ERROR
-            raise LocalProtocolError("event for a request that is not current")
+            self._misuse("event for a request that is not current")
         if isinstance(event, RowBatch) and self.credit <= 0:
             raise LocalProtocolError("no credit: wait for the client to grant more")
         if isinstance(event, End) and (
             event.count != self.rows_sent or event.digest != self.rows_digest
         ):
-            self.state = State.ERROR
-            raise LocalProtocolError("End must carry rows_sent and rows_digest")
-        self._transition(_SERVER_SEND, event, remote=False)
+            self._misuse("End must carry rows_sent and rows_digest")
+        self._transition(_SERVER_SEND, type(event), remote=False)
         if isinstance(event, RowBatch):
             self.credit -= 1
             self._digest.update(event.rows)
@@ -239,8 +194,6 @@ class ClientConnection(_Core):
     """The client's end: hello goes out at once; one request at a time; rows are checked
     against the end frame's count and digest before ``End`` is delivered."""
 
-    _from_server = True
-
     def __init__(self, *, versions: tuple[int, ...] = PROTOCOL_VERSIONS) -> None:
         super().__init__()
         self.versions = versions
@@ -252,7 +205,8 @@ class ClientConnection(_Core):
     def rows_received(self) -> int:
         return self._digest.count
 
-    def _receive(self, event: Event) -> None:
+    def _on_frame(self, payload: bytes) -> None:
+        event = decode_message(payload, from_server=True)
         if isinstance(event, ServerHello):
             if self.server is not None or self.state in (State.CLOSED, State.ERROR):
                 self._fail("a second hello")
@@ -271,7 +225,7 @@ class ClientConnection(_Core):
             self._fail("a response before the hello")
         if getattr(event, "request_id", None) != self.request_id:
             self._fail("a response for a request that is not current")
-        self._transition(_CLIENT_RECV, event, remote=True)
+        self._transition(_CLIENT_RECV, type(event), remote=True)
         if isinstance(event, RowBatch):
             if self.credit <= 0:
                 self._fail("the vault sent rows beyond the granted credit")
@@ -290,7 +244,7 @@ class ClientConnection(_Core):
             raise LocalProtocolError("request ids must increase")
         if isinstance(event, Credit | Cancel) and event.request_id != self.request_id:
             raise LocalProtocolError("credit or cancel for a request that is not current")
-        self._transition(_CLIENT_SEND, event, remote=False)
+        self._transition(_CLIENT_SEND, type(event), remote=False)
         if isinstance(event, Request):
             self.request_id, self.credit, self._digest = event.request_id, event.credit, RowDigest()
         elif isinstance(event, Credit):

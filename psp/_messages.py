@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import msgpack
 
+from ppn._fields import Fields
 from ppn.wire import EncodingError, pack_canonical, unpack_canonical
 
 from ._errors import ErrorCode, RemoteProtocolError
@@ -37,6 +39,7 @@ __all__ = [
     "ServerHello",
     "decode_message",
     "encode_message",
+    "error_code",
 ]
 
 MAX_FRAME = 1 << 20
@@ -215,37 +218,23 @@ _KEYS_ID_VAULT_QID_AS_OF = frozenset({"t", "id", "vault", "qid", "as_of"})
 _KEYS_ID_ROWS = frozenset({"t", "id", "rows"})
 _KEYS_ID_COUNT_DIGEST = frozenset({"t", "id", "count", "digest"})
 _KEYS_ID_CODE_MSG = frozenset({"t", "id", "code", "msg"})
+_KEYS_CURSOR = frozenset({"cursor"})
 
 
 def _bad(detail: str) -> RemoteProtocolError:
     return RemoteProtocolError(f"malformed PSP message: {detail}")
 
 
-class _Fields:
-    """Typed access to a decoded map; any mismatch is the peer's protocol error."""
+# Bound once: a call per message costs no Python frame beyond the reader's own.
+_fields = partial(Fields, error=_bad)
 
-    def __init__(
-        self,
-        m: dict[str, Any],
-        keys: set[str] | frozenset[str],
-        optional: frozenset[str] = frozenset(),
-    ) -> None:
-        present = m.keys()
-        if present != keys and not (optional and keys <= present <= keys | optional):
-            raise _bad(f"keys {sorted(m)}")
-        self.m = m
 
-    def integer(self, key: str, low: int = 0, high: int = 2**63 - 1) -> int:
-        v = self.m[key]
-        if type(v) is not int or not low <= v <= high:
-            raise _bad(f"{key!r} must be an integer in [{low}, {high}]")
-        return v
-
-    def blob(self, key: str, size: int | None = None, max_size: int = MAX_FRAME) -> bytes:
-        v = self.m[key]
-        if not isinstance(v, bytes) or (size is not None and len(v) != size) or len(v) > max_size:
-            raise _bad(f"{key!r} must be bytes")
-        return v
+def error_code(raw: int) -> ErrorCode:
+    """The code of an ``err`` frame; an unknown one (from a newer peer) keeps its retry class."""
+    try:
+        return ErrorCode(raw)
+    except ValueError:
+        return ErrorCode.INTERNAL if raw >= 200 else ErrorCode.PROTOCOL
 
 
 def decode_message(data: bytes, *, from_server: bool) -> Event:
@@ -258,7 +247,7 @@ def decode_message(data: bytes, *, from_server: bool) -> Event:
         raise _bad("not a typed map")
     t = m["t"]
     if t == "hello" and not from_server:
-        f = _Fields(m, _KEYS_V)
+        f = _fields(m, required=_KEYS_V)
         v = m["v"]
         if (
             not isinstance(v, list)
@@ -268,10 +257,10 @@ def decode_message(data: bytes, *, from_server: bool) -> Event:
             raise _bad("'v' must list versions")
         return ClientHello(versions=tuple(v))
     if t == "hello":
-        f = _Fields(m, _KEYS_V_VAULT)
-        return ServerHello(version=f.integer("v", 1, 2**16 - 1), vault=f.blob("vault", 32))
+        f = _fields(m, required=_KEYS_V_VAULT)
+        return ServerHello(version=f.integer("v", 1, 2**16 - 1), vault=f.blob("vault", size=32))
     if t == "req" and not from_server:
-        f = _Fields(m, _KEYS_ID_INV_Q_CREDIT)
+        f = _fields(m, required=_KEYS_ID_INV_Q_CREDIT)
         return Request(
             request_id=f.integer("id", 1, MAX_REQUEST_ID),
             envelope=f.blob("inv"),
@@ -279,23 +268,23 @@ def decode_message(data: bytes, *, from_server: bool) -> Event:
             credit=f.integer("credit", 0, MAX_CREDIT),
         )
     if t == "credit" and not from_server:
-        f = _Fields(m, _KEYS_ID_N)
+        f = _fields(m, required=_KEYS_ID_N)
         return Credit(
             request_id=f.integer("id", 1, MAX_REQUEST_ID), batches=f.integer("n", 1, MAX_CREDIT)
         )
     if t == "cancel" and not from_server:
-        f = _Fields(m, _KEYS_ID)
+        f = _fields(m, required=_KEYS_ID)
         return Cancel(request_id=f.integer("id", 1, MAX_REQUEST_ID))
     if t == "head" and from_server:
-        f = _Fields(m, _KEYS_ID_VAULT_QID_AS_OF)
+        f = _fields(m, required=_KEYS_ID_VAULT_QID_AS_OF)
         return Header(
             request_id=f.integer("id", 1, MAX_REQUEST_ID),
-            vault=f.blob("vault", 32),
-            query_id=f.blob("qid", max_size=64),
+            vault=f.blob("vault", size=32),
+            query_id=f.blob("qid", high=64),
             as_of=f.integer("as_of"),
         )
     if t == "rows" and from_server:
-        f = _Fields(m, _KEYS_ID_ROWS)
+        f = _fields(m, required=_KEYS_ID_ROWS)
         rows = m["rows"]
         if (
             not isinstance(rows, list)
@@ -305,7 +294,7 @@ def decode_message(data: bytes, *, from_server: bool) -> Event:
             raise _bad("'rows' must be 1..4096 byte strings")
         return RowBatch(request_id=f.integer("id", 1, MAX_REQUEST_ID), rows=tuple(rows))
     if t == "end" and from_server:
-        f = _Fields(m, _KEYS_ID_COUNT_DIGEST, frozenset({"cursor"}))
+        f = _fields(m, required=_KEYS_ID_COUNT_DIGEST, optional=_KEYS_CURSOR)
         cursor = None
         if "cursor" in m:
             c = m["cursor"]
@@ -319,19 +308,14 @@ def decode_message(data: bytes, *, from_server: bool) -> Event:
         return End(
             request_id=f.integer("id", 1, MAX_REQUEST_ID),
             count=f.integer("count"),
-            digest=f.blob("digest", 32),
+            digest=f.blob("digest", size=32),
             cursor=cursor,
         )
     if t == "err" and from_server:
-        f = _Fields(m, _KEYS_ID_CODE_MSG)
-        msg = m["msg"]
-        if not isinstance(msg, str) or len(msg) > MAX_MESSAGE:
-            raise _bad("'msg' must be a short text")
-        raw_code = f.integer("code", 0, 65535)
-        try:
-            code = ErrorCode(raw_code)
-        except ValueError:
-            # An unknown code from a newer vault: keep its retry class, report it as such.
-            code = ErrorCode.INTERNAL if raw_code >= 200 else ErrorCode.PROTOCOL
-        return Error(request_id=f.integer("id", 0, MAX_REQUEST_ID), code=code, message=msg)
+        f = _fields(m, required=_KEYS_ID_CODE_MSG)
+        return Error(
+            request_id=f.integer("id", 0, MAX_REQUEST_ID),
+            code=error_code(f.integer("code", 0, 65535)),
+            message=f.text("msg", high=MAX_MESSAGE),
+        )
     raise _bad(f"unexpected message type {t!r}")
