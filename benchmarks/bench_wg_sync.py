@@ -159,12 +159,36 @@ def main() -> None:
         ppn_command = _installed_ppn(Path(tmp))
         host = lab.host("bench")
         ifname = lab.unique_ifname("wgb")
-        daemon = WireGuardGo(ifname, netns=host.netns)
-        daemon.start()
-        assert daemon.process is not None
-        lab.processes.append(daemon.process)
-        configure_interface(ifname, addresses=["10.255.255.1/32"], netns=host.netns)
-        backend = UAPIBackend(ifname)
+        if os.environ.get("PPN_BENCH_WG_KERNEL") == "1":  # python -m interop.kernel_vm --bench
+            # A kernel interface in this namespace (the VM's root one), so `wg`, `ppn` and the
+            # library reach it exactly as they reach wireguard-go's socket: no `ip netns exec`.
+            import atexit
+
+            from ppn.wg import KernelBackend
+
+            def device() -> KernelBackend | UAPIBackend:
+                return KernelBackend(ifname)
+
+            def reset() -> None:  # untimed: a new, empty link
+                subprocess.run(["ip", "link", "del", ifname], capture_output=True)
+                subprocess.run(["ip", "link", "add", ifname, "type", "wireguard"], check=True)
+
+            reset()
+            atexit.register(subprocess.run, ["ip", "link", "del", ifname], capture_output=True)
+        else:
+            daemon = WireGuardGo(ifname, netns=host.netns)
+            daemon.start()
+            assert daemon.process is not None
+            lab.processes.append(daemon.process)
+            configure_interface(ifname, addresses=["10.255.255.1/32"], netns=host.netns)
+
+            def device() -> KernelBackend | UAPIBackend:
+                return UAPIBackend(ifname)
+
+            def reset() -> None:
+                _reset(UAPIBackend(ifname).path)
+
+        backend = device()
         me = WireGuardKeyPair.generate()
         import base64
 
@@ -201,7 +225,7 @@ def main() -> None:
                     cfg = parse_config(path.read_text())
                     record = load_record(ifname)
                     report = reconcile(
-                        UAPIBackend(ifname),
+                        device(),
                         cfg,
                         now=time.time(),
                         previous=None if record is None else record.endpoints,
@@ -266,9 +290,9 @@ def main() -> None:
             tools = (("wg", wg), ("agent", ppn_agent), ("lib", ppn_lib), ("cli", ppn_cli))
             for _ in range(REPEATS[n]):
                 for tool, make in tools:
-                    _reset(backend.path)
+                    reset()
                     # a new agent: its backend (and so its caches) starts empty
-                    agent_box[:] = [Reconciler(UAPIBackend(ifname))]
+                    agent_box[:] = [Reconciler(device())]
                     record = os.path.join(env["PPN_WG_STATE_DIR"], f"{ifname}.json")
                     if os.path.exists(record):
                         os.unlink(record)
