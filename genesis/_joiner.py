@@ -226,7 +226,7 @@ class Joiner(CeremonyCore[JoinerState]):
             return
         self._send_message(m.Approve())
         # The sponsor's operator may take the rest of the SAS time; then one step for the bundle.
-        self._state = JoinerState.AWAIT_BUNDLE
+        self.state = JoinerState.AWAIT_BUNDLE
         self._deadline = self._sas_deadline + self.step_timeout
 
     ON_MESSAGE: ClassVar[dict[tuple[Any, type], Callable[..., None]]] = {

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ppn import wire
+from ppn._fields import Fields
 
 from ._errors import RemoteProtocolError
 
@@ -187,24 +188,6 @@ _FIELDS: dict[str, frozenset[str]] = {
 }
 
 
-def _bytes(value: dict[str, Any], key: str, *, size: int | None = None, max_size: int = 0) -> bytes:
-    item = value[key]
-    if not isinstance(item, bytes):
-        raise RemoteProtocolError(f"field {key!r} must be bytes")
-    if size is not None and len(item) != size:
-        raise RemoteProtocolError(f"field {key!r} must be {size} bytes")
-    if max_size and len(item) > max_size:
-        raise RemoteProtocolError(f"field {key!r} is too long")
-    return item
-
-
-def _int(value: dict[str, Any], key: str, low: int, high: int) -> int:
-    item = value[key]
-    if not isinstance(item, int) or isinstance(item, bool) or not low <= item <= high:
-        raise RemoteProtocolError(f"field {key!r} must be an integer in {low}..{high}")
-    return item
-
-
 def decode_message(payload: bytes) -> Message:
     """Parse one frame payload. Raises :class:`RemoteProtocolError` for anything malformed."""
     try:
@@ -217,43 +200,39 @@ def decode_message(payload: bytes) -> Message:
     expected = _FIELDS.get(kind)
     if expected is None:
         raise RemoteProtocolError("unknown message type")
-    if set(value) != expected:
-        raise RemoteProtocolError(f"message {kind!r} has the wrong fields")
+    f = Fields(value, error=RemoteProtocolError, required=expected, what=kind)
     match kind:
         case "hello":
             return Hello(
-                version=_int(value, "v", 0, 2**32),
-                window=_int(value, "window", 1, 2**32),
-                nonce=_bytes(value, "nonce", size=NONCE),
-                sas_digits=_int(value, "sas", MIN_SAS_DIGITS_WIRE, MAX_SAS_DIGITS_WIRE),
+                version=f.integer("v", 0, 2**32),
+                window=f.integer("window", 1, 2**32),
+                nonce=f.blob("nonce", size=NONCE),
+                sas_digits=f.integer("sas", MIN_SAS_DIGITS_WIRE, MAX_SAS_DIGITS_WIRE),
             )
         case "offer":
             return Offer(
-                nonce=_bytes(value, "nonce", size=NONCE),
-                mesh=_bytes(value, "mesh", size=16),
-                commit=_bytes(value, "commit", size=HASH),
-                sas_digits=_int(value, "sas", MIN_SAS_DIGITS_WIRE, MAX_SAS_DIGITS_WIRE),
+                nonce=f.blob("nonce", size=NONCE),
+                mesh=f.blob("mesh", size=16),
+                commit=f.blob("commit", size=HASH),
+                sas_digits=f.integer("sas", MIN_SAS_DIGITS_WIRE, MAX_SAS_DIGITS_WIRE),
             )
         case "share":
-            return Share(y=_bytes(value, "y", size=POINT), ad=_bytes(value, "ad", max_size=MAX_AD))
+            return Share(y=f.blob("y", size=POINT), ad=f.blob("ad", high=MAX_AD))
         case "reveal":
             return Reveal(
-                y=_bytes(value, "y", size=POINT),
-                ad=_bytes(value, "ad", max_size=MAX_AD),
-                tag=_bytes(value, "tag", size=HASH),
+                y=f.blob("y", size=POINT),
+                ad=f.blob("ad", high=MAX_AD),
+                tag=f.blob("tag", size=HASH),
             )
         case "confirm":
-            return Confirm(tag=_bytes(value, "tag", size=HASH))
+            return Confirm(tag=f.blob("tag", size=HASH))
         case "approve":
             return Approve()
         case "bundle":
-            return SponsorBundleBox(box=_bytes(value, "box", max_size=MAX_BOX))
+            return SponsorBundleBox(box=f.blob("box", high=MAX_BOX))
         case "endpoints":
-            return JoinerBundleBox(box=_bytes(value, "box", max_size=MAX_BOX))
+            return JoinerBundleBox(box=f.blob("box", high=MAX_BOX))
         case "done":
-            return Done(box=_bytes(value, "box", max_size=MAX_BOX))
+            return Done(box=f.blob("box", high=MAX_BOX))
         case _:
-            reason = value["reason"]
-            if not isinstance(reason, str) or not 0 < len(reason) <= MAX_REASON:
-                raise RemoteProtocolError("abort reason must be a short text")
-            return Abort(reason=reason)
+            return Abort(reason=f.text("reason", low=1, high=MAX_REASON))
