@@ -1,28 +1,21 @@
-"""Strict field readers for fleet messages decoded from canonical msgpack.
+"""Fleet messages decoded from canonical msgpack, read with the shared field reader.
 
-Every fleet message is a map with an exact key set; a reader either returns a value of the
-expected type and range or raises :class:`RemoteProtocolError` naming the field. Keeping these
-in one place keeps the decoders short and makes "only RemoteProtocolError escapes" easy to hold.
+Every fleet message is a map with an exact key set; :func:`expect_map` checks it and returns a
+:class:`ppn._fields.Fields` whose reads either return a value of the expected type and range or
+raise :class:`RemoteProtocolError` naming the field (``heartbeat.seq must be …``). Keeping the
+fleet's binding in one place makes "only RemoteProtocolError escapes" easy to hold.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 from typing import Any
 
 from .. import wire
 from .._errors import RemoteProtocolError
+from .._fields import Fields
 
-__all__ = [
-    "expect_bool",
-    "expect_bytes",
-    "expect_int",
-    "expect_list",
-    "expect_map",
-    "expect_text",
-    "unpack_message",
-]
+__all__ = ["Fields", "expect_map", "unpack_message"]
 
 
 def unpack_message(payload: bytes, *, what: str, max_size: int) -> Any:
@@ -35,53 +28,12 @@ def unpack_message(payload: bytes, *, what: str, max_size: int) -> Any:
 
 def expect_map(
     value: Any, *, what: str, required: Collection[str], optional: Collection[str] = ()
-) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise RemoteProtocolError(f"{what} must be a map")
-    keys = set(value)
-    missing = set(required) - keys
-    if missing:
-        raise RemoteProtocolError(f"{what} lacks {', '.join(sorted(missing))}")
-    unknown = keys - set(required) - set(optional)
-    if unknown:
-        raise RemoteProtocolError(f"{what} has unknown fields {', '.join(sorted(unknown))}")
-    return value
-
-
-def expect_text(
-    m: dict[str, Any], key: str, *, what: str, max_len: int, pattern: re.Pattern[str] | None = None
-) -> str:
-    value = m[key]
-    if not isinstance(value, str) or len(value) > max_len:
-        raise RemoteProtocolError(f"{what}.{key} must be text of at most {max_len} characters")
-    if pattern is not None and not pattern.match(value):
-        raise RemoteProtocolError(f"{what}.{key} is not well-formed")
-    return value
-
-
-def expect_int(m: dict[str, Any], key: str, *, what: str, low: int, high: int) -> int:
-    value = m[key]
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise RemoteProtocolError(f"{what}.{key} must be an integer in [{low}, {high}]")
-    return value
-
-
-def expect_bool(m: dict[str, Any], key: str, *, what: str) -> bool:
-    value = m[key]
-    if not isinstance(value, bool):
-        raise RemoteProtocolError(f"{what}.{key} must be true or false")
-    return value
-
-
-def expect_bytes(m: dict[str, Any], key: str, *, what: str, size: int) -> bytes:
-    value = m[key]
-    if not isinstance(value, bytes) or len(value) != size:
-        raise RemoteProtocolError(f"{what}.{key} must be {size} bytes")
-    return value
-
-
-def expect_list(m: dict[str, Any], key: str, *, what: str, max_len: int) -> list[Any]:
-    value = m[key]
-    if not isinstance(value, list) or len(value) > max_len:
-        raise RemoteProtocolError(f"{what}.{key} must be a list of at most {max_len} items")
-    return value
+) -> Fields:
+    """``value`` as a map with exactly the ``required`` keys (and perhaps ``optional`` ones)."""
+    return Fields(
+        value,
+        error=RemoteProtocolError,
+        required=frozenset(required),
+        optional=frozenset(optional),
+        what=what,
+    )

@@ -17,15 +17,7 @@ from typing import Any
 from .. import wire
 from .._errors import RemoteProtocolError
 from .._keys import IdentityKey, verify_signature
-from ._codec import (
-    expect_bool,
-    expect_bytes,
-    expect_int,
-    expect_list,
-    expect_map,
-    expect_text,
-    unpack_message,
-)
+from ._codec import expect_map, unpack_message
 from ._vm import MAX_RAM_MB, VmRecord
 
 __all__ = [
@@ -115,22 +107,22 @@ class Heartbeat:
     def from_wire(cls, value: Any) -> Heartbeat:
         what = "heartbeat"
         m = expect_map(value, what=what, required=_BODY_FIELDS)
-        if expect_int(m, "v", what=what, low=0, high=255) != 1:
+        if m.integer("v", 0, 255) != 1:
             raise RemoteProtocolError("heartbeat version is not 1")
-        vms = expect_list(m, "vms", what=what, max_len=MAX_VMS)
+        vms = m.items("vms", high=MAX_VMS)
         return cls(
-            node_id=expect_text(m, "node_id", what=what, max_len=64, pattern=_NODE_ID),
-            mesh_address=expect_text(m, "mesh_address", what=what, max_len=45),
-            hostname=expect_text(m, "hostname", what=what, max_len=253, pattern=_HOSTNAME),
-            ram_total_mb=expect_int(m, "ram_total_mb", what=what, low=0, high=MAX_RAM_MB),
-            ram_available_mb=expect_int(m, "ram_available_mb", what=what, low=0, high=MAX_RAM_MB),
-            cpu_cores=expect_int(m, "cpu_cores", what=what, low=1, high=65535),
-            load_milli=expect_int(m, "load_milli", what=what, low=0, high=2**32 - 1),
-            kvm=expect_bool(m, "kvm", what=what),
-            reserved=expect_bool(m, "reserved", what=what),
+            node_id=m.text("node_id", high=64, pattern=_NODE_ID),
+            mesh_address=m.text("mesh_address", high=45),
+            hostname=m.text("hostname", high=253, pattern=_HOSTNAME),
+            ram_total_mb=m.integer("ram_total_mb", 0, MAX_RAM_MB),
+            ram_available_mb=m.integer("ram_available_mb", 0, MAX_RAM_MB),
+            cpu_cores=m.integer("cpu_cores", 1, 65535),
+            load_milli=m.integer("load_milli", 0, 2**32 - 1),
+            kvm=m.boolean("kvm"),
+            reserved=m.boolean("reserved"),
             vms=tuple(VmRecord.from_wire(v, what=f"heartbeat.vms[{i}]") for i, v in enumerate(vms)),
-            boot_id=expect_bytes(m, "boot_id", what=what, size=BOOT_ID_SIZE),
-            seq=expect_int(m, "seq", what=what, low=0, high=MAX_SEQ),
+            boot_id=m.blob("boot_id", size=BOOT_ID_SIZE),
+            seq=m.integer("seq", 0, MAX_SEQ),
         )
 
 
@@ -175,7 +167,7 @@ def decode_heartbeat_reply(payload: bytes) -> tuple[bool, str]:
     m = expect_map(
         unpack_message(payload, what=what, max_size=1024), what=what, required=("ok", "reason")
     )
-    return expect_bool(m, "ok", what=what), expect_text(m, "reason", what=what, max_len=200)
+    return m.boolean("ok"), m.text("reason", high=200)
 
 
 @dataclass

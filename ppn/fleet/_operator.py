@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import RemoteProtocolError
-from ._codec import expect_bool, expect_int, expect_map, expect_text, unpack_message
+from ._codec import expect_map, unpack_message
 from ._placement import Candidate, PlacementRequest
 from ._table import NodeTable
 from ._vm import MAX_RAM_MB, MAX_VCPUS, VM_NAME, VM_TYPE, normalize_vm_type
@@ -79,26 +79,26 @@ def decode_control_request(payload: bytes) -> ControlRequest:
         what=what,
         required=("op", "type", "ram_mb", "vcpus", "name", "node", "prefer_kvm"),
     )
-    op = expect_text(m, "op", what=what, max_len=16)
+    op = m.text("op", high=16)
     if op not in _OPS:
         raise RemoteProtocolError(f"unknown control operation {op!r}")
-    vm_type = normalize_vm_type(expect_text(m, "type", what=what, max_len=40))
+    vm_type = normalize_vm_type(m.text("type", high=40))
     if not VM_TYPE.match(vm_type):
         raise RemoteProtocolError("control request.type is not well-formed")
-    name = expect_text(m, "name", what=what, max_len=63)
+    name = m.text("name", high=63)
     if name and not VM_NAME.match(name):
         raise RemoteProtocolError("control request.name is not well-formed")
-    node = expect_text(m, "node", what=what, max_len=63)
+    node = m.text("node", high=63)
     if node and not _NODE_NAME.match(node):
         raise RemoteProtocolError("control request.node is not well-formed")
     return ControlRequest(
         op=op,
         vm_type=vm_type,
-        ram_mb=expect_int(m, "ram_mb", what=what, low=1, high=MAX_RAM_MB),
-        vcpus=expect_int(m, "vcpus", what=what, low=1, high=MAX_VCPUS),
+        ram_mb=m.integer("ram_mb", 1, MAX_RAM_MB),
+        vcpus=m.integer("vcpus", 1, MAX_VCPUS),
         name=name,
         node=node,
-        prefer_kvm=expect_bool(m, "prefer_kvm", what=what),
+        prefer_kvm=m.boolean("prefer_kvm"),
     )
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from .. import wire
 from .._errors import LocalProtocolError, PPNError, RemoteProtocolError
 from .._keys import IdentityKey, verify_signature
-from ._codec import expect_bytes, expect_int, expect_map, expect_text, unpack_message
+from ._codec import expect_map, unpack_message
 from ._directory import MemberDirectory
 from ._vm import REQUEST_ID_SIZE, VmSpec
 
@@ -185,12 +185,12 @@ class SpawnServer(_Core):
         b = expect_map(
             inner, what=what, required=("v", "t", "node_id", "nonce", "request_id", "vm")
         )
-        if expect_int(b, "v", what=what, low=0, high=255) != 1 or b["t"] != "spawn":
+        if b.integer("v", 0, 255) != 1 or b["t"] != "spawn":
             raise RemoteProtocolError("spawn body is not a version-1 spawn request")
         # A valid signature over someone else's nonce or node is a replay: same error as a forgery.
         if b["nonce"] != self._nonce or b["node_id"] != self.node_id:
             raise SpawnAuthError()
-        request_id = expect_bytes(b, "request_id", what=what, size=REQUEST_ID_SIZE)
+        request_id = b.blob("request_id", size=REQUEST_ID_SIZE)
         spec = VmSpec.from_wire(b["vm"], what=f"{what}.vm")
         self._step("request")
         self._request_id = request_id
@@ -238,10 +238,10 @@ class SpawnClient(_Core):
             m = expect_map(message, what=what, required=("t", "node_id", "nonce"))
             if m["t"] != "challenge":
                 raise RemoteProtocolError("expected the host's challenge")
-            node_id = expect_text(m, "node_id", what=what, max_len=64)
+            node_id = m.text("node_id", high=64)
             if node_id != self.node_id:
                 raise RemoteProtocolError(f"reached node {node_id!r}, not {self.node_id!r}")
-            nonce = expect_bytes(m, "nonce", what=what, size=NONCE_SIZE)
+            nonce = m.blob("nonce", size=NONCE_SIZE)
             self._step("challenge")
             body = wire.pack_canonical(
                 {
@@ -260,9 +260,9 @@ class SpawnClient(_Core):
             m = expect_map(message, what=what, required=("t", "request_id", "reason"))
             if m["t"] not in ("accepted", "refused"):
                 raise RemoteProtocolError("spawn answer is neither accepted nor refused")
-            if expect_bytes(m, "request_id", what=what, size=REQUEST_ID_SIZE) != self.request_id:
+            if m.blob("request_id", size=REQUEST_ID_SIZE) != self.request_id:
                 raise RemoteProtocolError("spawn answer is for another request")
-            reason = expect_text(m, "reason", what=what, max_len=MAX_REASON)
+            reason = m.text("reason", high=MAX_REASON)
             self._step("answer")
             self._events.append(
                 SpawnAnswer(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import LocalProtocolError, RemoteProtocolError
-from ._codec import expect_bytes, expect_int, expect_map, expect_text
+from ._codec import expect_map
 
 __all__ = [
     "MAX_RAM_MB",
@@ -76,10 +76,10 @@ class VmSpec:
     def from_wire(cls, value: Any, *, what: str = "vm") -> VmSpec:
         m = expect_map(value, what=what, required=("type", "name", "ram_mb", "vcpus"))
         return cls(
-            vm_type=expect_text(m, "type", what=what, max_len=32, pattern=VM_TYPE),
-            name=expect_text(m, "name", what=what, max_len=63, pattern=VM_NAME),
-            ram_mb=expect_int(m, "ram_mb", what=what, low=1, high=MAX_RAM_MB),
-            vcpus=expect_int(m, "vcpus", what=what, low=1, high=MAX_VCPUS),
+            vm_type=m.text("type", high=32, pattern=VM_TYPE),
+            name=m.text("name", high=63, pattern=VM_NAME),
+            ram_mb=m.integer("ram_mb", 1, MAX_RAM_MB),
+            vcpus=m.integer("vcpus", 1, MAX_VCPUS),
         )
 
 
@@ -103,14 +103,14 @@ class VmRecord:
     @classmethod
     def from_wire(cls, value: Any, *, what: str = "vm record") -> VmRecord:
         m = expect_map(value, what=what, required=("request_id", "vm", "state", "detail"))
-        state_text = expect_text(m, "state", what=what, max_len=16)
+        state_text = m.text("state", high=16)
         try:
             state = VmState(state_text)
         except ValueError as exc:
             raise RemoteProtocolError(f"{what}.state {state_text!r} is unknown") from exc
         return cls(
-            request_id=expect_bytes(m, "request_id", what=what, size=REQUEST_ID_SIZE),
+            request_id=m.blob("request_id", size=REQUEST_ID_SIZE),
             spec=VmSpec.from_wire(m["vm"], what=f"{what}.vm"),
             state=state,
-            detail=expect_text(m, "detail", what=what, max_len=MAX_DETAIL),
+            detail=m.text("detail", high=MAX_DETAIL),
         )
