@@ -6,7 +6,7 @@ checks the key set once, then each read returns a value of the expected type and
 raises the protocol's own RemoteProtocolError naming the field. The caller passes that error
 type in (``error``), so genesis, ppn and psp keep their separate error hierarchies.
 
-Sans-IO core. The per-message cost matters for PSP row batches (RFC-NOTES §9.9): the key check
+Sans-IO core. The per-message cost matters for PSP row batches (ARCHITECTURE §8.2): the key check
 is one comparison of the key view with a frozenset on the common path, and the readers test the
 exact types msgpack produces (``type(v) is int`` also refuses ``bool``).
 """
