@@ -1,0 +1,358 @@
+"""The kernel backend against the real WireGuard module (RFC-NOTES §6.4-6.6).
+
+Each test makes its own namespaces and kernel WireGuard links; ``wg`` (wireguard-tools, which
+speaks to the same module) is the reference the results are compared with.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from interop.netns import Lab
+from ppn._keys import WireGuardKeyPair, encode_key
+from ppn.wg import (
+    DesiredStateError,
+    InterfaceConfig,
+    PeerConfig,
+    Reconciler,
+    VerifyError,
+    configure_interface,
+    emit_config,
+    parse_network,
+    reconcile,
+    select_backend,
+)
+
+from ._support import KernelNode, cli_env
+
+pytestmark = pytest.mark.kernel
+
+
+def test_backend_selection_picks_the_kernel(lab: Lab, tmp_path: Path) -> None:
+    host = lab.host("sel")
+    node = KernelNode(lab, host, "10.8.0.1/24")
+    choice = select_backend(node.ifname, netns=host.netns)
+    assert choice.kind == "kernel" and choice.running, choice.reason
+    # An absent interface on a kernel that has the module: the kernel backend, to be created.
+    absent = select_backend("nosuchwg9", netns=host.netns)
+    assert absent.kind == "kernel" and not absent.running, absent.reason
+    conf = tmp_path / "a.conf"
+    conf.write_text(emit_config(node.config([])))
+    report = json.loads(node.cli("sync", node.ifname, str(conf), "--json", env=cli_env(tmp_path)).stdout)
+    assert report["backend"] == "kernel" and report["verified"] and report["changed"]
+    assert node.dump()[0][1] == encode_key(node.keys.private)  # what wg reads from the module
+
+
+def test_two_namespaces_minimal_diff_roam_kept_and_show_matches_wg_dump(
+    lab: Lab, tmp_path: Path
+) -> None:
+    hub, hb, hc = lab.host("hub"), lab.host("b"), lab.host("c")
+    lab.link(hub, "192.168.77.1/24", hb, "192.168.77.2/24")
+    lab.link(hub, "192.168.78.1/24", hc, "192.168.78.2/24")
+    hub.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    r = KernelNode(lab, hub, "10.8.0.1/24")
+    b = KernelNode(lab, hb, "10.8.0.2/24")
+    c = KernelNode(lab, hc, "10.8.0.3/24")
+    psk = os.urandom(32)
+    hub_peers = [
+        b.peer_entry("192.168.77.2:51820", "10.8.0.2/32"),
+        c.peer_entry("192.168.78.2:51820", "10.8.0.3/32", "fd08::3/128"),
+    ]
+    conf = tmp_path / "hub.conf"
+    conf.write_text(emit_config(r.config(hub_peers)))
+    env = cli_env(tmp_path)
+    first = json.loads(r.cli("sync", r.ifname, str(conf), "--json", env=env).stdout)
+    assert first["changed"] and first["verified"] and first["backend"] == "kernel"
+    configure_interface(r.ifname, addresses=[r.mesh_address], netns=hub.netns)
+    hub_entry_b = r.peer_entry("192.168.77.1:51820", "10.8.0.0/24")
+    b.up([hub_entry_b])
+    c.up([r.peer_entry("192.168.78.1:51820", "10.8.0.0/24")])
+    assert hb.ping(c.mesh_ip, count=2, timeout=3)  # b -> hub -> c: two kernel tunnels
+
+    # Guarantees 1 and 2: the same config again is zero operations, the session untouched.
+    before = r.backend.read().peers[b.keys.public]
+    assert before.last_handshake is not None and before.rx_bytes > 0
+    again = json.loads(r.cli("sync", r.ifname, str(conf), "--json", env=env).stdout)
+    assert again["operations"] == [] and again["changed"] is False
+    after = r.backend.read().peers[b.keys.public]
+    assert after.last_handshake == before.last_handshake and after.rx_bytes >= before.rx_bytes
+
+    # Roam: b's source port changes; the kernel moves the hub's endpoint for b on the next
+    # authenticated packet; a sync with the old desired endpoint keeps the live one.
+    reconcile(b.backend, b.config([hub_entry_b], port=40001), now=time.time())
+    assert hb.ping(r.mesh_ip, count=2, timeout=3)
+    roamed = r.backend.read().peers[b.keys.public].endpoint
+    assert str(roamed) == "192.168.77.2:40001"
+    kept = json.loads(r.cli("sync", r.ifname, str(conf), "--json", env=env).stdout)
+    assert kept["operations"] == [] and kept["kept_endpoints"] == [b.keys.public_b64]
+    assert r.backend.read().peers[b.keys.public].endpoint == roamed
+
+    # Update-only: a changed endpoint and a new preshared key touch that peer's fields only.
+    hub_peers[0] = b.peer_entry("192.168.77.2:40001", "10.8.0.2/32")
+    hub_peers[1] = PeerConfig(
+        public_key=c.keys.public,
+        preshared_key=psk,
+        endpoint=hub_peers[1].endpoint,
+        allowed_ips=hub_peers[1].allowed_ips,
+    )
+    conf.write_text(emit_config(r.config(hub_peers)))
+    changed = json.loads(r.cli("sync", r.ifname, str(conf), "--json", env=env).stdout)
+    assert [op["op"] for op in changed["operations"]] == ["update_peer"]
+    assert changed["operations"][0]["public_key"] == c.keys.public_b64 and changed["verified"]
+    dump = {row[1]: row for row in r.dump()[1:]}
+    assert dump[c.keys.public_b64][2] == base64.b64encode(psk).decode()
+    assert dump[b.keys.public_b64][3] == "192.168.77.2:40001"
+    assert hb.ping(c.mesh_ip, count=1, timeout=3)
+
+    # `ppn wg show --json` (all interfaces) against `wg show all dump`, field by field.
+    shown = json.loads(
+        hub.run([sys.executable, "-m", "ppn", "wg", "show", "--json"], env=env).stdout
+    )
+    raw = hub.run(["wg", "show", "all", "dump"]).stdout.splitlines()
+    ifaces = {row[0]: row for row in (line.split("\t") for line in raw) if len(row) == 5}
+    peers = [line.split("\t") for line in raw if len(line.split("\t")) == 9]
+    assert sorted(i["name"] for i in shown["interfaces"]) == sorted(ifaces)
+    for iface in shown["interfaces"]:
+        _, _, pub, port, fwmark = ifaces[iface["name"]]
+        assert iface["backend"] == "kernel"
+        assert (iface["public_key"], iface["listen_port"]) == (pub, int(port))
+        assert iface["fwmark"] == (0 if fwmark == "off" else int(fwmark))
+        mine = {p[1]: p for p in peers if p[0] == iface["name"]}
+        assert sorted(p["public_key"] for p in iface["peers"]) == sorted(mine)
+        for p in iface["peers"]:
+            _, _, p_psk, ep, allowed, hs, rx, tx, ka = mine[p["public_key"]]
+            assert p["endpoint"] == (None if ep == "(none)" else ep)
+            assert p["allowed_ips"] == ([] if allowed == "(none)" else allowed.split(","))
+            assert (p["latest_handshake"] or 0) == int(hs)
+            # counters move while pings run: never below what wg printed just after
+            assert p["rx_bytes"] <= int(rx) and p["tx_bytes"] <= int(tx)
+            assert p["persistent_keepalive"] == (0 if ka == "off" else int(ka))
+            assert p["preshared_key"] == (p_psk != "(none)")
+
+
+def test_only_owned_duplicates_refused_before_any_write_and_verification(
+    lab: Lab, tmp_path: Path
+) -> None:
+    host = lab.host("own")
+    a = KernelNode(lab, host, "10.8.0.1/24")
+    env = cli_env(tmp_path)
+    p1, p2 = WireGuardKeyPair.generate(), WireGuardKeyPair.generate()
+    conf = tmp_path / "dup.conf"
+    head = f"[Interface]\nPrivateKey = {encode_key(a.keys.private)}\nListenPort = 51820\n"
+    conf.write_text(
+        head + f"[Peer]\nPublicKey = {p1.public_b64}\nAllowedIPs = 10.9.0.0/16\n"
+        f"[Peer]\nPublicKey = {p2.public_b64}\nAllowedIPs = 10.9.0.0/16\n"
+    )
+    refused = a.cli("sync", a.ifname, str(conf), env=env, check=False)
+    assert refused.returncode == 22 and "claimed by two peers" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert a.dump()[0][1] == "(none)" and len(a.dump()) == 1  # not even the private key
+
+    other = WireGuardKeyPair.generate()  # a peer another tool put there
+    host.run(["wg", "set", a.ifname, "peer", other.public_b64, "allowed-ips", "10.99.0.0/16"])
+    conf.write_text(head + f"[Peer]\nPublicKey = {p1.public_b64}\nAllowedIPs = 10.9.0.0/16\n")
+    report = json.loads(a.cli("sync", a.ifname, str(conf), "--only-owned", "--json", env=env).stdout)
+    assert report["foreign_peers"] == [other.public_b64] and report["verified"]
+    assert {row[1] for row in a.dump()[1:]} == {other.public_b64, p1.public_b64}
+    # A desired prefix inside a foreign peer's: refused, nothing written.
+    conf.write_text(head + f"[Peer]\nPublicKey = {p2.public_b64}\nAllowedIPs = 10.99.1.0/24\n")
+    clash = a.cli("sync", a.ifname, str(conf), "--only-owned", env=env, check=False)
+    assert clash.returncode == 22, clash.stderr
+    assert {row[1] for row in a.dump()[1:]} == {other.public_b64, p1.public_b64}
+    # Without --only-owned, like wg syncconf: the unlisted peers go.
+    conf.write_text(head + f"[Peer]\nPublicKey = {p1.public_b64}\nAllowedIPs = 10.9.0.0/16\n")
+    a.cli("sync", a.ifname, str(conf), env=env)
+    assert {row[1] for row in a.dump()[1:]} == {p1.public_b64}
+
+    # The library refuses the same before writing.
+    with pytest.raises(DesiredStateError):
+        reconcile(
+            a.backend,
+            a.config([
+                PeerConfig(public_key=p1.public, allowed_ips=(parse_network("10.7.0.0/16"),)),
+                PeerConfig(public_key=p2.public, allowed_ips=(parse_network("10.7.1.0/24"),)),
+            ]),
+            now=time.time(),
+        )  # fmt: skip
+    assert {row[1] for row in a.dump()[1:]} == {p1.public_b64}
+
+    # Verification by read-back in a long-running process: pass N's writes are checked by
+    # pass N+1's read. Another tool changing a just-written peer in between is caught, once.
+    rec = Reconciler(a.backend)
+    want = a.config([
+        PeerConfig(public_key=p1.public, allowed_ips=(parse_network("10.9.0.0/16"),)),
+        PeerConfig(public_key=p2.public, allowed_ips=(parse_network("10.10.0.0/16"),)),
+    ])  # fmt: skip
+    first = rec.sync(want, now=time.time())
+    assert first.applied and not first.verified
+    host.run(["wg", "set", a.ifname, "peer", p2.public_b64, "allowed-ips", "10.11.0.0/16"])
+    with pytest.raises(VerifyError):
+        rec.sync(want, now=time.time())
+    fixed = rec.sync(want, now=time.time())
+    assert [type(op).__name__ for op in fixed.plan.operations] == ["UpdatePeer"]
+    quiet = rec.sync(want, now=time.time())
+    assert quiet.plan.operations == () and quiet.verified
+    dump = {row[1]: row[4] for row in a.dump()[1:]}
+    assert dump == {p1.public_b64: "10.9.0.0/16", p2.public_b64: "10.10.0.0/16"}
+
+
+_PARTIAL_WRITER = """
+import sys, time
+from pyroute2 import WireGuard
+from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+from ppn.wg import AddPeer, build_set_messages, parse_config
+config = parse_config(open(sys.argv[2]).read())
+messages = build_set_messages(sys.argv[1], [AddPeer(peer=p) for p in config.peers])
+wg = WireGuard()
+prid = getattr(wg, "prid", None) or wg.asyncore.prid
+wg.nlm_request(messages[0], msg_type=prid, msg_flags=NLM_F_REQUEST | NLM_F_ACK)
+print(len(messages), flush=True)
+time.sleep(600)
+"""
+
+
+def test_kill_9_mid_apply_then_convergence(lab: Lab, tmp_path: Path) -> None:
+    ha, hb = lab.host("a"), lab.host("b")
+    lab.link(ha, "192.168.77.1/24", hb, "192.168.77.2/24")
+    a, b = KernelNode(lab, ha, "10.8.0.1/24"), KernelNode(lab, hb, "10.8.0.2/24")
+    live = b.peer_entry("192.168.77.2:51820", "10.8.0.2/32")
+    a.up([live])
+    b.up([a.peer_entry("192.168.77.1:51820", "10.8.0.1/32")])
+    assert ha.ping(b.mesh_ip, count=1, timeout=3)
+    session = a.backend.read().peers[b.keys.public]
+    extra = [
+        PeerConfig(
+            public_key=os.urandom(32),
+            allowed_ips=(parse_network(f"10.{20 + i // 250}.{i % 250}.0/24"),),
+        )
+        for i in range(1500)
+    ]
+    conf = tmp_path / "a.conf"
+    conf.write_text(emit_config(a.config([live, *extra])))
+    extra_conf = tmp_path / "extra.conf"
+    extra_conf.write_text(emit_config(InterfaceConfig(peers=tuple(extra))))
+    # The applying process sends the first of its messages, then dies by SIGKILL.
+    writer = ha.popen(
+        [sys.executable, "-c", _PARTIAL_WRITER, a.ifname, str(extra_conf)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout is not None
+    count = int(writer.stdout.readline().strip())
+    assert count > 1, "the request must span several netlink messages"
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait()
+    landed = len(a.dump()) - 1
+    assert 1 < landed < 1 + len(extra)  # a prefix of the apply, whole messages only
+
+    report = json.loads(a.cli("sync", a.ifname, str(conf), "--json", env=cli_env(tmp_path)).stdout)
+    assert report["verified"] and len(report["operations"]) == 1 + len(extra) - landed
+    assert all(op["op"] == "add_peer" for op in report["operations"])
+    kept = a.backend.read().peers[b.keys.public]
+    assert kept.last_handshake == session.last_handshake  # the live session was not torn down
+    assert len(a.dump()) == 2 + len(extra)
+    assert ha.ping(b.mesh_ip, count=1, timeout=3)
+    again = json.loads(a.cli("sync", a.ifname, str(conf), "--json", env=cli_env(tmp_path)).stdout)
+    assert again["operations"] == []
+
+
+def _big_config(private: bytes, peers: list[tuple[bytes, list[str], str | None]]) -> str:
+    lines = [f"[Interface]\nPrivateKey = {encode_key(private)}\nListenPort = 51820\n"]
+    for key, allowed, endpoint in peers:
+        lines.append(f"[Peer]\nPublicKey = {encode_key(key)}\nAllowedIPs = {', '.join(allowed)}\n")
+        if endpoint:
+            lines.append(f"Endpoint = {endpoint}\n")
+    return "".join(lines)
+
+
+def _peer_table(node: KernelNode) -> dict[str, tuple[str, str, frozenset[str], str]]:
+    return {
+        row[1]: (row[2], row[3], frozenset(row[4].split(",")), row[8])
+        for row in node.dump()[1:]
+    }
+
+
+def test_configs_larger_than_one_message_match_wg_syncconf(lab: Lab, tmp_path: Path) -> None:
+    """10,000 peers, and peers with hundreds or thousands of allowed IPs, applied by ppn in
+    chunks on one interface and by ``wg syncconf`` on another; compared peer by peer."""
+    ours, theirs = lab.host("ppn"), lab.host("wg")
+    a = KernelNode(lab, ours, "10.8.0.1/24")
+    b = KernelNode(lab, theirs, "10.8.0.1/24")
+    private = WireGuardKeyPair.generate().private
+    peers: list[tuple[bytes, list[str], str | None]] = []
+    for i in range(10_000):
+        v4 = ipaddress.IPv4Address(0x0A000000 + i)
+        peers.append((os.urandom(32), [f"{v4}/32", f"fd00::{i:x}/128"], f"127.0.{i % 250}.2:51820"))
+    for j in range(5):  # hundreds of allowed IPs each
+        peers.append((os.urandom(32), [f"172.{16 + j}.{k}.0/24" for k in range(256)], None))
+    wide = [f"fd10:{k:x}::/48" for k in range(1500)] + [f"100.64.{k}.0/24" for k in range(200)]
+    peers.append((os.urandom(32), wide, "[fd00::1]:51820"))
+    conf = tmp_path / "big.conf"
+    env = cli_env(tmp_path)
+
+    def both(text: str) -> dict[str, object]:
+        conf.write_text(text)
+        report = json.loads(a.cli("sync", a.ifname, str(conf), "--json", env=env).stdout)
+        theirs.run(["wg", "syncconf", b.ifname, str(conf)], timeout=300)
+        mine, ref = _peer_table(a), _peer_table(b)
+        assert mine.keys() == ref.keys()
+        for key in ref:
+            assert mine[key] == ref[key], key
+        assert a.dump()[0][1:4] == b.dump()[0][1:4]
+        return report
+
+    first = both(_big_config(private, peers))
+    assert first["verified"] and len(_peer_table(a)) == 10_006
+    assert len(_peer_table(a)[encode_key(peers[-1][0])][2]) == 1700
+
+    # 1 % churn, the wide peer loses 700 prefixes and gains 300, one wide peer shrinks to one.
+    for i in range(0, 10_000, 100):
+        peers[i] = (os.urandom(32), peers[i][1], peers[i][2])
+    key, allowed, endpoint = peers[-1]
+    peers[-1] = (key, allowed[700:] + [f"100.65.{k}.0/24" for k in range(300)], endpoint)
+    peers[-2] = (peers[-2][0], ["172.31.0.0/24"], None)
+    churn = both(_big_config(private, peers))
+    ops = churn["operations"]
+    assert isinstance(ops, list) and churn["verified"]
+    assert sorted(op["op"] for op in ops).count("remove_peer") == 100
+    assert len(ops) == 100 + 100 + 2
+    assert len(_peer_table(a)[encode_key(peers[-1][0])][2]) == 1300
+
+    unchanged = json.loads(a.cli("sync", a.ifname, str(conf), "--json", env=env).stdout)
+    assert unchanged["operations"] == [] and unchanged["changed"] is False
+
+
+def test_plumbing_address_mtu_routes_link_up_on_a_kernel_interface(lab: Lab) -> None:
+    host = lab.host("plumb")
+    a = KernelNode(lab, host, "10.8.0.1/24")
+    routes = [parse_network(r) for r in ("10.9.0.0/24", "10.8.0.2/32", "fd09::/64")]
+    for _ in range(2):  # idempotent: the second pass changes nothing and raises nothing
+        configure_interface(
+            a.ifname,
+            addresses=["10.8.0.1/24", "fd08::1/64"],
+            mtu=1380,
+            routes=routes,
+            netns=host.netns,
+        )
+    (link,) = json.loads(host.run(["ip", "-j", "link", "show", a.ifname]).stdout)
+    assert link["mtu"] == 1380 and "UP" in link["flags"]
+    (addr,) = json.loads(host.run(["ip", "-j", "addr", "show", a.ifname]).stdout)
+    have = {(i["local"], i["prefixlen"]) for i in addr["addr_info"]}
+    assert {("10.8.0.1", 24), ("fd08::1", 64)} <= have
+    v4 = host.run(["ip", "route", "show", "dev", a.ifname]).stdout
+    v6 = host.run(["ip", "-6", "route", "show", "dev", a.ifname]).stdout
+    assert "10.9.0.0/24" in v4 and "10.8.0.2" not in v4  # inside 10.8.0.0/24: connected
+    assert "fd09::/64" in v6
+    configure_interface(a.ifname, addresses=["10.8.0.1/24"], mtu=1420, netns=host.netns)
+    (link,) = json.loads(host.run(["ip", "-j", "link", "show", a.ifname]).stdout)
+    assert link["mtu"] == 1420
