@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ppn import wire
-from ppn._fields import Fields
+from ppn._fields import Fields, unpack_typed
 
 from ._errors import RemoteProtocolError
 
@@ -190,13 +190,7 @@ _FIELDS: dict[str, frozenset[str]] = {
 
 def decode_message(payload: bytes) -> Message:
     """Parse one frame payload. Raises :class:`RemoteProtocolError` for anything malformed."""
-    try:
-        value = wire.unpack_canonical(payload, max_size=MAX_FRAME, max_depth=2)
-    except wire.WireError as exc:
-        raise RemoteProtocolError(f"malformed message: {exc}") from exc
-    if not isinstance(value, dict) or not isinstance(value.get("t"), str):
-        raise RemoteProtocolError("a message is a map with a text field 't'")
-    kind = value["t"]
+    kind, value = unpack_typed(payload, error=RemoteProtocolError, max_depth=2, max_size=MAX_FRAME)
     expected = _FIELDS.get(kind)
     if expected is None:
         raise RemoteProtocolError("unknown message type")

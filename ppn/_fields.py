@@ -17,12 +17,27 @@ import re
 from collections.abc import Callable, Collection
 from typing import Any
 
-__all__ = ["ErrorFactory", "Fields", "MAX_INT"]
+from . import wire
+
+__all__ = ["ErrorFactory", "Fields", "MAX_INT", "unpack_typed"]
 
 MAX_INT = 2**63 - 1
 
 ErrorFactory = Callable[[str], Exception]
 """Builds the protocol's RemoteProtocolError from a sentence (an exception class will do)."""
+
+
+def unpack_typed(
+    payload: bytes, *, error: ErrorFactory, max_depth: int, max_size: int | None = None
+) -> tuple[str, dict[str, Any]]:
+    """A frame payload as ``(type, map)``: canonical msgpack, a map with a text field ``t``."""
+    try:
+        value = wire.unpack_canonical(payload, max_depth=max_depth, max_size=max_size)
+    except wire.EncodingError as exc:
+        raise error(f"not canonical msgpack: {exc}") from None
+    if type(value) is not dict or type(value.get("t")) is not str:
+        raise error("not a map with a text field 't'")
+    return value["t"], value
 
 
 class Fields:
@@ -107,6 +122,17 @@ class Fields:
         v = self.m[key]
         if type(v) is not list or not low <= len(v) <= high:
             raise self.bad(key, f"must be a list of {low}..{high} items")
+        return v
+
+    def integers(self, key: str, *, count: int, low: int = 0, high: int = MAX_INT) -> list[int]:
+        """A list of exactly ``count`` integers, each in [low, high]."""
+        v = self.m[key]
+        if (
+            type(v) is not list
+            or len(v) != count
+            or not all(type(x) is int and low <= x <= high for x in v)
+        ):
+            raise self.bad(key, f"must be {count} integers in [{low}, {high}]")
         return v
 
     def _key_error(

@@ -49,37 +49,26 @@ class State(enum.Enum):
     ERROR = "error"
 
 
-# (state, event type) -> next state, for events this end sends (S) and receives (R).
-_SERVER_RECV: dict[tuple[State, type], State] = {
-    (State.AWAIT_HELLO, ClientHello): State.IDLE,
+# (state, message type) -> next state. The client's requests and the vault's responses each
+# move both ends alike; only the opening differs: the vault reads the client's hello first,
+# while the client may send its request right behind that hello, before the vault's answer.
+_REQUESTS: dict[tuple[State, type], State] = {
     (State.IDLE, Request): State.REQUESTED,
     (State.REQUESTED, Credit): State.REQUESTED,
     (State.STREAMING, Credit): State.STREAMING,
     (State.REQUESTED, Cancel): State.REQUESTED,
     (State.STREAMING, Cancel): State.STREAMING,
 }
-_SERVER_SEND: dict[tuple[State, type], State] = {
+_RESPONSES: dict[tuple[State, type], State] = {
     (State.REQUESTED, Header): State.STREAMING,
     (State.REQUESTED, Error): State.IDLE,
     (State.STREAMING, RowBatch): State.STREAMING,
     (State.STREAMING, End): State.IDLE,
     (State.STREAMING, Error): State.IDLE,
 }
-_CLIENT_SEND: dict[tuple[State, type], State] = {
-    (State.AWAIT_HELLO, Request): State.REQUESTED,
-    (State.IDLE, Request): State.REQUESTED,
-    (State.REQUESTED, Credit): State.REQUESTED,
-    (State.STREAMING, Credit): State.STREAMING,
-    (State.REQUESTED, Cancel): State.REQUESTED,
-    (State.STREAMING, Cancel): State.STREAMING,
-}
-_CLIENT_RECV: dict[tuple[State, type], State] = {
-    (State.REQUESTED, Header): State.STREAMING,
-    (State.REQUESTED, Error): State.IDLE,
-    (State.STREAMING, RowBatch): State.STREAMING,
-    (State.STREAMING, End): State.IDLE,
-    (State.STREAMING, Error): State.IDLE,
-}
+_SERVER_RECV = {(State.AWAIT_HELLO, ClientHello): State.IDLE, **_REQUESTS}
+_CLIENT_SEND = {(State.AWAIT_HELLO, Request): State.REQUESTED, **_REQUESTS}
+_SERVER_SEND = _CLIENT_RECV = _RESPONSES
 
 
 class _Core(FramedConnection[State, Event | ConnectionClosed]):

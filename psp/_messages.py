@@ -15,8 +15,8 @@ from typing import Any
 
 import msgpack
 
-from ppn._fields import Fields
-from ppn.wire import EncodingError, pack_canonical, unpack_canonical
+from ppn._fields import Fields, unpack_typed
+from ppn.wire import pack_canonical
 
 from ._errors import ErrorCode, RemoteProtocolError
 
@@ -239,13 +239,7 @@ def error_code(raw: int) -> ErrorCode:
 
 def decode_message(data: bytes, *, from_server: bool) -> Event:
     """Decode one frame payload sent by the server (``from_server``) or by a client."""
-    try:
-        m = unpack_canonical(data, max_depth=3)
-    except EncodingError as exc:
-        raise _bad(str(exc)) from None
-    if not isinstance(m, dict) or not isinstance(m.get("t"), str):
-        raise _bad("not a typed map")
-    t = m["t"]
+    t, m = unpack_typed(data, error=_bad, max_depth=3)
     if t == "hello" and not from_server:
         f = _fields(m, required=_KEYS_V)
         v = m["v"]
@@ -297,14 +291,8 @@ def decode_message(data: bytes, *, from_server: bool) -> Event:
         f = _fields(m, required=_KEYS_ID_COUNT_DIGEST, optional=_KEYS_CURSOR)
         cursor = None
         if "cursor" in m:
-            c = m["cursor"]
-            if (
-                not isinstance(c, list)
-                or len(c) != 2
-                or not all(type(x) is int and 0 <= x < 2**63 for x in c)
-            ):
-                raise _bad("'cursor' must be [as_of, offset]")
-            cursor = Cursor(as_of=c[0], offset=c[1])
+            as_of, offset = f.integers("cursor", count=2)
+            cursor = Cursor(as_of=as_of, offset=offset)
         return End(
             request_id=f.integer("id", 1, MAX_REQUEST_ID),
             count=f.integer("count"),

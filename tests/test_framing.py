@@ -9,7 +9,7 @@ import re
 import pytest
 
 from ppn import wire
-from ppn._fields import Fields
+from ppn._fields import Fields, unpack_typed
 from ppn._framing import ConnectionClosed, FramedConnection
 
 
@@ -251,3 +251,29 @@ def test_boolean_and_items() -> None:
         fields({"t": "x", "n": [1, 2]}).items("n", low=3, high=4)
     with pytest.raises(Remote):
         fields({"t": "x", "n": (1, 2)}).items("n", high=4)
+
+
+def test_integers_reads_a_fixed_length_list() -> None:
+    assert fields({"t": "x", "n": [0, 7]}).integers("n", count=2) == [0, 7]
+    for bad in ([1], [1, 2, 3], [1, -1], [1, True], (1, 2), [1, 2**63]):
+        with pytest.raises(Remote, match="must be 2 integers"):
+            fields({"t": "x", "n": bad}).integers("n", count=2)
+
+
+def test_unpack_typed_wants_canonical_msgpack_with_a_text_type() -> None:
+    assert unpack_typed(wire.pack_canonical({"t": "hi", "n": 1}), error=Remote, max_depth=2) == (
+        "hi",
+        {"t": "hi", "n": 1},
+    )
+    for payload in (
+        b"\xc1",  # never used in msgpack
+        b"\x82\xa1t\xa1x\xa1n\x01",  # keys out of canonical order
+        wire.pack_canonical({"n": 1}),
+        wire.pack_canonical({"t": 1}),
+        wire.pack_canonical(["t", "x"]),
+        wire.pack_canonical({"t": "x", "n": [[[1]]]}),  # deeper than allowed
+    ):
+        with pytest.raises(Remote):
+            unpack_typed(payload, error=Remote, max_depth=2)
+    with pytest.raises(Remote, match="limit"):
+        unpack_typed(wire.pack_canonical({"t": "x" * 40}), error=Remote, max_depth=2, max_size=32)

@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import wire
 from .._errors import LocalProtocolError, RemoteProtocolError
-from .._fields import Fields
+from .._fields import Fields, unpack_typed
 from .._framing import ConnectionClosed, FramedConnection
 from ._records import Record
 from ._roster import MergeResult, Rejection, Roster
@@ -208,13 +208,7 @@ class ControlConnection(FramedConnection[ControlState, Event]):
         self._events.append(ConnectionClosed())
 
     def _on_frame(self, payload: bytes) -> None:
-        try:
-            value = wire.unpack_canonical(payload)
-        except wire.EncodingError:
-            raise ControlProtocolError("a control message is not canonical msgpack") from None
-        if not isinstance(value, dict) or not isinstance(value.get("t"), str):
-            raise ControlProtocolError("a control message is a map with a text field 't'")
-        kind = value["t"]
+        kind, value = unpack_typed(payload, error=ControlProtocolError, max_depth=16)
         fields = _FIELDS.get(kind)
         if fields is None:
             raise ControlProtocolError("unknown control message type")

@@ -63,9 +63,10 @@ class Phase(enum.Enum):
     ERROR = "error"
 
 
-# (phase, event type) -> next phase; TARGETS -> RUNNING after the last target is a special case.
-_AGG_RECV: dict[tuple[Phase, type], Phase] = {
-    (Phase.AWAIT_HELLO, OrchestrationHello): Phase.IDLE,
+# (phase, message type) -> next phase; TARGETS -> RUNNING after the last target is a special
+# case. As in the vault protocol, the client's requests and the aggregator's output move both
+# ends alike; the aggregator reads the hello first, the client need not wait for the answer.
+_REQUESTS: dict[tuple[Phase, type], Phase] = {
     (Phase.IDLE, AggregateRequest): Phase.TARGETS,
     (Phase.TARGETS, Target): Phase.TARGETS,
     (Phase.TARGETS, Credit): Phase.TARGETS,
@@ -73,29 +74,16 @@ _AGG_RECV: dict[tuple[Phase, type], Phase] = {
     (Phase.TARGETS, Cancel): Phase.TARGETS,
     (Phase.RUNNING, Cancel): Phase.RUNNING,
 }
-_AGG_SEND: dict[tuple[Phase, type], Phase] = {
+_OUTPUT: dict[tuple[Phase, type], Phase] = {
     (Phase.TARGETS, MergedRows): Phase.TARGETS,
     (Phase.RUNNING, MergedRows): Phase.RUNNING,
     (Phase.RUNNING, TargetReport): Phase.RUNNING,
     (Phase.RUNNING, Done): Phase.IDLE,
     (Phase.RUNNING, Error): Phase.IDLE,
 }
-_CLIENT_SEND: dict[tuple[Phase, type], Phase] = {
-    (Phase.AWAIT_HELLO, AggregateRequest): Phase.TARGETS,
-    (Phase.IDLE, AggregateRequest): Phase.TARGETS,
-    (Phase.TARGETS, Target): Phase.TARGETS,
-    (Phase.TARGETS, Credit): Phase.TARGETS,
-    (Phase.RUNNING, Credit): Phase.RUNNING,
-    (Phase.TARGETS, Cancel): Phase.TARGETS,
-    (Phase.RUNNING, Cancel): Phase.RUNNING,
-}
-_CLIENT_RECV: dict[tuple[Phase, type], Phase] = {
-    (Phase.TARGETS, MergedRows): Phase.TARGETS,
-    (Phase.RUNNING, MergedRows): Phase.RUNNING,
-    (Phase.RUNNING, TargetReport): Phase.RUNNING,
-    (Phase.RUNNING, Done): Phase.IDLE,
-    (Phase.RUNNING, Error): Phase.IDLE,
-}
+_AGG_RECV = {(Phase.AWAIT_HELLO, OrchestrationHello): Phase.IDLE, **_REQUESTS}
+_CLIENT_SEND = {(Phase.AWAIT_HELLO, AggregateRequest): Phase.TARGETS, **_REQUESTS}
+_AGG_SEND = _CLIENT_RECV = _OUTPUT
 
 
 class _Core(FramedConnection[Phase, Event | ConnectionClosed]):

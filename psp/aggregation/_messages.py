@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from ppn._fields import Fields
-from ppn.wire import EncodingError, pack_canonical, unpack_canonical
+from ppn._fields import Fields, unpack_typed
+from ppn.wire import pack_canonical
 
 from .._capability import MAX_ENVELOPE_SIZE
 from .._errors import ErrorCode, RemoteProtocolError
@@ -208,13 +208,7 @@ _KEYS_ERR = frozenset({"t", "id", "code", "msg"})
 
 def decode_orchestration(data: bytes, *, from_server: bool) -> Event:
     """Decode one frame payload sent by the aggregator (``from_server``) or by a client."""
-    try:
-        m = unpack_canonical(data, max_depth=4)
-    except EncodingError as exc:
-        raise _bad(str(exc)) from None
-    if not isinstance(m, dict) or not isinstance(m.get("t"), str):
-        raise _bad("not a typed map")
-    t = m["t"]
+    t, m = unpack_typed(data, error=_bad, max_depth=4)
     if t == "ohello" and not from_server:
         v = _fields(m, required=_KEYS_V).items("v", low=1, high=16)
         if not all(type(x) is int and 0 < x < 2**16 for x in v):
@@ -271,14 +265,8 @@ def decode_orchestration(data: bytes, *, from_server: bool) -> Event:
             raise _bad("unknown target status") from None
         cursor = None
         if "cursor" in m:
-            c = m["cursor"]
-            if (
-                not isinstance(c, list)
-                or len(c) != 2
-                or not all(type(x) is int and 0 <= x < 2**63 for x in c)
-            ):
-                raise _bad("'cursor' must be [as_of, offset]")
-            cursor = (c[0], c[1])
+            as_of, offset = f.integers("cursor", count=2)
+            cursor = (as_of, offset)
         return TargetReport(
             request_id=f.integer("id", 1, _MAX_ID),
             index=f.integer("i", 0, MAX_TARGETS - 1),
