@@ -13,7 +13,7 @@ that overruns a client's credit is a protocol error at the client.
 from __future__ import annotations
 
 import enum
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from ppn._framing import ConnectionClosed, FramedConnection
 
@@ -71,30 +71,46 @@ _CLIENT_SEND = {(State.AWAIT_HELLO, Request): State.REQUESTED, **_REQUESTS}
 _SERVER_SEND = _CLIENT_RECV = _RESPONSES
 
 
-class _Core(FramedConnection[State, Event | ConnectionClosed]):
-    """What both ends share: the framing base with PSP's messages, states and errors. Frames
-    are read until ERROR (after a connection-level error the client is CLOSED, and anything
-    more from the vault is a violation)."""
+S = TypeVar("S", bound=enum.Enum)
+E = TypeVar("E")
+
+
+class PSPCore(FramedConnection[S, E | ConnectionClosed]):
+    """What the ends of both PSP protocols share, the vault protocol here and aggregation
+    (:mod:`psp.aggregation._connection`): PSP's error types, one request at a time with its
+    credit, and the peer's close as ``closed`` plus :class:`ConnectionClosed`. Frames are read
+    until ERROR (after a connection-level error the client is closed, and anything more from
+    the peer is a violation)."""
 
     REMOTE_ERROR = RemoteProtocolError
     LOCAL_ERROR = LocalProtocolError
 
-    def __init__(self) -> None:
-        super().__init__(State.AWAIT_HELLO, error=State.ERROR, max_frame=MAX_FRAME)
+    def __init__(self, initial: S, *, error: S, closed: S) -> None:
+        super().__init__(initial, error=error, max_frame=MAX_FRAME)
+        self._closed_state = closed
         self.request_id = 0  # the current (or last) request
-        self.credit = 0
+        self.credit = 0  # batches the client can still take
 
     def receive_data(self, data: bytes) -> None:
         """Bytes from the peer (``b""`` is EOF). Raises RemoteProtocolError."""
         self._receive_frames(data)
 
+    def _check_usable(self) -> None:
+        if self.state is self._error_state:
+            raise LocalProtocolError("the connection already failed")
+
     def _on_eof(self) -> None:
-        if self.state is not State.CLOSED:
-            self.state = State.CLOSED
+        if self.state is not self._closed_state:
+            self.state = self._closed_state
             self._events.append(ConnectionClosed())
 
     def _fail(self, message: str, code: ErrorCode = ErrorCode.PROTOCOL) -> NoReturn:
         self._violation(RemoteProtocolError(message, code))
+
+
+class _Core(PSPCore[State, Event]):
+    def __init__(self) -> None:
+        super().__init__(State.AWAIT_HELLO, error=State.ERROR, closed=State.CLOSED)
 
     def _emit(self, event: Event) -> None:
         self._write(encode_message(event))
@@ -156,8 +172,7 @@ class ServerConnection(_Core):
         self._events.append(event)
 
     def send(self, event: Event) -> None:
-        if self.state is State.ERROR:
-            raise LocalProtocolError("the connection already failed")
+        self._check_usable()
         if isinstance(event, Error) and event.request_id == 0:
             self._emit(event)
             self.state = State.CLOSED
@@ -227,8 +242,7 @@ class ClientConnection(_Core):
         self._events.append(event)
 
     def send(self, event: Event) -> None:
-        if self.state is State.ERROR:
-            raise LocalProtocolError("the connection already failed")
+        self._check_usable()
         if isinstance(event, Request) and event.request_id <= self.request_id:
             raise LocalProtocolError("request ids must increase")
         if isinstance(event, Credit | Cancel) and event.request_id != self.request_id:

@@ -12,12 +12,12 @@ out with ``data_to_send``. One aggregated request at a time: ``agg`` opens it, e
 from __future__ import annotations
 
 import enum
-from typing import NoReturn
 
-from ppn._framing import ConnectionClosed, FramedConnection
+from ppn._framing import ConnectionClosed
 
-from .._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from .._messages import MAX_CREDIT, MAX_FRAME, MAX_MESSAGE, Cancel, Credit, Error
+from .._connection import PSPCore
+from .._errors import ErrorCode, RemoteProtocolError
+from .._messages import MAX_CREDIT, MAX_MESSAGE, Cancel, Credit, Error
 from ._messages import (
     AGGREGATION_VERSIONS,
     MAX_DEADLINE_MS,
@@ -86,17 +86,13 @@ _CLIENT_SEND = {(Phase.AWAIT_HELLO, AggregateRequest): Phase.TARGETS, **_REQUEST
 _AGG_SEND = _CLIENT_RECV = _OUTPUT
 
 
-class _Core(FramedConnection[Phase, Event | ConnectionClosed]):
-    REMOTE_ERROR = RemoteProtocolError
-    LOCAL_ERROR = LocalProtocolError
+class _Core(PSPCore[Phase, Event]):
     _from_server: bool
     _recv: dict[tuple[Phase, type], Phase]
     _send: dict[tuple[Phase, type], Phase]
 
     def __init__(self) -> None:
-        super().__init__(Phase.AWAIT_HELLO, error=Phase.ERROR, max_frame=MAX_FRAME)
-        self.request_id = 0
-        self.credit = 0  # mrows frames the client can still take
+        super().__init__(Phase.AWAIT_HELLO, error=Phase.ERROR, closed=Phase.CLOSED)
         self._expected = 0  # targets of the open request
         self._seen = 0
 
@@ -109,20 +105,8 @@ class _Core(FramedConnection[Phase, Event | ConnectionClosed]):
     def phase(self, value: Phase) -> None:
         self.state = value
 
-    def receive_data(self, data: bytes) -> None:
-        """Bytes from the peer (``b""`` is EOF). Raises RemoteProtocolError."""
-        self._receive_frames(data)
-
     def _on_frame(self, payload: bytes) -> None:
         self._receive(decode_orchestration(payload, from_server=self._from_server))
-
-    def _on_eof(self) -> None:
-        if self.state is not Phase.CLOSED:
-            self.state = Phase.CLOSED
-            self._events.append(ConnectionClosed())
-
-    def _fail(self, message: str, code: ErrorCode = ErrorCode.PROTOCOL) -> NoReturn:
-        self._violation(RemoteProtocolError(message, code))
 
     def _emit(self, event: Event) -> None:
         self._write(encode_orchestration(event))
@@ -194,8 +178,7 @@ class AggregatorConnection(_Core):
         self._events.append(event)
 
     def send(self, event: Event) -> None:
-        if self.state is Phase.ERROR:
-            raise LocalProtocolError("the connection already failed")
+        self._check_usable()
         if isinstance(event, Error) and event.request_id == 0:
             self._emit(event)
             self.state = Phase.CLOSED
@@ -240,8 +223,7 @@ class OrchestrationClientConnection(_Core):
         self._events.append(event)
 
     def send(self, event: Event) -> None:
-        if self.state is Phase.ERROR:
-            raise LocalProtocolError("the connection already failed")
+        self._check_usable()
         self._step(event, remote=False)
         self._emit(event)
 
