@@ -301,7 +301,8 @@ def main() -> None:
                     for case, path in (("initial", base), ("no-change", base), ("1% churn", churn)):
                         took = _timed(make(path))
                         if tool == "agent":  # the check of these writes, due on the next read
-                            after = backend.read()
+                            # the agent's own read: its backend's caches, as in a daemon
+                            after = agent_backend.read()
                             t0 = time.perf_counter()
                             agent_box[0].verify(after, now=time.time())
                             took += time.perf_counter() - t0
