@@ -143,46 +143,47 @@ def _vault_import(args: argparse.Namespace) -> int:
 
     store = _open_store(args.store)
     start = last_report = time.monotonic()
-    total, batch, line_no = 0, [], 0
+    done = [0]
+
+    def parse(line: str, line_no: int) -> object:
+        try:
+            return _parse_record(line)
+        except Exception as exc:
+            raise error(f"line {line_no}: {getattr(exc, 'message', exc)}", EXIT_RECORD) from None
+
+    def progress(total: int) -> None:
+        nonlocal last_report
+        done[0] = total
+        if time.monotonic() - last_report > 1.0:
+            last_report = time.monotonic()
+            rate = total / (last_report - start)
+            print(f"imported {total} records ({rate:,.0f}/s)…", file=sys.stderr, flush=True)
+
     try:
         source = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
     except OSError as exc:
         raise error(f"cannot read {args.file}: {exc.strerror}", EXIT_RECORD) from None
     with source:
         try:
-            for line_no, line in enumerate(source, 1):
-                if not line.strip():
-                    continue
-                try:
-                    batch.append(_parse_record(line))
-                except Exception as exc:
-                    raise error(
-                        f"line {line_no}: {getattr(exc, 'message', exc)}", EXIT_RECORD
-                    ) from None
-                if len(batch) >= args.batch:
-                    store.append_many(args.collection, batch, now=now())
-                    total += len(batch)
-                    batch = []
-                    if time.monotonic() - last_report > 1.0:
-                        last_report = time.monotonic()
-                        rate = total / (last_report - start)
-                        print(
-                            f"imported {total} records ({rate:,.0f}/s)…",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-            if batch:
-                store.append_many(args.collection, batch, now=now())
-                total += len(batch)
+            report = store.import_lines(
+                args.collection,
+                source,
+                parse=parse,
+                batch=args.batch,
+                now=now,
+                resume=not args.again,
+                progress=progress,
+            )
         except StoreError as exc:
-            raise error(
-                f"line {line_no}: {exc} ({total} records were imported before it)", EXIT_STORE
-            ) from None
-    head = store.head()[0]
+            raise error(f"{exc} ({done[0]} records were imported before it)", EXIT_STORE) from None
     if args.json:
-        print_json({"imported": total, "head": head})
+        print_json({"imported": report.imported, "skipped": report.skipped, "head": report.head})
     else:
-        print(f"imported {total} records into {args.collection}; head is now {head}")
+        skipped = f" ({report.skipped} already imported, skipped)" if report.skipped else ""
+        print(
+            f"imported {report.imported} records into {args.collection}{skipped}; "
+            f"head is now {report.head}"
+        )
     return 0
 
 
@@ -222,9 +223,12 @@ def _vault_index(args: argparse.Namespace) -> int:
 
 
 def _vault_serve(args: argparse.Namespace) -> int:
+    from functools import partial
+
     import trio
 
     from ppn import KeyFormatError, encode_key
+    from ppn._trio_listener import ListenerLimits, default_max_connections
 
     from ._io_store import StoreError
     from ._io_vault import Vault
@@ -232,6 +236,15 @@ def _vault_serve(args: argparse.Namespace) -> int:
 
     host, port = args.listen
     trusted = [parse_pubkey(k) for k in args.trust]
+    try:
+        limits = ListenerLimits(
+            max_connections=args.max_connections or default_max_connections(),
+            per_source=args.per_source,
+            first_frame_deadline=args.first_frame_deadline,
+            idle_timeout=args.idle_timeout,
+        )
+    except ValueError as exc:
+        raise error(f"--{str(exc).split()[0].replace('_', '-')} must be positive", 2) from None
     try:
         vault = Vault.open(args.store, trusted_roots=trusted)
     except StoreError as exc:
@@ -241,7 +254,7 @@ def _vault_serve(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(serve_vault, vault, host, port)
+            listeners = await nursery.start(partial(serve_vault, limits=limits), vault, host, port)
             for listener in listeners:
                 h, p = listener.socket.getsockname()[:2]
                 print(
@@ -447,8 +460,13 @@ def _cap_revoke(args: argparse.Namespace) -> int:
     if not -len(cap.links) <= args.link < len(cap.links):
         raise error(f"--link must index one of the {len(cap.links)} links", 2)
     link = cap.links[args.link]
+    from ._io_store import StoreError
+
     store = _open_store(args.store)
-    fresh = store.revoke(link.id, now=now())
+    try:
+        fresh = store.revoke(link.id, now=now())
+    except StoreError as exc:
+        raise error(str(exc), EXIT_STORE) from None
     if args.json:
         print_json({"revoked": link.id.hex(), "new": fresh})
     else:
@@ -632,11 +650,16 @@ def _add_vault_import(vsub: Subparsers) -> None:
     p = vsub.add_parser(
         "import",
         help="append every line of a JSON-lines file",
-        description="Append records from a JSON-lines file in batched transactions (progress on stderr).",
+        description="Append records from a JSON-lines file in batched transactions (progress on stderr). Resumable: each transaction also records a checkpoint (a hash of the collection and every line so far), so rerunning an import that was killed, or that completed, skips the lines already imported and never appends a record twice (RFC-NOTES §9.4.4).",
     )
     p.add_argument("--store", required=True, metavar="DIR")
     p.add_argument("--collection", required=True, metavar="C")
     p.add_argument("--batch", type=int, default=5000, help="records per transaction (default 5000)")
+    p.add_argument(
+        "--again",
+        action="store_true",
+        help="append lines even if this collection already holds an import of the same lines",
+    )
     p.add_argument("file", metavar="FILE.jsonl", help="the file, or - for stdin")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_vault_import)
@@ -673,6 +696,34 @@ def _add_vault_serve(vsub: Subparsers) -> None:
         default=[],
         metavar="PUBKEY",
         help="also accept chains rooted in this key (repeat)",
+    )
+    # Connection limits (RFC-NOTES §9.8); the defaults come from ppn._trio_listener.
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="connections held at once (default: the open-file limit less 64, at most 4096)",
+    )
+    p.add_argument(
+        "--per-source",
+        type=int,
+        default=64,
+        metavar="N",
+        help="connections from one address (default 64)",
+    )
+    p.add_argument(
+        "--first-frame-deadline",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds a connection has to present a valid invocation (default 10)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds an admitted connection may stay silent (default 120)",
     )
     p.set_defaults(handler=_vault_serve)
 

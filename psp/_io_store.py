@@ -13,10 +13,15 @@ Queries are pinned to an ``as_of`` sequence number: an entry is visible when its
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import heapq
 import json
+import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +31,33 @@ from ._errors import ErrorCode, PSPError, QueryError
 from ._query import Filter, Query
 from ._scope import ANY, Scope, valid_collection, valid_field
 
-__all__ = ["DB_FILE", "KEY_FILE", "ChainReport", "ResultCursor", "Store", "StoreError"]
+__all__ = [
+    "DB_FILE",
+    "KEY_FILE",
+    "ChainReport",
+    "ImportReport",
+    "PersistentReplaySet",
+    "ResultCursor",
+    "Store",
+    "StoreError",
+]
 
 DB_FILE = "vault.sqlite"
 KEY_FILE = "vault.key"
+_PRIVATE_FILES = (DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm", DB_FILE + "-journal", KEY_FILE)
+log = logging.getLogger("psp.store")
+
+# Added after psp-vault-1 stores existed, so also created on open (IF NOT EXISTS). Neither is
+# WORM: the replay set drops a nonce once its invocation expired; import checkpoints only grow.
+_SCHEMA_BOOKKEEPING = """
+CREATE TABLE IF NOT EXISTS replay (nonce BLOB PRIMARY KEY, expires INTEGER NOT NULL) STRICT;
+CREATE INDEX IF NOT EXISTS replay_by_expiry ON replay (expires);
+CREATE TABLE IF NOT EXISTS imports (
+    digest BLOB NOT NULL, collection TEXT NOT NULL, lines INTEGER NOT NULL, span INTEGER NOT NULL,
+    seq INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS imports_by_collection ON imports (collection);
+"""
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
@@ -70,6 +98,57 @@ BEGIN SELECT RAISE(ABORT, 'WORM: revocations are never deleted'); END;
 
 class StoreError(PSPError):
     """The store is missing, not a vault, or refused a write (the message says which)."""
+
+
+def _why(exc: sqlite3.Error, path: Path) -> str:
+    """One sentence for a SQLite failure: the disk's condition when it is one."""
+    name = getattr(exc, "sqlite_errorname", "")
+    try:
+        read_only = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only:
+        return f"{path} is on a read-only file system"
+    if name.startswith("SQLITE_READONLY") or "readonly" in str(exc):
+        return f"{path} is on a read-only file system or not writable"
+    if name == "SQLITE_FULL" or "disk is full" in str(exc):
+        return f"the disk holding {path} is full"
+    if name.startswith("SQLITE_CANTOPEN"):
+        return f"cannot open {path} (missing, or its directory is not writable)"
+    if name.startswith("SQLITE_IOERR"):
+        return f"an I/O error on {path}"
+    if name == "SQLITE_NOTADB":
+        return f"{path} is not a PSP vault store"
+    return f"{path}: {exc}"
+
+
+def _private(path: Path, *, create: bool) -> None:
+    """The store directory 0700 and its files 0600, whatever the umask: a looser mode is
+    tightened (and said so), or the store refused if that is impossible."""
+    if create:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for p, want in ((path, 0o700), *((path / f, 0o600) for f in _PRIVATE_FILES)):
+        try:
+            mode = stat.S_IMODE(p.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StoreError(f"cannot read the mode of {p}: {exc.strerror}") from None
+        if mode & 0o077:
+            try:
+                os.chmod(p, want)
+            except OSError as exc:
+                raise StoreError(
+                    f"{p} is open to other users (mode {mode:04o}) and cannot be tightened "
+                    f"to {want:04o}: {exc.strerror}"
+                ) from None
+            if not create:
+                log.warning(
+                    "ppn: tightened %s from mode %04o to %04o (a store is private to its owner)",
+                    p,
+                    mode,
+                    want,
+                )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,6 +216,89 @@ def _filter_sql(f: Filter, params: list[Any]) -> str:
     return f"({_guard(f.field, 'text')} AND substr({value}, 1, ?) = ?)"
 
 
+@dataclass(frozen=True, kw_only=True)
+class ImportReport:
+    imported: int
+    skipped: int  # records an earlier run of the same lines had already appended
+    head: int
+
+
+class PersistentReplaySet:
+    """The verifier's replay set, kept in the store for each nonce's window (RFC-NOTES §9.8),
+    so a captured invocation is refused after a restart too.
+
+    Writes go through a connection of their own with ``synchronous=NORMAL``: a nonce survives
+    the vault process dying at once, and costs no fsync per request (a power loss can forget the
+    last moments' nonces). A write that finds the store locked (another process appending) waits
+    at most 100 ms, then stays pending in memory and is retried with the next one.
+    """
+
+    PRUNE_EVERY = 60
+
+    def __init__(self, file: Path, *, now: int) -> None:
+        self._db = sqlite3.connect(file, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=100")
+        self._expiry: dict[bytes, int] = {}
+        self._heap: list[tuple[int, bytes]] = []
+        self._pending: list[tuple[bytes, int]] = []
+        self._pruned = now
+        for nonce, expires in self._db.execute(
+            "SELECT nonce, expires FROM replay WHERE expires > ?", (now,)
+        ):
+            self._remember(bytes(nonce), int(expires))
+
+    def _remember(self, nonce: bytes, expires: int) -> None:
+        self._expiry[nonce] = expires
+        heapq.heappush(self._heap, (expires, nonce))
+
+    def __contains__(self, nonce: object) -> bool:
+        return nonce in self._expiry
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def add(self, nonce: bytes, expires: int) -> None:
+        self._remember(nonce, expires)
+        self._pending.append((nonce, expires))
+        self.flush()
+
+    def flush(self) -> None:
+        try:
+            if len(self._pending) == 1:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO replay (nonce, expires) VALUES (?, ?)", self._pending[0]
+                )
+            else:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO replay (nonce, expires) VALUES (?, ?)", self._pending
+                )
+                self._db.execute("COMMIT")
+            self._pending.clear()
+        except sqlite3.Error:
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            if len(self._pending) > 65536:  # the store stays unwritable: keep memory bounded
+                log.warning("ppn: cannot record replay nonces in the store; keeping them in memory")
+                self._pending.clear()
+
+    def prune(self, now: int) -> None:
+        while self._heap and self._heap[0][0] <= now:
+            _, nonce = heapq.heappop(self._heap)
+            self._expiry.pop(nonce, None)
+        if now - self._pruned >= self.PRUNE_EVERY:
+            self._pruned = now
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("DELETE FROM replay WHERE expires <= ?", (now,))
+
+    def close(self) -> None:
+        if self._pending:
+            self.flush()
+        self._db.close()
+
+
 class ResultCursor:
     """The rows of one admitted query, fetched in batches (so a slow reader costs no memory)."""
 
@@ -195,12 +357,15 @@ class Store:
         cls, directory: str | os.PathLike[str], *, name: str, vault_id: bytes, now: int
     ) -> Store:
         path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
         if (path / DB_FILE).exists():
             raise StoreError(f"{path} already holds a vault")
+        _private(path, create=True)
+        # Created 0600 before SQLite opens it: SQLite gives -wal and -shm the database's mode.
+        os.close(os.open(path / DB_FILE, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.chmod(path / DB_FILE, 0o600)
         db = cls._connect(path / DB_FILE)
         with db:
-            db.executescript(_SCHEMA)
+            db.executescript(_SCHEMA + _SCHEMA_BOOKKEEPING)
             db.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
                 [
@@ -217,21 +382,37 @@ class Store:
         path = Path(directory)
         if not (path / DB_FILE).is_file():
             raise StoreError(f"{path} holds no vault (run 'ppn vault init --store {path}')")
+        _private(path, create=False)
         try:
             db = cls._connect(path / DB_FILE)
             fmt = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-        except sqlite3.DatabaseError:
-            raise StoreError(f"{path / DB_FILE} is not a PSP vault store") from None
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(_why(exc, path / DB_FILE)) from None
         if fmt is None or fmt[0] != "psp-vault-1":
             raise StoreError(f"{path / DB_FILE} is not a PSP vault store")
+        try:
+            if (
+                db.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE name IN ('replay', 'imports')"
+                ).fetchone()[0]
+                != 2
+            ):
+                db.executescript(_SCHEMA_BOOKKEEPING)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise StoreError(_why(exc, path / DB_FILE)) from None
         return cls(path, db)
 
     @staticmethod
     def _connect(file: Path) -> sqlite3.Connection:
         db = sqlite3.connect(file, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA busy_timeout=5000")
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.Error:
+            db.close()
+            raise
         return db
 
     def close(self) -> None:
@@ -268,8 +449,11 @@ class Store:
         *,
         now: int,
         supersedes: list[int | None] | None = None,
+        checkpoint: tuple[bytes, int, int] | None = None,
     ) -> int:
-        """Append records in one transaction; all or none. Returns the last sequence number."""
+        """Append records in one transaction; all or none. Returns the last sequence number.
+        ``checkpoint`` (digest, lines, span) records an import's progress in the same
+        transaction (:meth:`import_lines`)."""
         if not valid_collection(collection):
             raise StoreError("a collection name is letters, digits, '_', '.', '-' (at most 64)")
         try:
@@ -292,11 +476,93 @@ class Store:
                 "INSERT INTO entries (seq, collection, ts, supersedes, payload, hash) VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            if checkpoint is not None:
+                db.execute(
+                    "INSERT INTO imports (digest, collection, lines, span, seq) VALUES (?, ?, ?, ?, ?)",
+                    (*checkpoint[:1], collection, *checkpoint[1:], seq),
+                )
             db.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
-            db.execute("ROLLBACK") if db.in_transaction else None
-            raise StoreError(f"the store refused the append: {exc}") from None
+            self._rollback()
+            if isinstance(exc, sqlite3.IntegrityError):
+                raise StoreError(f"the store refused the append: {exc}") from None
+            raise StoreError(f"the store refused the append: {_why(exc, self.file)}") from None
         return seq
+
+    @property
+    def file(self) -> Path:
+        return self.directory / DB_FILE
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite already rolled back (a full disk does that itself)
+
+    def import_lines(
+        self,
+        collection: str,
+        lines: Iterable[str],
+        *,
+        parse: Callable[[str, int], Any],
+        batch: int,
+        now: Callable[[], int],
+        resume: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> ImportReport:
+        """Append the records of JSON lines in transactions of ``batch`` records.
+
+        Every transaction also records a checkpoint: SHA-256 of the collection name and every
+        line read so far, with the line count. With ``resume`` (the default) lines whose prefix
+        was already imported into this collection are skipped, so rerunning an import that was
+        killed, or that completed, never appends a record twice (RFC-NOTES §9.4.4). Skipping
+        holds at most one earlier batch of records: a run records a checkpoint at least every
+        ``span`` lines, so once the longest span passes with no match no later one can match.
+        """
+        marks: dict[bytes, int] = {}
+        span_max = 0
+        if resume:
+            for digest, n, span in self._db.execute(
+                "SELECT digest, lines, span FROM imports WHERE collection = ?", (collection,)
+            ):
+                marks[bytes(digest)] = int(n)
+                span_max = max(span_max, int(span))
+        last_mark = max(marks.values(), default=0)
+        h = hashlib.sha256(collection.encode("utf-8") + b"\n")
+        pending: list[Any] = []
+        matched = 0  # the line of the last checkpoint matched (or written)
+        imported = skipped = 0
+        line_no = 0
+        for line_no, line in enumerate(lines, 1):
+            h.update(line.encode("utf-8"))
+            if line.strip():
+                pending.append(parse(line, line_no))
+            if marks:
+                if h.copy().digest() in marks:
+                    skipped += len(pending)
+                    pending, matched = [], line_no
+                    continue
+                if line_no - matched <= span_max and line_no <= last_mark:
+                    continue  # a checkpoint of an earlier run may still match
+                marks = {}  # content this vault never saw: append from here
+            if len(pending) >= batch:
+                self.append_many(
+                    collection,
+                    pending,
+                    now=now(),
+                    checkpoint=(h.digest(), line_no, line_no - matched),
+                )
+                imported += len(pending)
+                pending, matched = [], line_no
+                if progress is not None:
+                    progress(imported)
+        if pending:
+            self.append_many(
+                collection, pending, now=now(), checkpoint=(h.digest(), line_no, line_no - matched)
+            )
+            imported += len(pending)
+        return ImportReport(imported=imported, skipped=skipped, head=self.head()[0])
 
     def create_index(self, field: str) -> bool:
         """Index a record field for equality, ``in``, range and order (an expression index; it
@@ -318,6 +584,9 @@ class Store:
             self._db.execute("INSERT INTO revocations (link, ts) VALUES (?, ?)", (link, now))
         except sqlite3.IntegrityError:
             return False
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"the revocation was not recorded: {_why(exc, self.file)}") from None
         return True
 
     def poll(self) -> tuple[int, list[bytes]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import sqlite3
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from ppn import IdentityKey, KeyFormatError
 
 from ._admit import admit
 from ._errors import AuthorizationError, ErrorCode, QueryError
-from ._io_store import KEY_FILE, ResultCursor, Store
+from ._io_store import KEY_FILE, PersistentReplaySet, ResultCursor, Store
 from ._messages import Error, Header, Request
 from ._verifier import Verifier
 
@@ -52,8 +53,13 @@ class Vault:
         self.store = store
         self.key = key
         self.vault_id = key.public
+        # Nonces outlive the process (RFC-NOTES §9.8): a restart opens no replay window.
+        self.replay = PersistentReplaySet(store.file, now=int(time.time()))
         self.verifier = Verifier(
-            self.vault_id, trusted_roots=trusted_roots, revoked=store.new_revocations()
+            self.vault_id,
+            trusted_roots=trusted_roots,
+            revoked=store.new_revocations(),
+            replay=self.replay,
         )
 
     @classmethod
@@ -92,4 +98,5 @@ class Vault:
         return header, cursor
 
     def close(self) -> None:
+        self.replay.close()
         self.store.close()

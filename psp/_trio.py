@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from ppn import IdentityKey
+from ppn._trio_listener import Connection, FrameMeter, ListenerGuard, ListenerLimits
 
 from ._capability import NONCE_SIZE, Capability, invoke_for_vault
 from ._connection import ClientConnection, ConnectionClosed, ServerConnection, State
@@ -54,6 +55,7 @@ __all__ = [
 BATCH_ROWS = 256
 CREDIT_WAIT = 60.0  # seconds a vault waits for a client to grant credit before giving up
 RECEIVE_SIZE = 65536
+MAX_PRE_AUTH = 64 * 1024  # bytes a frame may announce before the connection is admitted
 
 
 def wall_clock() -> int:
@@ -66,12 +68,29 @@ async def serve_vault(
     port: int,
     *,
     clock: Callable[[], int] = wall_clock,
+    limits: ListenerLimits | None = None,
+    guard: ListenerGuard | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on ``host:port`` (port 0 picks one; see the listeners passed to ``started``)."""
+    """Listen on ``host:port`` (port 0 picks one; see the listeners passed to ``started``).
+
+    Connections are held within ``limits`` (RFC-NOTES §9.8): a connection is admitted once one
+    of its invocations verified; until then it has ``first_frame_deadline`` seconds and may
+    announce frames of at most ``pre_auth_bytes``."""
+    guard = guard or ListenerGuard(limits)
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started(listeners)
-    await trio.serve_listeners(partial(handle_connection, vault, clock=clock), listeners)
+    await guard.serve(partial(_guarded, vault, clock, guard.limits), listeners)
+
+
+async def _guarded(
+    vault: Vault,
+    clock: Callable[[], int],
+    limits: ListenerLimits,
+    stream: trio.abc.Stream,
+    connection: Connection,
+) -> None:
+    await handle_connection(vault, stream, clock=clock, connection=connection, limits=limits)
 
 
 async def _flush(
@@ -97,11 +116,23 @@ class _Session:
     serving task, which streams the rest as the client's credit allows.
     """
 
-    def __init__(self, vault: Vault, stream: trio.abc.Stream, clock: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        vault: Vault,
+        stream: trio.abc.Stream,
+        clock: Callable[[], int],
+        connection: Connection | None = None,
+        limits: ListenerLimits | None = None,
+    ) -> None:
         self.vault = vault
         self.stream = stream
         self.clock = clock
         self.conn = ServerConnection(vault_id=vault.vault_id)
+        self.guarded = connection
+        # Until an invocation verifies, frame headers are watched so no frame larger than
+        # ``pre_auth_bytes`` is buffered (RFC-NOTES §9.8); after that the 1 MiB limit applies.
+        self.meter: FrameMeter | None = FrameMeter() if connection is not None else None
+        self.pre_auth = limits.pre_auth_bytes if limits is not None else MAX_PRE_AUTH
         self.active: tuple[int, ResultCursor] | None = None  # an answer the serving task owns
         self.cancelled: set[int] = set()
         self.closed = False
@@ -135,7 +166,19 @@ class _Session:
         try:
             while not self.closed:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
+                if self.meter is not None and self.meter.feed(data) > self.pre_auth:
+                    self.conn.send(
+                        Error(
+                            request_id=0,
+                            code=ErrorCode.PROTOCOL,
+                            message=f"a frame before admission is at most {self.pre_auth} bytes",
+                        )
+                    )
+                    await self.flush()
+                    break
                 self.conn.receive_data(bytes(data))
+                if self.guarded is not None:
+                    self.guarded.touch()
                 while (event := self.conn.next_event()) is not None:
                     if isinstance(event, Request):
                         # The core accepts a request only once the previous answer ended, so
@@ -169,6 +212,9 @@ class _Session:
             conn.send(started)
             return
         header, cursor = started
+        if self.guarded is not None and self.meter is not None:
+            self.guarded.admit()
+            self.meter = None
         conn.send(header)
         if conn.credit > 0 and not self._send_batch(rid, cursor):
             return
@@ -186,6 +232,8 @@ class _Session:
             return False
         if rows:
             self.conn.send(RowBatch(request_id=rid, rows=tuple(rows)))
+        if self.guarded is not None:
+            self.guarded.touch()
         return True
 
     def _end(self, rid: int, cursor: ResultCursor) -> None:
@@ -244,10 +292,16 @@ class _Session:
 
 
 async def handle_connection(
-    vault: Vault, stream: trio.abc.Stream, *, clock: Callable[[], int] = wall_clock
+    vault: Vault,
+    stream: trio.abc.Stream,
+    *,
+    clock: Callable[[], int] = wall_clock,
+    connection: Connection | None = None,
+    limits: ListenerLimits | None = None,
 ) -> None:
-    """Serve one client connection until it closes or breaks the protocol."""
-    session = _Session(vault, stream, clock)
+    """Serve one client connection until it closes or breaks the protocol (or, with a guard's
+    ``connection``, until its deadline)."""
+    session = _Session(vault, stream, clock, connection, limits)
     async with stream, trio.open_nursery() as nursery:
         nursery.start_soon(session.reader)
         try:

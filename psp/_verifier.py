@@ -16,7 +16,7 @@ import itertools
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ._capability import (
     MAX_CHAIN,
@@ -32,7 +32,7 @@ from ._scope import Scope
 if TYPE_CHECKING:
     from ._query import Query
 
-__all__ = ["Authorization", "ReplaySet", "Verifier", "CLOCK_SKEW"]
+__all__ = ["Authorization", "Replay", "ReplaySet", "Verifier", "CLOCK_SKEW"]
 
 CLOCK_SKEW = 30  # seconds an invocation's iat may lie in the vault's future
 
@@ -46,6 +46,15 @@ class Authorization:
     chain: tuple[bytes, ...]  # link ids, root first
     nonce: bytes
     expires: int
+
+
+class Replay(Protocol):
+    """What the verifier needs of a replay set (the vault's keeps it in its store)."""
+
+    def __contains__(self, nonce: object) -> bool: ...
+    def __len__(self) -> int: ...
+    def add(self, nonce: bytes, expires: int) -> None: ...
+    def prune(self, now: int) -> None: ...
 
 
 class ReplaySet:
@@ -85,11 +94,12 @@ class Verifier:
         trusted_roots: Iterable[bytes] = (),
         revoked: Iterable[bytes] = (),
         cache_size: int = 4096,
+        replay: Replay | None = None,
     ) -> None:
         self.vault_id = vault_id
         self.trusted_roots = frozenset({vault_id, *trusted_roots})
         self.revoked: set[bytes] = set(revoked)
-        self.replay = ReplaySet()
+        self.replay: Replay = ReplaySet() if replay is None else replay
         self._verified: OrderedDict[bytes, Link] = OrderedDict()
         # Chains (by link ids) whose structure and every signature already checked out.
         self._chains: OrderedDict[tuple[tuple[bytes, bytes], ...], None] = OrderedDict()
