@@ -20,12 +20,12 @@ leaves the core in ERROR.
 from __future__ import annotations
 
 import enum
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from .. import wire
-from .._errors import LocalProtocolError, PPNError, RemoteProtocolError
+from .._errors import LocalProtocolError, RemoteProtocolError
+from .._framing import FramedConnection
 from .._keys import IdentityKey, verify_signature
 from ._codec import expect_map, unpack_message
 from ._directory import MemberDirectory
@@ -102,52 +102,37 @@ _CLIENT_TRANSITIONS = {
 }
 
 
-class _Core:
+class _Core(FramedConnection[SpawnState, Any]):
+    """Both ends on the framing base every PPN protocol shares (:mod:`ppn._framing`). Frames
+    are read until ERROR; the exchange must reach DONE before the peer closes."""
+
+    REMOTE_ERROR = RemoteProtocolError
+    LOCAL_ERROR = LocalProtocolError
+    FRAME_ERROR_PREFIX = "spawn frame: "
     _transitions: dict[tuple[SpawnState, str], SpawnState]
 
     def __init__(self, state: SpawnState) -> None:
-        self.state = state
-        self._decoder = wire.FrameDecoder(max_size=MAX_SPAWN_FRAME)
-        self._out = bytearray()
-        self._events: deque[Any] = deque()
-
-    def _step(self, what: str) -> None:
-        nxt = self._transitions.get((self.state, what))
-        if nxt is None:
-            current = self.state
-            self.state = SpawnState.ERROR
-            raise LocalProtocolError(f"cannot handle {what!r} in state {current.value}")
-        self.state = nxt
-
-    def _emit(self, message: dict[str, Any]) -> None:
-        self._out += wire.encode_frame(wire.pack_canonical(message), max_size=MAX_SPAWN_FRAME)
-
-    def data_to_send(self) -> bytes:
-        out = bytes(self._out)
-        self._out.clear()
-        return out
+        super().__init__(state, error=SpawnState.ERROR, max_frame=MAX_SPAWN_FRAME)
 
     def receive_data(self, data: bytes) -> None:
-        if self.state is SpawnState.ERROR:
-            raise LocalProtocolError("the core is in its ERROR state")
-        try:
-            self._decoder.feed(data)
-            while (frame := self._decoder.next_frame()) is not None:
-                self._handle_frame(frame)
-            if self._decoder.at_eof and self.state is not SpawnState.DONE:
-                raise RemoteProtocolError("peer closed the connection before the exchange ended")
-        except wire.WireError as exc:
-            self.state = SpawnState.ERROR
-            raise RemoteProtocolError(f"spawn frame: {exc}") from exc
-        except PPNError:
-            self.state = SpawnState.ERROR
-            raise
+        self._receive_frames(data)
 
-    def _handle_frame(self, frame: bytes) -> None:
-        raise NotImplementedError
+    def _receive_after_stop(self, data: bytes) -> None:
+        raise LocalProtocolError("the core is in its ERROR state")
 
-    def next_event(self) -> Any:
-        return self._events.popleft() if self._events else None
+    def _on_eof(self) -> None:
+        if self.state is not SpawnState.DONE:
+            self._violation(
+                RemoteProtocolError("peer closed the connection before the exchange ended")
+            )
+
+    def _step(self, what: str) -> None:
+        # Out-of-order messages from the peer are refused before this; a missing entry here is
+        # this end's mistake.
+        self._transition(self._transitions, what, remote=False)
+
+    def _emit(self, message: dict[str, Any]) -> None:
+        self._write(wire.pack_canonical(message))
 
 
 class SpawnServer(_Core):
@@ -165,7 +150,7 @@ class SpawnServer(_Core):
         self._request_id = b""
         self._emit({"t": "challenge", "node_id": node_id, "nonce": nonce})
 
-    def _handle_frame(self, frame: bytes) -> None:
+    def _on_frame(self, frame: bytes) -> None:
         if self.state is not SpawnState.AWAIT_REQUEST:
             raise RemoteProtocolError("controller sent more than one request")
         outer = unpack_message(frame, what="spawn request", max_size=MAX_SPAWN_FRAME)
@@ -231,7 +216,7 @@ class SpawnClient(_Core):
         self.request_id = request_id
         self.spec = spec
 
-    def _handle_frame(self, frame: bytes) -> None:
+    def _on_frame(self, frame: bytes) -> None:
         message = unpack_message(frame, what="spawn message", max_size=MAX_SPAWN_FRAME)
         if self.state is SpawnState.AWAIT_CHALLENGE:
             what = "challenge"
