@@ -181,34 +181,14 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _sync_paused(args: argparse.Namespace) -> int:
-    import json
     import time
 
-    from ..cli._main import CommandError
-    from ._backend import reconcile
-    from ._io_device import ConfigOnlyBackend, select_backend
+    from ._io_device import ConfigOnlyBackend
     from ._io_state import load_record, save_record
-    from ._model import (
-        ConfigError,
-        DesiredStateError,
-        DeviceError,
-        UAPIProtocolError,
-        VerifyError,
-    )
-    from ._plan import describe, operation_to_json
 
     started = time.monotonic()
     desired = _resolve(_read_config(args.config))
-    choice = select_backend(args.iface)
-    if choice.backend is None or not choice.running:
-        hint = (
-            f"start it with 'wireguard-go {args.iface}'"
-            if choice.kind == "userspace"
-            else f"create it with 'ip link add {args.iface} type wireguard'"
-        )
-        raise CommandError(
-            f"no WireGuard interface {args.iface} ({choice.reason}); {hint}", EXIT_NO_DEVICE
-        )
+    choice = _running_device(args.iface)
 
     def progress(text: str) -> None:  # only for waits a user would notice
         if time.monotonic() - started > 1.0 and not args.json:
@@ -218,35 +198,11 @@ def _sync_paused(args: argparse.Namespace) -> int:
     owned = None
     if args.only_owned:
         owned = {p.public_key for p in desired.peers} | (record.owned if record else frozenset())
-    try:
-        report = reconcile(
-            choice.backend,
-            desired,
-            now=time.time(),
-            owned=owned,
-            previous=None if record is None else record.endpoints,
-            stale_after=args.stale_after,
-            dry_run=args.dry_run,
-            progress=progress,
-        )
-    except DesiredStateError as exc:
-        raise CommandError(str(exc), EXIT_REJECTED) from None
-    except VerifyError as exc:
-        raise CommandError(str(exc), EXIT_VERIFY) from None
-    except DeviceError as exc:
-        raise _device_error(exc, args.iface) from None
-    except UAPIProtocolError as exc:
-        raise CommandError(f"{args.iface} answered badly: {exc}", EXIT_DEVICE_REFUSED) from None
-    except ConfigError as exc:  # config-only: its kept file was damaged
-        raise CommandError(f"the kept configuration is damaged: {exc}", EXIT_CONFIG) from None
-    except OSError as exc:  # config-only: the file could not be written
-        raise CommandError(
-            f"cannot write the configuration: {exc.strerror}", EXIT_PERMISSION
-        ) from None
+    report = _reconcile(args, choice.backend, desired, record, owned, progress)
     if choice.kind == "config-only":
         assert isinstance(choice.backend, ConfigOnlyBackend)
         done = "would be" if args.dry_run else "was"
-        raise CommandError(
+        raise _command_error(
             f"{choice.reason}; the configuration {done} written to {choice.backend.path} "
             "for when one is installed",
             EXIT_NO_DATAPLANE,
@@ -256,37 +212,120 @@ def _sync_paused(args: argparse.Namespace) -> int:
             save_record(args.iface, desired.peers, unless_equal=record)
         except OSError as exc:
             print(f"ppn: warning: cannot record the sync: {exc.strerror}", file=sys.stderr)
-    ops = report.plan.operations
     if args.json:
-        from ._model import key_text as encode_key
+        _print_sync_json(args, choice.kind, report)
+    else:
+        _print_sync_text(args, choice.reason, report)
+    return 0
 
-        print(
-            json.dumps(
-                {
-                    "interface": args.iface,
-                    "backend": choice.kind,
-                    "dry_run": args.dry_run,
-                    "changed": report.applied,
-                    "verified": report.verified,
-                    "operations": [operation_to_json(op) for op in ops],
-                    "foreign_peers": [encode_key(k) for k in report.plan.foreign_peers],
-                    "kept_endpoints": [encode_key(k) for k in report.plan.kept_endpoints],
-                },
-                indent=2,
-            )
+
+def _command_error(message: str, status: int) -> Exception:
+    from ..cli._main import CommandError
+
+    return CommandError(message, status)
+
+
+def _running_device(iface: str) -> Any:
+    """The backend choice for ``iface``; a usage error with a hint when no device runs."""
+    from ._io_device import select_backend
+
+    choice = select_backend(iface)
+    if choice.backend is None or not choice.running:
+        hint = (
+            f"start it with 'wireguard-go {iface}'"
+            if choice.kind == "userspace"
+            else f"create it with 'ip link add {iface} type wireguard'"
         )
-        return 0
-    from ._model import key_text as encode_key
+        raise _command_error(
+            f"no WireGuard interface {iface} ({choice.reason}); {hint}", EXIT_NO_DEVICE
+        )
+    return choice
 
+
+def _reconcile(
+    args: argparse.Namespace,
+    backend: Any,
+    desired: Any,
+    record: Any,
+    owned: set[bytes] | None,
+    progress: Any,
+) -> Any:
+    """One reconcile pass; each failure becomes its documented exit status."""
+    import time
+
+    from ._backend import reconcile
+    from ._model import (
+        ConfigError,
+        DesiredStateError,
+        DeviceError,
+        UAPIProtocolError,
+        VerifyError,
+    )
+
+    try:
+        return reconcile(
+            backend,
+            desired,
+            now=time.time(),
+            owned=owned,
+            previous=None if record is None else record.endpoints,
+            stale_after=args.stale_after,
+            dry_run=args.dry_run,
+            progress=progress,
+        )
+    except DesiredStateError as exc:
+        raise _command_error(str(exc), EXIT_REJECTED) from None
+    except VerifyError as exc:
+        raise _command_error(str(exc), EXIT_VERIFY) from None
+    except DeviceError as exc:
+        raise _device_error(exc, args.iface) from None
+    except UAPIProtocolError as exc:
+        raise _command_error(f"{args.iface} answered badly: {exc}", EXIT_DEVICE_REFUSED) from None
+    except ConfigError as exc:  # config-only: its kept file was damaged
+        raise _command_error(f"the kept configuration is damaged: {exc}", EXIT_CONFIG) from None
+    except OSError as exc:  # config-only: the file could not be written
+        raise _command_error(
+            f"cannot write the configuration: {exc.strerror}", EXIT_PERMISSION
+        ) from None
+
+
+def _print_sync_json(args: argparse.Namespace, backend_kind: str, report: Any) -> None:
+    import json
+
+    from ._model import key_text as encode_key
+    from ._plan import operation_to_json
+
+    print(
+        json.dumps(
+            {
+                "interface": args.iface,
+                "backend": backend_kind,
+                "dry_run": args.dry_run,
+                "changed": report.applied,
+                "verified": report.verified,
+                "operations": [operation_to_json(op) for op in report.plan.operations],
+                "foreign_peers": [encode_key(k) for k in report.plan.foreign_peers],
+                "kept_endpoints": [encode_key(k) for k in report.plan.kept_endpoints],
+            },
+            indent=2,
+        )
+    )
+
+
+def _print_sync_text(args: argparse.Namespace, reason: str, report: Any) -> None:
+    from ._model import key_text as encode_key
+    from ._plan import describe
+
+    ops = report.plan.operations
     verb = "would apply" if args.dry_run else "applied"
     # A dry run is for reviewing: every line. A real sync summarises past a screenful (a first
     # sync of 10,000 peers is 10,001 operations); --json always has everything.
     limit = None if args.dry_run else _SHOWN
     if not ops:
-        print(f"{args.iface}: in sync ({choice.reason}); nothing to do")
+        print(f"{args.iface}: in sync ({reason}); nothing to do")
     else:
         tail = "" if args.dry_run else ", verified by read-back"
-        print(f"{args.iface}: {verb} {len(ops)} operation(s) ({choice.reason}){tail}")
+        print(f"{args.iface}: {verb} {len(ops)} operation(s) ({reason}){tail}")
         _print_some((describe(op) for op in ops), len(ops), limit, "operation(s)")
     _print_some(
         (f"kept roamed endpoint of live peer {encode_key(k)}" for k in report.plan.kept_endpoints),
@@ -303,7 +342,6 @@ def _sync_paused(args: argparse.Namespace) -> int:
         limit,
         "peer(s) left alone",
     )
-    return 0
 
 
 _SHOWN = 20  # lines of each list a real sync prints before summarising the rest
@@ -336,19 +374,10 @@ def _bytes(n: int) -> str:
 
 
 def _show(args: argparse.Namespace) -> int:
-    import dataclasses
     import json
-    import os
     import time
 
-    from ..cli._main import CommandError
-    from ._io_device import (
-        list_kernel_interfaces,
-        list_userspace_interfaces,
-        select_backend,
-    )
-    from ._model import DeviceError, UAPIProtocolError
-    from ._model import key_text as encode_key
+    from ._io_device import list_kernel_interfaces, list_userspace_interfaces
 
     names = (
         [args.iface]
@@ -356,54 +385,7 @@ def _show(args: argparse.Namespace) -> int:
         else sorted(set(list_userspace_interfaces()) | set(list_kernel_interfaces()))
     )
     now = time.time()
-    out: list[dict[str, Any]] = []
-    for name in names:
-        choice = select_backend(name)
-        kept_file = getattr(choice.backend, "path", None)
-        if choice.kind == "config-only" and not (kept_file and os.path.exists(kept_file)):
-            choice = dataclasses.replace(choice, running=False)
-        if choice.backend is None or not choice.running:
-            if args.iface:
-                raise CommandError(
-                    f"no WireGuard interface {name} ({choice.reason})", EXIT_NO_DEVICE
-                )
-            continue
-        try:
-            state = choice.backend.read()
-            states = sorted(state.peers.values(), key=lambda p: -(p.last_handshake or 0))
-        except DeviceError as exc:
-            if args.iface:
-                raise _device_error(exc, name) from None
-            continue  # a stale socket of a dead daemon: not an interface
-        except UAPIProtocolError as exc:
-            raise CommandError(f"{name} answered badly: {exc}", EXIT_DEVICE_REFUSED) from None
-        peers = []
-        for p in states:
-            age = p.handshake_age(now)
-            peers.append(
-                {
-                    "public_key": encode_key(p.public_key),
-                    "endpoint": None if p.endpoint is None else str(p.endpoint),
-                    "allowed_ips": [str(n) for n in p.allowed_ips],
-                    "latest_handshake": p.last_handshake,
-                    "handshake_age": None if age is None else round(age, 3),
-                    "stale": p.is_stale(now, args.stale_after),
-                    "rx_bytes": p.rx_bytes,
-                    "tx_bytes": p.tx_bytes,
-                    "persistent_keepalive": p.persistent_keepalive,
-                    "preshared_key": p.preshared_fingerprint is not None,
-                }
-            )
-        out.append(
-            {
-                "name": name,
-                "backend": choice.kind,
-                "public_key": state.public_key_b64,
-                "listen_port": state.listen_port,
-                "fwmark": state.fwmark,
-                "peers": peers,
-            }
-        )
+    out = [i for i in (_read_interface(args, name, now) for name in names) if i is not None]
     if args.json:
         print(json.dumps({"interfaces": out}, indent=2))
         return 0
@@ -412,25 +394,84 @@ def _show(args: argparse.Namespace) -> int:
     for index, iface in enumerate(out):
         if index:
             print()
-        print(f"interface: {iface['name']} ({iface['backend']})")
-        print(f"  public key: {iface['public_key'] or '(none)'}")
-        print(f"  listening port: {iface['listen_port']}")
-        if iface["fwmark"]:
-            print(f"  fwmark: {hex(iface['fwmark'])}")
-        for p in iface["peers"]:
-            print()
-            print(f"peer: {p['public_key']}")
-            if p["preshared_key"]:
-                print("  preshared key: (hidden)")
-            if p["endpoint"]:
-                print(f"  endpoint: {p['endpoint']}")
-            print(f"  allowed ips: {', '.join(p['allowed_ips']) or '(none)'}")
-            if p["handshake_age"] is None:
-                print("  latest handshake: never (stale)")
-            else:
-                stale = " (stale)" if p["stale"] else ""
-                print(f"  latest handshake: {_age(p['handshake_age'])}{stale}")
-            print(f"  transfer: {_bytes(p['rx_bytes'])} received, {_bytes(p['tx_bytes'])} sent")
-            if p["persistent_keepalive"]:
-                print(f"  persistent keepalive: every {p['persistent_keepalive']} s")
+        _print_interface(iface)
     return 0
+
+
+def _read_interface(args: argparse.Namespace, name: str, now: float) -> dict[str, Any] | None:
+    """One interface as ``show --json`` prints it; None for one that is not there, unless it
+    was asked for by name (then an error)."""
+    import dataclasses
+    import os
+
+    from ._io_device import select_backend
+    from ._model import DeviceError, UAPIProtocolError
+
+    choice = select_backend(name)
+    kept_file = getattr(choice.backend, "path", None)
+    if choice.kind == "config-only" and not (kept_file and os.path.exists(kept_file)):
+        choice = dataclasses.replace(choice, running=False)
+    if choice.backend is None or not choice.running:
+        if args.iface:
+            raise _command_error(f"no WireGuard interface {name} ({choice.reason})", EXIT_NO_DEVICE)
+        return None
+    try:
+        state = choice.backend.read()
+        states = sorted(state.peers.values(), key=lambda p: -(p.last_handshake or 0))
+    except DeviceError as exc:
+        if args.iface:
+            raise _device_error(exc, name) from None
+        return None  # a stale socket of a dead daemon: not an interface
+    except UAPIProtocolError as exc:
+        raise _command_error(f"{name} answered badly: {exc}", EXIT_DEVICE_REFUSED) from None
+    return {
+        "name": name,
+        "backend": choice.kind,
+        "public_key": state.public_key_b64,
+        "listen_port": state.listen_port,
+        "fwmark": state.fwmark,
+        "peers": [_peer_json(p, now, args.stale_after) for p in states],
+    }
+
+
+def _peer_json(p: Any, now: float, stale_after: float) -> dict[str, Any]:
+    from ._model import key_text as encode_key
+
+    age = p.handshake_age(now)
+    return {
+        "public_key": encode_key(p.public_key),
+        "endpoint": None if p.endpoint is None else str(p.endpoint),
+        "allowed_ips": [str(n) for n in p.allowed_ips],
+        "latest_handshake": p.last_handshake,
+        "handshake_age": None if age is None else round(age, 3),
+        "stale": p.is_stale(now, stale_after),
+        "rx_bytes": p.rx_bytes,
+        "tx_bytes": p.tx_bytes,
+        "persistent_keepalive": p.persistent_keepalive,
+        "preshared_key": p.preshared_fingerprint is not None,
+    }
+
+
+def _print_interface(iface: dict[str, Any]) -> None:
+    """One interface in ``wg show``'s layout."""
+    print(f"interface: {iface['name']} ({iface['backend']})")
+    print(f"  public key: {iface['public_key'] or '(none)'}")
+    print(f"  listening port: {iface['listen_port']}")
+    if iface["fwmark"]:
+        print(f"  fwmark: {hex(iface['fwmark'])}")
+    for p in iface["peers"]:
+        print()
+        print(f"peer: {p['public_key']}")
+        if p["preshared_key"]:
+            print("  preshared key: (hidden)")
+        if p["endpoint"]:
+            print(f"  endpoint: {p['endpoint']}")
+        print(f"  allowed ips: {', '.join(p['allowed_ips']) or '(none)'}")
+        if p["handshake_age"] is None:
+            print("  latest handshake: never (stale)")
+        else:
+            stale = " (stale)" if p["stale"] else ""
+            print(f"  latest handshake: {_age(p['handshake_age'])}{stale}")
+        print(f"  transfer: {_bytes(p['rx_bytes'])} received, {_bytes(p['tx_bytes'])} sent")
+        if p["persistent_keepalive"]:
+            print(f"  persistent keepalive: every {p['persistent_keepalive']} s")
