@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .._connection import ClientConnection, ConnectionClosed, State
+from .._connection import ConnectionClosed, State
 from .._errors import ErrorCode, RemoteProtocolError
 from .._messages import Credit, End, Error, Header, Request, RowBatch, ServerHello
 from ._connection import Target
@@ -127,7 +127,8 @@ class FanOut:
         elif isinstance(event, RowBatch):
             agg.rows(index, event.rows)
             conn = link.conn
-            if conn.credit == 0 and conn.state is State.STREAMING and not _has_event(conn):
+            # (an End already decoded behind this batch needs no more credit)
+            if conn.credit == 0 and conn.state is State.STREAMING and not conn.has_events():
                 return Next.CREDIT
         elif isinstance(event, End):
             cursor = event.cursor
@@ -231,9 +232,3 @@ async def fan_out_tasks(job: FanOut) -> None:
     async with trio.open_nursery() as nursery:
         for target in job.targets:
             nursery.start_soon(job.run_target, target)
-
-
-def _has_event(conn: ClientConnection) -> bool:
-    # Peek: an End already decoded behind this batch needs no more credit. (Shim: reads the
-    # core's queue until psp._connection offers has_events().)
-    return bool(conn._events)
