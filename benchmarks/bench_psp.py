@@ -119,7 +119,15 @@ async def echo(stream):
 async def main():
     vault = Vault.open(sys.argv[1])
     async with trio.open_nursery() as n:
-        psp = await n.start(partial(serve_vault, vault, "127.0.0.1", 0, clock=lambda: NOW))
+        if sys.argv[2] == "on":
+            psp = await n.start(partial(serve_vault, vault, "127.0.0.1", 0, clock=lambda: NOW))
+        else:  # issue 14's protections off: no listener guard, replay set in memory, no slices
+            from psp._trio import handle_connection
+            from psp._verifier import ReplaySet
+            vault.verifier.replay = ReplaySet()
+            vault.store.slicing = False
+            psp = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            n.start_soon(trio.serve_listeners, partial(handle_connection, vault, clock=lambda: NOW), psp)
         ech = await trio.open_tcp_listeners(0, host="127.0.0.1")
         n.start_soon(trio.serve_listeners, echo, ech)
         print(psp[0].socket.getsockname()[1], ech[0].socket.getsockname()[1], flush=True)
@@ -170,18 +178,23 @@ def bench_round_trip(rounds: int = 1500) -> None:
             for i in range(rounds + 50)
         ]
         server = subprocess.Popen(
-            [sys.executable, "-c", _SERVER, tmp], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", _SERVER, tmp, "on"], stdout=subprocess.PIPE, text=True
+        )
+        server_off = subprocess.Popen(
+            [sys.executable, "-c", _SERVER, tmp, "off"], stdout=subprocess.PIPE, text=True
         )
         try:
-            assert server.stdout is not None
+            assert server.stdout is not None and server_off.stdout is not None
             psp_port, echo_port = (int(x) for x in server.stdout.readline().split())
+            off_port = int(server_off.stdout.readline().split()[0])
             payload = msgpack.packb(
                 {"t": "req", "id": 1, "inv": envelopes[0], "q": query, "credit": 8},
                 use_bin_type=True,
             )
 
-            async def run() -> tuple[list[float], list[float], int]:
+            async def run() -> tuple[list[float], list[float], list[float], int]:
                 client = await VaultClient.connect("127.0.0.1", psp_port)
+                client_off = await VaultClient.connect("127.0.0.1", off_port)
                 echo = await trio.open_tcp_stream("127.0.0.1", echo_port)
                 dec = FrameDecoder(max_size=1 << 20)
                 frame = encode_frame(payload, max_size=1 << 20)
@@ -191,31 +204,49 @@ def bench_round_trip(rounds: int = 1500) -> None:
                     while dec.next_frame() is None:
                         dec.feed(bytes(await echo.receive_some(65536)))
 
-                psp_t, echo_t, rows = [], [], 0
-                for i in range(rounds + 50):  # interleaved, so both see the same machine load
+                psp_t, off_t, echo_t, rows = [], [], [], 0
+                for i in range(rounds + 50):  # interleaved, so all see the same machine load
+                    first, second = (client, client_off) if i % 2 else (client_off, client)
                     t = time.perf_counter()
-                    result = await client.fetch(envelopes[i], query)
+                    result = await first.fetch(envelopes[i], query)
                     d1 = time.perf_counter() - t
+                    t = time.perf_counter()
+                    await second.fetch(envelopes[i], query)
+                    d0 = time.perf_counter() - t
+                    if first is client_off:
+                        d1, d0 = d0, d1
                     t = time.perf_counter()
                     await echo_once()
                     d2 = time.perf_counter() - t
                     if i >= 50:  # warm-up
                         psp_t.append(d1)
+                        off_t.append(d0)
                         echo_t.append(d2)
                         rows += len(result.rows)
                 await client.aclose()
+                await client_off.aclose()
                 await echo.aclose()
-                return psp_t, echo_t, rows
+                return psp_t, off_t, echo_t, rows
 
-            psp_t, echo_t, rows = trio.run(run)
+            psp_t, off_t, echo_t, rows = trio.run(run)
         finally:
-            server.kill()
-            server.wait()
+            for proc in (server, server_off):
+                proc.kill()
+                proc.wait()
     ratio = statistics.median(psp_t) / statistics.median(echo_t)
     print(
         f"(b) PSP query round trip (1 row):      {_pcts(psp_t)}   [{rows / len(psp_t):.0f} row/query, invocation pre-signed]"
     )
     print(f"    bare msgpack echo, same size:      {_pcts(echo_t)}   [{len(payload)}-byte request]")
+    lost = statistics.median(psp_t) / statistics.median(off_t) - 1
+    print(
+        f"    issue 14 protections off:          {_pcts(off_t)}   (no listener guard, replay "
+        f"set in memory, no loop slices)"
+    )
+    print(
+        f"    protections on vs off (p50):       {lost * 100:+.1f}%   goal ≤ +10%: "
+        f"{'met' if lost <= 0.10 else 'NOT met'}"
+    )
     print(
         f"    ratio PSP / echo:                  {ratio:.2f}x   goal ≤ 1.5x: {'met' if ratio <= 1.5 else 'NOT met'}"
     )

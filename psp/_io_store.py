@@ -21,6 +21,7 @@ import logging
 import os
 import sqlite3
 import stat
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,13 +300,67 @@ class PersistentReplaySet:
         self._db.close()
 
 
+class Interrupted(Exception):
+    """A query ran past its slice on the event loop; it moves to a worker (RFC-NOTES §9.8)."""
+
+
+FAST_SLICE = 0.002  # seconds a query may run on the event loop per step before it moves
+# SQLite VM instructions a query may use in all (on a worker). A json_extract filter costs a
+# few instructions per row: a prefix count over 200,000 rows takes about 3.7 million (0.8 s).
+SCAN_BUDGET = 100_000_000
+QUERY_DEADLINE = 30.0  # seconds a query may run in all (on a worker)
+_FAST_STEP = 1000  # VM instructions between two checks on the event loop
+_BUDGET_STEP = 20_000  # ... and on a worker
+
+
+class ScanBudget:
+    """The progress handler of a query on a worker connection: it interrupts the query once it
+    used ``ops`` VM instructions or ran past ``deadline`` (monotonic); ``code`` says which."""
+
+    def __init__(self, ops: int | None = None, seconds: float | None = None) -> None:
+        self.left = SCAN_BUDGET if ops is None else ops
+        self.deadline = time.monotonic() + (QUERY_DEADLINE if seconds is None else seconds)
+        self.code: ErrorCode | None = None
+
+    def __call__(self) -> int:
+        self.left -= _BUDGET_STEP
+        if self.left < 0:
+            self.code = ErrorCode.COST_LIMIT
+            return 1
+        if time.monotonic() > self.deadline:
+            self.code = ErrorCode.DEADLINE
+            return 1
+        return 0
+
+
 class ResultCursor:
-    """The rows of one admitted query, fetched in batches (so a slow reader costs no memory)."""
+    """The rows of one admitted query, fetched in batches (so a slow reader costs no memory).
+
+    Prepared by :meth:`Store.prepare`, run by :meth:`start` on a connection. On the event
+    loop's connection (``fast``) every step is cut after :data:`FAST_SLICE` and
+    :class:`Interrupted` raised; the caller then restarts it on a worker connection under a
+    :class:`ScanBudget`, from the rows already sent (the query is pinned to ``as_of`` and
+    totally ordered, so the same rows follow).
+    """
 
     def __init__(
-        self, rows: Iterator[tuple[Any, ...]], *, as_of: int, limit: int, offset: int, shape: Any
+        self,
+        sql: str,
+        params: list[Any],
+        *,
+        as_of: int,
+        limit: int,
+        offset: int,
+        shape: Any,
+        paged: bool,
     ) -> None:
-        self._rows = rows
+        self._sql = sql
+        self._params = params
+        self._paged = paged  # the last two parameters are LIMIT and OFFSET
+        self._rows: Iterator[tuple[Any, ...]] = iter(())
+        self._db: sqlite3.Connection | None = None
+        self._fast = False
+        self.budget: ScanBudget | None = None
         self.as_of = as_of
         self._limit = limit
         self._offset = offset
@@ -314,23 +369,83 @@ class ResultCursor:
         self.more = False
         self.done = False
 
+    @property
+    def started(self) -> bool:
+        return self._db is not None
+
+    @property
+    def on_worker(self) -> bool:
+        return self.budget is not None
+
+    def start(
+        self, db: sqlite3.Connection, *, fast: bool = False, budget: ScanBudget | None = None
+    ) -> None:
+        """Run the statement on ``db`` (again, from the rows already fetched)."""
+        params = self._params
+        if self._paged:
+            params = [*params[:-2], self._limit + 1 - self.count, self._offset + self.count]
+        self._db, self._fast, self.budget = db, fast, budget
+        if budget is not None:
+            db.set_progress_handler(budget, _BUDGET_STEP)
+        with self._slice():
+            cur = db.execute(self._sql, params)
+            self._rows = iter(cur if self._paged else cur.fetchall())
+
+    @contextlib.contextmanager
+    def _slice(self) -> Iterator[None]:
+        if not self._fast:
+            try:
+                yield
+            except sqlite3.OperationalError as exc:
+                if self.budget is not None and self.budget.code is not None:
+                    raise QueryError(self.budget.code, self.budget.code.sentence) from None
+                raise exc
+            return
+        db = self._db
+        assert db is not None
+        deadline = time.perf_counter() + FAST_SLICE
+        db.set_progress_handler(lambda: time.perf_counter() > deadline, _FAST_STEP)
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if "interrupt" in str(exc):
+                self._db, self._fast = None, False  # not started any more: a worker restarts it
+                raise Interrupted from None
+            raise
+        finally:
+            db.set_progress_handler(None, 0)
+
     def fetch(self, n: int, max_bytes: int = 512 * 1024) -> list[bytes]:
         """Up to ``n`` rows (and about ``max_bytes``) as JSON text bytes; ``done`` is set once
-        every row was fetched."""
+        every row was fetched. On :class:`Interrupted` no row of this call counts as fetched."""
         out: list[bytes] = []
         size = 0
-        while len(out) < n and size < max_bytes and not self.done:
-            row = next(self._rows, None)
-            if row is None:
-                self.done = True
-                break
-            if self.count == self._limit:
-                self.more, self.done = True, True  # the (limit+1)th row exists: resumable
-                break
-            out.append(self._shape(row))
-            size += len(out[-1])
-            self.count += 1
+        try:
+            with self._slice():
+                while len(out) < n and size < max_bytes and not self.done:
+                    row = next(self._rows, None)
+                    if row is None:
+                        self.done = True
+                        break
+                    if self.count == self._limit:
+                        self.more, self.done = True, True  # the (limit+1)th row: resumable
+                        break
+                    out.append(self._shape(row))
+                    size += len(out[-1])
+                    self.count += 1
+        except Interrupted:
+            self.count -= len(out)
+            raise
         return out
+
+    def release(self) -> sqlite3.Connection | None:
+        """Detach from a worker connection (returned, its handler removed) once done or dropped."""
+        db, self._db = self._db, None
+        self._rows = iter(())
+        if db is not None and self.budget is not None:
+            db.set_progress_handler(None, 0)
+            return db
+        return None
 
     @property
     def resume_offset(self) -> int | None:
@@ -349,6 +464,8 @@ class Store:
         self.directory = directory
         self._db = db
         self._revocations_seen = 0
+        # Off only to measure what the slices cost (benchmarks/bench_psp.py).
+        self.slicing = True
 
     # --- lifecycle ---
 
@@ -650,6 +767,26 @@ class Store:
     ) -> ResultCursor:
         """Run an admitted query within ``scope``; rows come out of the returned cursor.
         ``head`` is the head sequence number if the caller just read it (see :meth:`poll`)."""
+        cursor = self.prepare(query, scope, limit=limit, head=head)
+        cursor.start(self._db)
+        return cursor
+
+    def start_fast(self, cursor: ResultCursor) -> None:
+        """Start ``cursor`` on this (the event loop's) connection, cut after a short slice
+        (:class:`Interrupted`)."""
+        cursor.start(self._db, fast=self.slicing)
+
+    def open_reader(self) -> sqlite3.Connection:
+        """A read-only connection for a worker thread (heavy queries, RFC-NOTES §9.8)."""
+        db = sqlite3.connect(self.file, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA query_only=1")
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    def prepare(
+        self, query: Query, scope: Scope, *, limit: int, head: int | None = None
+    ) -> ResultCursor:
+        """The cursor of an admitted query, not yet run (:meth:`ResultCursor.start`)."""
         if head is None:
             head, _ = self.head()
         as_of = query.as_of or head
@@ -668,9 +805,14 @@ class Store:
         clause = " AND ".join(where)
         if query.op == "count":
             sql = f"SELECT COUNT(*) FROM entries e WHERE {clause}"
-            rows = iter(self._db.execute(sql, params).fetchall())
             return ResultCursor(
-                rows, as_of=as_of, limit=1, offset=0, shape=lambda r: _dumps({"count": r[0]})
+                sql,
+                params,
+                as_of=as_of,
+                limit=1,
+                offset=0,
+                shape=lambda r: _dumps({"count": r[0]}),
+                paged=False,
             )
         if query.op == "aggregate":
             assert query.agg is not None
@@ -696,9 +838,14 @@ class Store:
                     out = {"group": r[0], **out}
                 return _dumps(out)
 
-            cur = self._db.execute(sql, all_params)
             return ResultCursor(
-                iter(cur), as_of=as_of, limit=limit, offset=query.offset, shape=shape_agg
+                sql,
+                all_params,
+                as_of=as_of,
+                limit=limit,
+                offset=query.offset,
+                shape=shape_agg,
+                paged=True,
             )
         order = "e.seq"
         if query.order is not None:
@@ -720,9 +867,8 @@ class Store:
                 record = {k: record[k] for k in fields if k in record}
             return _dumps({"_seq": r[0], "_ts": r[1], **record})
 
-        cur = self._db.execute(sql, params)
         return ResultCursor(
-            iter(cur), as_of=as_of, limit=limit, offset=query.offset, shape=shape_row
+            sql, params, as_of=as_of, limit=limit, offset=query.offset, shape=shape_row, paged=True
         )
 
     def raw_connection(self) -> sqlite3.Connection:

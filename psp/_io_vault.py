@@ -18,7 +18,7 @@ from ppn import IdentityKey, KeyFormatError
 
 from ._admit import admit
 from ._errors import AuthorizationError, ErrorCode, QueryError
-from ._io_store import KEY_FILE, PersistentReplaySet, ResultCursor, Store
+from ._io_store import KEY_FILE, Interrupted, PersistentReplaySet, ResultCursor, Store
 from ._messages import Error, Header, Request
 from ._verifier import Verifier
 
@@ -70,15 +70,22 @@ class Vault:
         return cls(store, read_key_file(Path(directory) / KEY_FILE), trusted_roots=trusted_roots)
 
     def begin(self, request: Request, *, now: int) -> tuple[Header, ResultCursor] | Error:
-        """Admit and start a request: a header and the rows to stream, or an error frame."""
+        """Admit and start a request: a header and the rows to stream, or an error frame.
+
+        The query runs on the caller's thread for a short slice at most; a cursor that is not
+        ``started`` on return is heavy and must be restarted on a worker connection."""
         try:
             head, revoked = self.store.poll()
             for link in revoked:
                 self.verifier.revoke(link)
             admitted = admit(self.verifier, request.envelope, request.query, now=now)
-            cursor = self.store.execute(
+            cursor = self.store.prepare(
                 admitted.query, admitted.authorization.scope, limit=admitted.row_limit, head=head
             )
+            try:
+                self.store.start_fast(cursor)
+            except Interrupted:
+                pass  # heavy: the transport restarts it on a worker (RFC-NOTES §9.8)
         except AuthorizationError as exc:
             return Error(request_id=request.request_id, code=exc.code, message=exc.code.sentence)
         except QueryError as exc:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 import secrets
+import sqlite3
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,8 +27,8 @@ from ppn._trio_listener import Connection, FrameMeter, ListenerGuard, ListenerLi
 
 from ._capability import NONCE_SIZE, Capability, invoke_for_vault
 from ._connection import ClientConnection, ConnectionClosed, ServerConnection, State
-from ._errors import ErrorCode, PSPError, VaultError
-from ._io_store import ResultCursor
+from ._errors import ErrorCode, PSPError, QueryError, VaultError
+from ._io_store import Interrupted, ResultCursor, ScanBudget
 from ._io_vault import Vault
 from ._messages import (
     Cancel,
@@ -56,6 +58,55 @@ BATCH_ROWS = 256
 CREDIT_WAIT = 60.0  # seconds a vault waits for a client to grant credit before giving up
 RECEIVE_SIZE = 65536
 MAX_PRE_AUTH = 64 * 1024  # bytes a frame may announce before the connection is admitted
+WORKER_THREADS = 2  # heavy queries computing at once (SQLite runs without the GIL)
+WORKER_SLOTS = 8  # heavy queries open at once (each holds a reader connection: 3 descriptors)
+SLOT_WAIT = 10.0  # seconds a heavy query waits for a slot before UNAVAILABLE
+
+
+class _Workers:
+    """The vault's bounded pool for heavy queries (RFC-NOTES §9.8): a query that outruns its
+    slice on the event loop is restarted here, on a reader connection of its own, under a
+    scan budget and a deadline."""
+
+    def __init__(self, vault: Vault) -> None:
+        self.vault = vault
+        self.slots = trio.Semaphore(WORKER_SLOTS)
+        self.limiter = trio.CapacityLimiter(WORKER_THREADS)
+        self.idle: list[sqlite3.Connection] = []
+
+    async def start(self, cursor: ResultCursor) -> None:
+        with trio.move_on_after(SLOT_WAIT):
+            await self.slots.acquire()
+            try:
+                db = self.idle.pop() if self.idle else self.vault.store.open_reader()
+            except BaseException:
+                self.slots.release()
+                raise
+            budget = cursor.budget or ScanBudget()
+            await trio.to_thread.run_sync(
+                partial(cursor.start, db, budget=budget), limiter=self.limiter
+            )
+            return
+        raise QueryError(ErrorCode.UNAVAILABLE, "every worker is busy; retry")
+
+    async def fetch(self, cursor: ResultCursor, n: int) -> list[bytes]:
+        return await trio.to_thread.run_sync(cursor.fetch, n, limiter=self.limiter)
+
+    def release(self, cursor: ResultCursor) -> None:
+        db = cursor.release()
+        if db is not None:
+            self.idle.append(db)
+            self.slots.release()
+
+
+_workers: weakref.WeakKeyDictionary[Vault, _Workers] = weakref.WeakKeyDictionary()
+
+
+def _workers_for(vault: Vault) -> _Workers:
+    workers = _workers.get(vault)
+    if workers is None:
+        workers = _workers[vault] = _Workers(vault)
+    return workers
 
 
 def wall_clock() -> int:
@@ -132,6 +183,7 @@ class _Session:
         # Until an invocation verifies, frame headers are watched so no frame larger than
         # ``pre_auth_bytes`` is buffered (RFC-NOTES §9.8); after that the 1 MiB limit applies.
         self.meter: FrameMeter | None = FrameMeter() if connection is not None else None
+        self.workers = _workers_for(vault)
         self.pre_auth = limits.pre_auth_bytes if limits is not None else MAX_PRE_AUTH
         self.active: tuple[int, ResultCursor] | None = None  # an answer the serving task owns
         self.cancelled: set[int] = set()
@@ -216,20 +268,28 @@ class _Session:
             self.guarded.admit()
             self.meter = None
         conn.send(header)
-        if conn.credit > 0 and not self._send_batch(rid, cursor):
+        if cursor.started and conn.credit > 0 and not self._send_batch(rid, cursor):
             return
         if cursor.done:
             self._end(rid, cursor)
         else:
             self.active = (rid, cursor)
 
-    def _send_batch(self, rid: int, cursor: ResultCursor) -> bool:
-        """One batch from the cursor; False (and an error sent) if the store failed."""
-        try:
-            rows = cursor.fetch(BATCH_ROWS)
-        except Exception:
-            self._error(rid, ErrorCode.INTERNAL)
-            return False
+    def _send_batch(self, rid: int, cursor: ResultCursor, rows: list[bytes] | None = None) -> bool:
+        """One batch from the cursor (or ``rows`` a worker fetched); False (and an error sent)
+        if the store failed. A cursor that outran its slice is left not ``started``: the
+        serving task moves it to a worker."""
+        if rows is None:
+            try:
+                rows = cursor.fetch(BATCH_ROWS)
+            except Interrupted:
+                return True
+            except QueryError as exc:
+                self._error(rid, exc.code, exc.detail[:500])
+                return False
+            except Exception:
+                self._error(rid, ErrorCode.INTERNAL)
+                return False
         if rows:
             self.conn.send(RowBatch(request_id=rid, rows=tuple(rows)))
         if self.guarded is not None:
@@ -259,6 +319,7 @@ class _Session:
                 await self._stream_rest(rid, cursor)
             finally:
                 self.active = None
+                self.workers.release(cursor)
 
     def _error(self, request_id: int, code: ErrorCode, message: str = "") -> None:
         self.conn.send(Error(request_id=request_id, code=code, message=message or code.sentence))
@@ -283,7 +344,21 @@ class _Session:
             await trio.sleep(0)  # let the reader see a cancel between batches
             if rid in self.cancelled or self.closed:
                 continue
-            if not self._send_batch(rid, cursor):
+            rows = None
+            if not cursor.started or cursor.on_worker:
+                try:
+                    if not cursor.started:
+                        await self.workers.start(cursor)
+                    rows = await self.workers.fetch(cursor, BATCH_ROWS)
+                except QueryError as exc:
+                    self._error(rid, exc.code, exc.detail[:500])
+                    await self.flush()
+                    return
+                except Exception:
+                    self._error(rid, ErrorCode.INTERNAL)
+                    await self.flush()
+                    return
+            if not self._send_batch(rid, cursor, rows):
                 await self.flush()
                 return
         # The last batch and the end leave in one write.
