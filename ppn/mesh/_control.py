@@ -27,6 +27,7 @@ from .. import wire
 from .._errors import LocalProtocolError, RemoteProtocolError
 from .._fields import Fields, unpack_typed
 from .._framing import ConnectionClosed, FramedConnection
+from ..ports import CONTROL_PORT  # re-exported: ppn.mesh.CONTROL_PORT
 from ._records import Record
 from ._roster import MergeResult, Rejection, Roster
 
@@ -47,7 +48,6 @@ __all__ = [
     "SyncComplete",
 ]
 
-CONTROL_PORT = 9206
 PROTOCOL_VERSION = 1
 MAX_FRAME = 8 * 1024 * 1024
 MAX_RECORDS = 4096
