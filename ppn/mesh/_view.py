@@ -196,9 +196,27 @@ def _link_error(record: Record, parent: Record) -> str | None:
 
 
 def compute_view(records: Iterable[Record], network: MeshNetwork) -> RosterView:
+    """The view the roster rules give (RFC-NOTES §7.4): chains first, then one member per
+    WireGuard key (rule 3), per address (rule 4) and per name (rule 5), first admitted wins."""
+    problems: list[Problem] = []
+    live, removed = _by_chain(records, problems)
+    configured = _one_per_wg_key(live, problems)
+    routed = _one_per_address(configured, live, network, problems)
+    named = _one_per_name(configured, problems)
+    members = tuple(
+        Member(record=r, routed=r.identity in routed, named=r.identity in named) for r in configured
+    )
+    problems.sort(key=lambda p: (p.identity, p.kind.value))
+    return RosterView(members=members, removed=tuple(removed), problems=tuple(problems))
+
+
+def _by_chain(
+    records: Iterable[Record], problems: list[Problem]
+) -> tuple[list[MemberRecord], list[Tombstone]]:
+    """Live members in admission order and tombstones; records with a broken admission chain
+    are neither (each is a problem)."""
     by_identity = {r.identity: r for r in records}
     chain = _chain_status(by_identity)
-    problems: list[Problem] = []
     live: list[MemberRecord] = []
     removed: list[Tombstone] = []
     for identity in sorted(by_identity):
@@ -213,8 +231,11 @@ def compute_view(records: Iterable[Record], network: MeshNetwork) -> RosterView:
         else:
             live.append(record)
     live.sort(key=lambda r: (r.admission.admitted_at, r.node_id))
+    return live, removed
 
-    # Rule 3: one WireGuard key, one member.
+
+def _one_per_wg_key(live: list[MemberRecord], problems: list[Problem]) -> list[MemberRecord]:
+    """Rule 3: one WireGuard key, one member; a later claimant is not configured at all."""
     wg_owner: dict[bytes, MemberRecord] = {}
     configured: list[MemberRecord] = []
     for record in live:
@@ -231,8 +252,17 @@ def compute_view(records: Iterable[Record], network: MeshNetwork) -> RosterView:
                     winner=owner.identity,
                 )
             )
+    return configured
 
-    # Rule 4: addresses.
+
+def _one_per_address(
+    configured: list[MemberRecord],
+    live: list[MemberRecord],
+    network: MeshNetwork,
+    problems: list[Problem],
+) -> set[bytes]:
+    """Rule 4: the identities routed at their address. A loser is told the lowest address free
+    of every live member's (``live``, not only the configured ones)."""
     address_owner: dict[str, MemberRecord] = {}
     losers: list[tuple[MemberRecord, MemberRecord]] = []
     routed: set[bytes] = set()
@@ -272,8 +302,11 @@ def compute_view(records: Iterable[Record], network: MeshNetwork) -> RosterView:
                 suggested_address=suggestion,
             )
         )
+    return routed
 
-    # Rule 5: names.
+
+def _one_per_name(configured: list[MemberRecord], problems: list[Problem]) -> set[bytes]:
+    """Rule 5: the identities that hold their name."""
     name_owner: dict[str, MemberRecord] = {}
     named: set[bytes] = set()
     for record in configured:
@@ -290,9 +323,4 @@ def compute_view(records: Iterable[Record], network: MeshNetwork) -> RosterView:
                     winner=owner.identity,
                 )
             )
-
-    members = tuple(
-        Member(record=r, routed=r.identity in routed, named=r.identity in named) for r in configured
-    )
-    problems.sort(key=lambda p: (p.identity, p.kind.value))
-    return RosterView(members=members, removed=tuple(removed), problems=tuple(problems))
+    return named
