@@ -16,6 +16,7 @@ import enum
 from typing import NoReturn, TypeVar
 
 from ppn._framing import ConnectionClosed, FramedConnection
+from ppn.wire import encode_frame
 
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ._messages import (
@@ -113,7 +114,9 @@ class _Core(PSPCore[State, Event]):
         super().__init__(State.AWAIT_HELLO, error=State.ERROR, closed=State.CLOSED)
 
     def _emit(self, event: Event) -> None:
-        self._write(encode_message(event))
+        # The base's _write written out: one Python call less on every row batch (ARCHITECTURE
+        # §8.2 counts the per-message cost).
+        self._out += encode_frame(encode_message(event), max_size=MAX_FRAME)
 
 
 class ServerConnection(_Core):
