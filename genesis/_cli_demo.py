@@ -81,16 +81,19 @@ def run(args: argparse.Namespace) -> int:
     if args.dir:
         base = Path(args.dir)
         base.mkdir(parents=True, exist_ok=True)
-        return _run(base, args.strong)
+        return _run(base, args.strong, kept=True)
     with tempfile.TemporaryDirectory(prefix="ppn-demo-") as tmp:
-        return _run(Path(tmp), args.strong)
+        return _run(Path(tmp), args.strong, kept=False)
 
 
-def _run(base: Path, strong: bool) -> int:
+def _run(base: Path, strong: bool, *, kept: bool) -> int:
     extra = ["--strong"] if strong else []
     started = time.monotonic()
     sponsor_dir, joiner_dir = base / "alpha", base / "beta"
-    print(f"ppn demo: two nodes, state in {base}")
+    # A temporary directory is gone when the demo ends: say so rather than print paths in it
+    # that a reader then cannot open (issue 20).
+    where = "" if kept else " (removed on exit; --dir DIR keeps it)"
+    print(f"ppn demo: two nodes, state in {base}{where}")
     print(f"  [alpha] ppn genesis --name alpha --listen 127.0.0.1:0 --endpoint {ALPHA_ENDPOINT}")
     sponsor = _Process(
         "sponsor",
@@ -142,7 +145,8 @@ def _run(base: Path, strong: bool) -> int:
         joiner.proc.wait(timeout=TIMEOUT)
         print(f"  beta joined mesh {joined['mesh_id']} as {joined['address']}")
         _print_roster(sponsor_dir)
-        print(f"  beta's wg-quick file: {joiner_dir / 'wg-ppn0.conf'}")
+        if kept:
+            print(f"  beta's wg-quick file: {joiner_dir / 'wg-ppn0.conf'}")
         print(f"ppn demo: done in {time.monotonic() - started:.1f} s")
         return 0
     finally:

@@ -1,4 +1,4 @@
-"""``ppn vault …``, ``ppn key new``, ``ppn cap …`` and ``ppn query`` (RFC-NOTES §9.7).
+"""``ppn vault …``, ``ppn key new|show``, ``ppn cap …`` and ``ppn query`` (RFC-NOTES §9.7).
 
 Exit statuses (RFC-NOTES §1.4, §9.7): 40 other PSP failure, 41 authorization refused,
 42 query invalid or not permitted, 43 vault unavailable (retryable), 44 protocol error,
@@ -9,6 +9,7 @@ Exit statuses (RFC-NOTES §1.4, §9.7): 40 other PSP failure, 41 authorization r
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -286,6 +287,17 @@ def _key_new(args: argparse.Namespace) -> int:
         raise error(f"{args.file} exists; refusing to overwrite a key", EXIT_KEY) from None
     except OSError as exc:
         raise error(f"cannot write {args.file}: {exc.strerror}", EXIT_KEY) from None
+    if args.json:
+        print_json({"public": key.public_b64, "file": args.file})
+    else:
+        print(key.public_b64)
+    return 0
+
+
+def _key_show(args: argparse.Namespace) -> int:
+    # The public half is what 'ppn cap mint/delegate --to' takes; a holder gives it out, so
+    # printing it from the key file saves keeping a second file that can fall out of step.
+    key = load_key(args.file)
     if args.json:
         print_json({"public": key.public_b64, "file": args.file})
     else:
@@ -750,6 +762,14 @@ def _register_key(subparsers: Subparsers) -> None:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_key_new)
+    p = ksub.add_parser(
+        "show",
+        help="print the public key of a key file",
+        description="Print the public key (base64) of an Ed25519 key file: a holder key from 'ppn key new', a vault's DIR/vault.key, or a 'ppn fleet keygen' identity. The private part is never printed.",
+    )
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_key_show)
 
 
 def _register_cap(subparsers: Subparsers) -> None:
@@ -829,6 +849,7 @@ def _register_query(subparsers: Subparsers) -> None:
         description="Sign an invocation of --cap with --key for one query and run it at --vault. Rows print as a table, or as JSON lines with --json; a summary line (row count, as_of, resume cursor) goes to stderr.",
         epilog=(
             "--where forms: F=V  F>=V  F<V  F^=PREFIX  'F in A,B,C'  (V is JSON: 41, true, null, \"41\"; bare words are text)\n"
+            "  a malformed filter (such as age=>3) exits 2 with the forms and a hint\n"
             "examples:\n"
             "  ppn query --key bob.key --cap bob.cap --vault 127.0.0.1:9210 --collection people --where 'age>=40' --select name,age\n"
             "  ppn query ... --collection ledger --sum amount --group-by account --json"
@@ -863,6 +884,30 @@ def _register_query(subparsers: Subparsers) -> None:
     p.add_argument("--json", action="store_true", help="JSON lines")
     p.set_defaults(handler=_query)
     add_via_options(p)  # --via, --vaults, --mode, --resume (RFC-NOTES §10.6)
+    _accept_dash_values(p)
+
+
+# '-' and a field name: what '--order -age' gives.
+_DASH_NAME = re.compile(r"-[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _accept_dash_values(p: argparse.ArgumentParser) -> None:
+    """Let an option's value be '-' and a name: ``--order -age`` (descending by age).
+
+    argparse takes any such word for an unknown option and refused ``--order -age``; only
+    ``--order=-age`` worked (issue 20). This parser has no single-dash option but ``-h``, so a
+    '-NAME' word that is not exactly an option string is a value. (argparse would otherwise also
+    read '-height' as ``-h`` with the argument 'eight'.) A mistyped option such as ``-json`` is
+    still refused, as an unrecognized argument.
+    """
+    parse_optional = p._parse_optional
+
+    def parse(arg: str) -> Any:
+        if _DASH_NAME.fullmatch(arg) and arg not in p._option_string_actions:
+            return None  # argparse's "not an option": a value or a positional
+        return parse_optional(arg)
+
+    p._parse_optional = parse  # type: ignore[method-assign,assignment]
 
 
 def _add_query_shape_options(p: argparse.ArgumentParser) -> None:

@@ -195,11 +195,36 @@ def _value(text: str) -> Any:
     return value
 
 
+_WHERE_FORMS = "F=V, F>=V, F<V, F^=PREFIX or 'F in A,B'"
+# A character that begins an operator: a value or field that starts or ends with one is a
+# mistyped operator ('age=>3', 'age<=3', 'age==3', 'age!=3'), never meant as data. Silently
+# reading 'age=>3' as "age equals the text '>3'" answered 0 rows with exit 0 (issue 20).
+_OPERATOR_CHARS = "<>=!^"
+# Typos seen in practice, with what to write instead (None: there is no such operator).
+_TYPOS = (("=>", ">="), ("==", "="), ("<=", None), ("=<", None), ("!=", None))
+
+
+def _malformed(expr: str, why: str) -> Exception:
+    """A usage error (exit 2) naming the expression, what is wrong and the forms there are."""
+    hint = ""
+    for typo, meant in _TYPOS:
+        if typo in expr:
+            hint = (
+                f" (did you mean {expr.replace(typo, meant, 1)!r}?)"
+                if meant
+                else f" ({typo!r} is not one of them)"
+            )
+            break
+    return error(f"--where {expr!r}: {why}; the forms are {_WHERE_FORMS}{hint}", 2)
+
+
 def _where(expr: str) -> Filter:
     from ._query import Filter
 
     if " in " in expr:
         field, _, values = expr.partition(" in ")
+        if not field.strip() or field.strip()[-1] in _OPERATOR_CHARS:
+            raise _malformed(expr, "no field before 'in'")
         return Filter(
             field=field.strip(), op="in", args=tuple(_value(v.strip()) for v in values.split(","))
         )
@@ -207,13 +232,20 @@ def _where(expr: str) -> Filter:
         field, sep, value = expr.partition(token)
         if sep and field.strip():
             f = field.strip()
+            # A prefix is raw text, so only F=V and ranges refuse a value led by an operator
+            # character; as data, such a value is written as JSON text: age='">3"'.
+            led = op != "prefix" and value[:1] != "" and value[0] in _OPERATOR_CHARS
+            if f[-1] in _OPERATOR_CHARS or led:
+                raise _malformed(expr, "an operator is mistyped")
             if op == "eq":
                 return Filter(field=f, op="eq", args=(_value(value),))
             if op == "prefix":
                 return Filter(field=f, op="prefix", args=(value,))
+            if not value.strip():
+                raise _malformed(expr, "a range needs a value")
             bound = _value(value)
             return Filter(field=f, op="range", args=(bound, None) if op == "ge" else (None, bound))
-    raise error(f"--where {expr!r}: use F=V, F>=V, F<V, F^=PREFIX or 'F in A,B'", 2)
+    raise _malformed(expr, "no operator after a field name")
 
 
 def build_query(args: argparse.Namespace) -> Query:
