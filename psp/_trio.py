@@ -229,9 +229,13 @@ class _Session:
                     await self.flush()
                     break
                 self.conn.receive_data(bytes(data))
-                if self.guarded is not None:
-                    self.guarded.touch()
+                # A complete frame restarts the idle clock, not any byte: a partial frame
+                # trickled in never outlives the idle timeout.
+                guarded = self.guarded
                 while (event := self.conn.next_event()) is not None:
+                    if guarded is not None:
+                        guarded.touch()
+                        guarded = None
                     if isinstance(event, Request):
                         # The core accepts a request only once the previous answer ended, so
                         # the serving task is idle here.

@@ -509,3 +509,30 @@ async def test_queries_moved_to_workers_return_the_same_rows(
         assert over.value.code is ErrorCode.COST_LIMIT
         monkeypatch.setattr("psp._io_store.SCAN_BUDGET", 10**9)
         assert (await client.query(HOLDER, cap, queries[2])).rows == expected[2]
+
+
+def test_an_admitted_connection_trickling_a_frame_is_closed_at_the_idle_timeout(
+    tmp_path: Path,
+) -> None:
+    cap = _make_store(tmp_path / "v")
+
+    async def run(port: int) -> float:
+        async with await VaultClient.connect("127.0.0.1", port) as client:
+            await client.query(HOLDER, cap, Query(collection="people", limit=3))  # admitted
+            stream = client._stream
+            await stream.send_all(struct.pack(">I", 1 << 20))  # a 1 MiB frame, byte by byte
+            start = time.monotonic()
+            with trio.fail_after(40):
+                while True:
+                    try:
+                        await stream.send_all(b"x")
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        break
+                    with trio.move_on_after(0.3):
+                        if not await stream.receive_some(100):
+                            break
+            return time.monotonic() - start
+
+    with serve(tmp_path / "v", "--idle-timeout", "2") as srv:
+        took = trio.run(run, srv.port)
+    assert took < 35
