@@ -131,7 +131,13 @@ async def serve_vault(
     guard = guard or ListenerGuard(limits)
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started(listeners)
-    await guard.serve(partial(_guarded, vault, clock, guard.limits), listeners)
+    try:
+        await guard.serve(partial(_guarded, vault, clock, guard.limits), listeners)
+    finally:
+        workers = _workers_for(vault)
+        for db in workers.idle:
+            db.close()
+        workers.idle.clear()
 
 
 async def _guarded(

@@ -143,6 +143,7 @@ def test_idle_connections_beyond_the_fd_limit_leave_room_for_a_legit_query(tmp_p
     held: list[socket.socket] = []
     with serve(tmp_path / "v", nofile=256) as srv:
         before = legit_query(srv.port, cap)
+        base = srv.rss_kib
         try:
             # 8 source addresses x 50: more than the process has descriptors.
             for i in range(400):
@@ -150,6 +151,7 @@ def test_idle_connections_beyond_the_fd_limit_leave_room_for_a_legit_query(tmp_p
                     held.append(_connect(srv.port, f"127.0.0.{2 + i % 8}"))
             time.sleep(1.0)
             during = legit_query(srv.port, cap, deadline=30.0)
+            rss = srv.rss_kib
             time.sleep(2.0)  # a storm would be ~10 lines a second
             lines = srv.stderr_lines()
         finally:
@@ -158,7 +160,8 @@ def test_idle_connections_beyond_the_fd_limit_leave_room_for_a_legit_query(tmp_p
         after = legit_query(srv.port, cap)
     print(
         f"\nlegit query: before {before * 1e3:.1f} ms, under 400 idlers {during * 1e3:.1f} ms, "
-        f"after {after * 1e3:.1f} ms; {len(lines)} stderr lines"
+        f"after {after * 1e3:.1f} ms; {len(lines)} stderr lines; RSS {base // 1024} -> "
+        f"{rss // 1024} MiB"
     )
     assert len(lines) <= 3, lines[:20]
 
