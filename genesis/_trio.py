@@ -92,52 +92,62 @@ async def run_ceremony(
                 if not core.wants_close:
                     core.receive_data(b"", trio.current_time())
 
-    async with trio.open_nursery() as nursery:
-        abandoned = False
-        while True:
-            dirty = False
-            while (event := core.next_event()) is not None:
-                if isinstance(event, JoinRequested):
-                    core.send(_sponsor_app(app).window_requested(event), trio.current_time())
-                elif isinstance(event, SasReady):
-                    nursery.start_soon(ask, event)
-                elif isinstance(event, Joined):
+    try:
+        async with trio.open_nursery() as nursery:
+            abandoned = False
+            while True:
+                dirty = False
+                while (event := core.next_event()) is not None:
+                    if isinstance(event, JoinRequested):
+                        core.send(_sponsor_app(app).window_requested(event), trio.current_time())
+                    elif isinstance(event, SasReady):
+                        nursery.start_soon(ask, event)
+                    elif isinstance(event, Joined):
+                        try:
+                            await app.joined(event)
+                        except GenesisError as exc:
+                            # Not recorded: drop the last message (the sponsor's `done`) and hang
+                            # up, so the peer does not believe the join completed.
+                            core.data_to_send()
+                            result = Failed(
+                                reason=FailureReason.STATE, code_spent=True, detail=str(exc)
+                            )
+                            abandoned = True
+                            break
+                        result = event
+                    elif isinstance(event, Failed):
+                        result = event
+                if abandoned:
+                    break
+                await flush()
+                if dirty:
+                    continue  # an answer came in while we were flushing: handle it first
+                if core.wants_close:
+                    break
+                deadline = core.get_timer()
+                with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+                    receiving = scope
                     try:
-                        await app.joined(event)
-                    except GenesisError as exc:
-                        # Not recorded: drop the last message (the sponsor's `done`) and hang
-                        # up, so the peer does not believe the join completed.
-                        core.data_to_send()
-                        result = Failed(
-                            reason=FailureReason.STATE, code_spent=True, detail=str(exc)
-                        )
-                        abandoned = True
-                        break
-                    result = event
-                elif isinstance(event, Failed):
-                    result = event
-            if abandoned:
-                break
-            await flush()
-            if dirty:
-                continue  # an answer came in while we were flushing: handle it first
-            if core.wants_close:
-                break
-            deadline = core.get_timer()
-            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
-                receiving = scope
-                try:
-                    data = bytes(await stream.receive_some(RECEIVE_SIZE))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                try:
-                    core.receive_data(data, trio.current_time())
-                except RemoteProtocolError:
-                    pass  # the core queued an abort and a Failed event; loop to send them
-            receiving = None
-            if scope.cancelled_caught and not dirty:
-                core.handle_timer(trio.current_time())
-        nursery.cancel_scope.cancel()
+                        data = bytes(await stream.receive_some(RECEIVE_SIZE))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = b""
+                    try:
+                        core.receive_data(data, trio.current_time())
+                    except RemoteProtocolError:
+                        pass  # the core queued an abort and a Failed event; loop to send them
+                receiving = None
+                if scope.cancelled_caught and not dirty:
+                    core.handle_timer(trio.current_time())
+            nursery.cancel_scope.cancel()
+    except BaseException:
+        # Cancelled (Ctrl-C, the server stopping): tell the peer, so its operator reads "the
+        # other operator cancelled" at once instead of waiting for a timeout (RFC-NOTES §5.8).
+        if not core.wants_close:
+            core.send(Abort(reason=FailureReason.CANCELLED), trio.current_time())
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await flush()
+                await stream.aclose()
+        raise
     with trio.move_on_after(1):
         await stream.aclose()
     assert result is not None

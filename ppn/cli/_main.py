@@ -103,9 +103,19 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"ppn: {exc.message}", file=sys.stderr)
         return exc.status
     except KeyboardInterrupt:
-        print("ppn: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted()
+    except BaseExceptionGroup as group:
+        # trio (strict exception groups) delivers Ctrl-C wrapped in the nursery's group; the
+        # services' own cleanup ran on the way out, so it is the same clean interruption.
+        if group.subgroup(KeyboardInterrupt) is None:
+            raise
+        return _interrupted()
     return int(status or 0)
+
+
+def _interrupted() -> int:
+    print("\nppn: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from functools import partial
 
 import pytest
 import trio
@@ -245,6 +246,36 @@ async def test_peer_vanishing_mid_ceremony() -> None:
         nursery.start_soon(harness.serve)
         await harness.code_shown.wait()
         stream = await harness.listener.connect()
+        async with trio.open_nursery() as joiner:
+            joiner.start_soon(
+                partial(
+                    join_stream,
+                    stream,
+                    me=party("beta"),
+                    code=harness.codes[0],
+                    endpoints=(),
+                    decide=_never,
+                    joined=_nothing,
+                )
+            )
+            await trio.sleep(0.5)
+            # The joiner's machine goes away while both look at the SAS: its socket closes
+            # under it, so nothing more reaches the sponsor.
+            await stream.aclose()
+            joiner.cancel_scope.cancel()
+    assert harness.outcome is not None
+    assert harness.outcome.failure is FailureReason.PEER_VANISHED
+    assert harness.joined == []
+
+
+async def test_cancelled_joiner_tells_the_sponsor() -> None:
+    """Ctrl-C (any cancellation) at the SAS prompt sends `abort cancelled` before closing, so
+    the other operator reads "the other operator cancelled" at once (RFC-NOTES §5.8)."""
+    harness = SponsorHarness(answer=None)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(harness.serve)
+        await harness.code_shown.wait()
+        stream = await harness.listener.connect()
         with trio.move_on_after(0.5):
             await join_stream(
                 stream,
@@ -254,9 +285,9 @@ async def test_peer_vanishing_mid_ceremony() -> None:
                 decide=_never,
                 joined=_nothing,
             )
-        await stream.aclose()  # the joiner's machine goes away while both look at the SAS
     assert harness.outcome is not None
-    assert harness.outcome.failure is FailureReason.PEER_VANISHED
+    assert harness.outcome.failure is FailureReason.CANCELLED
+    assert [f.by_peer for f in harness.outcome.failures] == [True]
     assert harness.joined == []
 
 
