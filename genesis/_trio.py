@@ -9,8 +9,10 @@ timeout under ``autojump_clock``.
 
 from __future__ import annotations
 
+import errno
 import math
 import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -40,6 +42,7 @@ __all__ = [
     "ServeOutcome",
     "SponsorApp",
     "join",
+    "connect_failure",
     "join_stream",
     "run_ceremony",
     "serve_windows",
@@ -321,8 +324,8 @@ async def join(
     with trio.move_on_after(step_timeout) as scope:
         try:
             stream = await trio.open_tcp_stream(host, port)
-        except OSError:
-            return Failed(reason=FailureReason.UNREACHABLE)
+        except OSError as exc:
+            return Failed(reason=FailureReason.UNREACHABLE, detail=connect_failure(exc, host, port))
     if scope.cancelled_caught:
         return Failed(reason=FailureReason.TIMEOUT)
     return await join_stream(
@@ -337,6 +340,31 @@ async def join(
         sas_timeout=sas_timeout,
         sas_modulus=sas_modulus,
     )
+
+
+_CONNECT_REASONS = {
+    errno.ECONNREFUSED: "connection refused (nothing listens there, or a firewall rejects it)",
+    errno.EHOSTUNREACH: "no route to the host",
+    errno.ENETUNREACH: "no route to the network",
+    errno.ECONNRESET: "connection reset",
+    errno.ETIMEDOUT: "the connection timed out",
+}
+
+
+def connect_failure(exc: OSError, host: str, port: int) -> str:
+    """Why connecting to ``host:port`` failed, as the operator should read it: refused, no
+    route, or unknown host (trio wraps per-address errors in a group; the first one says)."""
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host {host!r} ({exc.strerror or exc})"
+    causes: list[BaseException] = [exc]
+    group = exc.__cause__
+    if isinstance(group, BaseExceptionGroup):
+        causes = list(group.exceptions) + causes
+    for cause in causes:
+        number = getattr(cause, "errno", None)
+        if number in _CONNECT_REASONS:
+            return f"{_CONNECT_REASONS[number]}: {host}:{port}"
+    return f"{host}:{port}: {getattr(exc, 'strerror', None) or exc}"
 
 
 async def join_stream(

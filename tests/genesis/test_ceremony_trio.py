@@ -352,3 +352,45 @@ async def test_a_sponsor_that_cannot_record_the_joiner_does_not_confirm_it() -> 
     assert harness.outcome is not None and harness.outcome.joined is None
     (failed,) = harness.outcome.failures
     assert failed.reason is FailureReason.STATE and failed.detail == "disk full"
+
+
+async def _join_unreachable(host: str, port: int) -> tuple[Failed | object, float]:
+    from genesis._trio import join
+
+    start = trio.current_time()
+    result = await join(
+        host,
+        port,
+        me=party("beta"),
+        code=make_code(1, secrets.token_bytes(5)),
+        endpoints=(),
+        decide=_never,
+        joined=_nothing,
+    )
+    return result, trio.current_time() - start
+
+
+async def test_unreachable_sponsor_is_reported_at_once_with_the_reason() -> None:
+    """Issue 16: refused and unknown host are told apart and reported at once (not "timed out"
+    after a step)."""
+    with trio.socket.socket() as probe:
+        await probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, not listening: the kernel refuses
+        result, took = await _join_unreachable("127.0.0.1", port)
+    assert isinstance(result, Failed) and result.reason is FailureReason.UNREACHABLE
+    assert "refused" in result.detail and took < 2
+    result, took = await _join_unreachable("no-such-sponsor.invalid", 9205)
+    assert isinstance(result, Failed) and result.reason is FailureReason.UNREACHABLE
+    assert "unknown host" in result.detail and took < 10
+
+
+def test_connect_failure_names_no_route() -> None:
+    import errno
+
+    from genesis._trio import connect_failure
+
+    for number in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        group = ExceptionGroup("all attempts failed", [OSError(number, "x")])
+        error = OSError("all attempts to connect failed")
+        error.__cause__ = group
+        assert "no route" in connect_failure(error, "10.9.9.9", 9205)
