@@ -10,7 +10,11 @@ operations, one at a time:
 * push: ``push`` (records that just changed the sender's roster) → ``ack``.
 
 Authority comes only from record signatures: whatever a peer sends goes through
-:meth:`Roster.ingest`, which verifies, reports and drops what does not check out. A peer that
+:meth:`Roster.ingest`, which verifies, reports and drops what does not check out. With
+``defer_checks`` the core hands the records out instead (:class:`RecordsToCheck`) and waits in
+CHECKING until the adapter returns them verified (:meth:`ControlConnection.checked`), so the
+signature work of a 4,096-record message can run on a worker thread, off the event loop.
+:class:`RecordBudget` is the per-peer rate limit on received records (RFC-NOTES §7.6). A peer that
 breaks the message grammar gets :class:`ControlProtocolError` (a ``RemoteProtocolError``) and the
 connection core enters ERROR: the rule of the framing base every PPN protocol shares
 (:mod:`ppn._framing`).
@@ -18,6 +22,8 @@ connection core enters ERROR: the rule of the framing base every PPN protocol sh
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -29,7 +35,7 @@ from .._fields import Fields, unpack_typed
 from .._framing import ConnectionClosed, FramedConnection
 from ..ports import CONTROL_PORT  # re-exported: ppn.mesh.CONTROL_PORT
 from ._records import Record
-from ._roster import MergeResult, Rejection, Roster
+from ._roster import CheckedBatch, MergeResult, Rejection, Roster
 
 __all__ = [
     "CONTROL_PORT",
@@ -43,6 +49,8 @@ __all__ = [
     "Pull",
     "Push",
     "PushAcknowledged",
+    "RecordBudget",
+    "RecordsToCheck",
     "Role",
     "RosterUpdated",
     "SyncComplete",
@@ -52,6 +60,8 @@ PROTOCOL_VERSION = 1
 MAX_FRAME = 8 * 1024 * 1024
 MAX_RECORDS = 4096
 MAX_SUMMARY = 65536
+# Moves the window of a summary from one pull to the next (any varying value does).
+_WINDOWS = itertools.count()
 
 
 class ControlProtocolError(RemoteProtocolError):
@@ -69,6 +79,7 @@ class ControlState(Enum):
     AWAIT_RECORDS = "await-records"  # client, after exchange
     AWAIT_ACK = "await-ack"  # client, after push
     AWAIT_EXCHANGE = "await-exchange"  # server, after summary
+    CHECKING = "checking"  # either side: received records are being verified (defer_checks)
     CLOSED = "closed"
     ERROR = "error"
 
@@ -130,6 +141,7 @@ class RosterUpdated:
 
     changed: tuple[Record, ...]
     rejected: tuple[Rejection, ...]
+    held_back: int = 0  # verified records left waiting for their admitter (RFC-NOTES §7.3)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,7 +158,47 @@ class PushAcknowledged:
     pass
 
 
-Event = RosterUpdated | SyncComplete | PushAcknowledged | ConnectionClosed
+@dataclass(frozen=True, kw_only=True)
+class RecordsToCheck:
+    """``defer_checks``: verify these received values (``Roster.check``, thread-safe) and hand
+    the result to :meth:`ControlConnection.checked`. ``count`` is what the rate limit charges."""
+
+    values: tuple[Any, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.values)
+
+
+Event = RosterUpdated | SyncComplete | PushAcknowledged | RecordsToCheck | ConnectionClosed
+
+
+class RecordBudget:
+    """Per-peer token buckets for received records: ``burst`` at once, ``rate`` per second
+    after that (RFC-NOTES §7.6). :meth:`take` charges and says how long the caller waits
+    before verifying, so a peer that pushes faster is slowed, not served at its pace. Sources
+    idle long enough to be full again are forgotten, so the table is bounded by the peers
+    active within ``burst / rate`` seconds."""
+
+    def __init__(self, *, rate: float = 256.0, burst: int = MAX_RECORDS) -> None:
+        if not rate > 0 or burst < 1:
+            raise LocalProtocolError("a record budget needs a positive rate and burst")
+        self.rate = rate
+        self.burst = burst
+        self._level: dict[str, tuple[float, float]] = {}  # source -> (tokens, at)
+
+    def take(self, source: str, count: int, now: float) -> float:
+        """Charge ``count`` records to ``source`` at ``now``; the seconds to wait first."""
+        tokens, at = self._level.get(source, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate) - count
+        self._level[source] = (tokens, now)
+        if len(self._level) > 1024:
+            full = [
+                k for k, (t, a) in self._level.items() if t + (now - a) * self.rate >= self.burst
+            ]
+            for key in full:
+                del self._level[key]
+        return 0.0 if tokens >= 0 else -tokens / self.rate
 
 
 # --- the core ----------------------------------------------------------------------------------
@@ -160,7 +212,14 @@ class ControlConnection(FramedConnection[ControlState, Event]):
     LOCAL_ERROR = LocalProtocolError
     FRAME_ERROR_PREFIX = "bad frame: "
 
-    def __init__(self, roster: Roster, *, role: Role, max_frame: int = MAX_FRAME) -> None:
+    def __init__(
+        self,
+        roster: Roster,
+        *,
+        role: Role,
+        max_frame: int = MAX_FRAME,
+        defer_checks: bool = False,
+    ) -> None:
         # Nothing is read once closed or failed.
         super().__init__(
             ControlState.IDLE,
@@ -175,6 +234,10 @@ class ControlConnection(FramedConnection[ControlState, Event]):
         # The peer's hello must be its first message; operations may be sent before it arrives.
         self._hello_received = False
         self._sent_in_exchange = 0
+        self._defer = defer_checks
+        # While CHECKING: the message whose records are out, and (exchange) what the peer wants.
+        self._checking: str | None = None
+        self._want: list[bytes] = []
         self._emit({"t": "hello", "v": PROTOCOL_VERSION, "mesh": roster.mesh})
 
     # --- public sans-IO surface -----------------------------------------------------------
@@ -194,6 +257,20 @@ class ControlConnection(FramedConnection[ControlState, Event]):
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the peer; ``b""`` means it closed its side."""
         self._receive_frames(data)
+
+    @property
+    def hello_received(self) -> bool:
+        return self._hello_received
+
+    def checked(self, batch: CheckedBatch) -> None:
+        """The verified form of the last :class:`RecordsToCheck`: merge it and answer."""
+        kind = self._checking
+        if self.state is not ControlState.CHECKING or kind is None:
+            self._misuse("checked() answers a RecordsToCheck event")
+        self._checking = None
+        self.state = ControlState.IDLE
+        received = self._merge(self.roster.accept(batch))
+        self._answer(kind, received)
 
     # --- the framing base's hooks -----------------------------------------------------------
 
@@ -238,11 +315,35 @@ class ControlConnection(FramedConnection[ControlState, Event]):
         if message["mesh"] != self.roster.mesh:
             raise ControlProtocolError("the peer belongs to another mesh")
 
-    def _ingest(self, values: Sequence[Any]) -> int:
-        result: MergeResult = self.roster.ingest(values)
-        if result.changed or result.rejected:
-            self._events.append(RosterUpdated(changed=result.changed, rejected=result.rejected))
+    def _ingest(self, kind: str, values: Sequence[Any]) -> None:
+        """Merge received records and answer ``kind``, or hand them out to be checked first."""
+        if self._defer:
+            self._checking = kind
+            self.state = ControlState.CHECKING
+            self._events.append(RecordsToCheck(values=tuple(values)))
+            return
+        self._answer(kind, self._merge(self.roster.ingest(values)))
+
+    def _merge(self, result: MergeResult) -> int:
+        if result.changed or result.rejected or result.held_back:
+            self._events.append(
+                RosterUpdated(
+                    changed=result.changed, rejected=result.rejected, held_back=result.held_back
+                )
+            )
         return len(result.changed)
+
+    def _answer(self, kind: str, received: int) -> None:
+        if kind == "push":
+            self._emit({"t": "ack"})
+        elif kind == "exchange":
+            want, self._want = self._want, []
+            reply = [r.to_value() for w in want if (r := self.roster.get(w)) is not None]
+            self._emit({"t": "records", "records": reply})
+        else:  # "records": the client's pull is complete
+            self._events.append(
+                SyncComplete(in_sync=False, sent=self._sent_in_exchange, received=received)
+            )
 
     # server side
 
@@ -250,7 +351,13 @@ class ControlConnection(FramedConnection[ControlState, Event]):
         if message.blob("digest", size=32) == self.roster.digest():
             self._emit({"t": "in-sync"})
             return
-        items = [[identity, record_hash] for identity, record_hash in self.roster.summary()]
+        # A roster of any size answers: beyond MAX_SUMMARY identities the summary is a window
+        # starting at a point that moves from pull to pull, so successive pulls cover it all.
+        start = hashlib.sha256(
+            message.blob("digest", size=32) + next(_WINDOWS).to_bytes(8, "big")
+        ).digest()
+        pairs = self.roster.summary_window(start, MAX_SUMMARY)
+        items = [[identity, record_hash] for identity, record_hash in pairs]
         self._emit({"t": "summary", "items": items})
         self.state = ControlState.AWAIT_EXCHANGE
 
@@ -259,13 +366,11 @@ class ControlConnection(FramedConnection[ControlState, Event]):
         want = message.items("want", high=MAX_SUMMARY)
         if not all(isinstance(w, bytes) and len(w) == 32 for w in want):
             raise ControlProtocolError("want lists 32-byte identity keys")
-        self._ingest(records)
-        reply = [r.to_value() for w in want[:MAX_RECORDS] if (r := self.roster.get(w)) is not None]
-        self._emit({"t": "records", "records": reply})
+        self._want = want[:MAX_RECORDS]
+        self._ingest("exchange", records)
 
     def _on_push(self, message: Fields) -> None:
-        self._ingest(message.items("records", high=MAX_RECORDS))
-        self._emit({"t": "ack"})
+        self._ingest("push", message.items("records", high=MAX_RECORDS))
 
     # client side
 
@@ -282,7 +387,9 @@ class ControlConnection(FramedConnection[ControlState, Event]):
             ):
                 raise ControlProtocolError("a summary item is [identity, record hash]")
             pairs.append((item[0], item[1]))
-        send, want = self.roster.compare(pairs)
+        # A full summary may be a window of a larger roster: send only what it covers.
+        window = (pairs[0][0], pairs[-1][0]) if len(pairs) >= MAX_SUMMARY else None
+        send, want = self.roster.compare(pairs, window=window)
         send = send[:MAX_RECORDS]
         self._sent_in_exchange = len(send)
         self._emit(
@@ -290,10 +397,7 @@ class ControlConnection(FramedConnection[ControlState, Event]):
         )
 
     def _on_records(self, message: Fields) -> None:
-        received = self._ingest(message.items("records", high=MAX_RECORDS))
-        self._events.append(
-            SyncComplete(in_sync=False, sent=self._sent_in_exchange, received=received)
-        )
+        self._ingest("records", message.items("records", high=MAX_RECORDS))
 
     def _on_ack(self, message: Fields) -> None:
         self._events.append(PushAcknowledged())

@@ -7,11 +7,21 @@ Merging keeps the higher rank per identity, so merge is commutative, associative
 and any two members that saw the same records hold the same state — and, because the view is a
 pure function of the state, the same members.
 
+A record is *stored* only once its admitter is (the genesis node's self-admission needs none),
+so the stored identities always chain back to genesis (RFC-NOTES §7.3). A record whose admitter
+has not arrived waits in a bounded quarantine (:data:`MAX_QUARANTINE` records, the oldest
+dropped first) and is stored as soon as its admitter is; it is never saved, summarised or
+passed on. Whether a record is stored depends only on which identities are held, which only
+grows, so the stored set is still independent of delivery order (up to the quarantine's bound,
+which anti-entropy repairs: the peer that holds a record sends it again once its admitter is
+held here).
+
 Sans-IO: no clocks (``now`` is an argument), no I/O.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,11 +42,18 @@ from ._records import (
     sign_member,
     sign_tombstone,
 )
-from ._view import RosterView, compute_view
+from ._view import ProblemKind, RosterView, compute_view
 
-__all__ = ["MergeResult", "Rejection", "Roster"]
+__all__ = ["MAX_QUARANTINE", "CheckedBatch", "MergeResult", "Rejection", "Roster"]
 
 _DIGEST_LABEL = b"PPN-v1 roster digest\x00"
+# Records waiting for their admitter: at most this many (≤ 4 KiB each, so ≤ 4 MiB).
+MAX_QUARANTINE = 1024
+
+
+def _in_window(key: bytes, window: tuple[bytes, bytes]) -> bool:
+    first, last = window
+    return first <= key <= last if first <= last else key >= first or key <= last
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,10 +70,23 @@ class MergeResult:
 
     changed: tuple[Record, ...] = ()
     rejected: tuple[Rejection, ...] = ()
+    held_back: int = 0  # checked records of this merge left waiting for their admitter
 
     @property
     def has_changes(self) -> bool:
         return bool(self.changed)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckedBatch:
+    """Received records after :meth:`Roster.check`: the verified ones to merge, and refusals.
+
+    Checking is the expensive half of :meth:`Roster.ingest` (two Ed25519 verifications per
+    record) and reads the roster without changing it, so an adapter may run it on a worker
+    thread and merge the batch on its event loop (:meth:`Roster.accept`)."""
+
+    records: tuple[Record, ...] = ()
+    rejected: tuple[Rejection, ...] = ()
 
 
 class Roster:
@@ -68,6 +98,8 @@ class Roster:
         self.mesh = mesh
         self.network = parse_cidr(network) if isinstance(network, str) else network
         self._records: dict[bytes, Record] = {}
+        # identity -> best record waiting for its admitter; insertion order = age.
+        self._quarantine: dict[bytes, Record] = {}
         self._digest: bytes | None = None
         self._view: RosterView | None = None
         result = self.merge(records)
@@ -106,7 +138,9 @@ class Roster:
         return cls(mesh=mesh, network=net, records=[record])
 
     def copy(self) -> Roster:
-        return Roster(mesh=self.mesh, network=self.network, records=self._records.values())
+        roster = Roster(mesh=self.mesh, network=self.network, records=self._records.values())
+        roster._quarantine = dict(self._quarantine)
+        return roster
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -122,6 +156,11 @@ class Roster:
     def records(self) -> list[Record]:
         """Every winning record, ordered by identity key."""
         return [self._records[k] for k in sorted(self._records)]
+
+    @property
+    def quarantined(self) -> int:
+        """How many records wait for their admitter (never saved, summarised or passed on)."""
+        return len(self._quarantine)
 
     def state(self) -> dict[bytes, bytes]:
         """identity → record hash: equal for two rosters exactly when they hold the same records."""
@@ -141,15 +180,35 @@ class Roster:
         """(identity, record hash) pairs, ordered by identity: what anti-entropy compares."""
         return [(k, self._records[k].digest) for k in sorted(self._records)]
 
-    def compare(self, summary: Iterable[tuple[bytes, bytes]]) -> tuple[list[Record], list[bytes]]:
+    def summary_window(self, start: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        """At most ``limit`` summary pairs: the whole summary when it is shorter, otherwise
+        the ``limit`` identities from the first at or after ``start``, in cyclic order (a
+        contiguous run, so the peer knows which range it covers; RFC-NOTES §7.6)."""
+        items = self.summary()
+        if len(items) < limit:
+            return items
+        i = bisect.bisect_left(items, (start, b""))
+        return (items[i:] + items[:i])[:limit]
+
+    def compare(
+        self,
+        summary: Iterable[tuple[bytes, bytes]],
+        *,
+        window: tuple[bytes, bytes] | None = None,
+    ) -> tuple[list[Record], list[bytes]]:
         """Given a peer's summary: the records to send it (it lacks them or holds a different
         one) and the identities to ask it for (we lack them or hold a different one).
 
         A differing pair goes both ways; each side's merge keeps the higher rank, so the
-        exchange converges whichever is higher.
+        exchange converges whichever is higher. ``window`` (first, last): the summary covers
+        only the identities in that cyclic range, so only those are sent.
         """
         theirs = dict(summary)
-        send = [r for k, r in sorted(self._records.items()) if theirs.get(k) != r.digest]
+        send = [
+            r
+            for k, r in sorted(self._records.items())
+            if theirs.get(k) != r.digest and (window is None or _in_window(k, window))
+        ]
         want = sorted(
             k
             for k, d in theirs.items()
@@ -165,9 +224,14 @@ class Roster:
     # --- merging -----------------------------------------------------------------------------
 
     def merge(self, records: Iterable[Record]) -> MergeResult:
-        """Merge checked records (from :func:`decode_record` or the ``sign_*`` helpers)."""
+        """Merge checked records (from :func:`decode_record` or the ``sign_*`` helpers).
+
+        A record is stored only when its admitter is held (or it is the genesis node's own);
+        the others of the batch wait in the quarantine, with those already there, until their
+        admitter is stored, in this batch or a later one."""
         changed: dict[bytes, Record] = {}
         rejected: list[Rejection] = []
+        waiting: list[Record] = []
         for record in records:
             if not record.checked:
                 raise LocalProtocolError("merge() takes only checked records; use ingest()")
@@ -176,17 +240,58 @@ class Roster:
                     Rejection(detail="the record belongs to another mesh", identity=record.identity)
                 )
                 continue
-            current = self._records.get(record.identity)
-            if current is None or record.rank > current.rank:
-                self._records[record.identity] = record
-                changed[record.identity] = record
+            admission = record.admission
+            if admission.is_genesis or admission.admitter in self._records:
+                self._store(record, changed)
+            else:
+                waiting.append(record)
+        held_back = 0
+        if waiting or (changed and self._quarantine):
+            held_back = self._settle(waiting, changed)
         if changed:
             self._digest = None
             self._view = None
-        return MergeResult(changed=tuple(changed.values()), rejected=tuple(rejected))
+        return MergeResult(
+            changed=tuple(changed.values()), rejected=tuple(rejected), held_back=held_back
+        )
+
+    def _store(self, record: Record, changed: dict[bytes, Record]) -> bool:
+        """Keep ``record`` if it outranks what is held; True when its identity is new here."""
+        current = self._records.get(record.identity)
+        if current is None or record.rank > current.rank:
+            self._records[record.identity] = record
+            changed[record.identity] = record
+        return current is None
+
+    def _settle(self, waiting: list[Record], changed: dict[bytes, Record]) -> int:
+        """Store every waiting record (quarantined or new) whose admitter is now held, in
+        admission order through the chains (linear: each record is looked at once); the rest
+        go (back) to the quarantine. Returns how many of ``waiting`` stay there."""
+        by_admitter: dict[bytes, list[Record]] = {}
+        for record in (*self._quarantine.values(), *waiting):
+            by_admitter.setdefault(record.admission.admitter, []).append(record)
+        ready = [identity for identity in by_admitter if identity in self._records]
+        while ready:
+            for record in by_admitter.pop(ready.pop(), ()):
+                if self._store(record, changed) and record.identity in by_admitter:
+                    ready.append(record.identity)
+        quarantine: dict[bytes, Record] = {}
+        for records in by_admitter.values():
+            for record in records:
+                held = self._records.get(record.identity)
+                if held is not None and record.rank <= held.rank:
+                    continue  # it could not change the state even once its admitter came
+                queued = quarantine.get(record.identity)
+                if queued is None or record.rank > queued.rank:
+                    quarantine[record.identity] = record
+        # by_admitter kept the old entries first, so the oldest are dropped first.
+        for identity in list(quarantine)[: max(0, len(quarantine) - MAX_QUARANTINE)]:
+            del quarantine[identity]
+        self._quarantine = quarantine
+        return sum(1 for r in waiting if quarantine.get(r.identity) is r)
 
     def merge_roster(self, other: Roster) -> MergeResult:
-        return self.merge(other._records.values())
+        return self.merge([*other._records.values(), *other._quarantine.values()])
 
     def ingest(self, values: Iterable[Any]) -> MergeResult:
         """Decode, check and merge records as received from a peer (decoded msgpack values).
@@ -194,6 +299,12 @@ class Roster:
         Records identical to the one already held are not verified again. Malformed records and
         records whose signature does not verify are refused and reported, never raised.
         """
+        return self.accept(self.check(values))
+
+    def check(self, values: Iterable[Any]) -> CheckedBatch:
+        """Decode and verify received records without changing the roster (the slow half of
+        :meth:`ingest`; safe on a worker thread while the owner merges: a skipped record is
+        one the held state already outranks, and held ranks only grow)."""
         accepted: list[Record] = []
         rejected: list[Rejection] = []
         for value in values:
@@ -214,15 +325,33 @@ class Roster:
                 rejected.append(Rejection(detail=str(exc), identity=record.identity))
                 continue
             accepted.append(record)
-        result = self.merge(accepted)
-        return MergeResult(changed=result.changed, rejected=tuple(rejected) + result.rejected)
+        return CheckedBatch(records=tuple(accepted), rejected=tuple(rejected))
+
+    def accept(self, batch: CheckedBatch) -> MergeResult:
+        """Merge what :meth:`check` verified (on the roster's owner, e.g. the event loop)."""
+        result = self.merge(batch.records)
+        return MergeResult(
+            changed=result.changed,
+            rejected=batch.rejected + result.rejected,
+            held_back=result.held_back,
+        )
 
     # --- authoring ---------------------------------------------------------------------------
 
+    def chained_members(self) -> list[MemberRecord]:
+        """Member records whose admission chain counts (RFC-NOTES §7.4 rule 1), including those
+        that lost a WireGuard key or address conflict: what holds an address."""
+        broken = {p.identity for p in self.view().problems if p.kind is ProblemKind.BROKEN_CHAIN}
+        return [
+            r
+            for r in self._records.values()
+            if isinstance(r, MemberRecord) and r.identity not in broken
+        ]
+
     def allocate_address(self) -> str:
-        """The lowest host address no member record on this roster claims."""
-        taken = [r.address for r in self._records.values() if isinstance(r, MemberRecord)]
-        return lowest_free(self.network, taken)
+        """The lowest host address no chained member record on this roster claims (a record
+        whose chain is broken claims nothing, RFC-NOTES §7.5)."""
+        return lowest_free(self.network, [r.address for r in self.chained_members()])
 
     def admit(
         self,

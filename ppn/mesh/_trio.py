@@ -1,7 +1,10 @@
 """Trio adapter for the mesh: PPN control server and client, and the node agent loop.
 
 Owns sockets, tasks, timeouts and cancellation; every decision is made by the sans-IO cores
-(:class:`ControlConnection` for the wire, :class:`MeshAgent` for what to do when). The WireGuard
+(:class:`ControlConnection` for the wire, :class:`MeshAgent` for what to do when). Received
+records are verified on a worker thread (``defer_checks``): a 4,096-record message is about
+1.4 s of Ed25519 work that would otherwise stop the loop. The control listener runs behind the
+listener guard (:mod:`ppn._trio_listener`) and a per-peer record budget (RFC-NOTES §7.6). The WireGuard
 side is behind :class:`WireGuardPort`, so tests run the whole agent against in-memory devices
 and the CLI plugs in the real backend (:mod:`ppn.mesh._io_wg`).
 """
@@ -9,11 +12,14 @@ and the CLI plugs in the real backend (:mod:`ppn.mesh._io_wg`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import trio
 
 from .._errors import PPNError
+from .._trio_listener import Connection, FrameMeter, ListenerGuard, ListenerLimits
 from ..ports import CONTROL_PORT
 from ._agent import (
     AgentStats,
@@ -30,6 +36,8 @@ from ._control import (
     Pull,
     Push,
     PushAcknowledged,
+    RecordBudget,
+    RecordsToCheck,
     Role,
     RosterUpdated,
     SyncComplete,
@@ -39,6 +47,7 @@ from ._roster import MergeResult, Roster
 
 __all__ = [
     "CONNECT_TIMEOUT",
+    "CONTROL_LIMITS",
     "EXCHANGE_TIMEOUT",
     "AgentStats",
     "MeshNode",
@@ -53,6 +62,22 @@ log = logging.getLogger("ppn.mesh")
 CONNECT_TIMEOUT = 5.0
 EXCHANGE_TIMEOUT = 10.0
 _RECEIVE_SIZE = 65536
+# The control listener's limits (RFC-NOTES §7.12): every member is one source (its control
+# address), and an admitted connection may buffer one whole 8 MiB frame, so the cap on
+# connections is what bounds memory: 128 × 8 MiB in the worst case.
+CONTROL_LIMITS = ListenerLimits(
+    max_connections=128,
+    per_source=4,
+    first_frame_deadline=EXCHANGE_TIMEOUT,
+    idle_timeout=EXCHANGE_TIMEOUT * 3,
+    pre_auth_bytes=64 * 1024,
+)
+
+
+async def _check(conn: ControlConnection, event: RecordsToCheck) -> None:
+    """Verify received records on a worker thread, then let the core merge them on the loop."""
+    batch = await trio.to_thread.run_sync(conn.roster.check, event.values)
+    conn.checked(batch)
 
 
 async def _pump_client(
@@ -64,10 +89,17 @@ async def _pump_client(
         out = conn.data_to_send()
         if out:
             await stream.send_all(out)
+        checked = False
         while (event := conn.next_event()) is not None:
+            if isinstance(event, RecordsToCheck):
+                await _check(conn, event)
+                checked = True
+                continue
             events.append(event)
             if isinstance(event, done):
                 return events
+        if checked:
+            continue  # the merge queued events (and maybe output): take them first
         data = await stream.receive_some(_RECEIVE_SIZE)
         conn.receive_data(bytes(data))
 
@@ -81,7 +113,7 @@ async def _client_operation(
     with trio.fail_after(CONNECT_TIMEOUT):
         stream = await connect()
     async with stream:
-        conn = ControlConnection(roster, role=Role.CLIENT)
+        conn = ControlConnection(roster, role=Role.CLIENT, defer_checks=True)
         conn.send(operation)
         with trio.fail_after(EXCHANGE_TIMEOUT):
             events = await _pump_client(stream, conn, done)
@@ -113,9 +145,19 @@ async def serve_connection(
     stream: trio.abc.Stream,
     roster: Roster,
     on_update: Callable[[RosterUpdated], None],
+    *,
+    guarded: Connection | None = None,
+    limits: ListenerLimits = CONTROL_LIMITS,
+    budget: RecordBudget | None = None,
+    source: str | None = None,
 ) -> None:
-    """Serve one PPN control connection until the peer closes it (or breaks the grammar)."""
-    conn = ControlConnection(roster, role=Role.SERVER)
+    """Serve one PPN control connection until the peer closes it (or breaks the grammar).
+
+    Behind the listener guard (``guarded``), the connection is admitted once the peer's hello
+    arrived; until then no frame above ``limits.pre_auth_bytes`` is buffered. Received records
+    are charged to ``budget`` under ``source`` and verified on a worker thread."""
+    conn = ControlConnection(roster, role=Role.SERVER, defer_checks=True)
+    meter: FrameMeter | None = FrameMeter() if guarded is not None else None
     try:
         with trio.move_on_after(EXCHANGE_TIMEOUT * 3):
             while True:
@@ -123,13 +165,27 @@ async def serve_connection(
                 if out:
                     await stream.send_all(out)
                 data = await stream.receive_some(_RECEIVE_SIZE)
+                if meter is not None and meter.feed(data) > limits.pre_auth_bytes:
+                    log.info("control connection from %s: oversized frame before hello", source)
+                    return
                 conn.receive_data(bytes(data))
+                if guarded is not None and meter is not None and conn.hello_received:
+                    guarded.admit()  # the hello arrived: only the idle timeout applies now
+                    meter = None
                 closed = False
                 while (event := conn.next_event()) is not None:
-                    if isinstance(event, RosterUpdated):
+                    if isinstance(event, RecordsToCheck):
+                        if budget is not None and source is not None:
+                            wait = budget.take(source, event.count, time.monotonic())
+                            if wait:
+                                await trio.sleep(wait)
+                        await _check(conn, event)
+                    elif isinstance(event, RosterUpdated):
                         on_update(event)
                     elif isinstance(event, ConnectionClosed):
                         closed = True
+                if guarded is not None:
+                    guarded.touch()
                 out = conn.data_to_send()
                 if out:
                     await stream.send_all(out)
@@ -139,6 +195,9 @@ async def serve_connection(
         log.info("control connection ended: %s", exc)
     finally:
         await trio.aclose_forcefully(stream)
+
+
+_REJECTIONS_KEPT = 64
 
 
 class MeshNode:
@@ -177,6 +236,13 @@ class MeshNode:
         self._reconcile_wanted = trio.Event()
         self._in_flight: set[str] = set()
         self.bound_port: int | None = None
+        self.guard = ListenerGuard(CONTROL_LIMITS)
+        self.budget = RecordBudget()
+        # Refusals and held-back records are counted, and logged at most once a minute, so a
+        # peer sending thousands of bad records neither fills the log nor the status file.
+        self.held_back = 0
+        self._last_refusal_log = -60.0
+        self._unlogged_refusals = 0
 
     # --- entry point ---------------------------------------------------------------------
 
@@ -202,7 +268,7 @@ class MeshNode:
         with trio.CancelScope() as scope:
             self._listen_scope = scope
             task_status.started()
-            await trio.serve_listeners(self._serve, listeners)
+            await self.guard.serve(self._serve, listeners)
 
     async def rebind(self, host: str) -> None:
         """Move the control listener to ``host`` (after this node was re-addressed)."""
@@ -248,10 +314,12 @@ class MeshNode:
                     log.warning("saving state failed: %s", exc)
 
     def _on_update(self, event: RosterUpdated, source: str | None) -> None:
+        self.held_back += event.held_back
         if event.rejected:
+            # Recent rejections only: ppn status shows a few, a hostile peer sends thousands.
             self.stats.rejected.extend(event.rejected)
-            for rejection in event.rejected:
-                log.warning("refused a roster record from %s: %s", source, rejection.detail)
+            del self.stats.rejected[:-_REJECTIONS_KEPT]
+            self._log_refusals(event, source)
         if event.changed:
             self.agent.roster_changed(
                 MergeResult(changed=event.changed, rejected=event.rejected), source=source
@@ -300,15 +368,35 @@ class MeshNode:
         host, port = self.control_address(address)
         return await trio.open_tcp_stream(host, port)
 
-    async def _serve(self, stream: trio.SocketStream) -> None:
-        try:
-            peer = stream.socket.getpeername()[0]
-        except OSError:
-            peer = None
-        await self._serve_stream(stream, peer)
+    def _log_refusals(self, event: RosterUpdated, source: str | None) -> None:
+        now = time.monotonic()
+        if now - self._last_refusal_log < 60.0:
+            self._unlogged_refusals += len(event.rejected)
+            return
+        more = self._unlogged_refusals
+        self._last_refusal_log, self._unlogged_refusals = now, 0
+        log.warning(
+            "refused %d roster record(s) from %s: %s%s",
+            len(event.rejected),
+            source,
+            event.rejected[0].detail,
+            f" ({more} more refused since the last report)" if more else "",
+        )
 
-    async def _serve_stream(self, stream: trio.abc.Stream, peer: str | None) -> None:
-        await serve_connection(stream, self.roster, lambda e: self._on_update(e, peer))
+    async def _serve(self, stream: trio.SocketStream, guarded: Connection) -> None:
+        await self._serve_stream(stream, guarded.source, guarded)
+
+    async def _serve_stream(
+        self, stream: trio.abc.Stream, peer: str | None, guarded: Connection | None = None
+    ) -> None:
+        await serve_connection(
+            stream,
+            self.roster,
+            partial(self._on_update, source=peer),
+            guarded=guarded,
+            budget=self.budget,
+            source=peer,
+        )
 
     async def _reconciler(self) -> None:
         while True:

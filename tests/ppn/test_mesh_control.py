@@ -73,9 +73,14 @@ def test_one_pull_converges_both_sides(a: list[Any], b: list[Any]) -> None:
     )
     expected = Roster(mesh=MESH, network=CIDR, records=a + b).digest()
     client, server = pair(left, right)
-    client.send(Pull())
-    ev_c, _ = pump(client, server)
-    assert isinstance(ev_c[-1], SyncComplete)
+    # One pull converges both, except for records one side held in quarantine until the pull
+    # brought their admitter: the next pull carries those (RFC-NOTES §7.3).
+    for _ in range(len(POOL)):
+        client.send(Pull())
+        ev_c, _ = pump(client, server)
+        assert isinstance(ev_c[-1], SyncComplete)
+        if left.digest() == right.digest() == expected:
+            break
     assert left.digest() == right.digest() == expected
     # A second pull finds them in sync.
     client.send(Pull())
@@ -245,3 +250,27 @@ def test_fuzz_well_framed_messages(
             pass
     except RemoteProtocolError:
         assert conn.state is ControlState.ERROR
+
+
+def test_a_roster_larger_than_a_summary_still_syncs(monkeypatch: Any) -> None:
+    """Issue 14 finding 6: beyond MAX_SUMMARY identities a pull used to fail (the summary
+    broke the item limit); now the summary is a moving window and pulls converge."""
+    import ppn.mesh._control as control
+
+    monkeypatch.setattr(control, "MAX_SUMMARY", 8)
+    fleet = Fleet()
+    for i in range(30):
+        fleet.admit(f"m{i:02}")
+    server_side = fleet.roster.copy()
+    client_side = Roster(mesh=MESH, network=CIDR, records=[])
+    client_side.merge([r for r in server_side.records() if r.admission.is_genesis])
+    mine = fleet.admit("late")  # only the client holds it
+    client_side.merge([mine])
+    client, server = pair(client_side, server_side)
+    for _ in range(40):
+        client.send(Pull())
+        ev_c, _ = pump(client, server)
+        assert isinstance(ev_c[-1], SyncComplete)
+        if client_side.digest() == server_side.digest():
+            break
+    assert client_side.digest() == server_side.digest() == fleet.roster.digest()

@@ -84,9 +84,15 @@ def test_any_delivery_order_gives_the_same_roster(order: list[Record]) -> None:
 @given(subsets, subsets)
 def test_anti_entropy_compare_converges(a: list[Record], b: list[Record]) -> None:
     left, right = roster_of(a, MESH), roster_of(b, MESH)
-    send, want = left.compare(right.summary())
-    right.merge(send)
-    left.merge([r for w in want if (r := right.get(w)) is not None])
+    # A record one side holds in quarantine (its admitter only on the other side) is stored
+    # there during an exchange and goes across in the next: each round moves at least one
+    # link of every chain, so the rounds are bounded by the pool's chain depth.
+    for _ in range(len(POOL)):
+        send, want = left.compare(right.summary())
+        right.merge(send)
+        left.merge([r for w in want if (r := right.get(w)) is not None])
+        if left.digest() == right.digest():
+            break
     assert left.digest() == right.digest()
     assert meaning(left) == meaning(merged(a, b))
 

@@ -23,7 +23,6 @@ from ppn.mesh._records import (
     sign_tombstone,
 )
 from ppn.mesh._roster import Roster
-from ppn.mesh._view import ProblemKind
 from tests.ppn._mesh_support import CIDR, Fleet, identity, record_pool, wg
 
 POOL = record_pool()
@@ -172,12 +171,14 @@ def test_broken_chain_heals_when_the_admitter_arrives() -> None:
     genesis_record = fleet.roster.get(fleet.genesis.public)
     assert genesis_record is not None
     partial = Roster(mesh=fleet.mesh, network=CIDR, records=[genesis_record, charlie])
-    view = partial.view()
-    assert view.member(charlie.identity) is None
-    assert [p.kind for p in view.problems] == [ProblemKind.BROKEN_CHAIN]
-    partial.merge([alpha])
+    # Its admitter is not held: charlie waits in the quarantine, neither stored nor summarised.
+    assert charlie.identity not in partial and partial.quarantined == 1
+    assert [k for k, _ in partial.summary()] == [fleet.genesis.public]
+    assert partial.view().member(charlie.identity) is None and not partial.view().problems
+    result = partial.merge([alpha])
+    assert {r.identity for r in result.changed} == {alpha.identity, charlie.identity}
     assert partial.view().member(charlie.identity) is not None
-    assert not partial.view().problems
+    assert not partial.view().problems and partial.quarantined == 0
 
 
 def test_admission_before_the_admitter_is_a_broken_chain() -> None:
