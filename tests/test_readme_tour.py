@@ -22,6 +22,7 @@ number of lines.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -357,3 +358,85 @@ def test_demo_names_the_wg_quick_file_only_where_it_stays(tmp_path: Path) -> Non
     assert kept.returncode == 0, kept.stderr
     (path,) = re.findall(r"beta's wg-quick file: (\S+)", kept.stdout)
     assert Path(path).is_file() and "removed on exit" not in kept.stdout
+
+
+# --- what the tour relies on, fast (the tour itself is slow) ---------------------------------------
+
+_QUERY = ["query", "--key", "k", "--cap", "c", "--vault", "127.0.0.1:9", "--collection", "people"]
+
+
+@pytest.mark.parametrize("order", [["--order", "-age"], ["--order=-age"], ["--order", "-height"]])
+def test_order_takes_a_leading_dash(order: list[str]) -> None:
+    from ppn.cli._main import build_parser
+    from psp._cli_common import build_query
+
+    args = build_parser().parse_args([*_QUERY, *order, "--limit", "5"])
+    query = build_query(args)
+    assert query.order == (order[-1].split("=")[-1].lstrip("-"), True) and query.limit == 5
+
+
+def test_a_mistyped_option_is_still_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from ppn.cli._main import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args([*_QUERY, "-json"])
+    assert exc.value.code == 2 and "unrecognized arguments: -json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("expr", "hint"),
+    [
+        ("age=>3", "did you mean 'age>=3'?"),
+        ("age==3", "did you mean 'age=3'?"),
+        ("age<=3", "'<=' is not one of them"),
+        ("age!=3", "'!=' is not one of them"),
+        ("age>3", "no operator"),
+        ("age>=", "a range needs a value"),
+        ("=3", "no operator"),
+    ],
+)
+def test_malformed_where_is_a_usage_error_with_a_hint(expr: str, hint: str) -> None:
+    from ppn.cli import CommandError
+    from ppn.cli._main import build_parser
+    from psp._cli_common import build_query
+
+    args = build_parser().parse_args([*_QUERY, "--where", expr])
+    with pytest.raises(CommandError) as exc:
+        build_query(args)
+    assert exc.value.status == 2 and hint in str(exc.value) and "F>=V" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("expr", "op", "args"),
+    [
+        ("age>=30", "range", (30, None)),
+        ("age<30", "range", (None, 30)),
+        ("name=Ann", "eq", ("Ann",)),
+        ('age=">3"', "eq", (">3",)),
+        ("name^=A", "prefix", ("A",)),
+        ("city in Oslo,Lima", "in", ("Oslo", "Lima")),
+    ],
+)
+def test_wellformed_where_still_parses(expr: str, op: str, args: tuple[object, ...]) -> None:
+    from ppn.cli._main import build_parser
+    from psp._cli_common import build_query
+
+    (f,) = build_query(build_parser().parse_args([*_QUERY, "--where", expr])).where
+    assert (f.op, f.args) == (op, args)
+
+
+def test_key_show_prints_the_public_key_of_every_key_file(tmp_path: Path) -> None:
+    def ppn(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ppn", *argv], capture_output=True, text=True, timeout=60
+        )
+
+    holder = ppn("key", "new", str(tmp_path / "a.key"))
+    fleet = ppn("fleet", "keygen", str(tmp_path / "f.key"), "--json")
+    assert ppn("key", "show", str(tmp_path / "a.key")).stdout == holder.stdout
+    shown = ppn("key", "show", str(tmp_path / "f.key"), "--json").stdout
+    assert json.loads(shown)["public"] == json.loads(fleet.stdout)["identity"]
+    (tmp_path / "bad.key").write_text("not a key\n")
+    for path in ("bad.key", "missing.key"):
+        bad = ppn("key", "show", str(tmp_path / path))
+        assert bad.returncode == 47 and bad.stderr.startswith("ppn: ") and not bad.stdout
