@@ -74,9 +74,18 @@ CONTROL_LIMITS = ListenerLimits(
 )
 
 
+# Up to this many received records are verified on the loop (a few milliseconds); a thread
+# hop would cost more than it saves. Larger messages go to a worker thread.
+INLINE_CHECK = 16
+
+
 async def _check(conn: ControlConnection, event: RecordsToCheck) -> None:
-    """Verify received records on a worker thread, then let the core merge them on the loop."""
-    batch = await trio.to_thread.run_sync(conn.roster.check, event.values)
+    """Verify received records (on a worker thread unless they are few), then let the core
+    merge them on the loop."""
+    if event.count <= INLINE_CHECK:
+        batch = conn.roster.check(event.values)
+    else:
+        batch = await trio.to_thread.run_sync(conn.roster.check, event.values)
     conn.checked(batch)
 
 
