@@ -19,7 +19,7 @@ from functools import partial
 import trio
 
 from .._errors import PPNError
-from .._trio_listener import Connection, FrameMeter, ListenerGuard, ListenerLimits
+from .._trio_listener import Connection, ListenerGuard, ListenerLimits
 from ..ports import CONTROL_PORT
 from ._agent import (
     AgentStats,
@@ -166,7 +166,9 @@ async def serve_connection(
     arrived; until then no frame above ``limits.pre_auth_bytes`` is buffered. Received records
     are charged to ``budget`` under ``source`` and verified on a worker thread."""
     conn = ControlConnection(roster, role=Role.SERVER, defer_checks=True)
-    meter: FrameMeter | None = FrameMeter() if guarded is not None else None
+    # Only the first frame (the hello) comes before admission; a client sends its operation
+    # right behind it, so the cap applies to the first frame's header alone.
+    first = b"" if guarded is not None else None
     try:
         with trio.move_on_after(EXCHANGE_TIMEOUT * 3):
             while True:
@@ -174,13 +176,15 @@ async def serve_connection(
                 if out:
                     await stream.send_all(out)
                 data = await stream.receive_some(_RECEIVE_SIZE)
-                if meter is not None and meter.feed(data) > limits.pre_auth_bytes:
-                    log.info("control connection from %s: oversized frame before hello", source)
-                    return
+                if first is not None and len(first) < 4:
+                    first += data[: 4 - len(first)]
+                    if len(first) == 4 and int.from_bytes(first, "big") > limits.pre_auth_bytes:
+                        log.info("control connection from %s: oversized first frame", source)
+                        return
                 conn.receive_data(bytes(data))
-                if guarded is not None and meter is not None and conn.hello_received:
+                if guarded is not None and first is not None and conn.hello_received:
                     guarded.admit()  # the hello arrived: only the idle timeout applies now
-                    meter = None
+                    first = None
                 closed = False
                 while (event := conn.next_event()) is not None:
                     if isinstance(event, RecordsToCheck):
