@@ -76,11 +76,13 @@ def ceremony(
     joiner_endpoints: list[str],
     first: bool,
     sponsor_endpoint: str | None = None,
+    timeout: float = 60,
 ) -> float:
     """Run genesis (first=True) or invite on ``sponsor`` and join on ``joiner``, answering yes
-    to both comparison prompts. Returns the seconds from start to both processes exiting."""
+    to both comparison prompts. Returns the seconds from start to both processes exiting.
+    ``timeout`` bounds the whole ceremony (longer under emulation: tests/kernel/)."""
     start = time.monotonic()
-    deadline = start + 60
+    deadline = start + timeout
     if first:
         args = [
             "genesis",

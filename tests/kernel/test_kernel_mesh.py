@@ -30,6 +30,9 @@ from ppn.wg import WireGuardGo
 
 pytestmark = pytest.mark.kernel
 
+# Each ceremony process starts Python and signs under software emulation, on a shared box.
+CEREMONY_TIMEOUT = 300
+
 
 def _link_kind(host: Host, ifname: str) -> str:
     (link,) = json.loads(host.run(["ip", "-d", "-j", "link", "show", ifname]).stdout)
@@ -48,10 +51,18 @@ def test_mixed_mesh_kernel_hub_kernel_node_and_wireguard_go_node(
         first=True,
         sponsor_endpoint=f"{NET1}.1:51820",
         joiner_endpoints=[f"{NET1}.2:51820", f"{NET2}.2:51820"],
+        timeout=CEREMONY_TIMEOUT,
     )
     start_agent(g)
     start_agent(r, "--role", "relay")
-    ceremony(r, c, listen=f"{NET2}.2:0", first=False, joiner_endpoints=[f"{NET2}.3:51820"])
+    ceremony(
+        r,
+        c,
+        listen=f"{NET2}.2:0",
+        first=False,
+        joiner_endpoints=[f"{NET2}.3:51820"],
+        timeout=CEREMONY_TIMEOUT,
+    )
     daemon = WireGuardGo(c.interface, netns=c.host.netns)
     daemon.start()
     assert daemon.process is not None
@@ -74,7 +85,10 @@ def test_mixed_mesh_kernel_hub_kernel_node_and_wireguard_go_node(
                 f"{src.name} to reach {name} ({address})",
             )
     # Genesis reaches the cloud node through the kernel hub.
-    paths = {m["name"]: m["path"] for m in g.status()["members"]}
+    status = json.loads(  # under emulation a ppn process takes seconds to start
+        g.ppn("status", "--state", str(g.state), "--json", timeout=180).stdout
+    )
+    paths = {m["name"]: m["path"] for m in status["members"]}
     assert paths == {"genesis": "self", "relay": "direct", "cloud": "via-hub"}
 
     # Restarting an agent on a kernel interface that is already right: zero operations.
