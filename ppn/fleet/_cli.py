@@ -350,6 +350,17 @@ def _serve(run: Any) -> int:
     return 0
 
 
+def _replay_path(args: argparse.Namespace) -> str:
+    """Where the controller keeps its replay state (RFC-NOTES §8.3.1): --replay-state, else
+    the state directory, else next to the identity file."""
+    if args.replay_state:
+        return str(args.replay_state)
+    from ._io_state import REPLAY_FILE
+
+    base = args.state if args.state is not None else os.path.dirname(args.identity or "")
+    return os.path.join(base or ".", REPLAY_FILE)
+
+
 def _cmd_fleet_serve(args: argparse.Namespace) -> int:
     from .._errors import PPNError
     from ._trio_controller import FleetController, FleetControllerConfig
@@ -366,6 +377,7 @@ def _cmd_fleet_serve(args: argparse.Namespace) -> int:
         control_path=control,
         spawn_port=args.spawn_port,
         eviction_timeout=args.eviction_timeout,
+        replay_path=_replay_path(args),
     )
     try:
         controller = FleetController(config)
@@ -503,6 +515,12 @@ def _add_fleet_serve(fleet_sub: Subparsers) -> None:
         default=30.0,
         metavar="SECONDS",
         help="evict a node this long after its last heartbeat (default 30)",
+    )
+    serve.add_argument(
+        "--replay-state",
+        metavar="FILE",
+        help="where the heartbeat replay state survives restarts (default: fleet-replay.bin "
+        "in --state DIR, else next to --identity)",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every heartbeat")
     _add_control(serve)

@@ -190,6 +190,42 @@ class ReplayGuard:
         self._progress: dict[bytes, _Progress] = {}
         self._retired_limit = retired_limit
 
+    # --- persistence (RFC-NOTES §8.3.1: the state survives a controller restart) ------------
+
+    def to_value(self) -> dict[str, Any]:
+        """The whole state as a canonical-msgpack-ready map (the adapter writes it to disk)."""
+        return {
+            "v": 1,
+            "signers": [
+                [key, p.boot_id, p.seq, list(p.retired)]
+                for key, p in sorted(self._progress.items())
+            ],
+        }
+
+    @classmethod
+    def from_value(cls, value: Any, *, retired_limit: int = 1024) -> ReplayGuard:
+        """Rebuild from :meth:`to_value`; raises RemoteProtocolError if it is malformed."""
+        m = expect_map(value, what="replay state", required=("v", "signers"))
+        if m.integer("v", 0, 255) != 1:
+            raise RemoteProtocolError("replay state version is not 1")
+        guard = cls(retired_limit=retired_limit)
+        for entry in m.items("signers", high=1 << 20):
+            if not (isinstance(entry, list) and len(entry) == 4):
+                raise RemoteProtocolError("a replay state entry is [key, boot, seq, retired]")
+            key, boot_id, seq, retired = entry
+            if (
+                not (isinstance(key, bytes) and len(key) == 32)
+                or not (isinstance(boot_id, bytes) and len(boot_id) == BOOT_ID_SIZE)
+                or not (type(seq) is int and 0 <= seq <= MAX_SEQ)
+                or not isinstance(retired, list)
+                or not all(isinstance(b, bytes) and len(b) == BOOT_ID_SIZE for b in retired)
+            ):
+                raise RemoteProtocolError("a replay state entry is malformed")
+            guard._progress[key] = _Progress(
+                boot_id=boot_id, seq=seq, retired=deque(retired[-retired_limit:])
+            )
+        return guard
+
     def check(self, identity: bytes, boot_id: bytes, seq: int) -> None:
         """Raise RemoteProtocolError if this heartbeat would be a replay; do not record it."""
         progress = self._progress.get(identity)

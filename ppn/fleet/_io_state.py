@@ -13,13 +13,27 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import wire
+from .._errors import RemoteProtocolError
+from .._io_files import atomic_write
 from .._keys import IdentityKey
 from ..mesh._io_state import StateDirError, load_mesh_files, load_roster
 from ..mesh._roster import Roster
 from ..mesh._view import RosterView
+from ._heartbeat import ReplayGuard
 from ._roster import RosterDirectory
 
-__all__ = ["FleetMembership", "StateDirError", "StateDirRoster", "load_fleet_membership"]
+__all__ = [
+    "REPLAY_FILE",
+    "FleetMembership",
+    "StateDirError",
+    "StateDirRoster",
+    "load_fleet_membership",
+    "load_replay_state",
+    "save_replay_state",
+]
+
+REPLAY_FILE = "fleet-replay.bin"  # the controller's replay state in a mesh state directory
 
 log = logging.getLogger("ppn.fleet.state")
 
@@ -76,3 +90,23 @@ def load_fleet_membership(state: Path) -> FleetMembership:
     return FleetMembership(
         name=files.name, identity=files.identity, directory=RosterDirectory(roster.view)
     )
+
+
+def load_replay_state(path: Path) -> ReplayGuard:
+    """The controller's saved replay state (RFC-NOTES §8.3.1); empty when there is none yet.
+    A damaged file is an error, not a fresh start: a fresh start is the replay window."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return ReplayGuard()
+    except OSError as exc:
+        raise StateDirError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        return ReplayGuard.from_value(wire.unpack_canonical(data, max_size=1 << 30))
+    except (wire.WireError, RemoteProtocolError) as exc:
+        raise StateDirError(f"{path} is damaged ({exc}); move it away to start afresh") from exc
+
+
+def save_replay_state(path: Path, guard: ReplayGuard) -> None:
+    """Replace the saved replay state atomically (temporary file, fsync, rename)."""
+    atomic_write(path, wire.pack_canonical(guard.to_value()))

@@ -84,7 +84,11 @@ class NodeTable:
     """Live nodes keyed by node id, fed with verified heartbeats and driven by a timer."""
 
     def __init__(
-        self, directory: MemberDirectory, *, eviction_timeout: float = DEFAULT_EVICTION_TIMEOUT
+        self,
+        directory: MemberDirectory,
+        *,
+        eviction_timeout: float = DEFAULT_EVICTION_TIMEOUT,
+        replay: ReplayGuard | None = None,
     ) -> None:
         if not eviction_timeout > 0:
             raise LocalProtocolError("the eviction timeout must be positive")
@@ -93,7 +97,8 @@ class NodeTable:
         self._live: dict[str, NodeRecord] = {}
         self._evicted: deque[NodeEvicted] = deque(maxlen=MAX_EVICTED_REMEMBERED)
         self._events: deque[FleetEvent] = deque()
-        self._replay = ReplayGuard()
+        # Passed in when the adapter restored it from disk, so a restart opens no replay window.
+        self._replay = replay or ReplayGuard()
         self._last_now = -math.inf
 
     # --- input -------------------------------------------------------------------------------
@@ -156,6 +161,11 @@ class NodeTable:
             self._events.append(event)
 
     # --- output ------------------------------------------------------------------------------
+
+    @property
+    def replay(self) -> ReplayGuard:
+        """The replay state: the adapter persists it after every accepted heartbeat."""
+        return self._replay
 
     def next_event(self) -> FleetEvent | None:
         return self._events.popleft() if self._events else None

@@ -5,6 +5,10 @@ into the :class:`~ppn.fleet._table.NodeTable` stamped with trio's clock -- the r
 A timer task sleeps until the table's next eviction deadline and evicts on time even when nobody
 asks. The operator's commands (status, place, create) come over a local Unix socket; a create is
 dispatched to the chosen node's vm-host (TCP 9220) as a request signed by this node's identity.
+
+The heartbeat listener runs behind the listener guard (:data:`HEARTBEAT_LIMITS`), and the
+replay state is saved (``replay_path``) after every accepted heartbeat, before the reply, so a
+restarted controller refuses what it refused before it stopped (RFC-NOTES §8.3.1, §8.9).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import secrets
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -24,9 +29,11 @@ import trio
 from .. import wire
 from .._errors import PPNError, RemoteProtocolError
 from .._keys import IdentityKey
+from .._trio_listener import Connection, ListenerGuard, ListenerLimits, default_max_connections
 from ..ports import FLEET_PORT, SPAWN_PORT
 from ._directory import Member, MemberDirectory
-from ._heartbeat import MAX_HEARTBEAT_SIZE, encode_heartbeat_reply
+from ._heartbeat import MAX_HEARTBEAT_SIZE, ReplayGuard, encode_heartbeat_reply
+from ._io_state import StateDirError, load_replay_state, save_replay_state
 from ._operator import (
     MAX_CONTROL_FRAME,
     ControlRequest,
@@ -39,9 +46,19 @@ from ._spawn import MAX_SPAWN_FRAME, SpawnAnswer, SpawnClient, SpawnState
 from ._table import DEFAULT_EVICTION_TIMEOUT, HeartbeatAccepted, NodeEvicted, NodeTable
 from ._vm import VmSpec, is_totebox
 
-__all__ = ["FleetController", "FleetControllerConfig"]
+__all__ = ["HEARTBEAT_LIMITS", "FleetController", "FleetControllerConfig"]
 
 log = logging.getLogger("ppn.fleet.controller")
+
+# One frame of at most 64 KiB per connection, so the guard's cap is the memory bound:
+# max_connections × (64 KiB frame + 64 KiB receive buffer) = 32 MiB (RFC-NOTES §8.9).
+HEARTBEAT_LIMITS = ListenerLimits(
+    max_connections=min(256, default_max_connections()),
+    per_source=8,
+    first_frame_deadline=10.0,
+    idle_timeout=10.0,
+    pre_auth_bytes=MAX_HEARTBEAT_SIZE,
+)
 
 
 @dataclass(kw_only=True)
@@ -54,6 +71,9 @@ class FleetControllerConfig:
     spawn_port: int = SPAWN_PORT
     eviction_timeout: float = DEFAULT_EVICTION_TIMEOUT
     connection_timeout: float = 10.0
+    # Where the replay state is kept across restarts (RFC-NOTES §8.3.1); None: memory only.
+    replay_path: str | None = None
+    limits: ListenerLimits = HEARTBEAT_LIMITS
     # Seam for embedders and tests: how to reach a vm-host.
     connect: Callable[[str, int], Awaitable[trio.abc.Stream]] = trio.open_tcp_stream
 
@@ -84,7 +104,17 @@ class FleetController:
         if not member.is_controller:
             raise PPNError(f"member {member.name!r} does not hold the fleet-controller role")
         self.member: Member = member
-        self.table = NodeTable(config.directory, eviction_timeout=config.eviction_timeout)
+        replay: ReplayGuard | None = None
+        if config.replay_path is not None:
+            try:
+                replay = load_replay_state(Path(config.replay_path))
+            except StateDirError as exc:
+                raise PPNError(str(exc)) from exc
+        self.table = NodeTable(
+            config.directory, eviction_timeout=config.eviction_timeout, replay=replay
+        )
+        self.guard = ListenerGuard(config.limits)
+        self._save_lock = trio.Lock()
         self.port: int | None = None
         self._timer_scope: trio.CancelScope | None = None
 
@@ -117,6 +147,20 @@ class FleetController:
             self.table.handle_timer(trio.current_time())
             self._after_table_change()
 
+    async def _save_replay_state(self) -> None:
+        """Persist the replay state before the reply, on a worker thread (an fsync)."""
+        path = self.config.replay_path
+        if path is None:
+            return
+        async with self._save_lock:
+            try:
+                await trio.to_thread.run_sync(save_replay_state, Path(path), self.table.replay)
+            except OSError as exc:
+                log.warning("cannot save the replay state to %s: %s", path, exc.strerror or exc)
+
+    async def _serve_guarded(self, stream: trio.abc.Stream, _connection: Connection) -> None:
+        await self.serve_heartbeat_stream(stream)
+
     async def serve_heartbeat_stream(self, stream: trio.abc.Stream) -> None:
         """Handle one heartbeat connection: one frame in, one reply frame out."""
         try:
@@ -129,6 +173,7 @@ class FleetController:
                     reply = encode_heartbeat_reply(accepted=False, reason=str(exc))
                 else:
                     reply = encode_heartbeat_reply(accepted=True)
+                    await self._save_replay_state()
                 finally:
                     self._after_table_change()
                 await stream.send_all(wire.encode_frame(reply, max_size=1024))
@@ -303,7 +348,7 @@ class FleetController:
                 self.config.eviction_timeout,
                 f", operator socket {control}" if control else "",
             )
-            nursery.start_soon(trio.serve_listeners, self.serve_heartbeat_stream, listeners)
+            nursery.start_soon(self.guard.serve, self._serve_guarded, listeners)
             if control:
                 control_listener = await self._control_listener(control)
                 nursery.start_soon(trio.serve_listeners, self._serve_control, [control_listener])

@@ -20,6 +20,7 @@ import trio
 from .. import wire
 from .._errors import PPNError
 from .._keys import IdentityKey
+from .._trio_listener import Connection, ListenerGuard, ListenerLimits
 from ..ports import FLEET_PORT, SPAWN_PORT
 from ._directory import Member, MemberDirectory
 from ._heartbeat import (
@@ -39,11 +40,20 @@ from ._io_host import (
 from ._spawn import MAX_SPAWN_FRAME, SpawnDecision, SpawnRequested, SpawnServer, SpawnState
 from ._vm import VmRecord, VmSpec, VmState
 
-__all__ = ["DEFAULT_HEARTBEAT_INTERVAL", "VmHostConfig", "VmHostService"]
+__all__ = ["DEFAULT_HEARTBEAT_INTERVAL", "SPAWN_LIMITS", "VmHostConfig", "VmHostService"]
 
 log = logging.getLogger("ppn.fleet.vmhost")
 
 DEFAULT_HEARTBEAT_INTERVAL = 10.0
+# Spawn requests come from one controller, in frames of at most 4 KiB: 64 connections bound the
+# listener's memory at 64 × (4 KiB + the 4 KiB receive buffer) (RFC-NOTES §8.9).
+SPAWN_LIMITS = ListenerLimits(
+    max_connections=64,
+    per_source=8,
+    first_frame_deadline=10.0,
+    idle_timeout=10.0,
+    pre_auth_bytes=MAX_SPAWN_FRAME,
+)
 
 
 @dataclass(kw_only=True)
@@ -81,6 +91,7 @@ class VmHostService:
         self.heartbeats_sent = 0
         self.heartbeats_missed = 0
         self.spawn_port: int | None = None
+        self.guard = ListenerGuard(SPAWN_LIMITS)
 
     # --- heartbeats --------------------------------------------------------------------------
 
@@ -193,6 +204,9 @@ class VmHostService:
             "VM %s is %s (provisioner: %s)", record.spec.name, state.value, result.detail or "-"
         )
 
+    async def _serve_guarded(self, stream: trio.abc.Stream, _connection: Connection) -> None:
+        await self.serve_spawn_stream(stream)
+
     async def serve_spawn_stream(self, stream: trio.abc.Stream) -> None:
         """Handle one spawn connection; if accepted, run the provisioner after answering."""
         accepted: bytes | None = None
@@ -234,7 +248,7 @@ class VmHostService:
             listeners = await trio.open_tcp_listeners(self.config.spawn_port, host=host)
             self.spawn_port = listeners[0].socket.getsockname()[1]
 
-            nursery.start_soon(trio.serve_listeners, self.serve_spawn_stream, listeners)
+            nursery.start_soon(self.guard.serve, self._serve_guarded, listeners)
             nursery.start_soon(self.heartbeat_loop)
             log.info(
                 "vm-host %s serving spawn on %s port %d; heartbeats every %g s",
