@@ -303,7 +303,10 @@ def step_vaults(run: FleetRun) -> None:
             )
         cloud = run.nodes["cloud"]
         listen = f"{run.facts['addresses']['cloud']}:{ORCHESTRATION_PORT}"
-        run.start(cloud, "orchestration", ["orchestration", "serve", "--listen", listen])
+        allowed = run.workdir / "orchestration-vaults.txt"  # the only vaults it may reach
+        allowed.write_text("".join(f"{run.vault_ids[n]}@{run.facts['addresses'][n]}:{VAULT_PORT}\n" for n in RECORDS))  # fmt: skip
+        argv = ["orchestration", "serve", "--listen", listen, "--vaults", str(allowed)]
+        run.start(cloud, "orchestration", argv)
         result: subprocess.CompletedProcess[str] | None = None
 
         def answered() -> bool:

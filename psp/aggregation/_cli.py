@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ._merge import Mode
     from ._plan import AggregateCursor, VaultAddress
     from ._trio_client import AggregateResult
+    from ._trio_server import AllowList
 
 EXIT_AGGREGATOR = 49
 EXIT_STRICT_FAILED = 50
@@ -330,32 +331,70 @@ def _print_tables(
         print(f"{what}: --resume {cursor.to_text()}", file=sys.stderr)
 
 
+def _allow_list(path: str) -> AllowList:
+    """``--vaults FILE`` of ``orchestration serve``: the same lines as ``ppn query --vaults``
+    (``ID@HOST:PORT [CAP]``, ``#`` comments; a CAP is ignored here)."""
+    from pathlib import Path
+
+    from ._trio_server import AllowList
+
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise error(f"cannot read {path}: {exc.strerror}", EXIT_VAULT_LIST) from None
+    entries = []
+    for n, line in enumerate(lines, 1):
+        line = line.split("#", 1)[0].strip()
+        if line:
+            va, _ = _parse_target(line, f"{path}:{n}")
+            entries.append((va.vault, va.host, va.port))
+    if not entries:
+        raise error(f"{path} lists no vault", EXIT_VAULT_LIST)
+    return AllowList.of(entries)
+
+
 def _serve(args: argparse.Namespace) -> int:
+    import resource
     from functools import partial
 
     import trio
 
-    from ._trio_pool import VaultPool
-    from ._trio_server import handle_client
+    from ppn._trio_listener import ListenerLimits, default_max_connections
+
+    from ._trio_server import RequestLimits, serve_orchestration
 
     host, port = args.listen
-
-    import resource
+    if bool(args.vaults) == args.any_target:
+        raise error(
+            "give --vaults FILE (the vaults this aggregator may reach) or --any-target "
+            "(any HOST:PORT a client names: this makes the aggregator a port prober)",
+            2,
+        )
+    allowed = _allow_list(args.vaults) if args.vaults else None
 
     # One connection per target vault: 1,000 vaults need more descriptors than the usual 1024.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        # Half the descriptors for clients: the other half is for their requests' vaults.
+        listener = ListenerLimits(
+            max_connections=args.max_connections or max(1, default_max_connections() // 2),
+            per_source=args.per_source,
+            first_frame_deadline=args.first_frame_deadline,
+            idle_timeout=args.idle_timeout,
+        )
+        limits = RequestLimits(max_targets=args.max_targets, request_deadline=args.request_deadline)
+    except ValueError as exc:
+        name = str(exc).split()[0].replace("_", "-")
+        raise error(f"--{name} {str(exc).split(' ', 1)[1]}", 2) from None
 
     async def run() -> None:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        name = listeners[0].socket.getsockname()
-        print(f"orchestration listening on {name[0]}:{name[1]}", flush=True)
-        pool = VaultPool()
-        try:
-            await trio.serve_listeners(partial(handle_client, pool=pool), listeners)
-        finally:
-            pool.close()
+        async with trio.open_nursery() as nursery:
+            serve = partial(serve_orchestration, allowed=allowed, limits=limits, listener=listener)
+            listeners = await nursery.start(serve, host, port)
+            name = listeners[0].socket.getsockname()
+            print(f"orchestration listening on {name[0]}:{name[1]}", flush=True)
 
     try:
         trio.run(run)
@@ -381,7 +420,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "serve",
         help=f"serve aggregated queries on TCP (default 127.0.0.1:{AGGREGATOR_PORT})",
         description="Serve aggregated PSP queries (RFC-NOTES §10). Clients use 'ppn query --via'.",
-        epilog="example: ppn orchestration serve --listen 10.8.0.1:9211",
+        epilog=(
+            "example: ppn orchestration serve --listen 10.8.0.1:9211 --vaults entities.txt\n"
+            "Targets are restricted to --vaults (same lines as ppn query --vaults); "
+            "--any-target lifts that."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument(
         "--listen",
@@ -389,5 +433,57 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=("127.0.0.1", AGGREGATOR_PORT),
         metavar="HOST:PORT",
         help=f"address to listen on (default 127.0.0.1:{AGGREGATOR_PORT}; port 0 picks one)",
+    )
+    # Who may be reached, and what a client may make the aggregator hold (RFC-NOTES §10.7).
+    s.add_argument(
+        "--vaults",
+        metavar="FILE",
+        help="the only targets served: ID@HOST:PORT lines (as ppn query --vaults)",
+    )
+    s.add_argument(
+        "--any-target",
+        action="store_true",
+        help="serve targets at any HOST:PORT (an open port prober: only on a trusted network)",
+    )
+    s.add_argument(
+        "--max-targets",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="targets per request (default and most 4096)",
+    )
+    s.add_argument(
+        "--request-deadline",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds a request has from its first byte to its last target (default 10)",
+    )
+    s.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="client connections held at once (default: half the open-file limit, at most 2048)",
+    )
+    s.add_argument(
+        "--per-source",
+        type=int,
+        default=64,
+        metavar="N",
+        help="client connections from one address (default 64)",
+    )
+    s.add_argument(
+        "--first-frame-deadline",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds a new connection has to send a whole request (default 10)",
+    )
+    s.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds a connection may stay silent between requests (default 120)",
     )
     s.set_defaults(handler=_serve)

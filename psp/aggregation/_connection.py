@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 
+from ppn import wire
 from ppn._framing import ConnectionClosed
 
 from .._connection import PSPCore
@@ -20,6 +21,7 @@ from .._errors import ErrorCode, RemoteProtocolError
 from .._messages import MAX_CREDIT, MAX_MESSAGE, Cancel, Credit, Error
 from ._messages import (
     AGGREGATION_VERSIONS,
+    MAX_CLIENT_FRAME,
     MAX_DEADLINE_MS,
     MAX_TARGETS,
     AggregateRequest,
@@ -36,6 +38,7 @@ from ._messages import (
 
 __all__ = [
     "AGGREGATION_VERSIONS",
+    "MAX_CLIENT_FRAME",
     "MAX_DEADLINE_MS",
     "MAX_TARGETS",
     "AggregateRequest",
@@ -150,16 +153,29 @@ class _Core(PSPCore[Phase, Event]):
 
 
 class AggregatorConnection(_Core):
-    """The aggregator's end of one client connection."""
+    """The aggregator's end of one client connection.
+
+    A client's frames are small (a ``tgt`` is under 13 KB), so a header announcing more than
+    :data:`MAX_CLIENT_FRAME` is refused as soon as it arrives: a half-sent frame holds at most
+    that much (RFC-NOTES §10.7). ``max_targets`` refuses a larger ``agg`` (at most 4096)."""
 
     _from_server = False
     _recv = _AGG_RECV
     _send = _AGG_SEND
 
-    def __init__(self, *, versions: tuple[int, ...] = AGGREGATION_VERSIONS) -> None:
+    def __init__(
+        self, *, versions: tuple[int, ...] = AGGREGATION_VERSIONS, max_targets: int = MAX_TARGETS
+    ) -> None:
         super().__init__()
         self.versions = versions
+        self.max_targets = max_targets
+        self._decoder = wire.FrameDecoder(max_size=MAX_CLIENT_FRAME)
         self._finished = 0
+
+    @property
+    def partial(self) -> bool:
+        """Whether bytes of a frame not yet complete are buffered (a request is being sent)."""
+        return self._decoder.buffered > 0
 
     def _tell_peer(self, error: Exception) -> None:
         # Tell the client why before giving up: a connection-level error frame (id 0).
@@ -169,6 +185,8 @@ class AggregatorConnection(_Core):
     def _receive(self, event: Event) -> None:
         if isinstance(event, Credit | Cancel) and event.request_id == self._finished:
             return  # crossed our done on the wire
+        if isinstance(event, AggregateRequest) and event.targets > self.max_targets:
+            self._refuse(f"this aggregator takes at most {self.max_targets} targets", remote=True)
         if isinstance(event, OrchestrationHello) and self.state is Phase.AWAIT_HELLO:
             common = set(event.versions) & set(self.versions)
             if not common:

@@ -33,6 +33,7 @@ from ._merge import Mode, VaultStatus
 
 __all__ = [
     "AGGREGATION_VERSIONS",
+    "MAX_CLIENT_FRAME",
     "MAX_DEADLINE_MS",
     "MAX_TARGETS",
     "AggregateRequest",
@@ -49,6 +50,7 @@ __all__ = [
 
 AGGREGATION_VERSIONS = (1,)
 MAX_TARGETS = 4096
+MAX_CLIENT_FRAME = 16 * 1024  # a client's frame (a tgt is at most ~12.7 KB); §10.2
 MAX_DEADLINE_MS = 300_000
 MAX_MERGED_ROWS = 4096  # entries per mrows frame
 MAX_ADDRESS = 300

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import select
 import socket
 
@@ -26,7 +25,7 @@ from .._errors import ErrorCode, RemoteProtocolError
 from .._messages import Credit, Request
 from ._connection import Target
 from ._merge import Aggregation, VaultStatus
-from ._trio_exchange import FanOut, Flow, Next
+from ._trio_exchange import FanOut, Flow, Next, no_vault
 from ._trio_pool import RECEIVE_SIZE, VaultLink, split_address
 
 __all__ = ["fan_out"]
@@ -102,7 +101,7 @@ class _EpollFanOut:
         if family < 0:  # a name: resolved on the task path
             self.tasks.start_soon(job.run_target, target)
             return
-        link = None if fresh else pool.take_idle(host, port)
+        link = None if fresh else pool.take_idle(host, port, target.vault)
         if link is not None and not link.raw:
             pool.release(link)  # a stream link belongs to the task path
             self.tasks.start_soon(job.run_target, target)
@@ -115,7 +114,7 @@ class _EpollFanOut:
             code = sock.connect_ex((host, port))
             if code not in (0, errno.EINPROGRESS):
                 sock.close()
-                _unreachable(job.agg, target, os.strerror(code))
+                _unreachable(job.agg, target)
                 return
             link = VaultLink(None, (host, port), sock=sock)
             pool.adopt(link)
@@ -175,10 +174,9 @@ class _EpollFanOut:
         if code:
             self.unregister(fd)
             flow.link.close()
-            _unreachable(self.job.agg, flow.target, os.strerror(code))
+            _unreachable(self.job.agg, flow.target)
             return False
-        raw.connecting = False
-        self.job.connecting.discard(flow.target.index)
+        raw.connecting = False  # (the target stays in job.connecting until the vault's hello)
         return True
 
     def _receive(self, fd: int, flow: Flow, sock: socket.socket) -> bool:
@@ -196,12 +194,7 @@ class _EpollFanOut:
             except RemoteProtocolError as exc:
                 self.unregister(fd)
                 flow.link.close()
-                self.job.agg.fail(
-                    flow.target.index,
-                    VaultStatus.ERROR,
-                    exc.code,
-                    f"the vault broke the protocol: {exc}"[:400],
-                )
+                self.job.broke_protocol(flow.target, exc)
                 return False
             if not data:
                 return True
@@ -235,10 +228,6 @@ def _family(host: str) -> int:
         return -1
 
 
-def _unreachable(agg: Aggregation, target: Target, reason: str) -> None:
-    agg.fail(
-        target.index,
-        VaultStatus.UNREACHABLE,
-        ErrorCode.UNAVAILABLE,
-        f"cannot connect to {target.address}: {reason}"[:400],
-    )
+def _unreachable(agg: Aggregation, target: Target) -> None:
+    # (not the OS's reason: refused, unroutable and timed out must read alike, RFC-NOTES §10.7)
+    agg.fail(target.index, VaultStatus.UNREACHABLE, ErrorCode.UNAVAILABLE, no_vault(target.address))

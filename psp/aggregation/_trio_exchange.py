@@ -30,9 +30,22 @@ __all__ = [
     "Flow",
     "Next",
     "fan_out_tasks",
+    "no_vault",
+    "not_psp",
 ]
 
 ROW_BUDGET = 4 << 20  # bytes of vault rows a request queues before it stops granting credit
+
+
+def no_vault(address: str) -> str:
+    """The one status message for a target that never greeted us: refused, unroutable, timed
+    out, closed or silent alike, so a status cannot tell which (RFC-NOTES §10.7)."""
+    return f"no PSP vault answers at {address}"[:400]
+
+
+def not_psp(address: str) -> str:
+    """A peer that sent something other than a PSP hello; none of its bytes is repeated."""
+    return f"not a PSP vault at {address}"[:400]
 
 
 class Changed:
@@ -73,8 +86,9 @@ class Flow:
 @dataclass(frozen=True, kw_only=True)
 class FanOut:
     """One request's vault exchanges, as a fan-out strategy drives them. ``connecting`` holds
-    the targets whose TCP connection is not up yet (the server reports those as unreachable
-    rather than timed out at the per-vault deadline); ``changed`` wakes the request's writer."""
+    the targets whose vault has not greeted them yet (no connection, or no ``hello`` on it: the
+    server reports those as unreachable rather than timed out at the per-vault deadline, and
+    nothing they sent is repeated); ``changed`` wakes the request's writer."""
 
     agg: Aggregation
     targets: Sequence[Target]
@@ -91,6 +105,7 @@ class FanOut:
         """Apply one event from a vault to the merge; say what the exchange needs next."""
         agg, index, link, target = self.agg, flow.target.index, flow.link, flow.target
         if isinstance(event, ServerHello):
+            self.connecting.discard(index)
             if event.vault != target.vault:
                 link.close()
                 agg.fail(
@@ -105,14 +120,11 @@ class FanOut:
             link.close()
             if flow.may_retry and not flow.answered:
                 return Next.RETRY
-            agg.fail(
-                index,
-                VaultStatus.UNREACHABLE,
-                ErrorCode.UNAVAILABLE,
-                "the vault closed the connection mid-stream"
-                if flow.answered
-                else "the vault hung up",
-            )
+            if flow.answered:
+                why = "the vault closed the connection mid-stream"
+            else:
+                why = no_vault(target.address) if index in self.connecting else "the vault hung up"
+            agg.fail(index, VaultStatus.UNREACHABLE, ErrorCode.UNAVAILABLE, why)
             return Next.DONE
         flow.answered = True
         if isinstance(event, Error):
@@ -147,32 +159,46 @@ class FanOut:
             elif await self._serve_link(taken_over, credit=True):
                 await self._exchange(target, fresh=True)
         except RemoteProtocolError as exc:
-            agg.fail(
-                index, VaultStatus.ERROR, exc.code, f"the vault broke the protocol: {exc}"[:400]
-            )
+            self.broke_protocol(target, exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             agg.fail(
                 index,
                 VaultStatus.UNREACHABLE,
                 ErrorCode.UNAVAILABLE,
-                "the vault closed the connection mid-stream",
+                no_vault(target.address)
+                if index in self.connecting
+                else "the vault closed the connection mid-stream",
             )
-        except OSError as exc:
+        except OSError:
+            # (not the OS's reason: refused, unroutable and timed out must read alike)
             agg.fail(
-                index,
-                VaultStatus.UNREACHABLE,
-                ErrorCode.UNAVAILABLE,
-                f"cannot connect to {target.address}: {exc.strerror or exc}"[:400],
+                index, VaultStatus.UNREACHABLE, ErrorCode.UNAVAILABLE, no_vault(target.address)
             )
         self.changed.notify()
+
+    def broke_protocol(self, target: Target, exc: RemoteProtocolError) -> None:
+        """A protocol violation: its detail only if the peer greeted us as the target's vault
+        (a peer that never did is 'not a PSP vault', and nothing it sent is repeated)."""
+        if target.index in self.connecting:
+            self.agg.fail(
+                target.index, VaultStatus.ERROR, ErrorCode.PROTOCOL, not_psp(target.address)
+            )
+        else:
+            self.agg.fail(
+                target.index,
+                VaultStatus.ERROR,
+                exc.code,
+                f"the vault broke the protocol: {exc}"[:400],
+            )
 
     async def _exchange(self, target: Target, *, fresh: bool = False) -> None:
         index = target.index
         host, port = split_address(target.address)
         for attempt in (1,) if fresh else (0, 1):
             self.connecting.add(index)
-            link, reused = await self.pool.acquire(host, port)
-            self.connecting.discard(index)
+            link, reused = await self.pool.acquire(host, port, target.vault)
+            if reused:
+                self.connecting.discard(index)  # its hello was checked (RFC-NOTES §10.1)
             try:
                 retry = await self._stream_one(target, link, may_retry=reused)
             except BaseException:

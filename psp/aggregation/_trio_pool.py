@@ -116,8 +116,12 @@ class VaultPool:
     def idle(self) -> int:
         return self._count
 
-    def take_idle(self, host: str, port: int) -> VaultLink | None:
-        """A fresh-enough idle link to ``host:port``, if any (the caller connects otherwise)."""
+    def take_idle(self, host: str, port: int, vault: bytes | None = None) -> VaultLink | None:
+        """A fresh-enough idle link to ``host:port``, if any (the caller connects otherwise).
+
+        ``vault``: the target's vault id. A link whose hello named another vault is closed
+        instead, so the target gets a fresh connection and its hello is checked like any other
+        (RFC-NOTES §10.1): a pooled link is never used for a vault it did not greet as."""
         key = (host, port)
         now = trio.current_time()
         while links := self._idle.get(key):
@@ -125,7 +129,10 @@ class VaultPool:
             self._count -= 1
             if not links:
                 del self._idle[key]
-            if now - link.idle_since < self.idle_timeout:
+            hello = link.conn.server
+            if now - link.idle_since < self.idle_timeout and (
+                vault is None or hello is None or hello.vault == vault
+            ):
                 return link
             link.close()
         return None
@@ -134,9 +141,12 @@ class VaultPool:
         """Count a connection the caller made itself."""
         self.connects += 1
 
-    async def acquire(self, host: str, port: int) -> tuple[VaultLink, bool]:
-        """A link and whether it was pooled (a pooled one may turn out closed)."""
-        link = self.take_idle(host, port)
+    async def acquire(
+        self, host: str, port: int, vault: bytes | None = None
+    ) -> tuple[VaultLink, bool]:
+        """A link and whether it was pooled (a pooled one may turn out closed); ``vault`` as
+        for :meth:`take_idle`."""
+        link = self.take_idle(host, port, vault)
         if link is not None:
             return link, True
         stream = await self._connect(host, port)

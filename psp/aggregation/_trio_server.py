@@ -16,19 +16,23 @@ on Linux, ``_trio_epoll``: one task serves every plain-TCP vault of a request) o
 
 from __future__ import annotations
 
+import math
 import select
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal
 
 import trio
 
+from ppn._trio_listener import Connection, ListenerGuard, ListenerLimits
+
 from .._errors import ErrorCode, QueryError, RemoteProtocolError
 from .._messages import Cancel, Credit, Error
 from .._query import Query, decode_query
 from ._connection import (
+    MAX_TARGETS,
     AggregateRequest,
     AggregatorConnection,
     Done,
@@ -39,14 +43,17 @@ from ._connection import (
 )
 from ._connection import ConnectionClosed as ClientGone
 from ._merge import Aggregation, VaultStatus
-from ._trio_exchange import ROW_BUDGET, Changed, FanOut, FanOutStrategy, fan_out_tasks
+from ._trio_exchange import ROW_BUDGET, Changed, FanOut, FanOutStrategy, fan_out_tasks, no_vault
 from ._trio_pool import RECEIVE_SIZE, VaultPool, split_address
 
 __all__ = [
     "EPOLL_AVAILABLE",
     "OUT_ROWS",
     "ROW_BUDGET",
+    "AllowList",
     "Fanout",
+    "RequestBudget",
+    "RequestLimits",
     "fan_out_strategy",
     "handle_client",
     "serve_orchestration",
@@ -72,12 +79,90 @@ def fan_out_strategy(fanout: Fanout, pool: VaultPool) -> FanOutStrategy:
     return fan_out_tasks
 
 
+TARGET_CHARGE = 2048  # bytes charged per target on top of its frame: its exchange's state
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestLimits:
+    """What a client may make the aggregator hold (RFC-NOTES §10.7). A request is *charged*
+    its ``tgt`` frames' bytes plus :data:`TARGET_CHARGE` per target, from its first target until
+    it ends: at most ``max_request`` per request and ``budget`` across the server (a request
+    beyond either is refused and its connection closed). A request must arrive whole within
+    ``request_deadline`` seconds of its first byte."""
+
+    max_targets: int = MAX_TARGETS
+    max_request: int = 16 << 20
+    budget: int = 64 << 20
+    request_deadline: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_targets <= MAX_TARGETS:
+            raise ValueError(f"max_targets must be between 1 and {MAX_TARGETS}")
+        for name in ("max_request", "budget", "request_deadline"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+
+
+class RequestBudget:
+    """Bytes charged to the requests in progress, shared by every connection of a server; one
+    source address may hold at most half of it, so a single host cannot starve the others."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.per_source = max(1, limit // 2)
+        self.used = 0
+        self.by_source: dict[str, int] = {}
+
+    def take(self, n: int, source: str = "") -> bool:
+        mine = self.by_source.get(source, 0)
+        if self.used + n > self.limit or mine + n > self.per_source:
+            return False
+        self.used += n
+        self.by_source[source] = mine + n
+        return True
+
+    def give(self, n: int, source: str = "") -> None:
+        if not n:
+            return
+        self.used -= n
+        left = self.by_source[source] - n
+        if left:
+            self.by_source[source] = left
+        else:
+            del self.by_source[source]
+
+
+@dataclass(frozen=True)
+class AllowList:
+    """The vaults this aggregator may reach, as ``(vault id, host, port)`` (RFC-NOTES §10.7):
+    a target is served only if its vault id and address are one entry. Hosts compare as
+    written, lowercased (``[v6]`` without brackets)."""
+
+    entries: frozenset[tuple[bytes, str, int]]
+
+    @classmethod
+    def of(cls, entries: Iterable[tuple[bytes, str, int]]) -> AllowList:
+        return cls(frozenset((v, h.strip("[]").lower(), p) for v, h, p in entries))
+
+    def allows(self, target: Target) -> bool:
+        host, port = split_address(target.address)
+        return (target.vault, host.lower(), port) in self.entries
+
+
 @dataclass
 class _Request:
     opened: AggregateRequest
+    budget: RequestBudget
+    source: str
     targets: list[Target] = field(default_factory=list)
     changed: Changed = field(default_factory=Changed)
     cancelled: bool = False
+    charged: int = 0
+
+    def release(self) -> None:
+        """Give the request's charge back (once; idempotent)."""
+        self.budget.give(self.charged, self.source)
+        self.charged = 0
 
 
 async def serve_orchestration(
@@ -87,84 +172,221 @@ async def serve_orchestration(
     pool: VaultPool | None = None,
     fanout: Fanout = "epoll",
     row_budget: int = ROW_BUDGET,
+    allowed: AllowList | None = None,
+    limits: RequestLimits | None = None,
+    listener: ListenerLimits | None = None,
+    guard: ListenerGuard | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host:port`` (the CLI's default is ``ppn.ports.AGGREGATOR_PORT``; 0 picks one).
-    ``row_budget``: bytes of vault rows a request queues before it stops granting credit."""
+    ``row_budget``: bytes of vault rows a request queues before it stops granting credit.
+    ``allowed``: the vaults targets may name; None serves any target (the CLI asks for one of
+    ``--vaults`` and ``--any-target``). Connections are held within ``listener`` (the listener
+    guard, RFC-NOTES §9.8): a connection is admitted by its first complete request."""
     pool = pool or VaultPool()
     fan_out_strategy(fanout, pool)  # a bad choice fails here, not per connection
+    guard = guard or ListenerGuard(listener)
+    limits = limits or RequestLimits()
     listeners = await trio.open_tcp_listeners(port, host=host)
-    handler = partial(handle_client, pool=pool, fanout=fanout, row_budget=row_budget)
+    handler = partial(
+        handle_client,
+        pool=pool,
+        fanout=fanout,
+        row_budget=row_budget,
+        allowed=allowed,
+        limits=limits,
+        budget=RequestBudget(limits.budget),
+    )
     task_status.started(listeners)
     try:
-        await trio.serve_listeners(handler, listeners)
+        await guard.serve(handler, listeners)
     finally:
         pool.close()
 
 
 async def handle_client(
     stream: trio.abc.Stream,
+    connection: Connection | None = None,
     *,
     pool: VaultPool,
     fanout: Fanout = "epoll",
     row_budget: int = ROW_BUDGET,
+    allowed: AllowList | None = None,
+    limits: RequestLimits | None = None,
+    budget: RequestBudget | None = None,
 ) -> None:
     """Serve one client connection until it closes; its going away cancels its request. A bug
-    while serving it ends that connection (reported on stderr), never the server."""
+    while serving it ends that connection (reported on stderr), never the server.
+    ``connection``: the listener guard's view of it (its deadlines follow the requests)."""
     strategy = fan_out_strategy(fanout, pool)
+    limits = limits or RequestLimits()
+    client = _Client(
+        stream,
+        connection,
+        pool=pool,
+        strategy=strategy,
+        row_budget=row_budget,
+        allowed=allowed,
+        limits=limits,
+        budget=budget or RequestBudget(limits.budget),
+    )
     try:
-        await _handle_client(stream, pool, strategy, row_budget)
+        await client.run()
     except Exception as exc:
         print(f"ppn orchestration: dropped a client connection: {exc!r}", file=sys.stderr)
 
 
-async def _handle_client(
-    stream: trio.abc.Stream, pool: VaultPool, strategy: FanOutStrategy, row_budget: int
-) -> None:
-    conn = AggregatorConnection()
-    send_lock = trio.Lock()
-    current: _Request | None = None
+class _Client:
+    """One client connection: reads requests, charges them, runs each in a task."""
 
-    async def flush() -> None:
-        async with send_lock:
-            data = conn.data_to_send()
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        connection: Connection | None,
+        *,
+        pool: VaultPool,
+        strategy: FanOutStrategy,
+        row_budget: int,
+        allowed: AllowList | None,
+        limits: RequestLimits,
+        budget: RequestBudget,
+    ) -> None:
+        self.stream = stream
+        self.guarded = connection
+        self.pool = pool
+        self.strategy = strategy
+        self.row_budget = row_budget
+        self.allowed = allowed
+        self.limits = limits
+        self.budget = budget
+        self.conn = AggregatorConnection(max_targets=limits.max_targets)
+        self.send_lock = trio.Lock()
+        self.current: _Request | None = None
+        self.request_began: float | None = None  # the first byte of a request still arriving
+
+    async def flush(self) -> None:
+        async with self.send_lock:
+            data = self.conn.data_to_send()
             if data:
-                await stream.send_all(data)
+                await self.stream.send_all(data)
 
-    async with stream, trio.open_nursery() as nursery:
+    async def _refuse(self, code: ErrorCode, message: str) -> None:
+        """Close the connection with ``err`` id 0 (the client learns why)."""
+        self.conn.send(Error(request_id=0, code=code, message=message))
+        with trio.move_on_after(1):
+            await self.flush()
+
+    async def run(self) -> None:
+        conn, stream = self.conn, self.stream
         try:
-            while True:
+            async with stream, trio.open_nursery() as nursery:
                 try:
-                    data = await stream.receive_some(RECEIVE_SIZE)
-                except trio.BrokenResourceError:
-                    data = b""
-                conn.receive_data(bytes(data))
-                while (event := conn.next_event()) is not None:
-                    if isinstance(event, ClientGone):
-                        nursery.cancel_scope.cancel()  # the client went away: stop everything
-                        return
-                    if isinstance(event, AggregateRequest):
-                        current = _Request(opened=event)
-                    elif isinstance(event, Target):
-                        assert current is not None
-                        current.targets.append(event)
-                        if len(current.targets) == current.opened.targets:
-                            nursery.start_soon(
-                                _run_request, conn, flush, current, pool, strategy, row_budget
+                    while True:
+                        began = self.request_began
+                        with trio.move_on_at(
+                            math.inf if began is None else began + self.limits.request_deadline
+                        ):
+                            try:
+                                data = await stream.receive_some(RECEIVE_SIZE)
+                            except trio.BrokenResourceError:
+                                data = b""
+                        if began is not None and trio.current_time() >= (
+                            began + self.limits.request_deadline
+                        ):
+                            await self._refuse(
+                                ErrorCode.DEADLINE,
+                                "a request must arrive whole within "
+                                f"{self.limits.request_deadline:g} s of its first byte",
                             )
-                    elif isinstance(event, Credit) and current is not None:
-                        current.changed.notify()
-                    elif isinstance(event, Cancel) and current is not None:
-                        current.cancelled = True
-                        current.changed.notify()
-                await flush()
-        except RemoteProtocolError:
-            # The core queued an error frame for the connection; say it and hang up.
-            with trio.move_on_after(1):
-                await flush()
-            nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            nursery.cancel_scope.cancel()
+                            nursery.cancel_scope.cancel()
+                            return
+                        conn.receive_data(bytes(data))
+                        while (event := conn.next_event()) is not None:
+                            if isinstance(event, ClientGone):
+                                nursery.cancel_scope.cancel()  # the client went away: stop all
+                                return
+                            refusal = self._on_event(event, nursery)
+                            if refusal is not None:
+                                await self._refuse(*refusal)
+                                nursery.cancel_scope.cancel()
+                                return
+                        # The request deadline runs from the first byte of a request to its
+                        # last target (a frame cut short counts as begun).
+                        arriving = conn.phase is Phase.TARGETS or (
+                            conn.partial and conn.phase in (Phase.AWAIT_HELLO, Phase.IDLE)
+                        )
+                        if not arriving:
+                            self.request_began = None
+                        elif self.request_began is None:
+                            self.request_began = trio.current_time()
+                        await self.flush()
+                except RemoteProtocolError:
+                    # The core queued an error frame for the connection; say it and hang up.
+                    with trio.move_on_after(1):
+                        await self.flush()
+                    nursery.cancel_scope.cancel()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    nursery.cancel_scope.cancel()
+        finally:
+            if self.current is not None:
+                self.current.release()
+
+    def _on_event(self, event: object, nursery: trio.Nursery) -> tuple[ErrorCode, str] | None:
+        """Apply one client event; a refusal (code, message) closes the connection."""
+        current = self.current
+        if isinstance(event, AggregateRequest):
+            if current is not None:
+                current.release()  # (the previous request has ended: the core allows no other)
+            source = self.guarded.source if self.guarded is not None else ""
+            self.current = _Request(opened=event, budget=self.budget, source=source)
+        elif isinstance(event, Target):
+            assert current is not None
+            cost = len(event.envelope) + len(event.query) + len(event.address) + TARGET_CHARGE
+            if current.charged + cost > self.limits.max_request:
+                return (
+                    ErrorCode.PROTOCOL,
+                    f"a request is charged at most {self.limits.max_request} bytes",
+                )
+            if not self.budget.take(cost, current.source):
+                return ErrorCode.UNAVAILABLE, "the aggregator is busy: try again later"
+            current.charged += cost
+            current.targets.append(event)
+            if len(current.targets) == current.opened.targets:
+                self._running(True)
+                nursery.start_soon(self._serve_request, current)
+        elif isinstance(event, Credit) and current is not None:
+            current.changed.notify()
+        elif isinstance(event, Cancel) and current is not None:
+            current.cancelled = True
+            current.changed.notify()
+        return None
+
+    def _running(self, running: bool) -> None:
+        """A running request is bounded by its own deadline; between requests the idle
+        timeout applies. The first complete request admits the connection."""
+        guarded = self.guarded
+        if guarded is None:
+            return
+        if running:
+            guarded.admit()
+            guarded.scope.deadline = math.inf
+        else:
+            guarded.touch()
+
+    async def _serve_request(self, request: _Request) -> None:
+        try:
+            await _run_request(
+                self.conn,
+                self.flush,
+                request,
+                self.pool,
+                self.strategy,
+                self.row_budget,
+                self.allowed,
+            )
+        finally:
+            request.release()
+            self._running(False)
 
 
 def _validate(targets: list[Target]) -> tuple[Query, list[int]] | Error:
@@ -217,6 +439,7 @@ async def _run_request(
     pool: VaultPool,
     strategy: FanOutStrategy,
     row_budget: int,
+    allowed: AllowList | None = None,
 ) -> None:
     opened = request.opened
     rid = opened.request_id
@@ -230,9 +453,22 @@ async def _run_request(
         return
     query, offsets = checked
     agg = Aggregation(query, offsets, mode=opened.mode)
+    targets = request.targets
+    if allowed is not None:
+        targets = [t for t in request.targets if allowed.allows(t)]
+        for t in request.targets:
+            if not allowed.allows(t):
+                agg.fail(
+                    t.index,
+                    VaultStatus.DENIED,
+                    ErrorCode.NOT_PERMITTED,
+                    f"this aggregator does not serve that vault at {t.address}"[:400],
+                )
+        if agg.stopped:
+            targets = []  # a strict request failed already: contact no vault
     job = FanOut(
         agg=agg,
-        targets=request.targets,
+        targets=targets,
         pool=pool,
         changed=request.changed,
         row_budget=row_budget,
@@ -299,7 +535,7 @@ async def _run_targets(job: FanOut, strategy: FanOutStrategy, scope: trio.Cancel
                     target.index,
                     VaultStatus.UNREACHABLE,
                     ErrorCode.UNAVAILABLE,
-                    f"cannot connect to {target.address} within the per-vault deadline"[:400],
+                    no_vault(target.address),
                 )
             else:
                 job.agg.fail(

@@ -62,8 +62,11 @@ def test_orchestration_queries_vaults_on_other_nodes_through_the_mesh(
     (tmp_path / "vaults.txt").write_text("".join(lines))
     (tmp_path / "holder.key").write_text(base64.b64encode(HOLDER.seed).decode() + "\n")
     cloud = nodes["cloud"]
+    listen = f"{mesh_address['cloud']}:{AGGREGATOR_PORT}"
+    # The holder's vault list doubles as the aggregator's allow-list (its CAP column ignored).
     via = _serve(
-        cloud, ["orchestration", "serve", "--listen", f"{mesh_address['cloud']}:{AGGREGATOR_PORT}"]
+        cloud,
+        ["orchestration", "serve", "--listen", listen, "--vaults", str(tmp_path / "vaults.txt")],
     )
 
     def query(*extra: str) -> tuple[int, list[dict[str, Any]]]:

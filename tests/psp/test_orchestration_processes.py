@@ -55,7 +55,10 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Path, list[subprocess.Popen[str]], s
             lines.append(f"{vid}@{addr} v{i}.cap  # vault {i}\n")
         (tmp_path / "vaults.txt").write_text("# entities\n" + "".join(lines))
         (tmp_path / "holder.key").write_text(base64.b64encode(HOLDER.seed).decode() + "\n")
-        agg, agg_addr = _serve(["orchestration", "serve", "--listen", "127.0.0.1:0"], tmp_path)
+        agg, agg_addr = _serve(
+            ["orchestration", "serve", "--listen", "127.0.0.1:0", "--vaults", "vaults.txt"],
+            tmp_path,
+        )
         procs.append(agg)
         yield tmp_path, procs, agg_addr
     finally:
