@@ -60,7 +60,15 @@ from ._scope import ANY, OPERATIONS, Scope
 from ._verifier import Authorization, ReplaySet, Verifier
 
 if TYPE_CHECKING:
-    from ._asyncio import AsyncioVaultClient, query_vault_asyncio
+    from ._asyncio import (
+        AsyncioVaultClient,
+        AsyncioVaultServer,
+        query_vault_asyncio,
+        serve_vault_asyncio,
+    )
+    from ._capability import invoke_for_vault
+    from ._io_vault import Vault
+    from ._trio import QueryResult, Response, VaultClient, query_vault, serve_vault
     from .aggregation import (
         AggregateCursor,
         Aggregation,
@@ -77,6 +85,16 @@ if TYPE_CHECKING:
 _LAZY = {
     "AsyncioVaultClient": "psp._asyncio",
     "query_vault_asyncio": "psp._asyncio",
+    # The embedding API (issue 20; RFC-NOTES §12): serve and query a vault under either loop.
+    "serve_vault_asyncio": "psp._asyncio",
+    "AsyncioVaultServer": "psp._asyncio",
+    "Vault": "psp._io_vault",
+    "invoke_for_vault": "psp._capability",
+    "serve_vault": "psp._trio",
+    "query_vault": "psp._trio",
+    "VaultClient": "psp._trio",
+    "QueryResult": "psp._trio",
+    "Response": "psp._trio",
     "AggregateCursor": "psp.aggregation",
     "Aggregation": "psp.aggregation",
     "AggregatorConnection": "psp.aggregation",
@@ -105,7 +123,16 @@ def __dir__() -> list[str]:
 __all__ = [
     "ANY",
     "AsyncioVaultClient",
+    "AsyncioVaultServer",
+    "QueryResult",
+    "Response",
+    "Vault",
+    "VaultClient",
+    "invoke_for_vault",
+    "query_vault",
     "query_vault_asyncio",
+    "serve_vault",
+    "serve_vault_asyncio",
     "MAX_FRAME",
     "PROTOCOL_VERSIONS",
     "Cancel",

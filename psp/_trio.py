@@ -339,6 +339,10 @@ class _Session:
         while not cursor.done:
             while conn.credit == 0 and rid not in self.cancelled and not self.closed:
                 await self.flush()
+                # The reader may have taken credit in while the flush was sending, and its
+                # wake-up went to the event this wait would not see: look again first.
+                if conn.credit or rid in self.cancelled or self.closed:
+                    break
                 if not await self._wait(CREDIT_WAIT):
                     self._error(rid, ErrorCode.DEADLINE, "no credit granted in time")
                     await self.flush()
