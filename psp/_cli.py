@@ -262,6 +262,9 @@ def _vault_serve(args: argparse.Namespace) -> int:
                     f"vault {vault.store.name} ({encode_key(vault.vault_id)}) listening on {h}:{p}",
                     flush=True,
                 )
+            from ppn._io_sdnotify import notify_ready  # systemd Type=notify (issue 17)
+
+            notify_ready()
 
     try:
         trio.run(run)

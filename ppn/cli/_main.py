@@ -15,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from importlib import import_module
 
+from ._config import ConfigError, add_global_options, apply_config, strip_global
+
 __all__ = ["CommandError", "build_parser", "main"]
 
 EXIT_OK = 0
@@ -22,6 +24,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a C tool in `| head`
+EXIT_CONFIG = 73  # a configuration file or PPN_* variable is invalid (ppn/deploy/_cli.py)
 
 
 class CommandError(Exception):
@@ -43,6 +46,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "ppn.fleet._cli": ("fleet", "vmhost", "vm"),
     "psp._cli": ("vault", "key", "cap", "query"),
     "psp.aggregation._cli": ("orchestration",),
+    "ppn.deploy._cli": ("service", "config", "doctor"),
 }
 
 
@@ -67,6 +71,7 @@ def build_parser(families: Sequence[str] | None = None) -> argparse.ArgumentPars
         ),
         epilog="Run 'ppn COMMAND --help' for what each command does. Start with 'ppn demo'.",
     )
+    add_global_options(parser)  # --version, --config (ppn/cli/_config.py)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in FAMILIES if families is None else families:
         import_module(module).register(subparsers)
@@ -90,9 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    family = _family_of(args_list)
+    family = _family_of(strip_global(args_list))
     parser = build_parser(None if family is None else [family])
-    args = parser.parse_args(args_list)
+    try:  # flag > environment > file > default (issue 17)
+        layers = apply_config(parser, args_list, {c for cs in FAMILIES.values() for c in cs})
+    except ConfigError as exc:
+        print(f"ppn: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    args = layers.finish(parser.parse_args(args_list))
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

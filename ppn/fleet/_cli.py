@@ -342,6 +342,9 @@ def _serve(run: Any) -> int:
 
             nursery.start_soon(stop_on_signal)
             await nursery.start(run)
+            from .._io_sdnotify import notify_ready  # systemd Type=notify (issue 17)
+
+            notify_ready()
 
     try:
         trio.run(main)

@@ -219,6 +219,9 @@ def _up(args: argparse.Namespace) -> int:
         print(f"ppn up: {line}", file=sys.stderr, flush=True)
 
     def ready(details: dict[str, object]) -> None:
+        from .._io_sdnotify import notify_ready  # systemd Type=notify (issue 17)
+
+        notify_ready()
         if args.json:
             print(json.dumps({"event": "up", **details}, sort_keys=True), flush=True)
 

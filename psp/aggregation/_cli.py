@@ -395,6 +395,9 @@ def _serve(args: argparse.Namespace) -> int:
             listeners = await nursery.start(serve, host, port)
             name = listeners[0].socket.getsockname()
             print(f"orchestration listening on {name[0]}:{name[1]}", flush=True)
+            from ppn._io_sdnotify import notify_ready  # systemd Type=notify (issue 17)
+
+            notify_ready()
 
     try:
         trio.run(run)
