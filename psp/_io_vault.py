@@ -63,6 +63,27 @@ class Vault:
         )
 
     @classmethod
+    def create(
+        cls,
+        directory: str | os.PathLike[str],
+        key: IdentityKey | None = None,
+        *,
+        name: str | None = None,
+    ) -> Vault:
+        """A new vault in ``directory`` with ``key`` (a new one if None): what ``ppn vault
+        init`` does, for a daemon that embeds a vault (issue 20)."""
+        path = Path(directory)
+        key = key or IdentityKey.generate()
+        path.mkdir(parents=True, exist_ok=True)
+        if (path / KEY_FILE).exists():
+            raise FileExistsError(f"{path} already holds a vault")
+        write_key_file(path / KEY_FILE, key)
+        Store.create(
+            path, name=name or path.name, vault_id=key.public, now=int(time.time())
+        ).close()
+        return cls.open(path)
+
+    @classmethod
     def open(
         cls, directory: str | os.PathLike[str], *, trusted_roots: Iterable[bytes] = ()
     ) -> Vault:
