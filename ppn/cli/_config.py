@@ -218,6 +218,12 @@ def _convert(action: argparse.Action, raw: Any, from_env: bool) -> Any:
     return _convert_one(action, raw, from_env)
 
 
+def _families() -> list[tuple[str, tuple[str, ...]]]:
+    from ._main import FAMILIES
+
+    return list(FAMILIES.items())
+
+
 def _env_name(path: tuple[str, ...], flag: str) -> str:
     return "PPN_" + "_".join((*path, flag)).upper().replace("-", "_")
 
@@ -281,7 +287,15 @@ def _walk_table(
         elif flag in flags:
             yield path, parser, flags[flag], flag, value, False, loaded.where(path, key)
         elif not path and key in known_commands and isinstance(value, dict):
-            continue  # a command of a family this run did not load: checked when it runs
+            # A command of a family this run did not load: check its table against the whole
+            # tree (built only when the file names such a command), apply nothing from it.
+            from ._main import build_parser
+
+            full = _subcommands(build_parser([m for m, cs in _families() if key in cs]))
+            for sub_path, _p, action, sub_flag, raw, _e, where in _walk_table(
+                full[key], (key,), value, loaded, set()
+            ):
+                _checked(sub_path, action, sub_flag, raw, False, where)
         else:
             where = loaded.where((*path, key) if isinstance(value, dict) else path, key)
             what = f"ppn {' '.join(path)}" if path else "ppn"
@@ -291,6 +305,19 @@ def _walk_table(
                 f"{where}: {what} has no flag --{flag}"
                 + ("" if path else " (put flags in a table named after the command, e.g. [up])")
             )
+
+
+def _checked(
+    path: tuple[str, ...], action: argparse.Action, flag: str, raw: Any, from_env: bool, where: str
+) -> Any:
+    try:
+        return _convert(action, raw, from_env)
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+        if from_env:
+            message = f"{where.split(' ', 1)[1]}={raw}: --{flag} of ppn {' '.join(path)}: {exc}"
+        else:
+            message = f"{where}: [{'.'.join(path)}] {flag} = {raw!r}: {exc}"
+        raise ConfigError(message) from None
 
 
 def _collect(
@@ -303,15 +330,7 @@ def _collect(
     for path, _sub, action, flag, raw, from_env, where in _raw_values(
         parser, loaded, environ, known_commands
     ):
-        try:
-            value = _convert(action, raw, from_env)
-        except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
-            shown = raw if from_env else repr(raw)
-            raise ConfigError(
-                f"{where}: [{'.'.join(path)}] {flag} = {shown}: {exc}"
-                if not from_env
-                else f"{where.split(' ', 1)[1]}={shown}: --{flag} of ppn {' '.join(path)}: {exc}"
-            ) from None
+        value = _checked(path, action, flag, raw, from_env, where)
         # The environment overrides the file: it comes second in _raw_values.
         layers.values[(path, flag)] = (value, where)
     return layers
