@@ -51,21 +51,21 @@ def _ok(check: str, message: str) -> Finding:
 
 
 def check_privileges() -> Finding:
-    if os.geteuid() == 0:
-        return _ok("privileges", "running as root")
+    # What configuring WireGuard needs is CAP_NET_ADMIN in the effective set: root usually has
+    # it, a unit grants it to a non-root user, and a container's root may lack it.
     try:
         status = Path("/proc/self/status").read_text()
-        eff = next(
-            int(line.split()[1], 16) for line in status.splitlines() if line.startswith("CapEff:")
-        )
+        caps = next(line for line in status.splitlines() if line.startswith("CapEff:"))
+        effective = int(caps.split()[1], 16)
     except (OSError, StopIteration, ValueError):
-        eff = 0
-    if eff >> CAP_NET_ADMIN & 1:
-        return _ok("privileges", "CAP_NET_ADMIN is effective")
+        effective = -1 if os.geteuid() == 0 else 0  # no /proc: trust root
+    who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+    if effective >> CAP_NET_ADMIN & 1:
+        return _ok("privileges", f"{who} with CAP_NET_ADMIN")
     return Finding(
         check="privileges",
         severity=Severity.BLOCKS,
-        message="neither root nor CAP_NET_ADMIN: the agent cannot configure WireGuard; run as "
+        message=f"{who} without CAP_NET_ADMIN: the agent cannot configure WireGuard; run as "
         "root or install the unit ('ppn service install agent', which grants only CAP_NET_ADMIN)",
     )
 
