@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import math
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -75,18 +76,30 @@ class Connection:
     def admit(self) -> None:
         """The peer proved itself: from now on only the idle timeout applies."""
         self.admitted = True
-        self._deadline = deadline(self._limits, admitted=True, since=self._loop.time())
+        self._set(deadline(self._limits, admitted=True, since=self._loop.time()))
 
     def touch(self) -> None:
         """Activity restarts the idle clock; before admission it does nothing."""
         if self.admitted:
-            self._deadline = deadline(self._limits, admitted=True, since=self._loop.time())
+            self._set(deadline(self._limits, admitted=True, since=self._loop.time()))
+
+    def hold(self) -> None:
+        """No deadline until the next :meth:`touch` (the service bounds the work itself, as
+        the aggregator bounds a running request by the request's own deadline)."""
+        self._deadline = math.inf
+
+    def _set(self, when: float) -> None:
+        self._deadline = when
+        if self._timer is None and not self._closing:
+            self._timer = self._loop.call_at(when, self._expire)
 
     def _expire(self) -> None:
+        self._timer = None
+        if self._deadline == math.inf:
+            return  # held: touch() arms the timer again
         if self._loop.time() < self._deadline:
             self._timer = self._loop.call_at(self._deadline, self._expire)
         else:
-            self._timer = None
             self.close()
 
     @property

@@ -18,6 +18,11 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._asyncio import (
+        AsyncioAggregatorServer,
+        AsyncioVaultPool,
+        serve_orchestration_asyncio,
+    )
     from ._connection import (
         AggregateRequest,
         AggregatorConnection,
@@ -33,7 +38,7 @@ if TYPE_CHECKING:
     from ._plan import AggregateCursor, VaultAddress, plan_targets
     from ._trio_client import AggregateResult, AggregationFailed, OrchestrationClient, query_via
     from ._trio_pool import VaultPool
-    from ._trio_server import Fanout, handle_client, serve_orchestration
+    from ._trio_server import AllowList, Fanout, RequestLimits, handle_client, serve_orchestration
 
 _LAZY = {
     "AggregateRequest": "_connection",
@@ -61,6 +66,13 @@ _LAZY = {
     "Fanout": "_trio_server",
     "handle_client": "_trio_server",
     "serve_orchestration": "_trio_server",
+    # The embedding API (issue 20; RFC-NOTES §12): the aggregator under asyncio, and the
+    # server options both loops take.
+    "AsyncioAggregatorServer": "_asyncio",
+    "AsyncioVaultPool": "_asyncio",
+    "serve_orchestration_asyncio": "_asyncio",
+    "AllowList": "_trio_server",
+    "RequestLimits": "_trio_server",
 }
 
 
@@ -78,6 +90,11 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AllowList",
+    "AsyncioAggregatorServer",
+    "AsyncioVaultPool",
+    "RequestLimits",
+    "serve_orchestration_asyncio",
     "AggregateCursor",
     "AggregateRequest",
     "AggregateResult",
