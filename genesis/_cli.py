@@ -54,11 +54,38 @@ def _common(parser: argparse.ArgumentParser, *, sponsor: bool) -> None:
             help=f"pairing address (default 0.0.0.0:{PAIRING_PORT}; port 0 picks a free port and reports it)",
         )
         parser.add_argument(
+            "--to",
+            metavar="HOST:PORT",
+            help="dial a joining node that waits with 'ppn join CODE --listen HOST:PORT' "
+            "instead of listening (for a sponsor behind NAT)",
+        )
+        parser.add_argument(
+            "--no-announce",
+            action="store_true",
+            help="do not announce the open window on the local network (mDNS)",
+        )
+        parser.add_argument(
             "--keep-open",
             action="store_true",
             help="after a failed attempt open a new window with a new code "
             "(at most 5 failed attempts per hour)",
         )
+
+
+def _reach(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mdns",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="run mDNS (window announcement or discovery) only on the interface with this "
+        "address (repeatable; default: the listen address, or every non-loopback IPv4 address)",
+    )
+    parser.add_argument(
+        "--up",
+        action="store_true",
+        help="after a successful ceremony go on as 'ppn up' (the node agent, until SIGTERM)",
+    )
 
 
 def _wrap(text: str) -> str:
@@ -97,6 +124,7 @@ def _add_genesis(subparsers: Subparsers) -> None:
     )
     p.add_argument("--mesh-cidr", default="10.8.0.0/24", metavar="CIDR", help="mesh address range")
     _common(p, sponsor=True)
+    _reach(p)
     p.set_defaults(handler=_handler("genesis"))
 
 
@@ -113,6 +141,7 @@ def _add_invite(subparsers: Subparsers) -> None:
     )
     p.add_argument("--state", required=True, metavar="DIR", help="this node's state directory")
     _common(p, sponsor=True)
+    _reach(p)
     p.set_defaults(handler=_handler("invite"))
 
 
@@ -132,8 +161,17 @@ def _add_join(subparsers: Subparsers) -> None:
     p.add_argument(
         "code", metavar="CODE", help="the code, e.g. 7-K3QF-M2XD-R (case and dashes do not matter)"
     )
-    p.add_argument(
-        "--sponsor", required=True, metavar="HOST:PORT", help="the sponsor's pairing address"
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--sponsor",
+        metavar="HOST:PORT",
+        help="the sponsor's pairing address (default: find the sponsor's window on the local "
+        "network by its mDNS announcement)",
+    )
+    where.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="wait here for a sponsor running 'ppn genesis|invite --to HOST:PORT' to dial in",
     )
     p.add_argument("--state", required=True, metavar="DIR", help="this node's state directory")
     p.add_argument("--name", help="this node's name (default: the host name)")
@@ -142,9 +180,11 @@ def _add_join(subparsers: Subparsers) -> None:
         action="append",
         default=[],
         metavar="HOST:PORT",
-        help="where other members reach this node's WireGuard (repeatable)",
+        help="where other members reach this node's WireGuard (repeatable; default: each "
+        "non-loopback address of this host, and the sponsor adds the one it saw)",
     )
     _common(p, sponsor=False)
+    _reach(p)
     p.set_defaults(handler=_handler("join"))
 
 

@@ -16,7 +16,7 @@ import trio
 from ppn import encode_key
 from ppn.cli import CommandError
 
-from . import _trio
+from . import _cli_reach, _trio
 from ._bundle import MemberRecord, lowest_free_address, parse_endpoint
 from ._code import CodeFormatError, JoinCode, parse_code
 from ._derive import PartyInfo, mesh_id_for, valid_name
@@ -145,8 +145,12 @@ def run(command: str, args: argparse.Namespace) -> int:
     directory = Path(args.state)
     try:
         if command == "join":
-            return _join(args, ui, directory, digits)
-        return _sponsor(command, args, ui, directory, digits)
+            status = _join(args, ui, directory, digits)
+        else:
+            status = _sponsor(command, args, ui, directory, digits)
+        if status == 0 and getattr(args, "up", False):
+            return _cli_reach.run_up(directory, ui.say)
+        return status
     except StateError as exc:
         ui.emit("failed", reason=FailureReason.STATE.token, message=str(exc), status=18)
         raise CommandError(str(exc), FailureReason.STATE.status) from exc
@@ -161,7 +165,11 @@ def _join(args: argparse.Namespace, ui: UI, directory: Path, digits: int) -> int
     except CodeFormatError as exc:
         ui.emit("failed", reason=FailureReason.BAD_CODE.token, message=str(exc), status=10)
         raise CommandError(str(exc), FailureReason.BAD_CODE.status) from exc
-    host, port = _split_hostport(args.sponsor, "sponsor")
+    route = _cli_reach.JoinRoute(
+        sponsor=_split_hostport(args.sponsor, "sponsor") if args.sponsor else None,
+        listen=_split_hostport(args.listen, "listen address") if args.listen else None,
+        mdns=tuple(args.mdns),
+    )
     mesh = load_mesh(directory)
     if mesh is not None:
         raise StateError(
@@ -170,13 +178,20 @@ def _join(args: argparse.Namespace, ui: UI, directory: Path, digits: int) -> int
         )
     node = load_node(directory)
     if node is None:
-        node = new_node(_checked_name(args.name), _checked_endpoints(args.endpoint))
-    ui.say(f"connecting to sponsor {args.sponsor} ...")
-    return trio.run(_join_async, host, port, node, code, ui, directory, digits)
+        endpoints = args.endpoint or _cli_reach.default_endpoints()
+        node = new_node(_checked_name(args.name), _checked_endpoints(list(endpoints)))
+    if args.sponsor:
+        ui.say(f"connecting to sponsor {args.sponsor} ...")
+    return trio.run(_join_async, route, node, code, ui, directory, digits)
 
 
 async def _join_async(
-    host: str, port: int, node: NodeState, code: JoinCode, ui: UI, directory: Path, digits: int
+    route: _cli_reach.JoinRoute,
+    node: NodeState,
+    code: JoinCode,
+    ui: UI,
+    directory: Path,
+    digits: int,
 ) -> int:
     async def decide(event: SasReady) -> ConfirmSas | Abort:
         return ConfirmSas(accept=await ui.ask_sas(event, "joiner"))
@@ -191,11 +206,11 @@ async def _join_async(
         )
         write_membership(directory, node, mesh)
 
-    result = await _trio.join(
-        host,
-        port,
+    result = await _cli_reach.join(
+        route,
+        code,
+        ui.say,
         me=_party(node),
-        code=code,
         endpoints=node.endpoints,
         decide=decide,
         joined=joined,
@@ -257,7 +272,16 @@ def _sponsor(command: str, args: argparse.Namespace, ui: UI, directory: Path, di
                 f"{directory} is not a mesh member; run 'ppn genesis' or 'ppn join' first"
             )
         node = loaded
-    return trio.run(_serve_async, host, port, node, ui, directory, digits, args.keep_open)
+    to = _split_hostport(args.to, "joining node's address") if args.to else None
+    reach = _SponsorReach(to=to, announce=not args.no_announce, mdns=tuple(args.mdns))
+    return trio.run(_serve_async, host, port, node, ui, directory, digits, args.keep_open, reach)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _SponsorReach:
+    to: tuple[str, int] | None
+    announce: bool
+    mdns: tuple[str, ...]
 
 
 def grant_for(directory: Path, peer: PartyInfo) -> Grant | None:
@@ -306,27 +330,59 @@ async def _serve_async(
     directory: Path,
     digits: int,
     keep_open: bool,
+    reach: _SponsorReach,
 ) -> int:
-    try:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-    except OSError as exc:
-        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 1) from exc
-    bound = listeners[0].socket.getsockname()
-    address = f"{bound[0]}:{bound[1]}" if ":" not in bound[0] else f"[{bound[0]}]:{bound[1]}"
     mesh = load_mesh(directory)
     assert mesh is not None
+    listeners: list[Any]
+    dial: _cli_reach.DialOut | None = None
+    if reach.to is not None:
+        dial = _cli_reach.DialOut(*reach.to, say=ui.say)
+        listeners = [dial]
+        address = _cli_reach.format_hostport(*reach.to)
+        hints: list[str] = []
+        mdns: list[str] = []
+    else:
+        try:
+            sockets = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 1) from exc
+        listeners = [_cli_reach.SeenListener(s) for s in sockets]
+        bound = sockets[0].socket.getsockname()
+        hints = _cli_reach.hint_addresses(bound[0], bound[1], exclude_network=mesh.cidr)
+        address = hints[0]  # a wildcard bind is reported as an address others can dial
+        from ._io_discovery import mdns_interfaces
+
+        mdns = list(reach.mdns) or mdns_interfaces(bound[0], exclude_network=mesh.cidr)
+        port = bound[1]
     book = WindowBook(limiter=AttemptLimiter())
 
     async def show_code(code: JoinCode) -> None:
         lifetime = int(book.lifetime)
-        ui.emit("code", code=str(code), window=code.window, address=address, expires_in=lifetime)
+        announce(code)
+        if dial is not None:
+            dial.rearm()
+        ui.emit(
+            "code",
+            code=str(code),
+            window=code.window,
+            address=address,
+            addresses=hints,
+            announced=bool(mdns and reach.announce),
+            expires_in=lifetime,
+        )
         if ui.json_mode:
             return
         print(str(code), flush=True)
+        if dial is not None:
+            how = f"  ppn join {code} --listen HOST:PORT --state DIR   (this node dials {address})"
+        else:
+            how = "\n".join(f"  ppn join {code} --sponsor {h} --state DIR" for h in hints)
+            if mdns and reach.announce:
+                how = f"  ppn join {code} --state DIR   (on this network), or\n" + how
         ui.say(
-            f"join window {code.window} open on {address} for {lifetime // 60} min; read the code "
-            f"above to the new node's operator, who runs:\n"
-            f"  ppn join {code} --sponsor {address} --state DIR\n"
+            f"join window {code.window} open for {lifetime // 60} min; read the code "
+            f"above to the new node's operator, who runs:\n{how}\n"
             "waiting for the joining node ..."
         )
 
@@ -338,19 +394,22 @@ async def _serve_async(
         return ConfirmSas(accept=accepted, grant=grant if accepted else None)
 
     async def joined(event: Joined) -> None:
-        add_member(directory, node, event.member)
+        add_member(directory, node, _cli_reach.with_seen_endpoint(event.member))
 
-    outcome = await _trio.serve_windows(
-        listeners,
-        me=_party(node),
-        mesh_id=mesh.mesh_id,
-        book=book,
-        decide=decide,
-        joined=joined,
-        show_code=show_code,
-        keep_open=keep_open,
-        sas_digits=digits,
-    )
+    async with _cli_reach.announcing(
+        reach.announce, mdns, mesh_id=mesh.mesh_id, port=port, name=node.name
+    ) as announce:
+        outcome = await _trio.serve_windows(
+            listeners,
+            me=_party(node),
+            mesh_id=mesh.mesh_id,
+            book=book,
+            decide=decide,
+            joined=joined,
+            show_code=show_code,
+            keep_open=keep_open,
+            sas_digits=digits,
+        )
     if outcome.joined is None:
         reason = outcome.failure or FailureReason.TIMEOUT
         last = outcome.failures[-1] if outcome.failures else None
