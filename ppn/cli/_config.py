@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,8 @@ class _Version(argparse.Action):
             text = version(DISTRIBUTION)
         except PackageNotFoundError:
             text = "unknown (not installed as a distribution)"
-        parser.exit(message=f"ppn {text}\n")
+        sys.stdout.write(f"ppn {text}\n")
+        parser.exit()
 
 
 def add_global_options(parser: argparse.ArgumentParser) -> None:
@@ -218,12 +221,6 @@ def _convert(action: argparse.Action, raw: Any, from_env: bool) -> Any:
     return _convert_one(action, raw, from_env)
 
 
-def _families() -> list[tuple[str, tuple[str, ...]]]:
-    from ._main import FAMILIES
-
-    return list(FAMILIES.items())
-
-
 def _env_name(path: tuple[str, ...], flag: str) -> str:
     return "PPN_" + "_".join((*path, flag)).upper().replace("-", "_")
 
@@ -254,14 +251,14 @@ def _raw_values(
     parser: argparse.ArgumentParser,
     loaded: _File | None,
     environ: Mapping[str, str],
-    known_commands: set[str],
+    families: Mapping[str, str],
 ) -> Iterator[
     tuple[tuple[str, ...], argparse.ArgumentParser, argparse.Action, str, Any, bool, str]
 ]:
     """(path, parser, action, flag, raw, from_env, where) for every configured flag."""
     commands = dict(_commands(parser))
     if loaded is not None:
-        yield from _walk_table(parser, (), loaded.data, loaded, known_commands)
+        yield from _walk_table(parser, (), loaded.data, loaded, families)
     for path, sub in commands.items():
         for flag, action in _flags(sub).items():
             name = _env_name(path, flag)
@@ -274,7 +271,7 @@ def _walk_table(
     path: tuple[str, ...],
     table: dict[str, Any],
     loaded: _File,
-    known_commands: set[str],
+    families: Mapping[str, str],
 ) -> Iterator[
     tuple[tuple[str, ...], argparse.ArgumentParser, argparse.Action, str, Any, bool, str]
 ]:
@@ -283,17 +280,16 @@ def _walk_table(
     for key, value in table.items():
         flag = key.replace("_", "-")
         if key in subs and isinstance(value, dict):
-            yield from _walk_table(subs[key], (*path, key), value, loaded, known_commands)
+            yield from _walk_table(subs[key], (*path, key), value, loaded, families)
         elif flag in flags:
             yield path, parser, flags[flag], flag, value, False, loaded.where(path, key)
-        elif not path and key in known_commands and isinstance(value, dict):
-            # A command of a family this run did not load: check its table against the whole
-            # tree (built only when the file names such a command), apply nothing from it.
-            from ._main import build_parser
-
-            full = _subcommands(build_parser([m for m, cs in _families() if key in cs]))
+        elif not path and key in families and isinstance(value, dict):
+            # A command of a family this run did not load: check its table against that
+            # family's commands (registered only when the file names one), apply nothing.
+            alone = argparse.ArgumentParser(prog="ppn")
+            import_module(families[key]).register(alone.add_subparsers())
             for sub_path, _p, action, sub_flag, raw, _e, where in _walk_table(
-                full[key], (key,), value, loaded, set()
+                _subcommands(alone)[key], (key,), value, loaded, {}
             ):
                 _checked(sub_path, action, sub_flag, raw, False, where)
         else:
@@ -324,11 +320,11 @@ def _collect(
     parser: argparse.ArgumentParser,
     loaded: _File | None,
     environ: Mapping[str, str],
-    known_commands: set[str],
+    families: Mapping[str, str],
 ) -> Layers:
     layers = Layers(file=loaded.path if loaded else None)
     for path, _sub, action, flag, raw, from_env, where in _raw_values(
-        parser, loaded, environ, known_commands
+        parser, loaded, environ, families
     ):
         value = _checked(path, action, flag, raw, from_env, where)
         # The environment overrides the file: it comes second in _raw_values.
@@ -339,7 +335,7 @@ def _collect(
 def apply_config(
     parser: argparse.ArgumentParser,
     argv: Sequence[str],
-    known_commands: set[str],
+    families: Mapping[str, str],
     environ: Mapping[str, str] | None = None,
 ) -> Layers:
     """Set the file's and the environment's values as the defaults of ``parser``'s commands."""
@@ -349,7 +345,7 @@ def apply_config(
     if path is None and not has_env:
         return Layers()
     loaded = _load(path) if path is not None else None
-    layers = _collect(parser, loaded, environ, known_commands)
+    layers = _collect(parser, loaded, environ, families)
     commands = dict(_commands(parser))
     for (cmd, flag), (value, _) in layers.values.items():
         sub = commands[cmd]
@@ -378,7 +374,7 @@ def effective(
     environ = os.environ if environ is None else environ
     path = _choose_file(given, environ)
     loaded = _load(path) if path is not None else None
-    layers = _collect(parser, loaded, environ, set())
+    layers = _collect(parser, loaded, environ, {})
     rows = []
     for cmd, sub in _commands(parser):
         for flag, action in _flags(sub).items():

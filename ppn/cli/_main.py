@@ -98,7 +98,7 @@ def _main(argv: Sequence[str] | None) -> int:
     family = _family_of(strip_global(args_list))
     parser = build_parser(None if family is None else [family])
     try:  # flag > environment > file > default (issue 17)
-        layers = apply_config(parser, args_list, {c for cs in FAMILIES.values() for c in cs})
+        layers = apply_config(parser, args_list, {c: m for m, cs in FAMILIES.items() for c in cs})
     except ConfigError as exc:
         print(f"ppn: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -16,7 +16,7 @@ from ppn.cli._config import ConfigError, apply_config
 from ppn.cli._main import FAMILIES, build_parser
 
 PPN = [sys.executable, "-m", "ppn"]
-KNOWN = {c for cs in FAMILIES.values() for c in cs}
+KNOWN = {c: m for m, cs in FAMILIES.items() for c in cs}
 
 
 def _parse(argv: list[str], env: dict[str, str]) -> Any:
