@@ -17,6 +17,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._asyncio import AsyncioFleetController, AsyncioVmHostService
     from ._directory import (
         DirectoryError,
         Member,
@@ -97,6 +98,9 @@ _LAZY: dict[str, str] = {
     "NodeRecord": "_table",
     "NodeTable": "_table",
     "FleetController": "_trio_controller",
+    # The embedding API on asyncio (issue 20; RFC-NOTES §12).
+    "AsyncioFleetController": "_asyncio",
+    "AsyncioVmHostService": "_asyncio",
     "FleetControllerConfig": "_trio_controller",
     "DEFAULT_HEARTBEAT_INTERVAL": "_trio_host",
     "VmHostConfig": "_trio_host",
@@ -123,6 +127,8 @@ __all__ = [
     "SAFETY_MARGIN_MB",
     "Candidate",
     "DirectoryError",
+    "AsyncioFleetController",
+    "AsyncioVmHostService",
     "FleetController",
     "FleetControllerConfig",
     "Heartbeat",

@@ -184,12 +184,16 @@ class FleetController:
 
     # --- operator requests -------------------------------------------------------------------
 
+    def _now(self) -> float:
+        """The loop's clock (the asyncio controller, ``ppn.fleet._asyncio``, overrides it)."""
+        return trio.current_time()
+
     def status(self) -> dict[str, Any]:
-        return status_document(self.table, trio.current_time(), controller=self.member.name)
+        return status_document(self.table, self._now(), controller=self.member.name)
 
     def advise(self, request: ControlRequest) -> dict[str, Any]:
         """Advisory placement as a reply map (``ok`` false with ``message`` when refused)."""
-        self.table.handle_timer(trio.current_time())
+        self.table.handle_timer(self._now())
         self._after_table_change()
         pool = candidates(self.table)
         decision = place(request.placement_request(), pool)

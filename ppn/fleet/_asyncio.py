@@ -1,0 +1,393 @@
+"""The fleet controller and the vm-host on asyncio (RFC-NOTES §8, §12; issue 20).
+
+Each is the trio service with its I/O done on asyncio: the node table, the replay guard,
+placement, the spawn cores and every decision (status, advice, what a heartbeat carries, whether
+a spawn is accepted) are the trio class's own methods, inherited; only sockets, timers, the
+operator's Unix socket and the worker thread are re-done here. The listeners run behind the
+asyncio listener guard with the same limits (``HEARTBEAT_LIMITS``, ``SPAWN_LIMITS``, decided by
+``ppn._listener_limits``). ``config.connect`` is the trio seam and is not used here (vm-hosts
+and the controller are reached with ``asyncio.open_connection``); a configured provisioner
+command runs through the same ``run_provisioner`` as under trio, in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import math
+import os
+import secrets
+import socket
+import stat
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from .. import wire
+from .._asyncio_listener import Connection, ListenerGuard, open_tcp_listeners
+from .._errors import PPNError, RemoteProtocolError
+from ._heartbeat import (
+    MAX_HEARTBEAT_SIZE,
+    decode_heartbeat_reply,
+    encode_heartbeat,
+    encode_heartbeat_reply,
+)
+from ._io_host import ProvisionerResult, run_provisioner
+from ._io_state import save_replay_state
+from ._operator import MAX_CONTROL_FRAME, ControlRequest, decode_control_request
+from ._spawn import (
+    MAX_SPAWN_FRAME,
+    SpawnAnswer,
+    SpawnClient,
+    SpawnRequested,
+    SpawnServer,
+    SpawnState,
+)
+from ._trio_controller import FleetController, FleetControllerConfig
+from ._trio_host import SPAWN_LIMITS, VmHostConfig, VmHostService
+from ._vm import VmRecord, VmSpec, VmState, is_totebox
+
+__all__ = ["AsyncioFleetController", "AsyncioVmHostService"]
+
+log = logging.getLogger("ppn.fleet")
+
+
+async def _read_frame(reader: asyncio.StreamReader, max_size: int) -> bytes:
+    decoder = wire.FrameDecoder(max_size=max_size)
+    while True:
+        data = await reader.read(65536)
+        decoder.feed(data)
+        try:
+            frame = decoder.next_frame()
+        except wire.FrameError as exc:  # an oversized header: the peer's fault, never ours
+            raise RemoteProtocolError(str(exc)) from exc
+        if frame is not None:
+            return frame
+        if not data:
+            raise RemoteProtocolError("connection closed before a whole frame arrived")
+
+
+def _abort(writer: asyncio.StreamWriter) -> None:
+    writer.transport.abort()
+
+
+class AsyncioFleetController(FleetController):
+    """The fleet controller on asyncio: ``await controller.start()`` binds and serves in the
+    background (``controller.port``), ``await controller.close()`` stops it."""
+
+    def __init__(self, config: FleetControllerConfig) -> None:
+        super().__init__(config)
+        self.guard = ListenerGuard(config.limits)  # type: ignore[assignment]
+        self._wake = asyncio.Event()
+        self._save = asyncio.Lock()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._control_server: asyncio.AbstractServer | None = None
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _after_table_change(self) -> None:
+        super()._after_table_change()
+        self._wake.set()  # the eviction timer re-reads the table's next deadline
+
+    async def eviction_timer(self) -> None:
+        """Evict silent nodes on time: sleep until the table's next deadline, forever."""
+        loop = asyncio.get_running_loop()
+        while True:
+            deadline = self.table.get_timer()
+            self._wake.clear()
+            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            if deadline is not None and loop.time() >= deadline:
+                self.table.handle_timer(loop.time())
+                super()._after_table_change()
+
+    async def _save_replay_state(self) -> None:
+        path = self.config.replay_path
+        if path is None:
+            return
+        async with self._save:
+            try:
+                await asyncio.to_thread(save_replay_state, Path(path), self.table.replay)
+            except OSError as exc:
+                log.warning("cannot save the replay state to %s: %s", path, exc.strerror or exc)
+
+    async def _heartbeat(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _conn: Connection
+    ) -> None:
+        """One heartbeat connection: one frame in, one reply frame out."""
+        try:
+            async with asyncio.timeout(self.config.connection_timeout):
+                payload = await _read_frame(reader, MAX_HEARTBEAT_SIZE)
+                try:
+                    self.table.receive_heartbeat(payload, self._now())
+                except RemoteProtocolError as exc:
+                    log.warning("heartbeat refused: %s", exc)
+                    reply = encode_heartbeat_reply(accepted=False, reason=str(exc))
+                else:
+                    reply = encode_heartbeat_reply(accepted=True)
+                    await self._save_replay_state()
+                finally:
+                    self._after_table_change()
+                writer.write(wire.encode_frame(reply, max_size=1024))
+                await writer.drain()
+        except (RemoteProtocolError, TimeoutError, OSError) as exc:
+            log.info("heartbeat connection dropped: %s", exc or "timed out")
+        finally:
+            _abort(writer)
+
+    async def create(self, request: ControlRequest) -> dict[str, Any]:
+        """Dispatch a VM to the node the operator confirmed (as the trio controller does)."""
+        if not request.node:
+            return {
+                "ok": False,
+                "error": "refused",
+                "message": "a create names the node the operator confirmed",
+            }
+        advice = self.advise(request)
+        if not advice["ok"]:
+            return advice
+        record = self.table.live_node(request.node)
+        if record is None:  # pragma: no cover - advise just checked it
+            return {"ok": False, "error": "refused", "message": "node left the fleet"}
+        request_id = secrets.token_bytes(16)
+        name = request.name or f"{request.vm_type}-{request_id.hex()[:8]}"
+        spec = VmSpec(
+            vm_type=request.vm_type, name=name, ram_mb=request.ram_mb, vcpus=request.vcpus
+        )
+        client = SpawnClient(
+            key=self.config.identity, node_id=record.member.node_id, request_id=request_id,
+            spec=spec,
+        )  # fmt: skip
+        address = record.member.mesh_address
+        try:
+            async with asyncio.timeout(self.config.connection_timeout):
+                reader, writer = await asyncio.open_connection(address, self.config.spawn_port)
+                try:
+                    while client.state is not SpawnState.DONE:
+                        client.receive_data(await reader.read(MAX_SPAWN_FRAME))
+                        out = client.data_to_send()
+                        if out:
+                            writer.write(out)
+                            await writer.drain()
+                finally:
+                    _abort(writer)
+        except (PPNError, TimeoutError, OSError) as exc:
+            message = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            log.warning("dispatch to %s failed: %s", record.name, message)
+            return {
+                "ok": False,
+                "error": "dispatch",
+                "message": f"could not dispatch to {record.name} ({address}): {message}",
+            }
+        answer = client.next_event()
+        if not isinstance(answer, SpawnAnswer):  # pragma: no cover - core invariant
+            return {"ok": False, "error": "dispatch", "message": "no answer from the vm-host"}
+        if not answer.accepted:
+            return {
+                "ok": False,
+                "error": "dispatch",
+                "message": f"{record.name} refused the VM: {answer.reason}",
+            }
+        return {
+            "ok": True,
+            "node": record.name,
+            "vm": spec.to_wire(),
+            "request_id": request_id.hex(),
+            "totebox": is_totebox(spec.vm_type),
+        }
+
+    async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(max(self.config.connection_timeout * 2, 30)):
+                payload = await _read_frame(reader, MAX_CONTROL_FRAME)
+                try:
+                    request = decode_control_request(payload)
+                except RemoteProtocolError as exc:
+                    reply: dict[str, Any] = {"ok": False, "error": "request", "message": str(exc)}
+                else:
+                    try:
+                        reply = await self.handle_control(request)
+                    except PPNError as exc:
+                        log.exception("control request %s failed", request.op)
+                        reply = {"ok": False, "error": "request", "message": str(exc)}
+                data = wire.pack_canonical(reply)
+                writer.write(wire.encode_frame(data, max_size=MAX_CONTROL_FRAME))
+                await writer.drain()
+        except (RemoteProtocolError, TimeoutError, OSError) as exc:
+            log.info("control connection dropped: %s", exc or "timed out")
+        finally:
+            _abort(writer)
+
+    async def _open_control(self, path: str) -> asyncio.AbstractServer:
+        if os.path.exists(path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            with probe:
+                try:
+                    probe.connect(path)
+                except OSError:
+                    if stat.S_ISSOCK(os.lstat(path).st_mode):
+                        os.unlink(path)  # a stale socket from a controller that died
+                else:
+                    raise OSError(errno.EADDRINUSE, f"a controller already serves {path}")
+        old_umask = os.umask(0o077)  # the socket is the operator's authority: owner only
+        try:
+            return await asyncio.start_unix_server(self._control, path)
+        finally:
+            os.umask(old_umask)
+
+    async def start(self) -> int:
+        """Bind and serve in the background; returns the heartbeat port."""
+        host = self.config.listen_address or self.member.mesh_address
+        listeners = open_tcp_listeners(host, self.config.port)
+        self.port = listeners[0].getsockname()[1]
+        guard: ListenerGuard = self.guard  # type: ignore[assignment]
+        self._tasks.append(asyncio.ensure_future(guard.serve(self._heartbeat, listeners)))
+        if self.config.control_path:
+            self._control_server = await self._open_control(self.config.control_path)
+        self._tasks.append(asyncio.ensure_future(self.eviction_timer()))
+        assert self.port is not None
+        return self.port
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._control_server is not None:
+            self._control_server.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.config.control_path or "")
+
+
+class AsyncioVmHostService(VmHostService):
+    """The vm-host on asyncio: ``await service.start()`` (returns the spawn port) serves spawn
+    requests and sends heartbeats in the background; ``await service.close()`` stops it."""
+
+    def __init__(self, config: VmHostConfig) -> None:
+        super().__init__(config)
+        self.guard = ListenerGuard(SPAWN_LIMITS)  # type: ignore[assignment]
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def send_heartbeat(self) -> bool:
+        """Send one heartbeat; True if the controller accepted it. Never raises for I/O trouble."""
+        try:
+            address = self._controller_address()
+            payload = encode_heartbeat_frame(self)
+            async with asyncio.timeout(self.config.send_timeout):
+                reader, writer = await asyncio.open_connection(address, self.config.controller_port)
+                try:
+                    writer.write(payload)
+                    await writer.drain()
+                    reply = await _read_frame(reader, 1024)
+                finally:
+                    _abort(writer)
+            accepted, reason = decode_heartbeat_reply(reply)
+        except (OSError, TimeoutError, PPNError, ValueError) as exc:
+            self.heartbeats_missed += 1
+            what = "timed out" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
+            log.warning("heartbeat not delivered (%s); will retry on schedule", what)
+            return False
+        if not accepted:
+            self.heartbeats_missed += 1
+            log.warning("controller refused our heartbeat: %s", reason)
+            return False
+        self.heartbeats_sent += 1
+        return True
+
+    async def heartbeat_loop(self) -> None:
+        """Send on a fixed schedule (start + k * interval), skipping slots already past."""
+        loop = asyncio.get_running_loop()
+        interval = self.config.interval
+        start = loop.time()
+        slot = 0
+        while True:
+            await self.send_heartbeat()
+            now = loop.time()
+            slot = max(slot + 1, math.floor((now - start) / interval) + 1)
+            await asyncio.sleep(max(0.0, start + slot * interval - loop.time()))
+
+    async def _provision(self, request_id: bytes) -> None:
+        record = self.vms[request_id]
+        if self.config.provision is not None:
+            result = await self.config.provision(record.spec, request_id)
+        else:
+            result = await asyncio.to_thread(_provision_in_thread, self.config, record.spec,
+                                             request_id)  # fmt: skip
+        state = VmState.RUNNING if result.ok else VmState.FAILED
+        self.vms[request_id] = replace(record, state=state, detail=result.detail)
+        log.info(
+            "VM %s is %s (provisioner: %s)", record.spec.name, state.value, result.detail or "-"
+        )
+
+    async def _spawn(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _conn: Connection
+    ) -> None:
+        """One spawn connection; if accepted, run the provisioner after answering."""
+        accepted: bytes | None = None
+        core = SpawnServer(
+            node_id=self.member.node_id,
+            directory=self.config.directory,
+            nonce=secrets.token_bytes(16),
+        )
+        try:
+            async with asyncio.timeout(10):
+                writer.write(core.data_to_send())
+                await writer.drain()
+                while core.state is SpawnState.AWAIT_REQUEST:
+                    core.receive_data(await reader.read(MAX_SPAWN_FRAME))
+                event = core.next_event()
+                if not isinstance(event, SpawnRequested):  # pragma: no cover - core invariant
+                    raise PPNError("spawn core advanced without a request")
+                decision = self._decide(event)
+                if decision.accepted:
+                    self.vms[event.request_id] = VmRecord(
+                        request_id=event.request_id, spec=event.spec, state=VmState.PROVISIONING
+                    )
+                    accepted = event.request_id
+                else:
+                    log.warning("spawn request refused: %s", decision.reason)
+                core.send(decision)
+                writer.write(core.data_to_send())
+                await writer.drain()
+        except (PPNError, TimeoutError, OSError) as exc:
+            log.warning("spawn connection dropped: %s", exc or "timed out")
+        finally:
+            _abort(writer)
+        if accepted is not None:
+            await self._provision(accepted)
+
+    async def start(self) -> int:
+        """Bind the spawn listener, start heartbeating; returns the spawn port."""
+        host = self.config.listen_address or self.member.mesh_address
+        listeners = open_tcp_listeners(host, self.config.spawn_port)
+        self.spawn_port = listeners[0].getsockname()[1]
+        guard: ListenerGuard = self.guard  # type: ignore[assignment]
+        self._tasks.append(asyncio.ensure_future(guard.serve(self._spawn, listeners)))
+        self._tasks.append(asyncio.ensure_future(self.heartbeat_loop()))
+        assert self.spawn_port is not None
+        return self.spawn_port
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def encode_heartbeat_frame(service: VmHostService) -> bytes:
+    payload = encode_heartbeat(service.build_heartbeat(), service.config.identity)
+    return wire.encode_frame(payload, max_size=len(payload))
+
+
+def _provision_in_thread(
+    config: VmHostConfig, spec: VmSpec, request_id: bytes
+) -> ProvisionerResult:
+    # The one provisioner runner (a trio subprocess with its timeout), on a loop of its own.
+    import trio
+
+    run = partial(run_provisioner, config.provisioner, spec, request_id,
+                  timeout=config.provisioner_timeout)  # fmt: skip
+    return trio.run(run)
