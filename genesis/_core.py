@@ -74,6 +74,9 @@ class CeremonyCore(FramedConnection[S, Event]):
         self._now = now
         if self.state in self.TERMINAL or self._deadline is None or now < self._deadline:
             return
+        if self._unproven():
+            self._fail(FailureReason.WRONG_CODE, tell_peer=True, detail=self.UNPROVEN_DETAIL)
+            return
         self._fail(FailureReason.TIMEOUT, tell_peer=True)
 
     def receive_data(self, data: bytes, now: float) -> None:
@@ -103,9 +106,6 @@ class CeremonyCore(FramedConnection[S, Event]):
             return
         self._lookup(self.ON_MESSAGE, type(message), remote=True)(self, message, payload)
 
-    def _on_eof(self) -> None:
-        self._fail(FailureReason.PEER_VANISHED, tell_peer=False)
-
     def _tell_peer(self, error: Exception) -> None:
         # A protocol error ends the ceremony: tell the peer and the application why.
         self._deadline = None
@@ -129,9 +129,30 @@ class CeremonyCore(FramedConnection[S, Event]):
     def _code_spent(self) -> bool:
         return False
 
-    def _fail(self, reason: FailureReason, *, tell_peer: bool, by_peer: bool = False) -> None:
+    def _fail(
+        self, reason: FailureReason, *, tell_peer: bool, by_peer: bool = False, detail: str = ""
+    ) -> None:
         if tell_peer:
             self._send_message(m.Abort(reason=reason.token))
         self.state = self.FAILED
         self._deadline = None
-        self._events.append(Failed(reason=reason, by_peer=by_peer, code_spent=self._code_spent()))
+        self._events.append(
+            Failed(reason=reason, by_peer=by_peer, code_spent=self._code_spent(), detail=detail)
+        )
+
+    # A peer that received our CPace share, then went silent or away before proving the code,
+    # looks exactly like a guesser: the operator hears "interference or a wrong code", not
+    # "vanished" (issue 14, finding 11; RFC-NOTES §5.8).
+    UNPROVEN_DETAIL = (
+        "the other side took the code's one guess and left without proving it knew the code"
+    )
+
+    def _unproven(self) -> bool:
+        """True in the states where the peer holds our share but has not confirmed the key."""
+        return False
+
+    def _on_eof(self) -> None:
+        if self._unproven():
+            self._fail(FailureReason.WRONG_CODE, tell_peer=False, detail=self.UNPROVEN_DETAIL)
+            return
+        self._fail(FailureReason.PEER_VANISHED, tell_peer=False)

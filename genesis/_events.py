@@ -19,6 +19,8 @@ __all__ = [
     "JoinRequested",
     "Joined",
     "SasReady",
+    "SpendCode",
+    "SpendRequested",
 ]
 
 
@@ -80,6 +82,15 @@ class JoinRequested:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SpendRequested:
+    """Sponsor (with ``spend_check``): the joiner's share arrived; finishing CPace spends the
+    window's one guess. Answer SpendCode, or Abort(CROWDED) when another ceremony on the same
+    window already spent it (RFC-NOTES §5.7)."""
+
+    window: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class SasReady:
     """Both: keys confirmed both ways; show ``sas`` and ask the operator. ``peer`` is bound in AD."""
 
@@ -118,6 +129,11 @@ class AcceptWindow:
     """Sponsor: run the ceremony on this window with its code."""
 
     code: JoinCode = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpendCode:
+    """Sponsor: this ceremony may spend the window's code (the answer to SpendRequested)."""
 
 
 @dataclass(frozen=True, kw_only=True)

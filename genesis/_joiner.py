@@ -109,6 +109,9 @@ class Joiner(CeremonyCore[JoinerState]):
     def _code_spent(self) -> bool:
         return self._cpace is not None
 
+    def _unproven(self) -> bool:
+        return self.state is JoinerState.AWAIT_REVEAL
+
     # --- messages from the sponsor ---------------------------------------------------------------
 
     def _on_offer(self, message: m.Offer, payload: bytes) -> None:

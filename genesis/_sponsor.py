@@ -44,6 +44,8 @@ from ._events import (
     Joined,
     JoinRequested,
     SasReady,
+    SpendCode,
+    SpendRequested,
 )
 from .cpace import CPace, CPaceError, Role
 
@@ -56,6 +58,7 @@ class SponsorState(enum.Enum):
     AWAIT_HELLO = "await_hello"
     WINDOW_CHECK = "window_check"
     AWAIT_SHARE = "await_share"
+    SPEND_CHECK = "spend_check"
     AWAIT_CONFIRM = "await_confirm"
     SAS = "sas"
     AWAIT_ENDPOINTS = "await_endpoints"
@@ -89,6 +92,8 @@ class Sponsor(CeremonyCore[SponsorState]):
         sas_modulus: int | None = None,
         step_timeout: float = 60.0,
         sas_timeout: float = 120.0,
+        pre_confirm_timeout: float | None = None,
+        spend_check: bool = False,
     ) -> None:
         super().__init__(
             SponsorState.AWAIT_HELLO, now=now, step_timeout=step_timeout, sas_timeout=sas_timeout
@@ -112,7 +117,13 @@ class Sponsor(CeremonyCore[SponsorState]):
         self._grant: Grant | None = None
         self._keys = (b"", b"")
         self.digits = sas_digits
-        self._deadline = now + step_timeout
+        # Until the joiner has proved the code (its key confirmation), every wait is short: a
+        # real joiner's software answers at once, and a peer that only holds a connection must
+        # not hold the window (RFC-NOTES §5.7). None keeps the step timeout.
+        self.pre_confirm_timeout = pre_confirm_timeout or step_timeout
+        self._spend_check = spend_check
+        self._share: tuple[m.Share, bytes] | None = None
+        self._deadline = now + self.pre_confirm_timeout
 
     @property
     def peer(self) -> PartyInfo | None:
@@ -121,6 +132,9 @@ class Sponsor(CeremonyCore[SponsorState]):
 
     def _code_spent(self) -> bool:
         return self._spent
+
+    def _unproven(self) -> bool:
+        return self.state is SponsorState.AWAIT_CONFIRM
 
     # --- messages from the joiner ----------------------------------------------------------------
 
@@ -135,8 +149,22 @@ class Sponsor(CeremonyCore[SponsorState]):
         self._events.append(JoinRequested(window=message.window))
 
     def _on_share(self, message: m.Share, payload: bytes) -> None:
-        assert self._cpace is not None
+        assert self._hello is not None
+        # A malformed AD is the peer's protocol error, found while its message is read.
         self._peer = decode_ad(message.ad)
+        if self._spend_check:
+            self._share = (message, payload)
+            self._goto(SponsorState.SPEND_CHECK, timeout=None)
+            self._events.append(SpendRequested(window=self._hello.window))
+            return
+        self._spend(message, payload)
+
+    def _spend_code(self, event: SpendCode) -> None:
+        assert self._share is not None
+        self._spend(*self._share)
+
+    def _spend(self, message: m.Share, payload: bytes) -> None:
+        assert self._cpace is not None
         self._transcript.append(payload)
         self._spent = True  # from here on the code has been guessed against
         try:
@@ -148,7 +176,7 @@ class Sponsor(CeremonyCore[SponsorState]):
         self._transcript.append(
             self._send_message(m.Reveal(y=self._cpace.share, ad=self._ad, tag=tag))
         )
-        self._goto(SponsorState.AWAIT_CONFIRM, timeout=self.step_timeout)
+        self._goto(SponsorState.AWAIT_CONFIRM, timeout=self.pre_confirm_timeout)
 
     def _on_confirm(self, message: m.Confirm, payload: bytes) -> None:
         assert self._cpace is not None and self._peer is not None
@@ -211,7 +239,7 @@ class Sponsor(CeremonyCore[SponsorState]):
             sas_digits=self._own_digits,
         )
         self._transcript.append(self._send_message(offer))
-        self._goto(SponsorState.AWAIT_SHARE, timeout=self.step_timeout)
+        self._goto(SponsorState.AWAIT_SHARE, timeout=self.pre_confirm_timeout)
 
     def _confirm_sas(self, event: ConfirmSas) -> None:
         if not event.accept:
@@ -250,5 +278,6 @@ class Sponsor(CeremonyCore[SponsorState]):
     }
     ON_EVENT: ClassVar[dict[tuple[Any, type], Callable[..., None]]] = {
         (SponsorState.WINDOW_CHECK, AcceptWindow): _accept_window,
+        (SponsorState.SPEND_CHECK, SpendCode): _spend_code,
         (SponsorState.SAS, ConfirmSas): _confirm_sas,
     }

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import trio
 
-from ._code import JoinCode
+from ._code import MAX_WINDOW, JoinCode
 from ._core import CeremonyCore
 from ._derive import PartyInfo
 from ._errors import GenesisError, RemoteProtocolError
@@ -32,6 +32,8 @@ from ._events import (
     Joined,
     JoinRequested,
     SasReady,
+    SpendCode,
+    SpendRequested,
 )
 from ._joiner import Joiner
 from ._sponsor import DEFAULT_SAS_DIGITS, Sponsor
@@ -49,6 +51,12 @@ __all__ = [
 ]
 
 RECEIVE_SIZE = 65536
+# The pairing listener's limits (RFC-NOTES §5.7, §5.11): connections held at once, and from one
+# source address; until its key confirmation a connection has PRE_CONFIRM_TIMEOUT for each wait
+# (a joiner's software answers at once), and at the cap the oldest unconfirmed one is closed.
+MAX_PAIRING_CONNECTIONS = 64
+PAIRING_PER_SOURCE = 4
+PRE_CONFIRM_TIMEOUT = 10.0
 
 
 class CeremonyApp(Protocol):
@@ -65,6 +73,9 @@ class CeremonyApp(Protocol):
 class SponsorApp(CeremonyApp, Protocol):
     def window_requested(self, event: JoinRequested) -> AcceptWindow | Abort:
         """Claim the window a joiner asked for, or refuse it."""
+
+    def spend_requested(self, event: SpendRequested) -> SpendCode | Abort:
+        """Let this ceremony spend the window's one guess, or refuse (crowded)."""
 
 
 async def run_ceremony(
@@ -103,6 +114,8 @@ async def run_ceremony(
                 while (event := core.next_event()) is not None:
                     if isinstance(event, JoinRequested):
                         core.send(_sponsor_app(app).window_requested(event), trio.current_time())
+                    elif isinstance(event, SpendRequested):
+                        core.send(_sponsor_app(app).spend_requested(event), trio.current_time())
                     elif isinstance(event, SasReady):
                         nursery.start_soon(ask, event)
                     elif isinstance(event, Joined):
@@ -174,7 +187,7 @@ class ServeOutcome:
     failures: list[Failed] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Connection:
     """Per-connection glue between one Sponsor core and the window book."""
 
@@ -182,9 +195,10 @@ class _Connection:
     decide_cb: Callable[[SasReady], Awaitable[ConfirmSas | Abort]]
     joined_cb: Callable[[Joined], Awaitable[None]]
     claimed: int | None = None
+    confirmed: bool = False  # the joiner proved the code: never evicted to make room
 
     def window_requested(self, event: JoinRequested) -> AcceptWindow | Abort:
-        status, code = self.book.claim(event.window, trio.current_time())
+        status, code = self.book.claim(event.window, trio.current_time(), shared=True)
         if status is WindowStatus.BUSY:
             return Abort(reason=FailureReason.CROWDED)
         if status is WindowStatus.MISSING or code is None:
@@ -192,11 +206,28 @@ class _Connection:
         self.claimed = event.window
         return AcceptWindow(code=code)
 
+    def spend_requested(self, event: SpendRequested) -> SpendCode | Abort:
+        status = self.book.spend(event.window, trio.current_time())
+        if status is WindowStatus.BUSY:
+            return Abort(reason=FailureReason.CROWDED)
+        if status is WindowStatus.MISSING:
+            return Abort(reason=FailureReason.NO_WINDOW)
+        return SpendCode()
+
     async def decide(self, event: SasReady) -> ConfirmSas | Abort:
+        self.confirmed = True
         return await self.decide_cb(event)
 
     async def joined(self, event: Joined) -> None:
         await self.joined_cb(event)
+
+
+def _peer_host(stream: trio.abc.Stream) -> str:
+    sock = getattr(stream, "socket", None)
+    try:
+        return str(sock.getpeername()[0]) if sock is not None else "local"
+    except OSError:
+        return "unknown"
 
 
 async def serve_windows(
@@ -224,7 +255,9 @@ async def serve_windows(
 
     async def open_window() -> bool:
         try:
-            code = book.open(trio.current_time(), secrets.token_bytes(5))
+            # A random number: a window's number must not be guessable (issue 14, finding 11).
+            pick = secrets.randbelow(MAX_WINDOW)
+            code = book.open(trio.current_time(), secrets.token_bytes(5), pick=pick)
         except RateLimited:
             outcome.failure = FailureReason.RATE_LIMITED
             return False
@@ -235,9 +268,33 @@ async def serve_windows(
         return outcome
 
     async with trio.open_nursery() as nursery:
+        held: dict[_Connection, trio.CancelScope] = {}  # insertion order = age
+        by_source: dict[str, int] = {}
 
         async def handle(stream: trio.abc.Stream) -> None:
+            source = _peer_host(stream)
+            if by_source.get(source, 0) >= PAIRING_PER_SOURCE:
+                await trio.aclose_forcefully(stream)
+                return
+            if len(held) >= MAX_PAIRING_CONNECTIONS:
+                oldest = next((c for c in held if not c.confirmed), None)
+                if oldest is None:
+                    await trio.aclose_forcefully(stream)
+                    return
+                held.pop(oldest).cancel()
             connection = _Connection(book=book, decide_cb=decide, joined_cb=joined)
+            by_source[source] = by_source.get(source, 0) + 1
+            with trio.CancelScope() as scope:
+                held[connection] = scope
+                try:
+                    await ceremony(stream, connection)
+                finally:
+                    held.pop(connection, None)
+                    by_source[source] -= 1
+                    if not by_source[source]:
+                        del by_source[source]
+
+        async def ceremony(stream: trio.abc.Stream, connection: _Connection) -> None:
             core = Sponsor(
                 me=me,
                 mesh_id=mesh_id,
@@ -247,6 +304,8 @@ async def serve_windows(
                 sas_modulus=sas_modulus,
                 step_timeout=step_timeout,
                 sas_timeout=sas_timeout,
+                pre_confirm_timeout=min(step_timeout, PRE_CONFIRM_TIMEOUT),
+                spend_check=True,
             )
             result = await run_ceremony(stream, core, connection)
             if isinstance(result, Failed):
@@ -259,6 +318,7 @@ async def serve_windows(
                 trio.current_time(),
                 joined=isinstance(result, Joined),
                 code_spent=spent,
+                shared=True,
             )
             if isinstance(result, Joined):
                 outcome.joined = result

@@ -1,9 +1,13 @@
 """Join windows and the failed-attempt limit on the sponsor side (sans-IO, RFC-NOTES §5.7).
 
-A window is a code waiting for one joiner. It lives ``WINDOW_LIFETIME`` seconds, serves one
-ceremony at a time (a second joiner meanwhile is "crowded"), and is burned by the first
-ceremony that spends its code — success or not: one guess per code. A ceremony that ended
-before the joiner's share arrived (no guess made) leaves the window open.
+A window is a code waiting for one joiner. It lives ``WINDOW_LIFETIME`` seconds and is burned
+by the first ceremony that spends its code — success or not: one guess per code. A ceremony
+that ended before the joiner's share arrived (no guess made) leaves the window open. A claim is
+exclusive (a second joiner meanwhile is "crowded"), or with ``shared=True`` several ceremonies
+may be opened on one window and only :meth:`WindowBook.spend` is exclusive: the first share
+takes the one guess, later shares are "crowded", so a peer that only says ``hello`` cannot hold
+the window (RFC-NOTES §5.7). A burned window's number is not reused for an hour, and the
+adapter picks numbers at random (``pick``), so the next window's number cannot be predicted.
 
 The limiter counts failed guesses across all windows of a sponsor over a sliding hour; at
 ``MAX_FAILURES`` it refuses to open more windows until the oldest failure is an hour old.
@@ -81,7 +85,8 @@ class WindowStatus(enum.Enum):
 class _Window:
     code: JoinCode
     expires: float
-    busy: bool = False
+    busy: bool = False  # a ceremony holds it: claimed exclusively, or its code being spent
+    pending: int = 0  # shared claims whose ceremony has not reached the share yet
 
 
 class WindowBook:
@@ -93,30 +98,62 @@ class WindowBook:
         self.limiter = limiter or AttemptLimiter()
         self.lifetime = lifetime
         self._windows: dict[int, _Window] = {}
+        self._retired: dict[int, float] = {}  # burned number -> when it may be used again
 
-    def open(self, now: float, secret: bytes) -> JoinCode:
-        """Open a window with a code from ``secret`` (5 random bytes). Raises RateLimited."""
+    def open(self, now: float, secret: bytes, *, pick: int | None = None) -> JoinCode:
+        """Open a window with a code from ``secret`` (5 random bytes). Raises RateLimited.
+
+        The number is the lowest free one, or with ``pick`` (a random integer from the adapter)
+        the ``pick``-th free one modulo their count; never an open one nor one burned in the
+        last hour."""
         self.expire(now)
         if not self.limiter.allowed(now):
             raise RateLimited(self.limiter.retry_at(now))
-        number = next(n for n in range(1, MAX_WINDOW + 1) if n not in self._windows)
+        self._retired = {n: t for n, t in self._retired.items() if t > now}
+        free = [
+            n for n in range(1, MAX_WINDOW + 1) if n not in self._windows and n not in self._retired
+        ]
+        if not free:
+            raise RateLimited(min(self._retired.values(), default=now))
+        number = free[0] if pick is None else free[pick % len(free)]
         code = make_code(number, secret)
         self._windows[number] = _Window(code=code, expires=now + self.lifetime)
         return code
 
-    def claim(self, window: int, now: float) -> tuple[WindowStatus, JoinCode | None]:
-        """A joiner asked for ``window``: OPEN (now busy, with its code), BUSY or MISSING."""
+    def claim(
+        self, window: int, now: float, *, shared: bool = False
+    ) -> tuple[WindowStatus, JoinCode | None]:
+        """A joiner asked for ``window``: OPEN (with its code), BUSY or MISSING. An exclusive
+        claim makes the window busy; a shared one only counts it (see :meth:`spend`)."""
         self.expire(now)
         entry = self._windows.get(window)
         if entry is None:
             return WindowStatus.MISSING, None
         if entry.busy:
             return WindowStatus.BUSY, None
-        entry.busy = True
+        if shared:
+            entry.pending += 1
+        else:
+            entry.busy = True
         return WindowStatus.OPEN, entry.code
 
-    def release(self, window: int, now: float, *, joined: bool, code_spent: bool) -> None:
-        """A ceremony on ``window`` ended. A spent code burns the window; a failed guess counts."""
+    def spend(self, window: int, now: float) -> WindowStatus:
+        """A shared claim's ceremony is about to spend the code: OPEN (it may; the window is
+        now busy), BUSY (another ceremony spends it) or MISSING (expired or burned)."""
+        entry = self._windows.get(window)
+        if entry is None:
+            return WindowStatus.MISSING
+        if entry.busy:
+            return WindowStatus.BUSY
+        entry.busy = True
+        entry.pending -= 1
+        return WindowStatus.OPEN
+
+    def release(
+        self, window: int, now: float, *, joined: bool, code_spent: bool, shared: bool = False
+    ) -> None:
+        """A ceremony on ``window`` ended. A spent code burns the window (its number rests an
+        hour); a failed guess counts. ``shared``: the claim was shared and never spent."""
         entry = self._windows.get(window)
         if entry is None:
             return
@@ -124,6 +161,9 @@ class WindowBook:
             del self._windows[window]
             if not joined:
                 self.limiter.record_failure(now)
+                self._retired[window] = now + self.limiter.period
+        elif shared:
+            entry.pending -= 1
         else:
             entry.busy = False
 
