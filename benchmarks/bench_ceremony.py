@@ -7,6 +7,9 @@
 2. Loopback, wall clock: from starting ``ppn join`` (a fresh interpreter) to its SAS line on
    stdout, against a sponsor already waiting; side by side with a bare ``python -c pass``
    start, so the ratio says what the ceremony adds to interpreter start.
+3. On a LAN of two network namespaces (root only): ``ppn join CODE`` finding the sponsor by
+   mDNS against ``ppn join CODE --sponsor HOST:PORT``, start to SAS, interleaved in one run
+   (RFC-NOTES §5.12: discovery may add at most ~300 ms).
 
     .venv/bin/python -m benchmarks ceremony
 """
@@ -41,6 +44,7 @@ from ppn import IdentityKey, WireGuardKeyPair
 
 GOAL_CPU_MS = 5.0
 GOAL_WALL_S = 1.0
+GOAL_DISCOVERY_S = 0.3
 
 
 def _party(name: str) -> PartyInfo:
@@ -193,6 +197,40 @@ def bare_interpreter_wall() -> float:
     return time.perf_counter() - start
 
 
+def discovery_vs_sponsor(samples: int = 7) -> tuple[list[float], list[float]] | None:
+    """Start -> SAS for the two ways a joiner finds its sponsor, on a two-namespace LAN."""
+    from interop.join_discovery import lan, ppn, read_event, start
+    from interop.netns import Lab, netns_unavailable_reason
+
+    if netns_unavailable_reason(need_wireguard=False) is not None:
+        return None
+    found: list[float] = []
+    direct: list[float] = []
+    with Lab() as lab, tempfile.TemporaryDirectory(prefix="bench-discovery-") as tmp:
+        (sp_host, _), (jo_host, _) = lan(lab, ["bsp", "bjo"])
+        for n in range(2 * samples):
+            deadline = time.monotonic() + 60
+            sponsor = start(
+                sp_host,
+                ppn("genesis", "--state", f"{tmp}/s{n}", "--name", "alpha", "--events", "json"),
+            )
+            code = read_event(sponsor.stdout, deadline)
+            time.sleep(1.5)  # the announcement is out (mDNS probing takes about a second)
+            by_mdns = n % 2 == 0
+            where = [] if by_mdns else ["--sponsor", code["address"]]
+            argv = ppn("join", code["code"], *where, "--state", f"{tmp}/j{n}", "--name", "beta")
+            begin = time.perf_counter()
+            joiner = start(jo_host, [*argv, "--events", "json"])
+            event = read_event(joiner.stdout, deadline)
+            elapsed = time.perf_counter() - begin
+            assert event["event"] == "sas", event
+            (found if by_mdns else direct).append(elapsed)
+            for proc in (joiner, sponsor):
+                proc.kill()
+                proc.wait()
+    return found, direct
+
+
 def main() -> None:
     for _ in range(5):
         ceremony_per_side()
@@ -235,6 +273,22 @@ def main() -> None:
     print(f"  ratio join-to-SAS / bare interpreter start: {j_wall / b_wall:.1f}x")
     print(f"  goal <= {GOAL_WALL_S} s: {'met' if j_wall <= GOAL_WALL_S else 'MISSED'}")
     sys.stdout.flush()
+
+    lan_result = discovery_vs_sponsor()
+    if lan_result is None:
+        print("discovery vs --sponsor: skipped (needs root and network namespaces)")
+        return
+    by_mdns, by_address = (statistics.median(v) for v in lan_result)
+    print(
+        f"'ppn join' start to SAS on a 2-namespace LAN (median of {len(lan_result[0])}, interleaved)"
+    )
+    print(f"  ppn join CODE            (mDNS discovery): {by_mdns * 1e3:7.1f} ms")
+    print(f"  ppn join CODE --sponsor HOST:PORT:         {by_address * 1e3:7.1f} ms")
+    added = by_mdns - by_address
+    print(
+        f"  discovery adds {added * 1e3:.0f} ms; goal <= {GOAL_DISCOVERY_S * 1e3:.0f} ms: "
+        f"{'met' if added <= GOAL_DISCOVERY_S else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""How the two sides of ``ppn genesis|invite|join`` find each other (RFC-NOTES §5.9, §5.10).
+"""How the two sides of ``ppn genesis|invite|join`` find each other (RFC-NOTES §5.12, §5.13).
 
 - **Discovery**: ``ppn join CODE`` without ``--sponsor`` or ``--listen`` finds the sponsor by
   the window number, through the sponsor's mDNS announcement (:mod:`genesis._io_discovery`).
@@ -218,7 +218,7 @@ async def join(
     decide: Callable[[SasReady], Awaitable[ConfirmSas | Abort]],
     **ceremony: Any,
 ) -> Joined | Failed:
-    """The joiner's ceremony over the chosen route (RFC-NOTES §5.9, §5.10)."""
+    """The joiner's ceremony over the chosen route (RFC-NOTES §5.12, §5.13)."""
     if route.sponsor is not None:
         host, port = route.sponsor
         return await _trio.join(host, port, code=code, decide=decide, **ceremony)
@@ -284,7 +284,7 @@ async def _join_discovered(
         answer = await decide(event)
         # Another announcer for the window, seen by the time the operator answered: the
         # ceremony may be with an impostor that guessed nothing yet but could be racing the
-        # real sponsor. The code is given up (RFC-NOTES §5.9).
+        # real sponsor. The code is given up (RFC-NOTES §5.12).
         if finder.interfered:
             return Abort(reason=FailureReason.WRONG_CODE)
         return answer

@@ -1,4 +1,4 @@
-"""Join windows on the LAN: DNS-SD over mDNS with python-zeroconf (RFC-NOTES §5.9).
+"""Join windows on the LAN: DNS-SD over mDNS with python-zeroconf (RFC-NOTES §5.12).
 
 A sponsor with an open window announces a ``_ppn-join._tcp`` service whose TXT record holds
 only public facts: the window number, a prefix of the mesh id and the protocol version; the SRV

@@ -1,4 +1,4 @@
-"""Join by code alone on a LAN (RFC-NOTES §5.9): namespaces on one bridge, mDNS only there.
+"""Join by code alone on a LAN (RFC-NOTES §5.12): namespaces on one bridge, mDNS only there.
 
 - ``ppn join CODE`` with no address finds the sponsor by its announcement; the sponsor's hint
   names its LAN address, never 0.0.0.0; the joiner offers its underlay address as endpoint.

@@ -1,4 +1,4 @@
-"""Reverse dial for a sponsor behind NAT (RFC-NOTES §5.10).
+"""Reverse dial for a sponsor behind NAT (RFC-NOTES §5.13).
 
 The sponsor sits behind a router that masquerades it (nftables); the joiner, on the public
 side, cannot reach the sponsor at all. ``ppn join CODE --listen`` waits, ``ppn genesis --to``
