@@ -2,11 +2,11 @@
 
 The trio twin of ``asyncio_daemon.py``, using the adapters ``ppn`` itself runs on:
 
-1. the join client (``genesis._trio.join``): joins a mesh by code; the SAS is printed as a JSON
+1. the join client (``genesis.join``): joins a mesh by code; the SAS is printed as a JSON
    line and the operator's ``yes``/``no`` is read from stdin;
 2. the node agent (:class:`ppn.mesh.MeshNode` driving :class:`ppn.mesh.MeshAgent`): serves PPN
    control, pulls from the sponsor, pushes its own signed entry, plans WireGuard peers;
-3. the PSP client (``psp._trio.VaultClient``): counts a collection with a capability.
+3. the PSP client (``psp.VaultClient``): counts a collection with a capability.
 
 Then it serves until SIGTERM/SIGINT and exits 0. Same options as the asyncio daemon::
 
@@ -28,9 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import daemon_support as support
 
 import genesis
-from genesis import _trio as genesis_trio
+import psp
 from ppn import mesh
-from psp import _trio as psp_trio
 
 
 async def ask_operator(event: genesis.SasReady) -> genesis.ConfirmSas:
@@ -46,7 +45,7 @@ async def join_mesh(args: argparse.Namespace) -> bool:
     async def joined(event: genesis.Joined) -> None:
         support.persist(args.state, node, event)
 
-    result = await genesis_trio.join(
+    result = await genesis.join(
         host,
         port,
         me=support.party(node),
@@ -100,7 +99,7 @@ async def main(argv: list[str] | None = None) -> int:
             if args.vault:
                 key, cap = support.load_holder(args)
                 vhost, vport = support.split_hostport(args.vault)
-                async with await psp_trio.VaultClient.connect(vhost, vport) as client:
+                async with await psp.VaultClient.connect(vhost, vport) as client:
                     result = await client.query(key, cap, support.count_query(args.collection))
                 rows = [r.decode() for r in result.rows]
                 support.emit("query", rows=rows, as_of=result.header.as_of)

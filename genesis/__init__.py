@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ._io_state import MeshState, NodeState, StateError, load_mesh, load_node, write_membership
     from ._joiner import Joiner, JoinerState
     from ._sponsor import Sponsor, SponsorState
+    from ._trio import ServeOutcome, join, serve_windows
     from ._window import AttemptLimiter, RateLimited, WindowBook, WindowStatus
 
 # Loaded on first use, so `ppn` commands of other families do not pay for the ceremony's
@@ -74,6 +75,10 @@ _LAZY = {
     "RateLimited": "_window",
     "WindowBook": "_window",
     "WindowStatus": "_window",
+    # The embedding API on trio (issue 20; RFC-NOTES §12); join_asyncio is its asyncio twin.
+    "join": "_trio",
+    "serve_windows": "_trio",
+    "ServeOutcome": "_trio",
 }
 
 
@@ -116,7 +121,10 @@ __all__ = [
     "StateError",
     "WindowBook",
     "WindowStatus",
+    "join",
     "join_asyncio",
+    "serve_windows",
+    "ServeOutcome",
     "load_mesh",
     "load_node",
     "lowest_free_address",

@@ -188,3 +188,31 @@ async def test_example_daemon_joins_syncs_and_queries(example: str, tmp_path: Pa
 def _split(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host, int(port)
+
+
+def _private_imports(source: str) -> list[str]:
+    """Modules (or names from them) an example imports whose dotted path has a private part."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            paths = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module != "__future__":
+            paths = [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found += [p for p in paths if any(part.startswith("_") for part in p.split("."))]
+    return found
+
+
+def test_examples_import_no_private_module() -> None:
+    """Issue 20: the examples embed the stack through public names only."""
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
+    assert examples
+    for path in examples:
+        assert _private_imports(path.read_text()) == [], path.name
+    assert _private_imports("from genesis import _trio as t\nimport psp._trio\n") == [
+        "genesis._trio",
+        "psp._trio",
+    ]
