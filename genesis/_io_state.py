@@ -230,7 +230,34 @@ def _mesh_json(mesh: MeshState) -> dict[str, Any]:
 
 
 def write_membership(directory: Path, node: NodeState, mesh: MeshState) -> None:
-    """Persist a node and its mesh membership: keys, node.json, wg-quick file, mesh.json last."""
+    """Persist a node and its mesh membership: keys, node.json, wg-quick file, mesh.json last.
+
+    A failure (a full disk, a read-only or unusable path) is a :class:`StateError` and leaves
+    nothing new behind: the files and the directory this call created are removed, so a failed
+    ceremony writes nothing (RFC-NOTES §5.8) and a rerun starts clean (issue 14, finding 12)."""
+    created_dir = not directory.exists()
+    names = ("identity.key", "wireguard.key", "node.json", wg_config_path(directory, mesh).name)
+    before = {n for n in (*names, "mesh.json") if (directory / n).exists()}
+    try:
+        _write_membership(directory, node, mesh)
+    except OSError as exc:
+        for name in (*names, "mesh.json"):
+            if name not in before:
+                try:
+                    (directory / name).unlink(missing_ok=True)
+                except OSError:
+                    pass  # not a directory, or unreadable: there is nothing of ours to remove
+        if created_dir:
+            try:
+                directory.rmdir()
+            except OSError:
+                pass  # something else is in it: leave it
+        raise StateError(
+            f"cannot write the state directory {directory}: {exc.strerror or exc}"
+        ) from exc
+
+
+def _write_membership(directory: Path, node: NodeState, mesh: MeshState) -> None:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     existing = load_node(directory)
     if existing is None:

@@ -91,3 +91,35 @@ def test_atomic_write_replaces_whole_files(tmp_path: Path) -> None:
     atomic_write(target, b"one")
     atomic_write(target, b"two")
     assert target.read_bytes() == b"two" and stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_a_full_disk_leaves_nothing_half_written(tmp_path: Path) -> None:
+    """Issue 14, finding 12: `ppn genesis` on a full disk left identity.key and wireguard.key
+    behind. A write that fails is a StateError and removes what it created."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        with open(mount / "filler", "wb") as filler:
+            try:
+                filler.write(b"\0" * (1 << 20))
+            except OSError:
+                pass
+        node = new_node("alpha")
+        state = mount / "state"
+        mesh = MeshState(
+            mesh_id=bytes(16), cidr="10.8.0.0/24", address="10.8.0.1", sponsor=bytes(32), roster=()
+        )
+        with pytest.raises(StateError, match="No space left"):
+            write_membership(state, node, mesh)
+        assert not state.exists()
+        (mount / "filler").unlink()
+        write_membership(state, node, mesh)  # a rerun with room works
+        assert (state / "mesh.json").exists()
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
