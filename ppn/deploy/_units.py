@@ -162,7 +162,9 @@ def render_unit(role: Role, executable: str, *, config: str = CONFIG_FILE) -> st
         f"AmbientCapabilities={caps}",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
-        "ProtectHome=yes",
+        # read-only, not "yes": an interpreter installed under a home directory (pyenv) must
+        # still run; nothing of ppn writes there.
+        "ProtectHome=read-only",
         "PrivateTmp=yes",
         "ProtectKernelTunables=yes",
         "ProtectControlGroups=yes",
