@@ -30,6 +30,7 @@ exit status:
   17  too many failed attempts in the last hour: no window opens for now (try later)
   18  the state directory cannot be used (already joined, not a member, unreadable)
   19  the sponsor refused the join (name or key already in the mesh, or no free address)
+  130 interrupted (Ctrl-C); a ceremony under way first tells the other side 'cancelled'
 """
 
 EVENTS_HELP = (

@@ -33,6 +33,7 @@ EXIT_STATUSES = """exit statuses:
   71  systemd is not running here, or systemctl refused
   72  (remove, status) the unit is not installed
   73  a configuration file or PPN_* variable is invalid (the message names file and line)
+  130 interrupted (Ctrl-C)
 """
 
 

@@ -38,7 +38,7 @@ DEFAULT_CONTROL = "/run/ppn/fleet.sock"
 _STATUSES = """exit statuses:
   0 success · 60 controller unreachable · 61 placement refused · 62 not confirmed ·
   63 dispatch failed · 64 migration refused · 65 provisioner failed · 66 bad configuration ·
-  67 timed out waiting for the provisioner"""
+  67 timed out waiting for the provisioner · 130 interrupted"""
 
 _DIRECTORY_HELP = (
     'JSON member directory: {"members": [{"name", "identity" (base64 Ed25519 public key), '

@@ -33,7 +33,7 @@ wg-quick keys (Address, DNS, MTU, Table, PreUp...) are accepted and ignored, lik
 exit status: 0 in sync (or made so); 20 bad CONFIG; 21 no such WireGuard interface;
 22 desired state refused (nothing changed); 23 the device refused a change; 24 read-back
 differs; 25 no WireGuard on this machine (CONFIG written to the state directory instead);
-26 permission denied; 27 an endpoint host name does not resolve.
+26 permission denied; 27 an endpoint host name does not resolve; 130 interrupted.
 
 examples:
   ppn wg sync wg0 /etc/wireguard/wg0.conf --dry-run
@@ -44,7 +44,7 @@ Per peer: endpoint, allowed IPs, latest handshake (flagged stale when older than
 --stale-after seconds, or never), bytes received and sent. Private and preshared keys are
 never printed.
 
-exit status: 0 shown; 21 no such WireGuard interface; 26 permission denied.
+exit status: 0 shown; 21 no such WireGuard interface; 26 permission denied; 130 interrupted.
 
 examples:
   ppn wg show

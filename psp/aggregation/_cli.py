@@ -54,7 +54,7 @@ through an aggregator (VM-Orchestration), many vaults at once:
   --resume CURSOR          the next page: the cursor a previous answer printed
   --vault-timeout S        per-vault deadline (default: --timeout less 10%, at most 1 s less)
 exit statuses: 49 aggregator unreachable or refused, 50 strict query failed,
-  51 best-effort answer incomplete, 52 bad vault list
+  51 best-effort answer incomplete, 52 bad vault list, 130 interrupted
 example:
   ppn query --via 127.0.0.1:9211 --vaults entities.txt --key me.key --collection people --count
 """
