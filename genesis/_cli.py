@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 EXIT_STATUSES = """\
 exit status:
   0   joined (the joiner is in the sponsor's roster; both state directories updated)
+  1   the pairing port cannot be opened (in use, or not permitted); nothing written
   10  the code is malformed or has a typo (checked locally; nothing was sent)
   11  the code did not match, or someone interfered: get a new code
   12  an operator rejected the comparison string (SAS); nothing installed

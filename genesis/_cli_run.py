@@ -262,9 +262,11 @@ def _sponsor(command: str, args: argparse.Namespace, ui: UI, directory: Path, di
             sponsor=node.identity.public,
             roster=(me,),
         )
-        write_membership(directory, node, mesh)
-        ui.say(f"created mesh {mesh.mesh_id.hex()} ({network}); this node is {node.name} ({first})")
+        # Written only once the pairing listener is open (in _serve_async): a busy port must
+        # not leave a mesh behind that a rerun would refuse ("use 'ppn invite'").
+        create: MeshState | None = mesh
     else:
+        create = None
         loaded = load_node(directory)
         mesh_loaded = load_mesh(directory)
         if loaded is None or mesh_loaded is None:
@@ -274,7 +276,9 @@ def _sponsor(command: str, args: argparse.Namespace, ui: UI, directory: Path, di
         node = loaded
     to = _split_hostport(args.to, "joining node's address") if args.to else None
     reach = _SponsorReach(to=to, announce=not args.no_announce, mdns=tuple(args.mdns))
-    return trio.run(_serve_async, host, port, node, ui, directory, digits, args.keep_open, reach)
+    return trio.run(
+        _serve_async, host, port, node, ui, directory, digits, args.keep_open, reach, create
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -331,8 +335,9 @@ async def _serve_async(
     digits: int,
     keep_open: bool,
     reach: _SponsorReach,
+    create: MeshState | None = None,
 ) -> int:
-    mesh = load_mesh(directory)
+    mesh = create or load_mesh(directory)
     assert mesh is not None
     listeners: list[Any]
     dial: _cli_reach.DialOut | None = None
@@ -355,6 +360,17 @@ async def _serve_async(
 
         mdns = list(reach.mdns) or mdns_interfaces(bound[0], exclude_network=mesh.cidr)
         port = bound[1]
+    if create is not None:
+        try:
+            write_membership(directory, node, create)
+        except StateError:
+            for listener in listeners:
+                await listener.aclose()
+            raise
+        ui.say(
+            f"created mesh {create.mesh_id.hex()} ({create.cidr}); "
+            f"this node is {node.name} ({create.address})"
+        )
     book = WindowBook(limiter=AttemptLimiter())
 
     async def show_code(code: JoinCode) -> None:
