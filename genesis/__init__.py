@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ._errors import GenesisError, LocalProtocolError, RemoteProtocolError
 
 if TYPE_CHECKING:
-    from ._asyncio import join_asyncio
+    from ._asyncio import join_asyncio, serve_windows_asyncio
     from ._bundle import JoinerBundle, MemberRecord, SponsorBundle, lowest_free_address
     from ._code import CodeFormatError, JoinCode, make_code, parse_code
     from ._derive import PartyInfo, mesh_id_for
@@ -76,6 +76,7 @@ _LAZY = {
     "WindowBook": "_window",
     "WindowStatus": "_window",
     # The embedding API on trio (issue 20; RFC-NOTES §12); join_asyncio is its asyncio twin.
+    "serve_windows_asyncio": "_asyncio",
     "join": "_trio",
     "serve_windows": "_trio",
     "ServeOutcome": "_trio",
@@ -124,6 +125,7 @@ __all__ = [
     "join",
     "join_asyncio",
     "serve_windows",
+    "serve_windows_asyncio",
     "ServeOutcome",
     "load_mesh",
     "load_node",

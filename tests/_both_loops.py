@@ -86,7 +86,10 @@ def served(
         yield value
     finally:
         if not stop.is_set():
-            stopper[0]()
+            try:
+                stopper[0]()
+            except (trio.RunFinishedError, RuntimeError):
+                pass  # the server ended on its own meanwhile (its loop is gone)
         thread.join(timeout)
         assert not thread.is_alive(), "the server did not stop when cancelled"
         while not reported.empty():
