@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -50,8 +50,21 @@ DISCOVERY_TIMEOUT = 15.0
 INTERFERENCE_SETTLE = 1.0
 # A reverse-dialling sponsor retries a joiner that is not listening yet this often.
 REDIAL_INTERVAL = 1.0
+# How long ``ppn join --listen`` waits for the sponsor to dial: the window's whole lifetime.
+LISTEN_TIMEOUT = 600.0
 
 Say = Callable[[str], None]
+
+
+class Show(Protocol):
+    """Start a progress display: ``show(what, total_seconds, left_in=...)``."""
+
+    def __call__(self, what: str, total: float | None, *, left_in: str = "") -> None: ...
+
+
+def _no_show(what: str, total: float | None, *, left_in: str = "") -> None:
+    pass
+
 
 # The address a sponsor's current connection came from, set by the listener when it accepts
 # (each connection's handler task starts with a copy of the accepting task's context, so every
@@ -216,6 +229,8 @@ async def join(
     code: JoinCode,
     say: Say,
     decide: Callable[[SasReady], Awaitable[ConfirmSas | Abort]],
+    *,
+    show: Show = _no_show,
     **ceremony: Any,
 ) -> Joined | Failed:
     """The joiner's ceremony over the chosen route (RFC-NOTES §5.12, §5.13)."""
@@ -223,7 +238,7 @@ async def join(
         host, port = route.sponsor
         return await _trio.join(host, port, code=code, decide=decide, **ceremony)
     if route.listen is not None:
-        return await _join_listening(route.listen, code, say, decide, **ceremony)
+        return await _join_listening(route.listen, code, say, decide, show=show, **ceremony)
     return await _join_discovered(route, code, say, decide, **ceremony)
 
 
@@ -232,6 +247,8 @@ async def _join_listening(
     code: JoinCode,
     say: Say,
     decide: Callable[[SasReady], Awaitable[ConfirmSas | Abort]],
+    *,
+    show: Show,
     **ceremony: Any,
 ) -> Joined | Failed:
     host, port = listen
@@ -248,8 +265,9 @@ async def _join_listening(
     # One connection only: the first one in gets the ceremony (and its one guess of the code);
     # the listener closes at once so nobody queues behind it. The window's lifetime bounds the
     # wait: the sponsor's window closes after it anyway.
+    show("waiting for the sponsor to dial in", LISTEN_TIMEOUT, left_in="in the window")
     try:
-        with trio.move_on_after(600) as scope:
+        with trio.move_on_after(LISTEN_TIMEOUT) as scope:
             stream = await listeners[0].accept()
     finally:
         for listener in listeners:
@@ -257,7 +275,14 @@ async def _join_listening(
     if scope.cancelled_caught:
         return Failed(reason=FailureReason.TIMEOUT, detail="no sponsor dialled in 10 min")
     say(f"sponsor connected from {_host_of(stream)}")
+    show("pairing with the sponsor", _trio_step(ceremony), left_in="in this step")
     return await _trio.join_stream(stream, code=code, decide=decide, **ceremony)
+
+
+def _trio_step(ceremony: dict[str, Any]) -> float:
+    from ._core import STEP_TIMEOUT
+
+    return float(ceremony.get("step_timeout", STEP_TIMEOUT))
 
 
 async def _join_discovered(

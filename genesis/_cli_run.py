@@ -7,7 +7,11 @@ import ipaddress
 import json
 import socket
 import sys
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ from ppn.cli import CommandError
 from . import _cli_reach, _trio
 from ._bundle import MemberRecord, lowest_free_address, parse_endpoint
 from ._code import CodeFormatError, JoinCode, parse_code
+from ._core import SAS_TIMEOUT, STEP_TIMEOUT
 from ._derive import PartyInfo, mesh_id_for, valid_name
 from ._events import Abort, ConfirmSas, Failed, FailureReason, Grant, Joined, SasReady
 from ._io_state import (
@@ -84,12 +89,102 @@ def _member_json(member: MemberRecord) -> dict[str, Any]:
     }
 
 
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class Progress:
+    """What a wait longer than a second shows (issue 16): elapsed time and the time left in
+    the window or step. On a terminal one line, rewritten every second; otherwise (a log, a
+    pipe) a line every 10 s, so a log is not flooded. Text mode only: the JSON events carry
+    their own deadlines (``expires_in``) and stay unchanged.
+
+    A thread draws it, not a trio task: the waits are in several places (the sponsor's window,
+    the joiner's connect, both SAS steps), some inside the ceremony's callbacks, and a thread
+    needs no nursery around them whose exception groups would reach the user."""
+
+    TTY_INTERVAL = 1.0
+    LOG_INTERVAL = 10.0
+
+    def __init__(self, *, enabled: bool, tty: bool) -> None:
+        self.enabled, self.tty = enabled, tty
+        self.interval = self.TTY_INTERVAL if tty else self.LOG_INTERVAL
+        self._lock = threading.Lock()
+        self._wait: tuple[str, float | None, str, float] | None = None
+        self._drawn_at = 0.0
+        self._live = False  # a progress line is on the terminal, without its newline
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        self._thread = threading.Thread(target=self._loop, name="ppn-progress", daemon=True)
+        self._thread.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            self._thread.join()
+            self.hide()
+
+    def show(
+        self, what: str, total: float | None, *, left_in: str = "", since: float | None = None
+    ) -> None:
+        """From now on, draw ``what: M:SS elapsed, M:SS left <left_in>`` (``since`` is a
+        ``time.monotonic()`` start when the wait began earlier)."""
+        with self._lock:
+            now = time.monotonic()
+            self._wait = (what, total, left_in, now if since is None else since)
+            self._drawn_at = now
+
+    def hide(self) -> None:
+        with self._lock:
+            self._wait = None
+            self._erase()
+
+    def line(self, text: str, *, end: str = "\n") -> None:
+        with self._lock:
+            self._erase()
+            print(text, end=end, file=sys.stderr, flush=True)
+
+    def _erase(self) -> None:
+        if self._live:
+            print("\r\x1b[K", end="", file=sys.stderr, flush=True)
+            self._live = False
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.2):
+            with self._lock:
+                now = time.monotonic()
+                if self._wait is None or now - self._drawn_at < self.interval:
+                    continue
+                self._drawn_at = now
+                what, total, left_in, since = self._wait
+                text = f"  {what}: {_clock(now - since)} elapsed"
+                if total is not None:
+                    text += f", {_clock(total - (now - since))} left"
+                    text += f" {left_in}" if left_in else ""
+                if self.tty:
+                    print(f"\r\x1b[K{text}", end="", file=sys.stderr, flush=True)
+                    self._live = True
+                else:
+                    print(text, file=sys.stderr, flush=True)
+
+
 @dataclass
 class UI:
     """Text mode: progress and prompts on stderr, the code on stdout. JSON mode: events on
     stdout, one object per line, and 'yes'/'no' lines on stdin."""
 
     json_mode: bool
+    progress: Progress = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.progress = Progress(enabled=not self.json_mode, tty=sys.stderr.isatty())
 
     def emit(self, event: str, **fields: Any) -> None:
         if self.json_mode:
@@ -97,10 +192,12 @@ class UI:
 
     def say(self, line: str) -> None:
         if not self.json_mode:
-            print(line, file=sys.stderr, flush=True)
+            self.progress.line(line)
 
     async def ask_sas(self, event: SasReady, role: str) -> bool:
         peer = event.peer
+        self.progress.hide()
+        sas_started = time.monotonic()  # the SAS step's clock starts with this event
         self.emit(
             "sas",
             sas=event.sas,
@@ -119,14 +216,28 @@ class UI:
             self.say("")
             self.say(f"        {event.sas}")
             self.say("")
-            print("  Same number on both screens? [y/N] ", end="", file=sys.stderr, flush=True)
+            self.progress.line(
+                f"  Same number on both screens? [y/N] (answer within {_clock(SAS_TIMEOUT)}) ",
+                end="",
+            )
+            if not self.progress.tty:
+                # A terminal's prompt is left alone while its operator types; a log gets the
+                # clock.
+                self.progress.show("waiting for the answer", SAS_TIMEOUT, left_in="in the SAS step")
         line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+        self.progress.hide()
         answer = line.strip().lower()
         accepted = answer in ("y", "yes")
         if not self.json_mode and not sys.stdin.isatty():
             self.say(answer or "(no answer)")  # a piped answer is not echoed by a terminal
         if accepted:
             self.say("  confirmed; waiting for the other operator ...")
+            self.progress.show(
+                "waiting for the other operator",
+                SAS_TIMEOUT,
+                left_in="in the SAS step",
+                since=sas_started,
+            )
         return accepted
 
     def failed(self, failure: Failed) -> CommandError:
@@ -144,10 +255,11 @@ def run(command: str, args: argparse.Namespace) -> int:
     digits = STRONG_DIGITS if args.strong else DEFAULT_DIGITS
     directory = Path(args.state)
     try:
-        if command == "join":
-            status = _join(args, ui, directory, digits)
-        else:
-            status = _sponsor(command, args, ui, directory, digits)
+        with ui.progress.running():
+            if command == "join":
+                status = _join(args, ui, directory, digits)
+            else:
+                status = _sponsor(command, args, ui, directory, digits)
         if status == 0 and getattr(args, "up", False):
             return _cli_reach.run_up(directory, ui.say)
         return status
@@ -182,6 +294,7 @@ def _join(args: argparse.Namespace, ui: UI, directory: Path, digits: int) -> int
         node = new_node(_checked_name(args.name), _checked_endpoints(list(endpoints)))
     if args.sponsor:
         ui.say(f"connecting to sponsor {args.sponsor} ...")
+        ui.progress.show("connecting to the sponsor", STEP_TIMEOUT, left_in="in this step")
     return trio.run(_join_async, route, node, code, ui, directory, digits)
 
 
@@ -210,12 +323,14 @@ async def _join_async(
         route,
         code,
         ui.say,
+        show=ui.progress.show,
         me=_party(node),
         endpoints=node.endpoints,
         decide=decide,
         joined=joined,
         sas_digits=digits,
     )
+    ui.progress.hide()
     if isinstance(result, Failed):
         raise ui.failed(result)
     ui.emit(
@@ -401,6 +516,7 @@ async def _serve_async(
             f"above to the new node's operator, who runs:\n{how}\n"
             "waiting for the joining node ..."
         )
+        ui.progress.show("waiting for the joining node", book.lifetime, left_in="in the window")
 
     async def decide(event: SasReady) -> ConfirmSas | Abort:
         grant = grant_for(directory, event.peer)
@@ -426,6 +542,7 @@ async def _serve_async(
             keep_open=keep_open,
             sas_digits=digits,
         )
+    ui.progress.hide()
     if outcome.joined is None:
         reason = outcome.failure or FailureReason.TIMEOUT
         last = outcome.failures[-1] if outcome.failures else None
