@@ -40,6 +40,7 @@ __all__ = [
     "join",
     "run_up",
     "with_seen_endpoint",
+    "with_sponsor_endpoint",
 ]
 
 # How long a joiner looks for its window on the LAN: a sponsor needs about a second to
@@ -71,6 +72,11 @@ def _no_show(what: str, total: float | None, *, left_in: str = "") -> None:
 # ceremony sees its own peer) and read when the ceremony's result is recorded.
 _SEEN_FROM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "genesis_seen_from", default=None
+)
+# The host a joiner dialled (``--sponsor``, or the address its announcement gave), read when
+# the joiner writes its wg-quick file.
+_DIALLED: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "genesis_dialled", default=None
 )
 
 
@@ -208,6 +214,24 @@ def with_seen_endpoint(member: MemberRecord) -> MemberRecord:
 # --- joiner --------------------------------------------------------------------------------------
 
 
+def with_sponsor_endpoint(
+    roster: tuple[MemberRecord, ...], sponsor: bytes
+) -> tuple[MemberRecord, ...]:
+    """The roster as the joiner keeps it: a sponsor that recorded no endpoint (``ppn genesis``
+    without ``--endpoint``) gets the host this joiner dialled, at WireGuard's default port, so
+    the joiner's wg-quick file has an Endpoint for it. A sponsor that dialled in (``--listen``)
+    is behind a NAT: its address is not one to send to, and its keepalives find the joiner."""
+    dialled = _DIALLED.get()
+    if dialled is None:
+        return roster
+    return tuple(
+        replace(m, endpoints=(format_hostport(dialled, WIREGUARD_PORT),))
+        if m.identity == sponsor and not m.endpoints
+        else m
+        for m in roster
+    )
+
+
 def default_endpoints() -> tuple[str, ...]:
     """What a joiner without ``--endpoint`` offers: each underlay address, WireGuard's port."""
     from ._io_discovery import underlay_addresses
@@ -236,6 +260,7 @@ async def join(
     """The joiner's ceremony over the chosen route (RFC-NOTES §5.12, §5.13)."""
     if route.sponsor is not None:
         host, port = route.sponsor
+        _DIALLED.set(host)
         return await _trio.join(host, port, code=code, decide=decide, **ceremony)
     if route.listen is not None:
         return await _join_listening(route.listen, code, say, decide, show=show, **ceremony)
@@ -326,6 +351,7 @@ async def _join_discovered(
                 )
             target = format_hostport(found.host, found.port)
             say(f"found window {code.window} of mesh {found.mesh}… at {target}")
+            _DIALLED.set(found.host)
             result = await _trio.join(
                 found.host, found.port, code=code, decide=checked_decide, **ceremony
             )

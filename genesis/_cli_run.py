@@ -315,7 +315,7 @@ async def _join_async(
             cidr=event.cidr,
             address=event.member.address,
             sponsor=event.sponsor,
-            roster=event.roster,
+            roster=_cli_reach.with_sponsor_endpoint(event.roster, event.sponsor),
         )
         write_membership(directory, node, mesh)
 

@@ -302,7 +302,8 @@ def _status(args: argparse.Namespace) -> int:
         agent=agent,
         agent_running=_agent_running(agent),
         topology=topology,
-        rows=_member_rows(topology),
+        rows=_member_rows(topology) or _ceremony_rows(files),
+        applied=bool(view.members),
     )
     if args.json:
         _print_status_json(report)
@@ -346,6 +347,31 @@ def _observe_device(interface: str) -> tuple[dict[Any, Any], str]:
         return {}, f"unreadable ({exc})"
 
 
+def _ceremony_rows(files: MeshFiles) -> list[dict[str, Any]]:
+    """Before 'ppn up' ever ran there is no signed roster: the members the join ceremony
+    recorded (mesh.json), marked as not yet applied, so a fresh join does not look failed."""
+    from ._ids import node_id
+
+    rows: list[dict[str, Any]] = []
+    for m in sorted(files.preliminary, key=lambda m: _address_key(m.address)):
+        me = m.identity == files.identity.public
+        rows.append(
+            {
+                "name": m.name,
+                "node_id": node_id(m.identity).hex(),
+                "address": m.address,
+                "roles": list(m.roles),
+                "path": "self" if me else "not applied",
+                "reachable": me,
+                "handshake_age": None,
+                "endpoint": m.endpoints[0] if m.endpoints else None,
+                "version": None,
+                "applied": False,
+            }
+        )
+    return rows
+
+
 def _member_rows(topology: Topology) -> list[dict[str, Any]]:
     """One row per member, in address order: how this node reaches it and how recently."""
     rows: list[dict[str, Any]] = []
@@ -362,6 +388,7 @@ def _member_rows(topology: Topology) -> list[dict[str, Any]]:
                 "handshake_age": path.handshake_age,
                 "endpoint": path.endpoint or (m.endpoints[0] if m.endpoints else None),
                 "version": m.version,
+                "applied": True,
             }
         )
     return rows
@@ -381,6 +408,7 @@ class _StatusReport:
     agent_running: bool
     topology: Topology
     rows: list[dict[str, Any]]
+    applied: bool = True  # False: no signed roster yet, the rows are the ceremony's
 
     def problems(self) -> list[dict[str, Any]]:
         from ._ids import short_id
@@ -410,6 +438,7 @@ def _print_status_json(r: _StatusReport) -> None:
                 "generation": r.generation,
                 "agent": r.agent,
                 "hub": hub.name if hub else None,
+                "roster_applied": r.applied,
                 "members": r.rows,
                 "removed": [t.name for t in r.view.removed],
                 "problems": r.problems(),
@@ -430,6 +459,11 @@ def _print_status_text(r: _StatusReport) -> None:
         f"({r.device_note}) · agent {'running' if r.agent_running else 'not running'} · "
         f"roster generation {r.generation} · hub {hub}"
     )
+    if not r.applied:
+        print(
+            "roster not yet applied: these are the members the join ceremony recorded; "
+            "'ppn up' applies them"
+        )
     header = ("NAME", "ADDRESS", "ROLES", "PATH", "HANDSHAKE", "ENDPOINT")
     table: list[tuple[str, ...]] = [header] + [
         (

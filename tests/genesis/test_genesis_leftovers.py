@@ -18,7 +18,7 @@ import pytest
 
 from genesis import make_code
 
-from .test_ceremony_cli import ROOT, event, ppn
+from .test_ceremony_cli import ROOT, answer, event, finish, ppn
 
 
 def test_genesis_on_a_busy_port_writes_nothing_and_a_rerun_works(tmp_path: Path) -> None:
@@ -195,3 +195,79 @@ def test_waits_show_a_progress_line_every_10_s_without_a_terminal(tmp_path: Path
     stdout, stderr = outs[2]
     assert [json.loads(line)["event"] for line in stdout.splitlines()] == ["code"]
     assert "elapsed" not in stderr
+
+
+def test_a_fresh_join_shows_its_roster_in_status_and_dials_its_sponsor(tmp_path: Path) -> None:
+    """The sponsor recorded no endpoint (no --endpoint): the joiner's wg-quick file names the
+    host it dialled, and 'ppn status' before 'ppn up' lists the ceremony's members, marked as
+    not yet applied (before: no Endpoint line, and an empty table)."""
+    sponsor = ppn(
+        "genesis",
+        "--state",
+        str(tmp_path / "alpha"),
+        "--name",
+        "alpha",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-announce",
+        "--events",
+        "json",
+    )
+    try:
+        code = event(sponsor)
+        joiner = ppn(
+            "join",
+            code["code"],
+            "--sponsor",
+            code["address"],
+            "--state",
+            str(tmp_path / "beta"),
+            "--name",
+            "beta",
+            "--endpoint",
+            "127.0.0.1:51821",
+            "--events",
+            "json",
+        )
+        assert event(joiner)["event"] == "sas" and event(sponsor)["event"] == "sas"
+        answer(joiner, "yes")
+        answer(sponsor, "yes")
+        assert finish(sponsor, joiner) == [0, 0]
+    finally:
+        if sponsor.poll() is None:
+            sponsor.kill()
+            sponsor.wait()
+    conf = (tmp_path / "beta" / "wg-ppn0.conf").read_text()
+    alpha_peer = conf.split("# alpha", 1)[1]
+    assert "Endpoint = 127.0.0.1:51820" in alpha_peer, conf
+
+    def status(*extra: str) -> str:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ppn",
+                "status",
+                "--state",
+                str(tmp_path / "beta"),
+                "--interface",
+                "ppnnone0",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout
+
+    shown = json.loads(status("--json"))
+    assert shown["roster_applied"] is False
+    assert [(m["name"], m["path"], m["applied"]) for m in shown["members"]] == [
+        ("alpha", "not applied", False),
+        ("beta", "self", False),
+    ]
+    text = status()
+    assert "not yet applied" in text
+    assert re.search(r"\nalpha +10\.8\.0\.1 +genesis +not applied", text), text
