@@ -16,6 +16,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 
+from .._asyncio_listener import Connection, ListenerGuard, ListenerLimits, open_tcp_listeners
 from .._errors import PPNError
 from ..ports import CONTROL_PORT
 from ._agent import (
@@ -123,14 +124,17 @@ class AsyncioMeshNode:
         self._reconcile_wanted = asyncio.Event()
         self._in_flight: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.guard = ListenerGuard(_control_limits())
 
     async def run(self, started: asyncio.Future[int] | None = None) -> None:
         """Run until cancelled; ``started`` gets the bound control port once it listens."""
         loop = asyncio.get_running_loop()
-        server: asyncio.Server | None = None
+        server: asyncio.Task[None] | None = None
         if self.listen_host is not None:
-            server = await asyncio.start_server(self._serve, self.listen_host, self.listen_port)
-            self.bound_port = server.sockets[0].getsockname()[1]
+            # Behind the listener guard with the trio agent's limits (ppn._listener_limits).
+            listeners = open_tcp_listeners(self.listen_host, self.listen_port)
+            self.bound_port = listeners[0].getsockname()[1]
+            server = asyncio.ensure_future(self.guard.serve(self._serve, listeners))
         reconciler = asyncio.create_task(self._reconciler())
         if started is not None and not started.done():
             started.set_result(self.bound_port or 0)
@@ -147,8 +151,8 @@ class AsyncioMeshNode:
             for task in list(self._tasks):
                 task.cancel()
             if server is not None:
-                server.close()
-                await server.wait_closed()
+                server.cancel()
+                await asyncio.gather(server, return_exceptions=True)
 
     def merged_locally(self, result: MergeResult) -> None:
         """Records merged outside a control connection (e.g. admissions)."""
@@ -219,19 +223,39 @@ class AsyncioMeshNode:
                 if isinstance(event, RosterUpdated):
                     self._on_update(event, address)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        guarded: Connection | None = None,
+    ) -> None:
         peer = writer.get_extra_info("peername")
         source = peer[0] if peer else None
         conn = ControlConnection(self.roster, role=Role.SERVER)
         self.stats.served += 1
+        limits = self.guard.limits
+        # Only the first frame (the hello) comes before admission: its header is capped.
+        first: bytes | None = b"" if guarded is not None else None
 
         async def converse() -> None:
+            nonlocal first
             while True:
                 out = conn.data_to_send()
                 if out:
                     writer.write(out)
                     await writer.drain()
-                conn.receive_data(await reader.read(RECEIVE_SIZE))
+                data = await reader.read(RECEIVE_SIZE)
+                if first is not None and len(first) < 4:
+                    first += data[: 4 - len(first)]
+                    if len(first) == 4 and int.from_bytes(first, "big") > limits.pre_auth_bytes:
+                        log.info("control connection from %s: oversized first frame", source)
+                        return
+                conn.receive_data(data)
+                if guarded is not None and first is not None and conn.hello_received:
+                    guarded.admit()  # the hello arrived: only the idle timeout applies now
+                    first = None
+                if guarded is not None:
+                    guarded.touch()
                 closed = False
                 while (event := conn.next_event()) is not None:
                     if isinstance(event, RosterUpdated):
@@ -264,3 +288,10 @@ class AsyncioMeshNode:
             except (PPNError, OSError) as exc:
                 self.stats.last_error = f"reconcile: {exc}"
                 log.warning("reconciling WireGuard failed: %s", exc)
+
+
+def _control_limits() -> ListenerLimits:
+    """The trio agent's ``CONTROL_LIMITS`` (RFC-NOTES §7.12), as asyncio's guard takes them."""
+    from ._trio import CONTROL_LIMITS
+
+    return CONTROL_LIMITS

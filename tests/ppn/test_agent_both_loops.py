@@ -132,3 +132,44 @@ def test_member_syncs_with_genesis(genesis_loop: str, member_loop: str) -> None:
             asyncio.run(member_asyncio())
         assert m_roster.digest() == g_roster.digest()
     assert m_wg.reconciles >= 1 and g_wg.reconciles >= 1
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_control_listener_caps_the_first_frame(loop: str) -> None:
+    """Both agents' control listeners run behind the listener guard with CONTROL_LIMITS: a first
+    frame announcing more than pre_auth_bytes is closed at once, not buffered until a timeout."""
+    g_key = IdentityKey.generate()
+    roster = mesh.Roster.found(
+        g_key, name="gen", wg_key=WireGuardKeyPair.generate().public, now=int(time.time())
+    )
+
+    def resolve(address: str) -> tuple[str, int]:
+        raise AssertionError("the node dials no one here")
+
+    async def trio_start(task_status: trio.TaskStatus[int]) -> None:
+        agent = mesh.MeshAgent(roster, identity=g_key, now=trio.current_time())
+        async with trio.open_nursery() as nursery:
+            task_status.started(await nursery.start(node("trio", agent, RecordingWireGuard(),
+                                                         resolve).run))  # fmt: skip
+
+    async def asyncio_start() -> tuple[int, Callable[[], Any]]:
+        loop_ = asyncio.get_running_loop()
+        agent = mesh.MeshAgent(roster, identity=g_key, now=loop_.time())
+        started: asyncio.Future[int] = loop_.create_future()
+        task = asyncio.ensure_future(node("asyncio", agent, RecordingWireGuard(), resolve)
+                                     .run(started))  # fmt: skip
+
+        async def aclose() -> None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        return await started, aclose
+
+    with served(loop, trio_start, asyncio_start) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall((8 << 20).to_bytes(4, "big") + b"x" * 100)
+            # The server's hello, then EOF (a socket timeout here fails the test).
+            received = b""
+            while chunk := s.recv(4096):
+                received += chunk
+            assert len(received) < 1024
