@@ -114,6 +114,7 @@ class Progress:
         self._wait: tuple[str, float | None, str, float] | None = None
         self._drawn_at = 0.0
         self._live = False  # a progress line is on the terminal, without its newline
+        self._partial = False  # a prompt waits for its answer on the current line
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -150,6 +151,7 @@ class Progress:
         with self._lock:
             self._erase()
             print(text, end=end, file=sys.stderr, flush=True)
+            self._partial = not end.endswith("\n")
 
     def _erase(self) -> None:
         if self._live:
@@ -172,7 +174,9 @@ class Progress:
                     print(f"\r\x1b[K{text}", end="", file=sys.stderr, flush=True)
                     self._live = True
                 else:
-                    print(text, file=sys.stderr, flush=True)
+                    # A log line of its own, not glued to an unanswered prompt.
+                    print(("\n" if self._partial else "") + text, file=sys.stderr, flush=True)
+                    self._partial = False
 
 
 @dataclass
