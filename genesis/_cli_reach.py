@@ -264,7 +264,7 @@ async def join(
         return await _trio.join(host, port, code=code, decide=decide, **ceremony)
     if route.listen is not None:
         return await _join_listening(route.listen, code, say, decide, show=show, **ceremony)
-    return await _join_discovered(route, code, say, decide, **ceremony)
+    return await _join_discovered(route, code, say, decide, show=show, **ceremony)
 
 
 async def _join_listening(
@@ -315,6 +315,8 @@ async def _join_discovered(
     code: JoinCode,
     say: Say,
     decide: Callable[[SasReady], Awaitable[ConfirmSas | Abort]],
+    *,
+    show: Show,
     **ceremony: Any,
 ) -> Joined | Failed:
     from ._io_discovery import WindowFinder, underlay_addresses
@@ -326,9 +328,7 @@ async def _join_discovered(
         )
     finder = WindowFinder(code.window, interfaces)
     say(f"looking for join window {code.window} on the local network ...")
-
-    def tick(elapsed: float) -> None:
-        say(f"  still looking ({elapsed:.0f} s of {DISCOVERY_TIMEOUT:.0f} s)")
+    show("looking", DISCOVERY_TIMEOUT)
 
     async def checked_decide(event: SasReady) -> ConfirmSas | Abort:
         answer = await decide(event)
@@ -342,7 +342,7 @@ async def _join_discovered(
     async with trio.open_nursery() as nursery:
         try:
             await finder.start(nursery)
-            found = await finder.first(DISCOVERY_TIMEOUT, tick)
+            found = await finder.first(DISCOVERY_TIMEOUT)
             if found is None:
                 return Failed(
                     reason=FailureReason.UNREACHABLE,
@@ -352,6 +352,7 @@ async def _join_discovered(
             target = format_hostport(found.host, found.port)
             say(f"found window {code.window} of mesh {found.mesh}… at {target}")
             _DIALLED.set(found.host)
+            show("connecting to the sponsor", _trio_step(ceremony), left_in="in this step")
             result = await _trio.join(
                 found.host, found.port, code=code, decide=checked_decide, **ceremony
             )
