@@ -13,6 +13,7 @@ import errno
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.generic.wireguard import wgmsg
 
 from ._model import DeviceError, DeviceState
@@ -53,8 +54,8 @@ class KernelBackend:
 
         try:
             return WireGuard() if self.netns is None else WireGuard(netns=self.netns)
-        except OSError as exc:
-            code = getattr(exc, "code", None) or exc.errno or 0
+        except (OSError, NetlinkError) as exc:  # NetlinkError is no OSError in pyroute2 0.9
+            code = getattr(exc, "code", None) or getattr(exc, "errno", None) or 0
             if code in (errno.ENOENT, errno.ENOTSUP):
                 raise DeviceError("the kernel has no WireGuard module", code) from None
             raise DeviceError(f"cannot open the WireGuard netlink family: {exc}", code) from None
@@ -63,8 +64,8 @@ class KernelBackend:
         wg = self._socket()
         try:
             messages = wg.info(self.interface)
-        except OSError as exc:
-            code = getattr(exc, "code", None) or exc.errno or 0
+        except (OSError, NetlinkError) as exc:  # NetlinkError is no OSError in pyroute2 0.9
+            code = getattr(exc, "code", None) or getattr(exc, "errno", None) or 0
             raise DeviceError(f"cannot read {self.interface}: {exc}", code) from None
         finally:
             wg.close()
@@ -81,8 +82,8 @@ class KernelBackend:
             prid = getattr(wg, "prid", None) or wg.asyncore.prid
             for msg in messages:
                 wg.nlm_request(msg, msg_type=prid, msg_flags=NLM_F_REQUEST | NLM_F_ACK)
-        except OSError as exc:
-            code = getattr(exc, "code", None) or exc.errno or 0
+        except (OSError, NetlinkError) as exc:  # NetlinkError is no OSError in pyroute2 0.9
+            code = getattr(exc, "code", None) or getattr(exc, "errno", None) or 0
             raise DeviceError(
                 f"the kernel refused a change to {self.interface}: {exc}", code
             ) from None
