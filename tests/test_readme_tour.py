@@ -86,6 +86,8 @@ def extract(text: str) -> list[TourBlock]:
 _B64 = r"[A-Za-z0-9+/]"
 _VARYING: list[tuple[str, str | None]] = [
     (r"…", r".*?"),
+    # A join window's number is random (RFC-NOTES §5.7).
+    (r"(?<=window )\d+\b", r"\d+"),
     # An IPv4 address stays itself (None: literal), so the decimal class below cannot take it.
     (r"\b\d{1,3}(?:\.\d{1,3}){3}\b", None),
     (_B64 + r"{43}=", _B64 + r"{43}="),
