@@ -354,11 +354,16 @@ class _Session:
                 await self._wait()
             if self.active is None:
                 return
-            rid, cursor = self.active
+            answer = self.active
+            rid, cursor = answer
             try:
                 await self._stream_rest(rid, cursor)
             finally:
-                self.active = None
+                # The core takes the next request as soon as this answer's end is queued, and
+                # the reader may start it while the end is still being sent: clear only this
+                # answer, or the next one is dropped and the connection hangs.
+                if self.active is answer:
+                    self.active = None
                 self.workers.release(cursor)
 
     async def _stream_rest(self, rid: int, cursor: ResultCursor) -> None:
