@@ -62,7 +62,9 @@ def test_no_socket_is_a_quiet_no_op(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def _ready_then_connect(argv: list[str], sock: socket.socket, path: str) -> None:
     """Start ``argv``; when READY=1 arrives, its listener must already accept a connection."""
     env = {**os.environ, "NOTIFY_SOCKET": path}
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         message = sock.recv(4096).decode()
         assert "READY=1" in message.split("\n")
