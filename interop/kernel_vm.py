@@ -95,7 +95,9 @@ def host_has_module() -> bool:
     return Path("/sys/module/wireguard").exists()
 
 
-def _guest_script(rwdir: Path, command: list[str], env: dict[str, str]) -> str:
+def _guest_script(
+    rwdir: Path, command: list[str], env: dict[str, str], then: list[str] | None = None
+) -> str:
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))
     return f"""#!/bin/sh
 # Written by interop/kernel_vm.py; runs as root inside the guest.
@@ -106,13 +108,20 @@ modprobe wireguard || {{ echo "kernel-vm: modprobe wireguard failed"; echo 91 > 
 modprobe tun || {{ echo "kernel-vm: modprobe tun failed"; echo 92 > {rwdir}/{_STATUS_FILE}; exit 92; }}
 {shlex.join(command)}
 status=$?
+{"" if then is None else shlex.join(then) + " || status=$((status ? status : 1))"}
 echo $status > {rwdir}/{_STATUS_FILE}
 exit $status
 """
 
 
 def run_in_vm(
-    command: list[str], *, timeout: float, memory: str, cpus: int, env: dict[str, str]
+    command: list[str],
+    *,
+    timeout: float,
+    memory: str,
+    cpus: int,
+    env: dict[str, str],
+    then: list[str] | None = None,
 ) -> int:
     """Boot the kernel, run ``command`` (argv, in the repository) as root, return its status.
 
@@ -129,7 +138,7 @@ def run_in_vm(
     with tempfile.TemporaryDirectory(prefix="ppn-kernel-vm-") as tmp:
         rwdir = Path(tmp)
         script = rwdir / "guest.sh"
-        script.write_text(_guest_script(rwdir, command, passed))
+        script.write_text(_guest_script(rwdir, command, passed, then))
         script.chmod(0o755)
         argv = [
             vng, "--run", str(kernel), "--disable-kvm", "--memory", memory,
@@ -178,10 +187,13 @@ def run_in_vm(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m interop.kernel_vm", description=__doc__)
-    parser.add_argument("--timeout", type=float, default=1200, help="whole VM run, seconds")
+    parser.add_argument("--timeout", type=float, default=2700, help="whole VM run, seconds")
     parser.add_argument("--memory", default="2G")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--bench", action="store_true", help="run benchmarks wg_sync instead")
+    parser.add_argument(
+        "--then-bench", action="store_true", help="the tests, then the benchmark, in one boot"
+    )
     parser.add_argument("--vm", action="store_true", help="boot a VM even if the host has the module")
     parser.add_argument("pytest_args", nargs="*", help="after --: arguments for pytest")
     args = parser.parse_args(argv)
@@ -207,8 +219,16 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"kernel-vm: skipped: no WireGuard module here and no VM: {reason}")
         return 0
+    then = None
+    if args.then_bench and not args.bench:
+        then = ["env", "PPN_BENCH_WG_KERNEL=1", sys.executable, "-m", "benchmarks", "wg_sync"]
     return run_in_vm(
-        command, timeout=args.timeout, memory=args.memory, cpus=args.cpus, env=extra_env
+        command,
+        timeout=args.timeout,
+        memory=args.memory,
+        cpus=args.cpus,
+        env=extra_env,
+        then=then,
     )
 
 

@@ -366,10 +366,11 @@ def test_plumbing_address_mtu_routes_link_up_on_a_kernel_interface(lab: Lab) -> 
 
 
 def test_refusals_by_the_module_map_to_exit_statuses(lab: Lab, tmp_path: Path) -> None:
-    """What the kernel refuses, and how ``ppn wg sync`` reports it: a listen port another
-    interface of the namespace holds is EADDRINUSE (exit 23, the module applies nothing of
-    that message: it binds the port before it touches the key or any peer); an interface that
-    does not exist is exit 21."""
+    """What the kernel refuses, and how ``ppn wg sync`` reports it. A kernel interface binds
+    its port only while it is up: a down one takes any port (the clash surfaces when it goes
+    up). Up, a listen port another interface of the namespace holds is EADDRINUSE (exit 23;
+    the module applies nothing of that message: it binds the port before it touches the key
+    or any peer). An interface that does not exist is exit 21."""
     host = lab.host("ref")
     first, second = KernelNode(lab, host, "10.8.0.1/24"), KernelNode(lab, host, "10.8.0.2/24")
     env = cli_env(tmp_path)
@@ -380,10 +381,17 @@ def test_refusals_by_the_module_map_to_exit_statuses(lab: Lab, tmp_path: Path) -
         f"[Peer]\nPublicKey = {peer.public_b64}\nAllowedIPs = 10.9.0.0/16\n"
     )
     first.cli("sync", first.ifname, str(conf), env=env)
+    down = json.loads(second.cli("sync", second.ifname, str(conf), "--json", env=env).stdout)
+    assert down["verified"] and second.dump()[0][3] == "51820"  # both down: no socket yet
+    host.run(["ip", "link", "del", second.ifname])
+    second = KernelNode(lab, host, "10.8.0.2/24")
+    for node in (first, second):
+        host.run(["ip", "link", "set", node.ifname, "up"])
     clash = second.cli("sync", second.ifname, str(conf), env=env, check=False)
     assert clash.returncode == 23, clash.stderr
     assert "Traceback" not in clash.stderr and "98" in clash.stderr + clash.stdout
-    assert second.dump() == [[second.ifname, "(none)", "(none)", "0", "off"]]
+    (row,) = second.dump()  # no key and no peer; the port is the random one bound at link up
+    assert row[1:3] == ["(none)", "(none)"] and row[3] != "51820"
     missing = first.cli("sync", "nosuchwg9", str(conf), env=env, check=False)
     assert missing.returncode == 21 and "Traceback" not in missing.stderr
     shown = first.cli("show", "nosuchwg9", env=env, check=False)
