@@ -2,9 +2,8 @@
 
 The message layout and dump merging live in the sans-IO :mod:`ppn.wg._netlink` (tested against
 recorded dumps); this module owns what needs pyroute2: the ``wgmsg`` objects and the socket.
-The development machine has no WireGuard module, so this path is exercised by those tests and
-by :func:`select_backend` refusing it when the module is absent, not by a live device
-(RFC-NOTES §6.6).
+The host has no WireGuard module; ``tests/kernel/`` runs this backend against the real module
+inside a Debian kernel booted under qemu (``make test-kernel``; RFC-NOTES §6.4), and CI runs it.
 """
 
 from __future__ import annotations
