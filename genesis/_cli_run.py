@@ -408,25 +408,26 @@ class _SponsorReach:
 
 
 def grant_for(directory: Path, peer: PartyInfo) -> Grant | None:
-    """What the sponsor grants a joiner, or None to refuse it (RFC-NOTES §5.6, §7.5).
+    """What the sponsor grants a joiner, or None to refuse it (RFC-NOTES §5.6, §7.5, §7.13).
 
     The joiner must not repeat a name, identity or WireGuard key of the ceremony's roster or of
     the signed roster the node agent keeps (``roster.bin``, when it has run: it also knows the
     members other sponsors admitted, and removed identities), and gets the lowest host address
     neither holds, so two sponsors collide only when they admit at the same time.
-    """
-    from ppn.mesh._io_state import StateDirError, load_signed_claims
 
+    A member the signed roster says was removed keeps only its identity (refused for ever): its
+    name is free again, and a joiner under that name gets the removed member's address back
+    when no live member holds it (rejoin after disk loss); other joiners do not get that
+    address while ``mesh.json`` lists the removed member.
+    """
     current = load_mesh(directory)
     if current is None:
         raise StateError(f"{directory} is no longer a mesh member")
-    try:
-        signed = load_signed_claims(directory, mesh=current.mesh_id, cidr=current.cidr)
-    except StateDirError:
-        signed = None  # the agent's file is its business; the ceremony's roster still decides
-    clash = any(
-        m.name == peer.name or m.identity == peer.identity or m.wg == peer.wg
-        for m in current.roster
+    signed = _signed_claims(directory, current)
+    removed = signed.removed if signed else frozenset()
+    live = tuple(m for m in current.roster if m.identity not in removed)
+    clash = any(m.name == peer.name for m in live) or any(
+        m.identity == peer.identity or m.wg == peer.wg for m in current.roster
     )
     if signed is not None:
         clash = clash or (
@@ -434,15 +435,48 @@ def grant_for(directory: Path, peer: PartyInfo) -> Grant | None:
             or peer.identity in signed.identities
             or peer.wg in signed.wg_keys
         )
-    address = lowest_free_address(
-        current.cidr, current.roster, also_taken=signed.addresses if signed else ()
-    )
+    taken = signed.addresses if signed else frozenset()
+    address = _former_address(current, removed, peer.name, live, taken)
+    if address is None:
+        # A removed member's address is kept for its name: mesh.json still lists it until a
+        # member rejoins under that name (then add_member drops the old entry).
+        address = lowest_free_address(current.cidr, current.roster, also_taken=taken)
     if clash or address is None:
         return None
     # Members removed since the ceremony listed them are not handed on as peers to bootstrap.
-    removed = signed.removed if signed else frozenset()
-    roster = tuple(m for m in current.roster if m.identity not in removed)
-    return Grant(cidr=current.cidr, address=address, roster=roster)
+    return Grant(cidr=current.cidr, address=address, roster=live)
+
+
+def _signed_claims(directory: Path, current: MeshState) -> Any:
+    """The signed roster's claims (``ppn.mesh``'s ``SignedClaims``), or None when the agent
+    never saved one or its file is unreadable (the ceremony's roster alone decides then)."""
+    from ppn.mesh._io_state import StateDirError, load_signed_claims
+
+    try:
+        return load_signed_claims(directory, mesh=current.mesh_id, cidr=current.cidr)
+    except StateDirError:
+        return None
+
+
+def _former_address(
+    current: MeshState,
+    removed: frozenset[bytes],
+    name: str,
+    live: tuple[MemberRecord, ...],
+    taken: frozenset[str],
+) -> str | None:
+    """The address a removed member called ``name`` held, when no live member holds it now."""
+    held = {m.address for m in live} | set(taken)
+    for member in reversed(current.roster):
+        if member.identity in removed and member.name == name and member.address not in held:
+            return member.address
+    return None
+
+
+def _removed_identities(directory: Path) -> frozenset[bytes]:
+    current = load_mesh(directory)
+    signed = _signed_claims(directory, current) if current is not None else None
+    return signed.removed if signed is not None else frozenset()
 
 
 async def _serve_async(
@@ -530,7 +564,8 @@ async def _serve_async(
         return ConfirmSas(accept=accepted, grant=grant if accepted else None)
 
     async def joined(event: Joined) -> None:
-        add_member(directory, node, _cli_reach.with_seen_endpoint(event.member))
+        member = _cli_reach.with_seen_endpoint(event.member)
+        add_member(directory, node, member, drop=_removed_identities(directory))
 
     async with _cli_reach.announcing(
         reach.announce, mdns, mesh_id=mesh.mesh_id, port=port, name=node.name

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,14 +278,23 @@ def _write_membership(directory: Path, node: NodeState, mesh: MeshState) -> None
     atomic_write(directory / "mesh.json", _json_bytes(_mesh_json(mesh)))
 
 
-def add_member(directory: Path, node: NodeState, member: MemberRecord) -> MeshState:
-    """Sponsor side: add a joined member to the roster on disk and return the new membership."""
+def add_member(
+    directory: Path, node: NodeState, member: MemberRecord, *, drop: Collection[bytes] = ()
+) -> MeshState:
+    """Sponsor side: add a joined member to the roster on disk and return the new membership.
+
+    ``drop``: identities the signed roster says were removed; they leave ``mesh.json`` here, so
+    a member rejoining under its old name and address does not clash with its former entry
+    (RFC-NOTES §7.13)."""
     mesh = load_mesh(directory)
     if mesh is None:
         raise StateError(f"{directory} is not a mesh member")
+    kept = tuple(
+        m for m in mesh.roster if m.identity not in drop or m.identity == node.identity.public
+    )
     clash = [
         m
-        for m in mesh.roster
+        for m in kept
         if m.identity == member.identity
         or m.wg == member.wg
         or m.name == member.name
@@ -298,8 +308,11 @@ def add_member(directory: Path, node: NodeState, member: MemberRecord) -> MeshSt
         address=mesh.address,
         sponsor=mesh.sponsor,
         interface=mesh.interface,
-        roster=(*mesh.roster, member),
-        sponsors={**mesh.sponsors, member.identity: node.identity.public},
+        roster=(*kept, member),
+        sponsors={
+            **{k: v for k, v in mesh.sponsors.items() if k not in drop},
+            member.identity: node.identity.public,
+        },
     )
     write_membership(directory, node, updated)
     return updated

@@ -253,3 +253,75 @@ def test_removed_members_are_refused_and_not_handed_on(tmp_path: Path) -> None:
     (tmp_path / "roster.bin").write_bytes(b"junk")
     fallback = grant_for(tmp_path, party(new_node("delta")))
     assert fallback is not None and fallback.address == "10.8.0.3"
+
+
+def test_a_removed_name_is_free_again_and_gets_its_address_back(tmp_path: Path) -> None:
+    """Rejoin after disk loss (RFC-NOTES §7.13): bravo lost its disk and was removed; a fresh
+    node (new keys) joins as 'bravo' again and gets 10.8.0.2 back; the old entry leaves
+    mesh.json when the new one is recorded, and the old identity stays refused."""
+    genesis, bravo, charlie = new_node("genesis"), new_node("bravo"), new_node("charlie")
+    genesis_state(tmp_path, genesis)
+    add_member(tmp_path, genesis, member(bravo, "10.8.0.2"))
+    add_member(tmp_path, genesis, member(charlie, "10.8.0.3"))
+    roster = signed_roster(genesis)
+    for node, address, now in ((bravo, "10.8.0.2", 150), (charlie, "10.8.0.3", 160)):
+        roster.admit(
+            genesis.identity,
+            name=node.name,
+            identity=node.identity.public,
+            wg_key=node.wg.public,
+            now=now,
+            address=address,
+        )
+    save_roster(tmp_path, roster, generation=1, baseline=[])
+    reborn = new_node("bravo")
+    assert grant_for(tmp_path, party(reborn)) is None  # bravo is live: its name is taken
+    roster.remove(genesis.identity, bravo.identity.public, now=300)
+    save_roster(tmp_path, roster, generation=2, baseline=[])
+    grant = grant_for(tmp_path, party(reborn))
+    assert grant is not None and grant.address == "10.8.0.2"
+    assert [m.name for m in grant.roster] == ["genesis", "charlie"]
+    # Another name does not get the removed member's address while mesh.json lists it.
+    other = grant_for(tmp_path, party(new_node("delta")))
+    assert other is not None and other.address == "10.8.0.4"
+    assert grant_for(tmp_path, party(bravo)) is None  # the old identity never returns
+    joined = add_member(
+        tmp_path, genesis, member(reborn, grant.address), drop={bravo.identity.public}
+    )
+    assert [(m.name, m.address) for m in joined.roster] == [
+        ("genesis", "10.8.0.1"),
+        ("charlie", "10.8.0.3"),
+        ("bravo", "10.8.0.2"),
+    ]
+    assert joined.member(bravo.identity.public) is None
+    assert joined.sponsor_of(reborn.identity.public) == genesis.identity.public
+    saved = json.loads((tmp_path / "mesh.json").read_text())
+    assert [m["identity"] for m in saved["roster"]].count(bravo.identity.public_b64) == 0
+
+
+def test_the_former_address_is_not_reused_when_a_live_member_holds_it(tmp_path: Path) -> None:
+    genesis, bravo, xray = new_node("genesis"), new_node("bravo"), new_node("xray")
+    genesis_state(tmp_path, genesis)
+    add_member(tmp_path, genesis, member(bravo, "10.8.0.2"))
+    roster = signed_roster(genesis)
+    roster.admit(
+        genesis.identity,
+        name="bravo",
+        identity=bravo.identity.public,
+        wg_key=bravo.wg.public,
+        now=150,
+        address="10.8.0.2",
+    )
+    roster.remove(genesis.identity, bravo.identity.public, now=300)
+    # Another sponsor, whose mesh.json never listed bravo, gave 10.8.0.2 to xray meanwhile.
+    roster.admit(
+        genesis.identity,
+        name="xray",
+        identity=xray.identity.public,
+        wg_key=xray.wg.public,
+        now=310,
+        address="10.8.0.2",
+    )
+    save_roster(tmp_path, roster, generation=1, baseline=[])
+    grant = grant_for(tmp_path, party(new_node("bravo")))
+    assert grant is not None and grant.address == "10.8.0.3"
