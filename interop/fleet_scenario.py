@@ -50,14 +50,21 @@ class FleetFiles:
 
 
 def write_provisioner(path: Path, record: Path) -> None:
-    """A stand-in for the platform's QEMU launcher: appends the spec it got, prints one line."""
+    """A stand-in for the platform's QEMU launcher: appends the spec and action it got, prints
+    one line. An action fails (exit 1) while a file ``<record>.fail-<action>`` exists."""
     path.write_text(
         "import json, os, sys\n"
         "spec = json.load(sys.stdin)\n"
         "spec['env'] = {k: v for k, v in os.environ.items() if k.startswith('PPN_VM_')}\n"
         f"with open({str(record)!r}, 'a') as f:\n"
         "    f.write(json.dumps(spec) + '\\n')\n"
-        "print('launched ' + spec['name'] + ' with ' + str(spec['ram_mb']) + ' MB')\n"
+        f"if os.path.exists({str(record)!r} + '.fail-' + spec['action']):\n"
+        "    print(spec['action'] + ' of ' + spec['name'] + ' failed on purpose', file=sys.stderr)\n"
+        "    sys.exit(1)\n"
+        "if spec['action'] == 'create':\n"
+        "    print('launched ' + spec['name'] + ' with ' + str(spec['ram_mb']) + ' MB')\n"
+        "else:\n"
+        "    print(spec['action'] + ' ' + spec['name'] + ' done')\n"
     )
 
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         encode_heartbeat,
     )
     from ._placement import (
+        DEFAULT_VCPU_OVERCOMMIT,
         MIGRATION_REFUSAL,
         SAFETY_MARGIN_MB,
         Candidate,
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
         SpawnDecision,
         SpawnRequested,
         SpawnServer,
+        VmActionRequested,
     )
     from ._table import (
         DEFAULT_EVICTION_TIMEOUT,
@@ -61,7 +63,7 @@ if TYPE_CHECKING:
     )
     from ._trio_controller import FleetController, FleetControllerConfig
     from ._trio_host import DEFAULT_HEARTBEAT_INTERVAL, VmHostConfig, VmHostService
-    from ._vm import VmRecord, VmSpec, VmState, is_totebox
+    from ._vm import VmAction, VmRecord, VmSpec, VmState, is_totebox
 
 # Loaded on first use: importing the facade (or any module of the package) loads no
 # adapter, event loop, sqlite3 or pyroute2 until a name that needs it is asked for.
@@ -77,6 +79,7 @@ _LAZY: dict[str, str] = {
     "SignedHeartbeat": "_heartbeat",
     "decode_heartbeat": "_heartbeat",
     "encode_heartbeat": "_heartbeat",
+    "DEFAULT_VCPU_OVERCOMMIT": "_placement",
     "MIGRATION_REFUSAL": "_placement",
     "SAFETY_MARGIN_MB": "_placement",
     "Candidate": "_placement",
@@ -91,6 +94,7 @@ _LAZY: dict[str, str] = {
     "SpawnDecision": "_spawn",
     "SpawnRequested": "_spawn",
     "SpawnServer": "_spawn",
+    "VmActionRequested": "_spawn",
     "DEFAULT_EVICTION_TIMEOUT": "_table",
     "HeartbeatAccepted": "_table",
     "NodeEvicted": "_table",
@@ -105,6 +109,7 @@ _LAZY: dict[str, str] = {
     "DEFAULT_HEARTBEAT_INTERVAL": "_trio_host",
     "VmHostConfig": "_trio_host",
     "VmHostService": "_trio_host",
+    "VmAction": "_vm",
     "VmRecord": "_vm",
     "VmSpec": "_vm",
     "VmState": "_vm",
@@ -120,9 +125,11 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
+
 __all__ = [
     "DEFAULT_EVICTION_TIMEOUT",
     "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_VCPU_OVERCOMMIT",
     "MIGRATION_REFUSAL",
     "SAFETY_MARGIN_MB",
     "Candidate",
@@ -155,6 +162,8 @@ __all__ = [
     "StaticDirectory",
     "VmHostConfig",
     "VmHostService",
+    "VmAction",
+    "VmActionRequested",
     "VmRecord",
     "VmSpec",
     "VmState",

@@ -21,7 +21,6 @@ import os
 import secrets
 import socket
 import stat
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,9 +34,9 @@ from ._heartbeat import (
     encode_heartbeat,
     encode_heartbeat_reply,
 )
-from ._io_host import ProvisionerResult, run_provisioner
+from ._io_host import ProvisionerResult, run_provisioner, save_vm_file
 from ._io_state import save_replay_state
-from ._operator import MAX_CONTROL_FRAME, ControlRequest, decode_control_request
+from ._operator import MAX_CONTROL_FRAME, decode_control_request
 from ._spawn import (
     MAX_SPAWN_FRAME,
     SpawnAnswer,
@@ -45,10 +44,11 @@ from ._spawn import (
     SpawnRequested,
     SpawnServer,
     SpawnState,
+    VmActionRequested,
 )
 from ._trio_controller import FleetController, FleetControllerConfig
 from ._trio_host import SPAWN_LIMITS, VmHostConfig, VmHostService
-from ._vm import VmRecord, VmSpec, VmState, is_totebox
+from ._vm import VmAction, VmSpec
 
 __all__ = ["AsyncioFleetController", "AsyncioVmHostService"]
 
@@ -140,30 +140,8 @@ class AsyncioFleetController(FleetController):
         finally:
             _abort(writer)
 
-    async def create(self, request: ControlRequest) -> dict[str, Any]:
-        """Dispatch a VM to the node the operator confirmed (as the trio controller does)."""
-        if not request.node:
-            return {
-                "ok": False,
-                "error": "refused",
-                "message": "a create names the node the operator confirmed",
-            }
-        advice = self.advise(request)
-        if not advice["ok"]:
-            return advice
-        record = self.table.live_node(request.node)
-        if record is None:  # pragma: no cover - advise just checked it
-            return {"ok": False, "error": "refused", "message": "node left the fleet"}
-        request_id = secrets.token_bytes(16)
-        name = request.name or f"{request.vm_type}-{request_id.hex()[:8]}"
-        spec = VmSpec(
-            vm_type=request.vm_type, name=name, ram_mb=request.ram_mb, vcpus=request.vcpus
-        )
-        client = SpawnClient(
-            key=self.config.identity, node_id=record.member.node_id, request_id=request_id,
-            spec=spec,
-        )  # fmt: skip
-        address = record.member.mesh_address
+    async def _exchange(self, address: str, client: SpawnClient) -> SpawnAnswer | str:
+        """One spawn-protocol exchange on asyncio (the trio controller's, re-done)."""
         try:
             async with asyncio.timeout(self.config.connection_timeout):
                 reader, writer = await asyncio.open_connection(address, self.config.spawn_port)
@@ -177,29 +155,11 @@ class AsyncioFleetController(FleetController):
                 finally:
                     _abort(writer)
         except (PPNError, TimeoutError, OSError) as exc:
-            message = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-            log.warning("dispatch to %s failed: %s", record.name, message)
-            return {
-                "ok": False,
-                "error": "dispatch",
-                "message": f"could not dispatch to {record.name} ({address}): {message}",
-            }
+            return "timed out" if isinstance(exc, TimeoutError) else str(exc)
         answer = client.next_event()
         if not isinstance(answer, SpawnAnswer):  # pragma: no cover - core invariant
-            return {"ok": False, "error": "dispatch", "message": "no answer from the vm-host"}
-        if not answer.accepted:
-            return {
-                "ok": False,
-                "error": "dispatch",
-                "message": f"{record.name} refused the VM: {answer.reason}",
-            }
-        return {
-            "ok": True,
-            "node": record.name,
-            "vm": spec.to_wire(),
-            "request_id": request_id.hex(),
-            "totebox": is_totebox(spec.vm_type),
-        }
+            return "no answer from the vm-host"
+        return answer
 
     async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -271,6 +231,7 @@ class AsyncioVmHostService(VmHostService):
         super().__init__(config)
         self.guard = ListenerGuard(SPAWN_LIMITS)  # type: ignore[assignment]
         self._tasks: list[asyncio.Task[Any]] = []
+        self._save = asyncio.Lock()
 
     async def send_heartbeat(self) -> bool:
         """Send one heartbeat; True if the controller accepted it. Never raises for I/O trouble."""
@@ -305,29 +266,38 @@ class AsyncioVmHostService(VmHostService):
         start = loop.time()
         slot = 0
         while True:
+            if self._unsaved:
+                await self._persist()  # a disk that refused earlier may take it now
             await self.send_heartbeat()
             now = loop.time()
             slot = max(slot + 1, math.floor((now - start) / interval) + 1)
             await asyncio.sleep(max(0.0, start + slot * interval - loop.time()))
 
-    async def _provision(self, request_id: bytes) -> None:
-        record = self.vms[request_id]
+    async def _persist(self) -> bool:
+        path = self.config.vm_state_path
+        if path is None:
+            return True
+        async with self._save:
+            try:
+                await asyncio.to_thread(save_vm_file, Path(path), self._host_vms())
+            except OSError as exc:
+                return self._save_failed(exc)
+        self._unsaved = False
+        return True
+
+    async def _run_hook(
+        self, spec: VmSpec, request_id: bytes, action: VmAction
+    ) -> ProvisionerResult:
         if self.config.provision is not None:
-            result = await self.config.provision(record.spec, request_id)
-        else:
-            result = await asyncio.to_thread(_provision_in_thread, self.config, record.spec,
-                                             request_id)  # fmt: skip
-        state = VmState.RUNNING if result.ok else VmState.FAILED
-        self.vms[request_id] = replace(record, state=state, detail=result.detail)
-        log.info(
-            "VM %s is %s (provisioner: %s)", record.spec.name, state.value, result.detail or "-"
-        )
+            return await self.config.provision(spec, request_id, action)
+        return await asyncio.to_thread(_provision_in_thread, self.config, spec, request_id,
+                                       action)  # fmt: skip
 
     async def _spawn(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _conn: Connection
     ) -> None:
         """One spawn connection; if accepted, run the provisioner after answering."""
-        accepted: bytes | None = None
+        job: tuple[bytes, VmAction] | None = None
         core = SpawnServer(
             node_id=self.member.node_id,
             directory=self.config.directory,
@@ -340,16 +310,9 @@ class AsyncioVmHostService(VmHostService):
                 while core.state is SpawnState.AWAIT_REQUEST:
                     core.receive_data(await reader.read(MAX_SPAWN_FRAME))
                 event = core.next_event()
-                if not isinstance(event, SpawnRequested):  # pragma: no cover - core invariant
+                if not isinstance(event, SpawnRequested | VmActionRequested):  # pragma: no cover
                     raise PPNError("spawn core advanced without a request")
-                decision = self._decide(event)
-                if decision.accepted:
-                    self.vms[event.request_id] = VmRecord(
-                        request_id=event.request_id, spec=event.spec, state=VmState.PROVISIONING
-                    )
-                    accepted = event.request_id
-                else:
-                    log.warning("spawn request refused: %s", decision.reason)
+                decision, job = await self._accept(event)
                 core.send(decision)
                 writer.write(core.data_to_send())
                 await writer.drain()
@@ -357,8 +320,8 @@ class AsyncioVmHostService(VmHostService):
             log.warning("spawn connection dropped: %s", exc or "timed out")
         finally:
             _abort(writer)
-        if accepted is not None:
-            await self._provision(accepted)
+        if job is not None:
+            await self._provision(*job)
 
     async def start(self) -> int:
         """Bind the spawn listener, start heartbeating; returns the spawn port."""
@@ -383,11 +346,11 @@ def encode_heartbeat_frame(service: VmHostService) -> bytes:
 
 
 def _provision_in_thread(
-    config: VmHostConfig, spec: VmSpec, request_id: bytes
+    config: VmHostConfig, spec: VmSpec, request_id: bytes, action: VmAction
 ) -> ProvisionerResult:
     # The one provisioner runner (a trio subprocess with its timeout), on a loop of its own.
     import trio
 
-    run = partial(run_provisioner, config.provisioner, spec, request_id,
+    run = partial(run_provisioner, config.provisioner, spec, request_id, action=action,
                   timeout=config.provisioner_timeout)  # fmt: skip
     return trio.run(run)

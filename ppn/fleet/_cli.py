@@ -4,7 +4,8 @@ Exit statuses (fleet range 60–69):
 60 the fleet controller's operator socket cannot be reached · 61 placement refused ·
 62 the operator did not confirm · 63 dispatch to the vm-host failed · 64 migration refused
 (excluded by design) · 65 the provisioner reported failure (``--wait``) · 66 bad configuration
-(identity, directory, addresses) · 67 timed out waiting for the provisioner (``--wait``).
+(identity, directory, addresses, the VM record file) · 67 timed out waiting for the provisioner
+(``--wait``) · 68 no such VM, or more than one of that name (``ppn vm stop|start|delete``).
 """
 
 from __future__ import annotations
@@ -32,13 +33,15 @@ EXIT_MIGRATION = 64
 EXIT_PROVISIONER_FAILED = 65
 EXIT_CONFIG = 66
 EXIT_WAIT_TIMEOUT = 67
+EXIT_NO_SUCH_VM = 68
 
 DEFAULT_CONTROL = "/run/ppn/fleet.sock"
 
 _STATUSES = """exit statuses:
   0 success · 60 controller unreachable · 61 placement refused · 62 not confirmed ·
   63 dispatch failed · 64 migration refused · 65 provisioner failed · 66 bad configuration ·
-  67 timed out waiting for the provisioner · 130 interrupted"""
+  67 timed out waiting for the provisioner · 68 no such VM (or its name is on several nodes) ·
+  130 interrupted"""
 
 _DIRECTORY_HELP = (
     'JSON member directory: {"members": [{"name", "identity" (base64 Ed25519 public key), '
@@ -171,27 +174,52 @@ def _confirm(question: str) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-def _wait_for_vm(path: str, node: str, request_id: str, seconds: float) -> dict[str, Any]:
+def _poll(path: str, seconds: float, waiting_for: str, timeout_message: str, outcome: Any) -> Any:
+    """Ask for the VM list every 0.5 s until ``outcome(list reply)`` returns a (done, value)
+    pair that is done; exit 67 with ``timeout_message`` after ``seconds``."""
     import time
 
     deadline = time.monotonic() + seconds
-    print(
-        f"waiting up to {seconds:g} s for {node} to report the provisioner's result…",
-        file=sys.stderr,
-    )
+    print(f"waiting up to {seconds:g} s for {waiting_for}…", file=sys.stderr)
     while True:
-        doc = _ask(path, {"op": "status"})
-        for n in doc.get("nodes", []):
-            for vm in n["vms"] if n["name"] == node else []:
-                if vm["request_id"] == request_id and vm["state"] != "provisioning":
-                    return dict(vm)
+        done, value = outcome(_ask(path, {"op": "list"}))
+        if done:
+            return value
         if time.monotonic() >= deadline:
-            raise CommandError(
-                f"no result from {node}'s provisioner within {seconds:g} s "
-                "(see 'ppn fleet status' later)",
-                EXIT_WAIT_TIMEOUT,
-            )
+            raise CommandError(timeout_message, EXIT_WAIT_TIMEOUT)
         time.sleep(0.5)
+
+
+def _wait_for_vm(path: str, node: str, request_id: str, seconds: float) -> dict[str, Any]:
+    def outcome(doc: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
+        for vm in doc.get("vms", []):
+            settled = vm["state"] not in ("provisioning", "dispatched")
+            if vm["node"] == node and vm["request_id"] == request_id and settled:
+                return True, dict(vm)
+        return False, None
+
+    return dict(
+        _poll(
+            path,
+            seconds,
+            f"{node} to report the provisioner's result",
+            f"no result from {node}'s provisioner within {seconds:g} s (see 'ppn vm list' later)",
+            outcome,
+        )
+    )
+
+
+def _report(
+    args: argparse.Namespace, outcome: dict[str, Any], headline: str, vm: str, node: str
+) -> None:
+    """A dispatch's outcome: JSON, or the headline and, after --wait, the VM's state."""
+    if args.json:
+        print(json.dumps(outcome, indent=2, sort_keys=True))
+        return
+    print(headline)
+    if args.wait:
+        detail = f": {outcome['detail']}" if outcome["detail"] else ""
+        print(f"{vm} on {node}: {outcome['state']}{detail}")
 
 
 def _cmd_vm_create(args: argparse.Namespace) -> int:
@@ -238,13 +266,8 @@ def _cmd_vm_create(args: argparse.Namespace) -> int:
         vm = _wait_for_vm(path, node, str(result["request_id"]), args.wait)
         outcome["state"] = vm["state"]
         outcome["detail"] = vm["detail"]
-    if args.json:
-        print(json.dumps(outcome, indent=2, sort_keys=True))
-    else:
-        print(f"dispatched {vm_name} to {node} (request {result['request_id'][:8]})")
-        if args.wait:
-            detail = f": {outcome['detail']}" if outcome["detail"] else ""
-            print(f"{vm_name} on {node}: {outcome['state']}{detail}")
+    headline = f"dispatched {vm_name} to {node} (request {result['request_id'][:8]})"
+    _report(args, outcome, headline, vm_name, node)
     if args.wait and outcome["state"] == "failed":
         raise CommandError(
             f"the provisioner on {node} failed{': ' + outcome['detail'] if outcome['detail'] else ''}",
@@ -257,6 +280,162 @@ def _cmd_vm_migrate(args: argparse.Namespace) -> int:
     from ._placement import MIGRATION_REFUSAL
 
     raise CommandError(f"cannot move {args.vm}: {MIGRATION_REFUSAL}", EXIT_MIGRATION)
+
+
+# --- ppn vm list / stop / start / delete -----------------------------------------------------------
+
+
+def _print_vm_list(vms: list[dict[str, Any]]) -> None:
+    if not vms:
+        print("no VMs on the live nodes")
+        return
+    header = ("NAME", "NODE", "TYPE", "RAM", "VCPUS", "STATE", "DETAIL")
+    rows = [
+        (
+            v["name"],
+            v["node"],
+            v["type"],
+            f"{v['ram_mb']} MB",
+            str(v["vcpus"]),
+            v["state"],
+            v["detail"],
+        )
+        for v in vms
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _cmd_vm_list(args: argparse.Namespace) -> int:
+    doc = _ask(_control_path(args), {"op": "list"})
+    vms = [v for v in doc.get("vms", []) if not args.node or v["node"] == args.node]
+    if args.json:
+        print(json.dumps({"vms": vms}, indent=2, sort_keys=True))
+    else:
+        _print_vm_list(vms)
+    return 0
+
+
+_TARGET_STATE = {"stop": "stopped", "start": "running"}
+_BUSY_STATES = frozenset({"provisioning", "stopping", "starting", "deleting", "dispatched"})
+
+
+def _wait_for_action(
+    path: str, action: str, node: str, name: str, action_id: str, seconds: float
+) -> dict[str, Any] | None:
+    """Poll the VM list until the vm-host reports the action's outcome: the VM's entry once it
+    settles after this action, or None when a delete removed it."""
+
+    def outcome(doc: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
+        mine = [v for v in doc.get("vms", []) if v["node"] == node and v["name"] == name]
+        if action == "delete" and not mine:
+            return True, None
+        for vm in mine:
+            if vm["action_id"] == action_id and vm["state"] not in _BUSY_STATES:
+                return True, dict(vm)
+        return False, None
+
+    result: dict[str, Any] | None = _poll(
+        path,
+        seconds,
+        f"{node} to report the {action} of {name}",
+        f"no result of the {action} of {name} from {node} within {seconds:g} s "
+        "(see 'ppn vm list' later)",
+        outcome,
+    )
+    return result
+
+
+def _find_for_action(path: str, name: str, node: str | None) -> dict[str, Any]:
+    """The one VM called ``name`` (on ``node``), as the controller lists it."""
+    doc = _ask(path, {"op": "list"})
+    found = [v for v in doc.get("vms", []) if v["name"] == name and (not node or v["node"] == node)]
+    where = f" on node {node}" if node else " on the live nodes"
+    if not found:
+        raise CommandError(f"no VM named {name}{where} ('ppn vm list' shows them)", EXIT_NO_SUCH_VM)
+    if len(found) > 1:
+        nodes = ", ".join(v["node"] for v in found)
+        raise CommandError(
+            f"VMs named {name} are on nodes {nodes}: name one with --node", EXIT_NO_SUCH_VM
+        )
+    return dict(found[0])
+
+
+def _confirm_delete(args: argparse.Namespace, vm: dict[str, Any]) -> str:
+    """Ask before a delete; return the typed confirmation the controller checks (a Totebox's)."""
+    where = f"{vm['name']} ({vm['type']}, {vm['ram_mb']} MB) on {vm['node']}"
+    if not vm["totebox"]:
+        if not args.yes and not _confirm(f"delete VM {where}? [y/N] "):
+            raise CommandError("not confirmed; nothing was deleted", EXIT_NOT_CONFIRMED)
+        return ""
+    # A VM-Totebox: --yes and the name typed, or given with --confirm. Its vault data stays.
+    if not args.yes:
+        raise CommandError(
+            f"{vm['name']} is a VM-Totebox: it is deleted only with --yes and its name typed "
+            "(at the prompt, or --confirm NAME); nothing was deleted",
+            EXIT_NOT_CONFIRMED,
+        )
+    typed = args.confirm
+    if typed is None:
+        print(
+            f"{where} is a VM-Totebox: the VM is deleted, its vault data is kept.",
+            file=sys.stderr,
+        )
+        print("type the VM's name to delete it: ", end="", file=sys.stderr, flush=True)
+        try:
+            typed = input().strip()
+        except EOFError:
+            typed = ""
+    if typed != vm["name"]:
+        raise CommandError(
+            f"the typed name does not match {vm['name']}; nothing was deleted", EXIT_NOT_CONFIRMED
+        )
+    return str(typed)
+
+
+def _cmd_vm_action(args: argparse.Namespace) -> int:
+    from ._vm import VM_NAME
+
+    action: str = args.vm_command
+    if not VM_NAME.match(args.vm):
+        raise CommandError("a VM name is 1-63 lower-case letters, digits and '-'", 2)
+    path = _control_path(args)
+    confirm = ""
+    node = args.node or ""
+    if action == "delete":
+        vm = _find_for_action(path, args.vm, args.node)
+        confirm = _confirm_delete(args, vm)
+        node = vm["node"]  # what the operator confirmed, even if a namesake appears meanwhile
+    request = {"op": action, "name": args.vm, "node": node, "confirm": confirm}
+    result = _ask(path, request)
+    if not result["ok"]:
+        status = {
+            "vm": EXIT_NO_SUCH_VM,
+            "confirm": EXIT_NOT_CONFIRMED,
+            "refused": EXIT_REFUSED,
+        }.get(str(result.get("error")), EXIT_DISPATCH)
+        raise CommandError(str(result.get("message")), status)
+    outcome: dict[str, Any] = {**result}
+    vm_node = str(result["node"])
+    if args.wait:
+        settled = _wait_for_action(
+            path, action, vm_node, args.vm, str(result["action_id"]), args.wait
+        )
+        outcome["state"] = "deleted" if settled is None else settled["state"]
+        outcome["detail"] = "" if settled is None else settled["detail"]
+    headline = f"{action} of {args.vm} dispatched to {vm_node} (request {result['action_id'][:8]})"
+    _report(args, outcome, headline, args.vm, vm_node)
+    if not args.json and action == "delete" and result.get("totebox"):
+        print(f"{args.vm} was a VM-Totebox: its vault data is kept on {vm_node}")
+    expected = _TARGET_STATE.get(action, "deleted")
+    if args.wait and outcome["state"] != expected:
+        raise CommandError(
+            f"the {action} of {args.vm} on {vm_node} failed"
+            f"{': ' + outcome['detail'] if outcome['detail'] else ''}",
+            EXIT_PROVISIONER_FAILED,
+        )
+    return 0
 
 
 # --- the services ---------------------------------------------------------------------------------
@@ -364,6 +543,19 @@ def _replay_path(args: argparse.Namespace) -> str:
     return os.path.join(base or ".", REPLAY_FILE)
 
 
+def _vm_state_path(args: argparse.Namespace) -> str:
+    """Where the vm-host keeps its VM records (RFC-NOTES §8.7.1): --vm-state, else
+    fleet-vms.bin in the state directory, else FILE.vms beside the identity file FILE (so two
+    vm-hosts whose keys share a directory do not share a record file)."""
+    if args.vm_state:
+        return str(args.vm_state)
+    from ._io_host import VM_FILE
+
+    if args.state is not None:
+        return os.path.join(args.state, VM_FILE)
+    return f"{args.identity}.vms"
+
+
 def _cmd_fleet_serve(args: argparse.Namespace) -> int:
     from .._errors import PPNError
     from ._trio_controller import FleetController, FleetControllerConfig
@@ -380,6 +572,7 @@ def _cmd_fleet_serve(args: argparse.Namespace) -> int:
         control_path=control,
         spawn_port=args.spawn_port,
         eviction_timeout=args.eviction_timeout,
+        vcpu_overcommit=args.vcpu_overcommit,
         replay_path=_replay_path(args),
     )
     try:
@@ -409,6 +602,7 @@ def _cmd_vmhost_serve(args: argparse.Namespace) -> int:
         provisioner=shlex.split(args.provisioner) if args.provisioner else (),
         provisioner_timeout=args.provisioner_timeout,
         max_ram_mb=args.max_ram_mb,
+        vm_state_path=_vm_state_path(args),
     )
     try:
         service = VmHostService(config)
@@ -520,6 +714,14 @@ def _add_fleet_serve(fleet_sub: Subparsers) -> None:
         help="evict a node this long after its last heartbeat (default 30)",
     )
     serve.add_argument(
+        "--vcpu-overcommit",
+        type=float,
+        default=4.0,
+        metavar="RATIO",
+        help="vCPUs placement lets a node carry per CPU core, counting every VM on it but "
+        "failed ones (default 4)",
+    )
+    serve.add_argument(
         "--replay-state",
         metavar="FILE",
         help="where the heartbeat replay state survives restarts (default: fleet-replay.bin "
@@ -559,11 +761,14 @@ def _add_vmhost_serve(vmhost_sub: Subparsers) -> None:
     hs = vmhost_sub.add_parser(
         "serve",
         help="run service-vm-host on this node",
-        description=f"Heartbeat every 10 s to the fleet controller (TCP {FLEET_PORT}) and accept spawn "
-        f"requests signed by the controller (TCP {SPAWN_PORT} on this node's mesh address). A spawn runs "
-        "the provisioner command with the VM spec as JSON on stdin and in PPN_VM_TYPE, "
-        "PPN_VM_NAME, PPN_VM_RAM_MB, PPN_VM_VCPUS, PPN_VM_REQUEST_ID; exit 0 means running. "
-        "The result is reported in the next heartbeat. Stops on SIGTERM or Ctrl-C.",
+        description=f"Heartbeat every 10 s to the fleet controller (TCP {FLEET_PORT}) and accept "
+        f"create, stop, start and delete requests signed by the controller (TCP {SPAWN_PORT} on "
+        "this node's mesh address). Each runs the provisioner command with the VM spec and the "
+        "action as JSON on stdin and in PPN_VM_ACTION (create, stop, start, delete), "
+        "PPN_VM_TYPE, PPN_VM_NAME, PPN_VM_RAM_MB, PPN_VM_VCPUS, PPN_VM_REQUEST_ID, and "
+        "PPN_VM_KEEP_DATA=1 for a VM-Totebox (whose vault data a delete must keep); exit 0 "
+        "means done. The result is reported in the next heartbeat. The VM records are saved "
+        "(--vm-state) so a restart forgets none. Stops on SIGTERM or Ctrl-C.",
         epilog="examples:\n  ppn vmhost serve --state /var/lib/ppn --provisioner '/usr/local/sbin/launch-vm'\n"
         "  ppn vmhost serve --identity id.key --directory fleet.json --reserved \\\n"
         "      --provisioner '/usr/local/sbin/launch-vm --qemu'\n\n" + _STATUSES,
@@ -613,6 +818,12 @@ def _add_vmhost_serve(vmhost_sub: Subparsers) -> None:
         metavar="MB",
         help="advertise at most this much RAM to the pool; VMs launched here count against it",
     )
+    hs.add_argument(
+        "--vm-state",
+        metavar="FILE",
+        help="where this node's VM records survive restarts (default: fleet-vms.bin in "
+        "--state DIR, else FILE.vms for --identity FILE)",
+    )
     hs.add_argument("-v", "--verbose", action="store_true", help="more logging")
     hs.set_defaults(handler=_cmd_vmhost_serve)
 
@@ -620,14 +831,17 @@ def _add_vmhost_serve(vmhost_sub: Subparsers) -> None:
 def _register_vm(subparsers: Subparsers) -> None:
     vm = subparsers.add_parser(
         "vm",
-        help="create VMs in the pool (advisory placement, operator-confirmed)",
+        help="create, list, stop, start and delete VMs in the pool",
         description="VMs are created by an operator: the controller advises a node, you confirm, "
-        "the node's vm-host launches it. VMs never move between nodes.",
+        "the node's vm-host launches it. They are then listed, stopped, started and deleted "
+        "where they are: VMs never move between nodes.",
         epilog=_STATUSES,
         formatter_class=_Formatter,
     )
     vm_sub = vm.add_subparsers(dest="vm_command", metavar="COMMAND", required=True)
     _add_vm_create(vm_sub)
+    _add_vm_list(vm_sub)
+    _add_vm_actions(vm_sub)
     _add_vm_migrate(vm_sub)
 
 
@@ -677,3 +891,73 @@ def _add_vm_migrate(vm_sub: Subparsers) -> None:
     migrate.add_argument("vm", metavar="VM")
     migrate.add_argument("--to", metavar="NODE", help="ignored: nothing is moved")
     migrate.set_defaults(handler=_cmd_vm_migrate)
+
+
+def _add_vm_list(vm_sub: Subparsers) -> None:
+    listing = vm_sub.add_parser(
+        "list",
+        help="every VM on the live nodes and its state",
+        description="List the VMs of the live nodes as their last heartbeats report them "
+        "(provisioning, running, failed, stopping, stopped, starting, deleting), and VMs "
+        "dispatched that no heartbeat lists yet (dispatched). A vm-host keeps its records "
+        "across restarts, so its VMs are listed again after its next heartbeat.",
+        epilog="examples:\n  ppn vm list\n  ppn vm list --node laptop-b --json\n\n" + _STATUSES,
+        formatter_class=_Formatter,
+    )
+    listing.add_argument("--node", metavar="NAME", help="only the VMs on this node")
+    listing.add_argument("--json", action="store_true", help="print the list as JSON")
+    _add_control(listing)
+    listing.set_defaults(handler=_cmd_vm_list)
+
+
+_ACTION_HELP = {
+    "stop": (
+        "stop a running VM (it keeps its RAM and vCPUs reserved on its node)",
+        "Ask the VM's vm-host to stop it: the provisioner runs with PPN_VM_ACTION=stop. A "
+        "stopped VM keeps its share of its node, so it can be started again.",
+    ),
+    "start": (
+        "start a stopped VM on its node",
+        "Ask the VM's vm-host to start it again: the provisioner runs with PPN_VM_ACTION=start.",
+    ),
+    "delete": (
+        "delete a VM (asks first; a VM-Totebox needs --yes and its name typed)",
+        "Ask the VM's vm-host to delete it: the provisioner runs with PPN_VM_ACTION=delete and "
+        "the record goes once it exits 0. You are asked to confirm (--yes for scripts). A "
+        "VM-Totebox is deleted only with --yes and its name typed at the prompt or given with "
+        "--confirm NAME; its vault data is the entity's archive and is never deleted with the "
+        "VM (the provisioner gets PPN_VM_KEEP_DATA=1).",
+    ),
+}
+
+
+def _add_vm_actions(vm_sub: Subparsers) -> None:
+    for action, (short, description) in _ACTION_HELP.items():
+        examples = f"examples:\n  ppn vm {action} web-1 --wait 60\n"
+        if action == "delete":
+            examples += "  ppn vm delete web-1 --yes\n  ppn vm delete acme-archive --yes --confirm acme-archive\n"
+        parser = vm_sub.add_parser(
+            action,
+            help=short,
+            description=description + " The controller finds the VM on the live nodes; "
+            "--node picks one when several nodes have a VM of that name.",
+            epilog=examples + "\n" + _STATUSES,
+            formatter_class=_Formatter,
+        )
+        parser.add_argument("vm", metavar="NAME", help="the VM's name ('ppn vm list')")
+        parser.add_argument("--node", metavar="NAME", help="the node the VM is on")
+        if action == "delete":
+            parser.add_argument(
+                "--yes", action="store_true", help="confirm without asking (for scripts)"
+            )
+            parser.add_argument(
+                "--confirm",
+                metavar="NAME",
+                help="a VM-Totebox's name, typed: with --yes, deletes it without a prompt",
+            )
+        parser.add_argument(
+            "--wait", type=float, metavar="SECONDS", help="wait for the provisioner's result"
+        )
+        parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
+        _add_control(parser)
+        parser.set_defaults(handler=_cmd_vm_action)

@@ -1,8 +1,9 @@
-"""What a vm-host reads from its machine: memory, CPUs, load, KVM, boot id; and its provisioner.
+"""What a vm-host reads from its machine: memory, CPUs, load, KVM, boot id; its provisioner;
+and the file its VM records survive restarts in.
 
 Linux only (``/proc``). Every reader takes the path it reads so tests can point it at a fixture.
-The provisioner is the node's own command that really launches a VM (QEMU on the platform); the
-fleet only runs it and records how it ended (RFC-NOTES §8.7).
+The provisioner is the node's own command that really launches, stops, starts and deletes VMs
+(QEMU on the platform); the fleet only runs it and records how it ended (RFC-NOTES §8.7).
 """
 
 from __future__ import annotations
@@ -15,19 +16,28 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
-from ._vm import VmSpec
+from .._errors import RemoteProtocolError
+from .._io_files import atomic_write
+from ._vm import HostVm, VmAction, VmSpec, decode_vm_file, encode_vm_file, is_totebox
 
 __all__ = [
+    "VM_FILE",
     "HostFacts",
     "ProvisionerResult",
     "SequenceClock",
+    "VmFileError",
+    "load_vm_file",
     "read_boot_id",
     "read_host_facts",
     "run_provisioner",
+    "save_vm_file",
 ]
+
+VM_FILE = "fleet-vms.bin"  # the vm-host's VM records in a mesh state directory
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,19 +131,30 @@ async def run_provisioner(
     spec: VmSpec,
     request_id: bytes,
     *,
+    action: VmAction = VmAction.CREATE,
     timeout: float = 600.0,
     extra_env: Mapping[str, str] | None = None,
 ) -> ProvisionerResult:
-    """Run ``argv`` with the VM spec as JSON on stdin and as ``PPN_VM_*`` environment variables.
+    """Run ``argv`` for one action on one VM: the spec, the VM's request id and the action as
+    JSON on stdin, and as ``PPN_VM_*`` environment variables (``PPN_VM_ACTION``: create, stop,
+    start, delete; ``PPN_VM_KEEP_DATA=1`` for a VM-Totebox, whose data is never deleted).
 
-    Exit status 0 means the VM is running; the last line of stdout (or stderr on failure)
+    Exit status 0 means the action succeeded; the last line of stdout (or stderr on failure)
     becomes the record's detail.
     """
-    spec_document = {**spec.to_wire(), "request_id": request_id.hex()}
+    keep_data = is_totebox(spec.vm_type)
+    spec_document = {
+        **spec.to_wire(),
+        "request_id": request_id.hex(),
+        "action": action.value,
+        "keep_data": keep_data,
+    }
     env = dict(os.environ)
     env.update(extra_env or {})
+    env.pop("PPN_VM_KEEP_DATA", None)
     env.update(
         {
+            "PPN_VM_ACTION": action.value,
             "PPN_VM_TYPE": spec.vm_type,
             "PPN_VM_NAME": spec.name,
             "PPN_VM_RAM_MB": str(spec.ram_mb),
@@ -141,6 +162,8 @@ async def run_provisioner(
             "PPN_VM_REQUEST_ID": request_id.hex(),
         }
     )
+    if keep_data:
+        env["PPN_VM_KEEP_DATA"] = "1"
     try:
         with trio.fail_after(timeout):
             completed = await trio.run_process(
@@ -161,3 +184,29 @@ async def run_provisioner(
     return ProvisionerResult(
         ok=False, detail=f"provisioner exited {completed.returncode}: {detail}"[:200]
     )
+
+
+class VmFileError(Exception):
+    """The VM record file cannot be read or is damaged: the vm-host must not start without it."""
+
+
+def load_vm_file(path: Path) -> list[HostVm]:
+    """The saved VM records (RFC-NOTES §8.7.1); none when the file does not exist yet."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise VmFileError(f"cannot read the VM records {path}: {exc.strerror}") from exc
+    try:
+        return decode_vm_file(data)
+    except RemoteProtocolError as exc:
+        raise VmFileError(
+            f"the VM records {path} are damaged ({exc}); move the file away only if this "
+            "node runs no VMs"
+        ) from exc
+
+
+def save_vm_file(path: Path, vms: Sequence[HostVm]) -> None:
+    """Replace the VM record file atomically; on OSError the old file is left as it was."""
+    atomic_write(path, encode_vm_file(vms))

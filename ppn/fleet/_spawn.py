@@ -1,11 +1,14 @@
-"""Spawn dispatch: the fleet controller asks one vm-host to launch a VM (RFC-NOTES §8.7).
+"""Spawn dispatch: the fleet controller asks one vm-host to launch, stop, start or delete a VM
+(RFC-NOTES §8.7).
 
 One TCP connection per request, three frames:
 
 1. host -> controller ``{"t": "challenge", "node_id": str, "nonce": bin(16)}``
 2. controller -> host ``{"body": bin, "key": bin(32), "sig": bin(64)}`` where ``body`` is the
    canonical map ``{"v": 1, "t": "spawn", "node_id", "nonce", "request_id": bin(16), "vm": spec}``
-   and ``sig`` is Ed25519 by the controller's identity key over ``SPAWN_CONTEXT || body``;
+   (a create) or ``{"v": 1, "t": "stop" | "start" | "delete", "node_id", "nonce",
+   "request_id": bin(16), "name": str}`` (an action on an existing VM), and ``sig`` is Ed25519
+   by the controller's identity key over ``SPAWN_CONTEXT || body``;
 3. host -> controller ``{"t": "accepted" | "refused", "request_id": bin(16), "reason": str}``.
 
 The fresh nonce from the host binds the signed request to this connection, so a recorded request
@@ -29,7 +32,7 @@ from .._framing import FramedConnection
 from .._keys import IdentityKey, verify_signature
 from ._codec import expect_map, unpack_message
 from ._directory import MemberDirectory
-from ._vm import REQUEST_ID_SIZE, VmSpec
+from ._vm import REQUEST_ID_SIZE, VM_NAME, VmAction, VmSpec
 
 __all__ = [
     "MAX_SPAWN_FRAME",
@@ -42,6 +45,7 @@ __all__ = [
     "SpawnRequested",
     "SpawnServer",
     "SpawnState",
+    "VmActionRequested",
 ]
 
 SPAWN_CONTEXT = b"ppn fleet spawn v1\x00"
@@ -75,6 +79,15 @@ class SpawnRequested:
 
 
 @dataclass(frozen=True, kw_only=True)
+class VmActionRequested:
+    """Server event: the controller asks to stop, start or delete the VM named ``name``."""
+
+    request_id: bytes
+    action: VmAction
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class SpawnDecision:
     """Server input: accept (provisioner started) or refuse with a reason."""
 
@@ -91,6 +104,15 @@ class SpawnAnswer:
     accepted: bool
     reason: str
 
+
+# The body's "t" for each action: a create is the protocol's original "spawn".
+_KINDS = {
+    VmAction.CREATE: "spawn",
+    VmAction.STOP: "stop",
+    VmAction.START: "start",
+    VmAction.DELETE: "delete",
+}
+_ACTIONS = {kind: action for action, kind in _KINDS.items()}
 
 _SERVER_TRANSITIONS = {
     (SpawnState.AWAIT_REQUEST, "request"): SpawnState.AWAIT_DECISION,
@@ -167,19 +189,31 @@ class SpawnServer(_Core):
             raise SpawnAuthError()
         inner = unpack_message(body, what="spawn body", max_size=MAX_SPAWN_FRAME)
         what = "spawn body"
+        kind = inner.get("t") if isinstance(inner, dict) else None
+        action = _ACTIONS.get(kind) if isinstance(kind, str) else None
+        if action is None:
+            raise RemoteProtocolError("spawn body is not a version-1 spawn, stop, start or delete")
+        target = "vm" if action is VmAction.CREATE else "name"
         b = expect_map(
-            inner, what=what, required=("v", "t", "node_id", "nonce", "request_id", "vm")
+            inner, what=what, required=("v", "t", "node_id", "nonce", "request_id", target)
         )
-        if b.integer("v", 0, 255) != 1 or b["t"] != "spawn":
-            raise RemoteProtocolError("spawn body is not a version-1 spawn request")
+        if b.integer("v", 0, 255) != 1:
+            raise RemoteProtocolError("spawn body is not a version-1 request")
         # A valid signature over someone else's nonce or node is a replay: same error as a forgery.
         if b["nonce"] != self._nonce or b["node_id"] != self.node_id:
             raise SpawnAuthError()
         request_id = b.blob("request_id", size=REQUEST_ID_SIZE)
-        spec = VmSpec.from_wire(b["vm"], what=f"{what}.vm")
+        event: SpawnRequested | VmActionRequested
+        if action is VmAction.CREATE:
+            event = SpawnRequested(
+                request_id=request_id, spec=VmSpec.from_wire(b["vm"], what=f"{what}.vm")
+            )
+        else:
+            name = b.text("name", high=63, pattern=VM_NAME)
+            event = VmActionRequested(request_id=request_id, action=action, name=name)
         self._step("request")
         self._request_id = request_id
-        self._events.append(SpawnRequested(request_id=request_id, spec=spec))
+        self._events.append(event)
 
     def send(self, decision: SpawnDecision) -> None:
         if decision.request_id != self._request_id:
@@ -196,7 +230,10 @@ class SpawnServer(_Core):
 
 
 class SpawnClient(_Core):
-    """The controller side: answers the host's challenge with a signed request."""
+    """The controller side: answers the host's challenge with a signed request.
+
+    A create carries ``spec``; a stop, start or delete (``action``) carries the VM's ``name``.
+    """
 
     _transitions = _CLIENT_TRANSITIONS
 
@@ -206,15 +243,23 @@ class SpawnClient(_Core):
         key: IdentityKey,
         node_id: str,
         request_id: bytes,
-        spec: VmSpec,
+        spec: VmSpec | None = None,
+        action: VmAction = VmAction.CREATE,
+        name: str = "",
     ) -> None:
         if len(request_id) != REQUEST_ID_SIZE:
             raise LocalProtocolError(f"a request id is {REQUEST_ID_SIZE} random bytes")
+        if (action is VmAction.CREATE) != (spec is not None) or (spec is not None and name):
+            raise LocalProtocolError("a create carries a spec; a stop, start or delete a name")
+        if action is not VmAction.CREATE and not VM_NAME.match(name):
+            raise LocalProtocolError("a VM name is 1-63 lower-case letters, digits and '-'")
         super().__init__(SpawnState.AWAIT_CHALLENGE)
         self._key = key
         self.node_id = node_id
         self.request_id = request_id
         self.spec = spec
+        self.action = action
+        self.name = spec.name if spec is not None else name
 
     def _on_frame(self, frame: bytes) -> None:
         message = unpack_message(frame, what="spawn message", max_size=MAX_SPAWN_FRAME)
@@ -228,16 +273,18 @@ class SpawnClient(_Core):
                 raise RemoteProtocolError(f"reached node {node_id!r}, not {self.node_id!r}")
             nonce = m.blob("nonce", size=NONCE_SIZE)
             self._step("challenge")
-            body = wire.pack_canonical(
-                {
-                    "v": 1,
-                    "t": "spawn",
-                    "node_id": self.node_id,
-                    "nonce": nonce,
-                    "request_id": self.request_id,
-                    "vm": self.spec.to_wire(),
-                }
-            )
+            request: dict[str, Any] = {
+                "v": 1,
+                "t": _KINDS[self.action],
+                "node_id": self.node_id,
+                "nonce": nonce,
+                "request_id": self.request_id,
+            }
+            if self.spec is not None:
+                request["vm"] = self.spec.to_wire()
+            else:
+                request["name"] = self.name
+            body = wire.pack_canonical(request)
             signature = self._key.sign(SPAWN_CONTEXT + body)
             self._emit({"body": body, "key": self._key.public, "sig": signature})
         elif self.state is SpawnState.AWAIT_ANSWER:

@@ -5,6 +5,11 @@ default) of *receiver* time pass without another; it is then evicted by :meth:`h
 which the adapter calls at :meth:`get_timer` -- so a silent node leaves the table on time even if
 nobody asks (RFC-NOTES §8.4). An evicted node that heartbeats again rejoins.
 
+The table also remembers VMs dispatched to a node that its heartbeats do not list yet
+(:meth:`note_dispatch`), so placement counts them and two quick creates cannot overcommit a node
+(RFC-NOTES §8.5). One is forgotten when a heartbeat lists it, when two heartbeats in a row do not
+(the first may have been built before the vm-host accepted it), or when its node is evicted.
+
 Sans-IO: ``now`` is any monotonic clock in seconds the caller chooses, used consistently.
 """
 
@@ -17,9 +22,11 @@ from dataclasses import dataclass
 from .._errors import LocalProtocolError, RemoteProtocolError
 from ._directory import Member, MemberDirectory
 from ._heartbeat import Heartbeat, HeartbeatAuthError, ReplayGuard, decode_heartbeat
+from ._vm import VmSpec
 
 __all__ = [
     "DEFAULT_EVICTION_TIMEOUT",
+    "Dispatched",
     "FleetEvent",
     "HeartbeatAccepted",
     "NodeEvicted",
@@ -30,6 +37,18 @@ __all__ = [
 
 DEFAULT_EVICTION_TIMEOUT = 30.0
 MAX_EVICTED_REMEMBERED = 64
+# Heartbeats that may arrive without a dispatched VM before it is forgotten: the first may have
+# been built before the vm-host accepted the request.
+UNLISTED_HEARTBEATS_BEFORE_FORGETTING = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dispatched:
+    """A VM a vm-host accepted that its heartbeats do not list yet."""
+
+    request_id: bytes
+    spec: VmSpec
+    unlisted: int = 0  # heartbeats since the dispatch that did not list it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,6 +119,7 @@ class NodeTable:
         # Passed in when the adapter restored it from disk, so a restart opens no replay window.
         self._replay = replay or ReplayGuard()
         self._last_now = -math.inf
+        self._dispatched: dict[str, dict[bytes, Dispatched]] = {}
 
     # --- input -------------------------------------------------------------------------------
 
@@ -130,10 +150,38 @@ class NodeTable:
                 NodeJoined(node_id=member.node_id, name=member.name, at=now, rejoined=rejoined)
             )
         self._live[member.node_id] = record
+        self._settle_dispatched(member.node_id, heartbeat)
         self._events.append(
             HeartbeatAccepted(node_id=member.node_id, name=member.name, seq=heartbeat.seq, at=now)
         )
         return record
+
+    def note_dispatch(self, node_id: str, request_id: bytes, spec: VmSpec) -> None:
+        """A vm-host accepted a VM: count it on its node until a heartbeat lists it."""
+        if node_id in self._live:
+            self._dispatched.setdefault(node_id, {})[request_id] = Dispatched(
+                request_id=request_id, spec=spec
+            )
+
+    def dispatched(self, node_id: str) -> list[Dispatched]:
+        """VMs accepted by ``node_id`` that its heartbeats do not list yet, oldest first."""
+        return list(self._dispatched.get(node_id, {}).values())
+
+    def _settle_dispatched(self, node_id: str, heartbeat: Heartbeat) -> None:
+        waiting = self._dispatched.get(node_id)
+        if not waiting:
+            return
+        listed = {vm.request_id for vm in heartbeat.vms}
+        for request_id, entry in list(waiting.items()):
+            unlisted = entry.unlisted + 1
+            if request_id in listed or unlisted >= UNLISTED_HEARTBEATS_BEFORE_FORGETTING:
+                del waiting[request_id]
+            else:
+                waiting[request_id] = Dispatched(
+                    request_id=request_id, spec=entry.spec, unlisted=unlisted
+                )
+        if not waiting:
+            del self._dispatched[node_id]
 
     # --- timer -------------------------------------------------------------------------------
 
@@ -151,6 +199,7 @@ class NodeTable:
         ]
         for record in sorted(overdue, key=lambda r: (r.last_heartbeat_at, r.member.node_id)):
             del self._live[record.member.node_id]
+            self._dispatched.pop(record.member.node_id, None)
             event = NodeEvicted(
                 node_id=record.member.node_id,
                 name=record.name,

@@ -35,16 +35,25 @@ from ._directory import Member, MemberDirectory
 from ._heartbeat import MAX_HEARTBEAT_SIZE, ReplayGuard, encode_heartbeat_reply
 from ._io_state import StateDirError, load_replay_state, save_replay_state
 from ._operator import (
+    ACTION_OPS,
     MAX_CONTROL_FRAME,
     ControlRequest,
     candidates,
     decode_control_request,
+    find_vm,
     status_document,
+    vm_list_document,
 )
-from ._placement import Placed, place
+from ._placement import DEFAULT_VCPU_OVERCOMMIT, Placed, place
 from ._spawn import MAX_SPAWN_FRAME, SpawnAnswer, SpawnClient, SpawnState
-from ._table import DEFAULT_EVICTION_TIMEOUT, HeartbeatAccepted, NodeEvicted, NodeTable
-from ._vm import VmSpec, is_totebox
+from ._table import (
+    DEFAULT_EVICTION_TIMEOUT,
+    HeartbeatAccepted,
+    NodeEvicted,
+    NodeRecord,
+    NodeTable,
+)
+from ._vm import VmAction, VmSpec, is_totebox
 
 __all__ = ["HEARTBEAT_LIMITS", "FleetController", "FleetControllerConfig"]
 
@@ -70,6 +79,8 @@ class FleetControllerConfig:
     control_path: str | None = None  # the operator's Unix socket; None: no operator channel
     spawn_port: int = SPAWN_PORT
     eviction_timeout: float = DEFAULT_EVICTION_TIMEOUT
+    # vCPUs placement lets a node carry per CPU core (RFC-NOTES §8.5).
+    vcpu_overcommit: float = DEFAULT_VCPU_OVERCOMMIT
     connection_timeout: float = 10.0
     # Where the replay state is kept across restarts (RFC-NOTES §8.3.1); None: memory only.
     replay_path: str | None = None
@@ -93,6 +104,13 @@ async def _read_frame(stream: trio.abc.Stream, max_size: int) -> bytes:
             raise RemoteProtocolError("connection closed before a whole frame arrived")
 
 
+def _answer(client: SpawnClient) -> SpawnAnswer | str:
+    answer = client.next_event()
+    if not isinstance(answer, SpawnAnswer):  # pragma: no cover - core invariant
+        return "no answer from the vm-host"
+    return answer
+
+
 class FleetController:
     """The fleet controller. ``await controller.run()`` (or ``nursery.start(controller.run)``)."""
 
@@ -103,6 +121,8 @@ class FleetController:
             raise PPNError("this node's identity key is not a member of the fleet directory")
         if not member.is_controller:
             raise PPNError(f"member {member.name!r} does not hold the fleet-controller role")
+        if not 0 < config.vcpu_overcommit <= 1024:
+            raise PPNError("the vCPU overcommit ratio must be above 0 and at most 1024")
         self.member: Member = member
         replay: ReplayGuard | None = None
         if config.replay_path is not None:
@@ -196,13 +216,16 @@ class FleetController:
         self.table.handle_timer(self._now())
         self._after_table_change()
         pool = candidates(self.table)
-        decision = place(request.placement_request(), pool)
+        overcommit = self.config.vcpu_overcommit
+        decision = place(request.placement_request(), pool, vcpu_overcommit=overcommit)
         considered = [
             {
                 "name": c.name,
                 "ram_available_mb": c.ram_available_mb,
                 "kvm": c.kvm,
                 "reserved": c.reserved,
+                "vcpus_committed": c.vcpus_committed,
+                "vcpu_capacity": c.vcpu_capacity(overcommit),
             }
             for c in pool
         ]
@@ -221,8 +244,48 @@ class FleetController:
             "nodes": considered,
         }
 
+    async def _exchange(self, address: str, client: SpawnClient) -> SpawnAnswer | str:
+        """One spawn-protocol exchange with the vm-host at ``address``: its answer, or why there
+        is none (the asyncio controller overrides this; everything around it is shared)."""
+        try:
+            with trio.fail_after(self.config.connection_timeout):
+                stream = await self.config.connect(address, self.config.spawn_port)
+                async with stream:
+                    while client.state is not SpawnState.DONE:
+                        client.receive_data(bytes(await stream.receive_some(MAX_SPAWN_FRAME)))
+                        out = client.data_to_send()
+                        if out:
+                            await stream.send_all(out)
+        except (PPNError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+            return "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+        return _answer(client)
+
+    async def _dispatch(
+        self, record: NodeRecord, client: SpawnClient
+    ) -> SpawnAnswer | dict[str, Any]:
+        """Send one request to ``record``'s vm-host: its acceptance, or the error reply."""
+        address = record.member.mesh_address
+        answer = await self._exchange(address, client)
+        what = f"{client.action.value} of {client.name}"
+        if isinstance(answer, str):
+            log.warning("dispatch of %s to %s failed: %s", what, record.name, answer)
+            return {
+                "ok": False,
+                "error": "dispatch",
+                "message": f"could not dispatch to {record.name} ({address}): {answer}",
+            }
+        if not answer.accepted:
+            log.warning("vm-host %s refused the %s: %s", record.name, what, answer.reason)
+            return {
+                "ok": False,
+                "error": "dispatch",
+                "message": f"{record.name} refused the {what}: {answer.reason}",
+            }
+        return answer
+
     async def create(self, request: ControlRequest) -> dict[str, Any]:
-        """Dispatch a VM to the node the operator confirmed (re-checked against the live table)."""
+        """Dispatch a VM to the node the operator confirmed (re-checked against the live table,
+        which counts VMs already dispatched there)."""
         if not request.node:
             return {
                 "ok": False,
@@ -246,34 +309,11 @@ class FleetController:
             request_id=request_id,
             spec=spec,
         )
-        address = record.member.mesh_address
-        try:
-            with trio.fail_after(self.config.connection_timeout):
-                stream = await self.config.connect(address, self.config.spawn_port)
-                async with stream:
-                    while client.state is not SpawnState.DONE:
-                        client.receive_data(bytes(await stream.receive_some(MAX_SPAWN_FRAME)))
-                        out = client.data_to_send()
-                        if out:
-                            await stream.send_all(out)
-        except (PPNError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
-            message = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
-            log.warning("dispatch to %s failed: %s", record.name, message)
-            return {
-                "ok": False,
-                "error": "dispatch",
-                "message": f"could not dispatch to {record.name} ({address}): {message}",
-            }
-        answer = client.next_event()
-        if not isinstance(answer, SpawnAnswer):  # pragma: no cover - core invariant
-            return {"ok": False, "error": "dispatch", "message": "no answer from the vm-host"}
-        if not answer.accepted:
-            log.warning("vm-host %s refused %s: %s", record.name, name, answer.reason)
-            return {
-                "ok": False,
-                "error": "dispatch",
-                "message": f"{record.name} refused the VM: {answer.reason}",
-            }
+        answer = await self._dispatch(record, client)
+        if isinstance(answer, dict):
+            return answer
+        # Counted on its node from now on, until a heartbeat lists it (RFC-NOTES §8.5).
+        self.table.note_dispatch(record.member.node_id, request_id, spec)
         log.info("VM %s (%s, %d MB) dispatched to %s", name, spec.vm_type, spec.ram_mb, record.name)
         return {
             "ok": True,
@@ -283,11 +323,71 @@ class FleetController:
             "totebox": is_totebox(spec.vm_type),
         }
 
+    def vm_list(self) -> dict[str, Any]:
+        self.table.handle_timer(self._now())
+        self._after_table_change()
+        return vm_list_document(self.table)
+
+    async def act(self, request: ControlRequest) -> dict[str, Any]:
+        """Stop, start or delete the VM ``request.name``: found among the live nodes' VMs (on
+        ``request.node`` when given), then dispatched to its vm-host as a signed request."""
+        action = ACTION_OPS[request.op]
+        self.table.handle_timer(self._now())
+        self._after_table_change()
+        where = f" on node {request.node!r}" if request.node else " in the fleet"
+        found = find_vm(self.table, request.name, request.node)
+        if not found:
+            return {"ok": False, "error": "vm", "message": f"no VM named {request.name!r}{where}"}
+        if len(found) > 1:
+            nodes = ", ".join(v["node"] for v in found)
+            return {
+                "ok": False,
+                "error": "vm",
+                "message": f"VMs named {request.name!r} are on nodes {nodes}: name one with --node",
+            }
+        (vm,) = found
+        if action is VmAction.DELETE and vm["totebox"] and request.confirm != request.name:
+            return {
+                "ok": False,
+                "error": "confirm",
+                "message": f"{request.name!r} is a VM-Totebox: deleting it needs its name "
+                "confirmed (--yes --confirm NAME); its vault data is kept either way",
+            }
+        record = self.table.live_node(vm["node"])
+        if record is None:  # pragma: no cover - find_vm reads live nodes only
+            return {"ok": False, "error": "vm", "message": "node left the fleet"}
+        request_id = secrets.token_bytes(16)
+        client = SpawnClient(
+            key=self.config.identity,
+            node_id=record.member.node_id,
+            request_id=request_id,
+            action=action,
+            name=request.name,
+        )
+        answer = await self._dispatch(record, client)
+        if isinstance(answer, dict):
+            return answer
+        log.info("%s of VM %s dispatched to %s", action.value, request.name, record.name)
+        return {
+            "ok": True,
+            "action": action.value,
+            "node": record.name,
+            "name": request.name,
+            "type": vm["type"],
+            "totebox": vm["totebox"],
+            "request_id": vm["request_id"],
+            "action_id": request_id.hex(),
+        }
+
     async def handle_control(self, request: ControlRequest) -> dict[str, Any]:
         if request.op == "status":
             return self.status()
+        if request.op == "list":
+            return self.vm_list()
         if request.op == "place":
             return self.advise(request)
+        if request.op in ACTION_OPS:
+            return await self.act(request)
         return await self.create(request)
 
     async def _serve_control(self, stream: trio.abc.Stream) -> None:

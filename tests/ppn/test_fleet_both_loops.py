@@ -52,7 +52,7 @@ def facts() -> HostFacts:
                      load_milli=100, kvm=True)  # fmt: skip
 
 
-async def provision(spec: Any, request_id: bytes) -> ProvisionerResult:
+async def provision(spec: Any, request_id: bytes, action: Any) -> ProvisionerResult:
     # A plain coroutine with no awaits: it runs on either loop.
     return ProvisionerResult(ok=True, detail=f"{spec.name} up")
 

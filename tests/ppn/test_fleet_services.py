@@ -17,6 +17,7 @@ from ppn.fleet import (
     FleetController,
     FleetControllerConfig,
     StaticDirectory,
+    VmAction,
     VmHostConfig,
     VmHostService,
     VmSpec,
@@ -140,7 +141,7 @@ async def test_place_dispatch_and_provisioner_result_in_next_heartbeat(
 ) -> None:
     launched: list[tuple[VmSpec, bytes]] = []
 
-    async def provision(spec: VmSpec, request_id: bytes) -> ProvisionerResult:
+    async def provision(spec: VmSpec, request_id: bytes, action: VmAction) -> ProvisionerResult:
         launched.append((spec, request_id))
         await trio.sleep(3)  # booting a VM takes a while
         return ProvisionerResult(ok=True, detail="qemu pid 4242")
@@ -225,7 +226,7 @@ async def test_spawn_from_a_non_controller_is_refused(
     """A member that is not the controller cannot make a vm-host launch anything."""
     launched: list[VmSpec] = []
 
-    async def provision(spec: VmSpec, request_id: bytes) -> ProvisionerResult:
+    async def provision(spec: VmSpec, request_id: bytes, action: VmAction) -> ProvisionerResult:
         launched.append(spec)
         return ProvisionerResult(ok=True, detail="")
 
@@ -261,7 +262,13 @@ async def test_real_provisioner_gets_the_spec(tmp_path: Path) -> None:
     result = await run_provisioner([sys.executable, str(script)], spec, b"\x01" * 16, timeout=30)
     assert result.ok and result.detail == "started ok"
     seen = json.loads(out.read_text())
-    assert seen == {**spec.to_wire(), "request_id": "01" * 16, "env_name": "db-1"}
+    assert seen == {
+        **spec.to_wire(),
+        "request_id": "01" * 16,
+        "action": "create",
+        "keep_data": False,
+        "env_name": "db-1",
+    }
     failing = await run_provisioner(
         [sys.executable, "-c", "import sys; sys.exit('no disk')"], spec, b"\x02" * 16, timeout=30
     )
