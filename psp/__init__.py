@@ -48,6 +48,7 @@ from ._messages import (
     End,
     Error,
     Header,
+    ReplicaMark,
     Request,
     RowBatch,
     RowDigest,
@@ -56,6 +57,7 @@ from ._messages import (
     encode_message,
 )
 from ._query import Aggregate, Filter, Query, check_permitted, decode_query
+from ._replication import ReplicaChain, ReplicateQuery, ReplicationError
 from ._scope import ANY, OPERATIONS, Scope
 from ._verifier import Authorization, ReplaySet, Verifier
 
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
     from ._capability import invoke_for_vault
     from ._io_vault import Vault
     from ._trio import QueryResult, Response, VaultClient, query_vault, serve_vault
+    from ._trio_replica import ReplicaFollower
     from .aggregation import (
         AggregateCursor,
         Aggregation,
@@ -95,6 +98,7 @@ _LAZY = {
     "VaultClient": "psp._trio",
     "QueryResult": "psp._trio",
     "Response": "psp._trio",
+    "ReplicaFollower": "psp._trio_replica",
     "AggregateCursor": "psp.aggregation",
     "Aggregation": "psp.aggregation",
     "AggregatorConnection": "psp.aggregation",
@@ -125,6 +129,7 @@ __all__ = [
     "AsyncioVaultClient",
     "AsyncioVaultServer",
     "QueryResult",
+    "ReplicaFollower",
     "Response",
     "Vault",
     "VaultClient",
@@ -144,6 +149,7 @@ __all__ = [
     "End",
     "Error",
     "Header",
+    "ReplicaMark",
     "Request",
     "RowBatch",
     "RowDigest",
@@ -169,6 +175,9 @@ __all__ = [
     "QueryError",
     "RemoteProtocolError",
     "ReplaySet",
+    "ReplicaChain",
+    "ReplicateQuery",
+    "ReplicationError",
     "Scope",
     "VaultError",
     "Verifier",

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._query import Query, check_permitted, decode_query
+from ._query import Query, check_permitted
+from ._replication import ReplicateQuery, decode_request_query, permit_replicate
 from ._verifier import Authorization, Verifier
 
 __all__ = ["Admitted", "admit"]
@@ -18,8 +19,8 @@ __all__ = ["Admitted", "admit"]
 @dataclass(frozen=True, kw_only=True)
 class Admitted:
     authorization: Authorization
-    query: Query
-    row_limit: int
+    query: Query | ReplicateQuery
+    row_limit: int  # for a replicate query: the most entries in the answer
 
     @property
     def query_id(self) -> bytes:
@@ -40,8 +41,11 @@ def admit(verifier: Verifier, envelope: bytes, query_bytes: bytes, *, now: int) 
     key = (query_bytes, authorization.chain)
     permit = cache.get(key)
     if permit is None:
-        query = decode_query(query_bytes)
-        permit = (query, check_permitted(query, authorization.scope))
+        query = decode_request_query(query_bytes)
+        if isinstance(query, ReplicateQuery):
+            permit = (query, permit_replicate(query, authorization.scope))
+        else:
+            permit = (query, check_permitted(query, authorization.scope))
         cache[key] = permit
         if len(cache) > verifier.cache_size:
             del cache[next(iter(cache))]  # oldest first: insertion order

@@ -3,7 +3,7 @@
 Exit statuses (RFC-NOTES §1.4, §9.7): 40 other PSP failure, 41 authorization refused,
 42 query invalid or not permitted, 43 vault unavailable (retryable), 44 protocol error,
 45 chain verification failed, 46 store missing or refused the write, 47 bad key or capability,
-48 bad input record. Heavy imports (trio, sqlite, the cores) happen inside the handlers.
+48 bad input record, 49 the store is a replica (appends refused). Heavy imports (trio, sqlite, the cores) happen inside the handlers.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ._cli_common import (
     EXIT_KEY,
     EXIT_PSP,
     EXIT_RECORD,
+    EXIT_REPLICA,
     EXIT_STORE,
     EXIT_UNAVAILABLE,
     build_query,
@@ -28,12 +29,14 @@ from ._cli_common import (
     fail_code,
     hostport,
     load_cap,
+    load_holder,
     load_key,
     now,
     parse_pubkey,
     print_json,
     table,
 )
+from ._cli_replica import add_vault_follow
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -122,12 +125,14 @@ def _parse_record(text: str) -> Any:
 
 
 def _vault_append(args: argparse.Namespace) -> int:
-    from ._io_store import StoreError
+    from ._io_store import ReplicaStoreError, StoreError
 
     record = _parse_record(sys.stdin.read() if args.record == "-" else args.record)
     store = _open_store(args.store)
     try:
         seq = store.append(args.collection, record, now=now(), supersedes=args.supersedes)
+    except ReplicaStoreError as exc:
+        raise error(str(exc), EXIT_REPLICA) from None
     except StoreError as exc:
         raise error(str(exc), EXIT_STORE) from None
     if args.json:
@@ -140,7 +145,7 @@ def _vault_append(args: argparse.Namespace) -> int:
 def _vault_import(args: argparse.Namespace) -> int:
     import time
 
-    from ._io_store import StoreError
+    from ._io_store import ReplicaStoreError, StoreError
 
     store = _open_store(args.store)
     start = last_report = time.monotonic()
@@ -175,6 +180,8 @@ def _vault_import(args: argparse.Namespace) -> int:
                 resume=not args.again,
                 progress=progress,
             )
+        except ReplicaStoreError as exc:
+            raise error(str(exc), EXIT_REPLICA) from None
         except StoreError as exc:
             raise error(f"{exc} ({done[0]} records were imported before it)", EXIT_STORE) from None
     if args.json:
@@ -506,12 +513,7 @@ def _query(args: argparse.Namespace) -> int:
         return query_via(args)
     if not args.cap or len(args.cap) != 1 or len(args.vault) != 1:
         raise error("a direct query takes one --cap and one --vault (for many, use --via)", 2)
-    key = load_key(args.key)
-    cap = load_cap(args.cap[0])
-    if key.public != cap.holder:
-        raise fail_code(
-            code("HOLDER_MISMATCH"), "--key is not the key this capability was issued to"
-        )
+    key, cap = load_holder(args.key, args.cap[0])
     try:
         query = build_query(args)
         query.encode()
@@ -547,6 +549,12 @@ def _query(args: argparse.Namespace) -> int:
         print(table(rows))
     cursor = result.cursor
     more = f"; more: --as-of {cursor.as_of} --offset {cursor.offset}" if cursor else ""
+    replica = result.header.replica  # RFC-NOTES §9.5.1: the answer came from a replica
+    if replica is not None:
+        more += (
+            f"; from a replica at entry {replica.as_of} (primary at {replica.primary_head} "
+            f"when last heard from, {max(0, now() - replica.synced)} s ago)"
+        )
     print(f"{len(rows)} row(s) as of entry {result.header.as_of}{more}", file=sys.stderr)
     return 0
 
@@ -632,6 +640,7 @@ def _register_vault(subparsers: Subparsers) -> None:
     _add_vault_index(vsub)
     _add_vault_serve(vsub)
     _add_vault_verify(vsub)
+    add_vault_follow(vsub)  # psp/_cli_replica.py
 
 
 def _add_vault_init(vsub: Subparsers) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "EXIT_PSP",
     "EXIT_QUERY",
     "EXIT_RECORD",
+    "EXIT_REPLICA",
     "EXIT_STORE",
     "EXIT_UNAVAILABLE",
     "build_query",
@@ -34,6 +35,7 @@ __all__ = [
     "fail_code",
     "hostport",
     "load_cap",
+    "load_holder",
     "load_key",
     "now",
     "parse_pubkey",
@@ -50,6 +52,7 @@ EXIT_CHAIN_BROKEN = 45
 EXIT_STORE = 46
 EXIT_KEY = 47
 EXIT_RECORD = 48
+EXIT_REPLICA = 49  # an append to a replica's store (its entries come only from its primary)
 
 
 def _exit_for(code: ErrorCode) -> int:
@@ -127,6 +130,17 @@ def load_cap(text: str) -> Capability:
         return Capability.from_text(text)
     except AuthorizationError as exc:
         raise error(f"not a valid capability: {exc.code.sentence}", EXIT_KEY) from None
+
+
+def load_holder(key_file: str, cap_text: str) -> tuple[IdentityKey, Capability]:
+    """A holder key and a capability issued to it (else HOLDER_MISMATCH, exit 41)."""
+    key = load_key(key_file)
+    cap = load_cap(cap_text)
+    if key.public != cap.holder:
+        raise fail_code(
+            code("HOLDER_MISMATCH"), "--key is not the key this capability was issued to"
+        )
+    return key, cap
 
 
 def parse_pubkey(text: str) -> bytes:

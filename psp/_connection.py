@@ -13,6 +13,7 @@ that overruns a client's credit is a protocol error at the client.
 from __future__ import annotations
 
 import enum
+from dataclasses import replace
 from typing import NoReturn, TypeVar
 
 from ppn._framing import ConnectionClosed, FramedConnection
@@ -23,6 +24,7 @@ from ._messages import (
     MAX_CREDIT,
     MAX_FRAME,
     PROTOCOL_VERSIONS,
+    SEALED_VERSION,
     Cancel,
     ClientHello,
     Credit,
@@ -189,6 +191,12 @@ class ServerConnection(_Core):
         ):
             self._misuse("End must carry rows_sent and rows_digest")
         self._transition(_SERVER_SEND, type(event), remote=False)
+        if self.version < SEALED_VERSION:
+            # Version 1 has neither field: a version-1 client would refuse the frame.
+            if isinstance(event, Header) and event.replica is not None:
+                event = replace(event, replica=None)
+            elif isinstance(event, End) and event.seal is not None:
+                event = replace(event, seal=None)
         if isinstance(event, RowBatch):
             self.credit -= 1
             self._digest.update(event.rows)
@@ -233,6 +241,10 @@ class ClientConnection(_Core):
         if getattr(event, "request_id", None) != self.request_id:
             self._fail("a response for a request that is not current")
         self._transition(_CLIENT_RECV, type(event), remote=True)
+        if self.server.version < SEALED_VERSION and (
+            getattr(event, "replica", None) is not None or getattr(event, "seal", None) is not None
+        ):
+            self._fail("a version-2 field on a version-1 connection")
         if isinstance(event, RowBatch):
             if self.credit <= 0:
                 self._fail("the vault sent rows beyond the granted credit")

@@ -54,6 +54,7 @@ class ErrorCode(enum.IntEnum):
     ROW_LIMIT = 142
     COST_LIMIT = 143
     AS_OF_AHEAD = 144
+    DIVERGED = 145  # replicate: the follower's chain is not a prefix of this vault's
     # the connection
     PROTOCOL = 150
     VERSION_MISMATCH = 151
@@ -98,6 +99,7 @@ _SENTENCES: dict[ErrorCode, str] = {
     ErrorCode.ROW_LIMIT: "the query asks for more rows than the capability allows",
     ErrorCode.COST_LIMIT: "the query is more expensive than the vault allows",
     ErrorCode.AS_OF_AHEAD: "the query is pinned to a sequence number the vault has not reached",
+    ErrorCode.DIVERGED: "the replica's chain is not a prefix of this vault's chain",
     ErrorCode.PROTOCOL: "the peer violated the PSP wire protocol",
     ErrorCode.VERSION_MISMATCH: "the peers share no PSP protocol version",
     ErrorCode.UNAVAILABLE: "the vault is unavailable",

@@ -38,12 +38,14 @@ __all__ = [
     "ChainReport",
     "ImportReport",
     "PersistentReplaySet",
+    "ReplicaStoreError",
     "ResultCursor",
     "Store",
     "StoreError",
 ]
 
 DB_FILE = "vault.sqlite"
+REPLICA_META = "replica_of"  # meta key of a replica's store: the primary's vault id (hex)
 KEY_FILE = "vault.key"
 _PRIVATE_FILES = (DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm", DB_FILE + "-journal", KEY_FILE)
 log = logging.getLogger("psp.store")
@@ -99,6 +101,10 @@ BEGIN SELECT RAISE(ABORT, 'WORM: revocations are never deleted'); END;
 
 class StoreError(PSPError):
     """The store is missing, not a vault, or refused a write (the message says which)."""
+
+
+class ReplicaStoreError(StoreError):
+    """An append to a replica's store: its entries come only from its primary (RFC-NOTES §9.5.1)."""
 
 
 def _why(exc: sqlite3.Error, path: Path) -> str:
@@ -450,6 +456,11 @@ class ResultCursor:
         return None
 
     @property
+    def seal(self) -> bytes | None:
+        """The signature an answer's ``end`` carries: only a replicate answer has one."""
+        return None
+
+    @property
     def resume_offset(self) -> int | None:
         """Offset to resume from with the same ``as_of`` if rows remain, else None."""
         return self._offset + self.count if self.more else None
@@ -468,6 +479,8 @@ class Store:
         self._revocations_seen = 0
         # Off only to measure what the slices cost (benchmarks/bench_psp.py).
         self.slicing = True
+        # A replica's entries come only from its primary (psp/_io_replica.py), never appended.
+        self.replica = self.meta(REPLICA_META) is not None
 
     # --- lifecycle ---
 
@@ -573,6 +586,11 @@ class Store:
         """Append records in one transaction; all or none. Returns the last sequence number.
         ``checkpoint`` (digest, lines, span) records an import's progress in the same
         transaction (:meth:`import_lines`)."""
+        if self.replica:
+            raise ReplicaStoreError(
+                f"{self.directory} is a replica: its entries come only from its primary "
+                "(append there; 'ppn vault follow' copies them here)"
+            )
         if not valid_collection(collection):
             raise StoreError("a collection name is letters, digits, '_', '.', '-' (at most 64)")
         try:

@@ -18,8 +18,10 @@ from ppn import IdentityKey, KeyFormatError
 
 from ._admit import admit
 from ._errors import AuthorizationError, ErrorCode, QueryError
+from ._io_replica import prepare_replication, replica_mark
 from ._io_store import KEY_FILE, Interrupted, PersistentReplaySet, ResultCursor, Store
 from ._messages import Error, Header, Request
+from ._replication import ReplicateQuery
 from ._verifier import Verifier
 
 __all__ = ["Vault", "read_key_file", "write_key_file"]
@@ -45,14 +47,19 @@ def read_key_file(path: str | os.PathLike[str]) -> IdentityKey:
 
 
 class Vault:
+    """A vault over its store. ``key`` is None only for a replica (RFC-NOTES §9.5.1): it answers
+    queries under the primary's id, and has no key to seal a replicate answer with."""
+
     def __init__(
-        self, store: Store, key: IdentityKey, *, trusted_roots: Iterable[bytes] = ()
+        self, store: Store, key: IdentityKey | None, *, trusted_roots: Iterable[bytes] = ()
     ) -> None:
-        if key.public != store.vault_id:
+        if key is None and not store.replica:
+            raise KeyFormatError("a vault that is not a replica needs its key")
+        if key is not None and key.public != store.vault_id:
             raise KeyFormatError("the vault key does not match the store's vault id")
         self.store = store
         self.key = key
-        self.vault_id = key.public
+        self.vault_id = store.vault_id
         # Nonces outlive the process (RFC-NOTES §9.8): a restart opens no replay window.
         self.replay = PersistentReplaySet(store.file, now=int(time.time()))
         self.verifier = Verifier(
@@ -88,7 +95,8 @@ class Vault:
         cls, directory: str | os.PathLike[str], *, trusted_roots: Iterable[bytes] = ()
     ) -> Vault:
         store = Store.open(directory)
-        return cls(store, read_key_file(Path(directory) / KEY_FILE), trusted_roots=trusted_roots)
+        key = None if store.replica else read_key_file(Path(directory) / KEY_FILE)
+        return cls(store, key, trusted_roots=trusted_roots)
 
     def begin(self, request: Request, *, now: int) -> tuple[Header, ResultCursor] | Error:
         """Admit and start a request: a header and the rows to stream, or an error frame.
@@ -100,9 +108,18 @@ class Vault:
             for link in revoked:
                 self.verifier.revoke(link)
             admitted = admit(self.verifier, request.envelope, request.query, now=now)
-            cursor = self.store.prepare(
-                admitted.query, admitted.authorization.scope, limit=admitted.row_limit, head=head
-            )
+            cursor: ResultCursor
+            if isinstance(admitted.query, ReplicateQuery):
+                cursor = prepare_replication(
+                    self.store, admitted.query, key=self.key, head=head, limit=admitted.row_limit
+                )
+            else:
+                cursor = self.store.prepare(
+                    admitted.query,
+                    admitted.authorization.scope,
+                    limit=admitted.row_limit,
+                    head=head,
+                )
             try:
                 self.store.start_fast(cursor)
             except Interrupted:
@@ -122,6 +139,7 @@ class Vault:
             vault=self.vault_id,
             query_id=admitted.query_id,
             as_of=cursor.as_of,
+            replica=replica_mark(self.store, head) if self.store.replica else None,
         )
         return header, cursor
 

@@ -3,6 +3,11 @@
 Client → vault: ``hello``, ``req`` (invocation envelope + query bytes + initial credit),
 ``credit`` (more row batches the client can take), ``cancel``.
 Vault → client: ``hello`` (chosen version, vault id), ``head``, ``rows``, ``end``, ``err``.
+
+Version 2 adds two optional fields, sent only on a version-2 connection (so a version-1 peer
+never sees a key it would refuse): ``replica`` in ``head`` (the answer comes from a replica,
+:class:`ReplicaMark`) and ``seal`` in ``end`` (the primary's signature over a ``replicate``
+answer, RFC-NOTES §9.5.1).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ __all__ = [
     "Header",
     "Request",
     "RowBatch",
+    "ReplicaMark",
     "RowDigest",
     "ServerHello",
     "decode_message",
@@ -43,7 +49,8 @@ __all__ = [
 ]
 
 MAX_FRAME = 1 << 20
-PROTOCOL_VERSIONS = (1,)
+PROTOCOL_VERSIONS = (1, 2)
+SEALED_VERSION = 2  # the first version with ``replica`` in head and ``seal`` in end
 MAX_BATCH_ROWS = 4096
 MAX_CREDIT = 1 << 16  # outstanding batches a client may grant at once
 MAX_REQUEST_ID = 2**32 - 1
@@ -81,11 +88,23 @@ class Cancel:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReplicaMark:
+    """What a replica says about itself in ``head`` (RFC-NOTES §9.5): it holds the primary's
+    chain up to ``as_of``; ``synced`` is when (Unix seconds) it last heard from the primary, whose
+    head was then ``primary_head``."""
+
+    as_of: int
+    synced: int
+    primary_head: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class Header:
     request_id: int
     vault: bytes
     query_id: bytes
     as_of: int
+    replica: ReplicaMark | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,6 +127,7 @@ class End:
     count: int
     digest: bytes
     cursor: Cursor | None = None
+    seal: bytes | None = None  # a replicate answer's signature (RFC-NOTES §9.5.1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,18 +193,19 @@ def encode_message(event: Event) -> bytes:
     if isinstance(event, RowBatch):
         m = {"id": event.request_id, "rows": list(event.rows), "t": "rows"}
     elif isinstance(event, Header):
-        m = {
-            "as_of": event.as_of,
-            "id": event.request_id,
-            "qid": event.query_id,
-            "t": "head",
-            "vault": event.vault,
-        }
+        m = {"as_of": event.as_of, "id": event.request_id, "qid": event.query_id}
+        if event.replica is not None:
+            r = event.replica
+            m["replica"] = [r.as_of, r.synced, r.primary_head]
+        m.update(t="head", vault=event.vault)
     elif isinstance(event, End):
         m = {"count": event.count}
         if event.cursor is not None:
             m["cursor"] = [event.cursor.as_of, event.cursor.offset]
-        m.update(digest=event.digest, id=event.request_id, t="end")
+        m.update(digest=event.digest, id=event.request_id)
+        if event.seal is not None:
+            m["seal"] = event.seal
+        m["t"] = "end"
     elif isinstance(event, Request):
         m = {
             "credit": event.credit,
@@ -219,6 +240,8 @@ _KEYS_ID_ROWS = frozenset({"t", "id", "rows"})
 _KEYS_ID_COUNT_DIGEST = frozenset({"t", "id", "count", "digest"})
 _KEYS_ID_CODE_MSG = frozenset({"t", "id", "code", "msg"})
 _KEYS_CURSOR = frozenset({"cursor"})
+_KEYS_CURSOR_SEAL = frozenset({"cursor", "seal"})
+_KEYS_REPLICA = frozenset({"replica"})
 
 
 def _bad(detail: str) -> RemoteProtocolError:
@@ -270,12 +293,17 @@ def decode_message(data: bytes, *, from_server: bool) -> Event:
         f = _fields(m, required=_KEYS_ID)
         return Cancel(request_id=f.integer("id", 1, MAX_REQUEST_ID))
     if t == "head" and from_server:
-        f = _fields(m, required=_KEYS_ID_VAULT_QID_AS_OF)
+        f = _fields(m, required=_KEYS_ID_VAULT_QID_AS_OF, optional=_KEYS_REPLICA)
+        replica = None
+        if "replica" in m:
+            as_of, synced, primary_head = f.integers("replica", count=3)
+            replica = ReplicaMark(as_of=as_of, synced=synced, primary_head=primary_head)
         return Header(
             request_id=f.integer("id", 1, MAX_REQUEST_ID),
             vault=f.blob("vault", size=32),
             query_id=f.blob("qid", high=64),
             as_of=f.integer("as_of"),
+            replica=replica,
         )
     if t == "rows" and from_server:
         f = _fields(m, required=_KEYS_ID_ROWS)
@@ -288,7 +316,7 @@ def decode_message(data: bytes, *, from_server: bool) -> Event:
             raise _bad("'rows' must be 1..4096 byte strings")
         return RowBatch(request_id=f.integer("id", 1, MAX_REQUEST_ID), rows=tuple(rows))
     if t == "end" and from_server:
-        f = _fields(m, required=_KEYS_ID_COUNT_DIGEST, optional=_KEYS_CURSOR)
+        f = _fields(m, required=_KEYS_ID_COUNT_DIGEST, optional=_KEYS_CURSOR_SEAL)
         cursor = None
         if "cursor" in m:
             as_of, offset = f.integers("cursor", count=2)
@@ -298,6 +326,7 @@ def decode_message(data: bytes, *, from_server: bool) -> Event:
             count=f.integer("count"),
             digest=f.blob("digest", size=32),
             cursor=cursor,
+            seal=f.blob("seal", size=64) if "seal" in m else None,
         )
     if t == "err" and from_server:
         f = _fields(m, required=_KEYS_ID_CODE_MSG)

@@ -22,7 +22,7 @@ from typing import Any
 from ppn.wire import EncodingError, pack_canonical, unpack_canonical
 
 from ._errors import ErrorCode, QueryError
-from ._scope import ANY, MAX_ROWS, OPERATIONS, Scope, valid_collection, valid_field
+from ._scope import ANY, MAX_ROWS, QUERY_OPERATIONS, Scope, valid_collection, valid_field
 
 __all__ = [
     "Aggregate",
@@ -189,8 +189,8 @@ def decode_query(data: bytes) -> Query:
     if not valid_collection(collection):
         raise _invalid("a collection name is letters, digits, '_', '.', '-' (≤64)")
     assert isinstance(collection, str)
-    if op not in OPERATIONS:
-        raise _invalid(f"the operation must be one of {', '.join(OPERATIONS)}")
+    if op not in QUERY_OPERATIONS:
+        raise _invalid(f"the operation must be one of {', '.join(QUERY_OPERATIONS)}")
     where_raw = m.get("where", [])
     if not isinstance(where_raw, list) or (not where_raw and "where" in m):
         raise _invalid("'where' is a non-empty list of filters")

@@ -4,7 +4,8 @@ No policy language: a scope is exactly these six dimensions, every one required.
 
 - ``vaults``: vault ids (32-byte Ed25519 public keys) the capability is good at.
 - ``collections`` / ``fields``: exact names, sorted and unique, or ``["*"]`` for any.
-- ``ops``: a sorted subset of ``aggregate``, ``count``, ``read``, ``stream``.
+- ``ops``: a sorted subset of ``aggregate``, ``count``, ``read``, ``replicate``, ``stream``
+  (``replicate`` copies the whole chain, RFC-NOTES §9.5.1; never granted by default).
 - ``time``: ``[lo, hi]``, the record-time window ``lo <= ts < hi`` (seconds).
 - ``rows``: most rows one query may return, 0 ≤ rows < 2**32.
 
@@ -24,13 +25,15 @@ __all__ = [
     "MAX_ROWS",
     "MAX_TIME",
     "OPERATIONS",
+    "QUERY_OPERATIONS",
     "Scope",
     "valid_collection",
     "valid_field",
 ]
 
 ANY = "*"
-OPERATIONS = ("aggregate", "count", "read", "stream")
+QUERY_OPERATIONS = ("aggregate", "count", "read", "stream")  # a scope's default
+OPERATIONS = ("aggregate", "count", "read", "replicate", "stream")
 MAX_ROWS = 2**32 - 1
 MAX_TIME = 2**40  # seconds; far beyond any real date, small enough to never overflow anywhere
 MAX_NAMES = 64
@@ -74,7 +77,7 @@ class Scope:
     vaults: tuple[bytes, ...]
     collections: tuple[str, ...] = (ANY,)
     fields: tuple[str, ...] = (ANY,)
-    ops: tuple[str, ...] = OPERATIONS
+    ops: tuple[str, ...] = QUERY_OPERATIONS
     time: tuple[int, int] = (0, MAX_TIME)
     rows: int = 10_000
 
@@ -154,3 +157,9 @@ class Scope:
 
     def allows_field(self, name: str) -> bool:
         return self.fields == (ANY,) or name in self.fields
+
+    @property
+    def whole_vault(self) -> bool:
+        """Every collection, field and record time: what ``replicate`` needs, since a chain can
+        only be checked whole."""
+        return self.collections == (ANY,) and self.fields == (ANY,) and self.time == (0, MAX_TIME)

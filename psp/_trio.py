@@ -314,6 +314,7 @@ class _Session:
                 count=self.conn.rows_sent,
                 digest=self.conn.rows_digest,
                 cursor=None if resume is None else Cursor(as_of=cursor.as_of, offset=resume),
+                seal=cursor.seal,
             )
         )
         self.cancelled.discard(rid)

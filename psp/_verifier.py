@@ -31,6 +31,7 @@ from ._scope import Scope
 
 if TYPE_CHECKING:
     from ._query import Query
+    from ._replication import ReplicateQuery
 
 __all__ = ["Authorization", "Replay", "ReplaySet", "Verifier", "CLOCK_SKEW"]
 
@@ -105,7 +106,7 @@ class Verifier:
         self._chains: OrderedDict[tuple[tuple[bytes, bytes], ...], None] = OrderedDict()
         self._cache_size = cache_size
         # Query bytes and chain link ids -> (decoded query, row limit): filled by ``admit``.
-        self.permits: dict[tuple[bytes, tuple[bytes, ...]], tuple[Query, int]] = {}
+        self.permits: dict[tuple[bytes, tuple[bytes, ...]], tuple[Query | ReplicateQuery, int]] = {}
 
     @property
     def cache_size(self) -> int:

@@ -23,6 +23,7 @@ from psp import (
     Error,
     ErrorCode,
     Header,
+    ReplicaMark,
     Request,
     RowBatch,
     RowDigest,
@@ -70,6 +71,25 @@ def messages() -> list[tuple[str, str, Any]]:
             "error_connection",
             "server",
             Error(request_id=0, code=ErrorCode.VERSION_MISMATCH, message="no common version"),
+        ),
+        # Version 2 (RFC-NOTES §9.5, §9.5.1): a replica's head, a sealed replicate end.
+        ("client_hello_v2", "client", ClientHello(versions=(1, 2))),
+        ("server_hello_v2", "server", ServerHello(version=2, vault=VAULT)),
+        (
+            "header_from_replica",
+            "server",
+            Header(
+                request_id=1,
+                vault=VAULT,
+                query_id=b"\x11" * 16,
+                as_of=42,
+                replica=ReplicaMark(as_of=42, synced=1_700_000_000, primary_head=45),
+            ),
+        ),
+        (
+            "end_sealed",
+            "server",
+            End(request_id=1, count=2, digest=digest.digest(), seal=b"\x5a" * 64),
         ),
     ]
 

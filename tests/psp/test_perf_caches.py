@@ -18,6 +18,7 @@ from psp._messages import (
     Error,
     Event,
     Header,
+    ReplicaMark,
     Request,
     RowBatch,
     ServerHello,
@@ -74,13 +75,21 @@ _events = st.one_of(
     st.builds(
         RowBatch, request_id=_ids, rows=st.lists(st.binary(max_size=40), max_size=5).map(tuple)
     ),
-    st.builds(Header, request_id=_ids, vault=st.binary(), query_id=st.binary(), as_of=_ids),
+    st.builds(
+        Header,
+        request_id=_ids,
+        vault=st.binary(),
+        query_id=st.binary(),
+        as_of=_ids,
+        replica=st.none() | st.builds(ReplicaMark, as_of=_ids, synced=_ids, primary_head=_ids),
+    ),
     st.builds(
         End,
         request_id=_ids,
         count=_ids,
         digest=st.binary(),
         cursor=st.none() | st.builds(Cursor, as_of=_ids, offset=_ids),
+        seal=st.none() | st.binary(),
     ),
     st.builds(Request, request_id=_ids, envelope=st.binary(), query=st.binary(), credit=_ids),
     st.builds(Credit, request_id=_ids, batches=_ids),
@@ -99,10 +108,6 @@ def _generic(event: object) -> bytes:
     fields = {k: v for k, v in vars(event).items()}
     names = {
         RowBatch: ("rows", {"request_id": "id", "rows": "rows"}),
-        Header: (
-            "head",
-            {"request_id": "id", "vault": "vault", "query_id": "qid", "as_of": "as_of"},
-        ),
         Request: ("req", {"request_id": "id", "envelope": "inv", "query": "q", "credit": "credit"}),
         Credit: ("credit", {"request_id": "id", "batches": "n"}),
         Cancel: ("cancel", {"request_id": "id"}),
@@ -117,6 +122,14 @@ def _generic(event: object) -> bytes:
         }
         if event.cursor is not None:
             m["cursor"] = [event.cursor.as_of, event.cursor.offset]
+        if event.seal is not None:
+            m["seal"] = event.seal
+    elif isinstance(event, Header):
+        m = {"t": "head", "id": event.request_id, "vault": event.vault, "qid": event.query_id}
+        m["as_of"] = event.as_of
+        if event.replica is not None:
+            r = event.replica
+            m["replica"] = [r.as_of, r.synced, r.primary_head]
     elif isinstance(event, ClientHello):
         m = {"t": "hello", "v": list(event.versions)}
     elif isinstance(event, Error):

@@ -1,0 +1,236 @@
+"""Replication of a vault's chain (RFC-NOTES §9.5.1), free of I/O.
+
+A follower holding the primary's chain up to ``(seq, head)`` asks for the entries after it with
+a ``replicate`` query (a capability operation of its own, §9.2.3); the primary answers with at
+most ``max`` entries, each a row ``[seq, ts, supersedes, collection, payload]``, and seals the
+answer: its ``end`` frame carries the vault key's signature over the chain head the answer
+reaches. :class:`ReplicaChain` checks an answer entry by entry — consecutive sequence numbers,
+canonical records, each hash recomputed from its predecessor (§9.4.2) — and then the seal, so
+nothing is written unless every link holds and the vault's own key vouches for where they lead.
+
+Both ends of the bytes live here: the query's codec and the permission check the vault makes,
+the row codec, the seal, and the follower's check.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from ppn.wire import EncodingError, pack_canonical, unpack_canonical
+
+from ._chain import GENESIS, MAX_RECORD_SIZE, RecordError, canonical_json, entry_hash
+from ._ed25519 import verify_in_context
+from ._errors import ErrorCode, PSPError, QueryError
+from ._query import MAX_QUERY_SIZE, Query, decode_query
+from ._scope import Scope, valid_collection
+
+__all__ = [
+    "CONTEXT_SEAL",
+    "MAX_ANSWER_BYTES",
+    "MAX_ENTRIES",
+    "Entry",
+    "ReplicaChain",
+    "ReplicateQuery",
+    "ReplicationError",
+    "VerifiedBatch",
+    "decode_entry",
+    "decode_request_query",
+    "encode_entry",
+    "permit_replicate",
+    "seal_message",
+]
+
+MAX_ENTRIES = 4096  # entries per replicate answer
+MAX_ANSWER_BYTES = 8 << 20  # the answer stops after the entry that reaches this many row bytes
+# A row is a record (at most MAX_RECORD_SIZE) plus its collection and three integers.
+MAX_ROW = MAX_RECORD_SIZE + 128
+CONTEXT_SEAL = b"PSP-v1 replica seal\x00"
+_SEAL = struct.Struct(">Q")
+_MAX_SEQ = 2**63 - 1
+_QUERY_KEYS = frozenset({"v", "op", "after", "prev", "max"})
+_QUERY_REQUIRED = frozenset({"v", "op", "after", "prev"})
+
+
+class ReplicationError(PSPError):
+    """A replicate answer that does not continue the follower's chain, or whose seal does not
+    verify. Nothing of the answer may be written."""
+
+
+def _invalid(detail: str) -> QueryError:
+    return QueryError(ErrorCode.QUERY_INVALID, detail)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicateQuery:
+    """Entries after ``after``, whose hash the follower holds as ``prev``; at most ``max_entries``."""
+
+    after: int
+    prev: bytes
+    max_entries: int = MAX_ENTRIES
+
+    def encode(self) -> bytes:
+        m: dict[str, Any] = {"after": self.after}
+        if self.max_entries != MAX_ENTRIES:
+            m["max"] = self.max_entries
+        m.update(op="replicate", prev=self.prev, v=1)
+        return pack_canonical(m)
+
+
+def decode_request_query(data: bytes) -> Query | ReplicateQuery:
+    """The query of a request: a ``replicate`` query, or any other (:func:`decode_query`)."""
+    try:
+        m = unpack_canonical(data, max_depth=4, max_size=MAX_QUERY_SIZE)
+    except EncodingError:
+        raise _invalid("the query is not canonical msgpack within 4 KB") from None
+    if not isinstance(m, dict) or m.get("op") != "replicate":
+        return decode_query(data)
+    if set(m) - _QUERY_KEYS or not set(m) >= _QUERY_REQUIRED:
+        raise _invalid("a replicate query is {v, op, after, prev, max?}")
+    after, prev, most = m["after"], m["prev"], m.get("max", MAX_ENTRIES)
+    if m["v"] != 1 or type(m["v"]) is not int:
+        raise _invalid("the query is not a version-1 query map")
+    if type(after) is not int or not 0 <= after <= _MAX_SEQ:
+        raise _invalid("'after' is a sequence number (0 for the start)")
+    if not isinstance(prev, bytes) or len(prev) != 32:
+        raise _invalid("'prev' is the 32-byte chain hash at 'after'")
+    if (
+        type(most) is not int
+        or not 1 <= most <= MAX_ENTRIES
+        or ("max" in m and most == MAX_ENTRIES)
+    ):
+        raise _invalid(f"'max' is 1..{MAX_ENTRIES - 1} (omitted for {MAX_ENTRIES})")
+    return ReplicateQuery(after=after, prev=prev, max_entries=most)
+
+
+def permit_replicate(query: ReplicateQuery, scope: Scope) -> int:
+    """The most entries the answer may hold under ``scope``, or raise. ``replicate`` must be
+    granted, over the whole vault: a chain is only checkable whole."""
+    if "replicate" not in scope.ops:
+        raise QueryError(ErrorCode.NOT_PERMITTED)
+    if not scope.whole_vault:
+        raise QueryError(
+            ErrorCode.NOT_PERMITTED,
+            "replicate needs a capability for every collection, field and record time",
+        )
+    if scope.rows == 0:
+        raise QueryError(ErrorCode.ROW_LIMIT)
+    return min(query.max_entries, scope.rows)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Entry:
+    seq: int
+    ts: int
+    supersedes: int | None
+    collection: str
+    payload: bytes  # the record's canonical JSON
+
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def encode_entry(
+    seq: int, ts: int, supersedes: int | None, collection: str, payload: bytes
+) -> bytes:
+    """One answer row: canonical msgpack ``[seq, ts, supersedes or 0, collection, payload]``
+    (all plain values, so msgpack's own encoding is the canonical one)."""
+    packed: bytes = _pack([seq, ts, supersedes or 0, collection, payload])
+    return packed
+
+
+def decode_entry(row: bytes) -> Entry:
+    try:
+        value = unpack_canonical(row, max_depth=2, max_size=MAX_ROW)
+    except EncodingError:
+        raise ReplicationError("an entry is not canonical msgpack within its size") from None
+    if not (
+        isinstance(value, list)
+        and len(value) == 5
+        and all(type(v) is int and 0 <= v <= _MAX_SEQ for v in value[:3])
+        and valid_collection(value[3])
+        and isinstance(value[4], bytes)
+    ):
+        raise ReplicationError("an entry is [seq, ts, supersedes, collection, payload]")
+    seq, ts, sup, collection, payload = value
+    return Entry(seq=seq, ts=ts, supersedes=sup or None, collection=collection, payload=payload)
+
+
+def seal_message(vault_id: bytes, seq: int, head: bytes) -> bytes:
+    """What the primary signs (after :data:`CONTEXT_SEAL`): its id, and the chain head
+    ``(seq, head)`` an answer reaches."""
+    return vault_id + _SEAL.pack(seq) + head
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifiedBatch:
+    """Entries that continue the chain, each with its hash; ``primary_head`` is the primary's
+    head sequence number when it answered."""
+
+    entries: tuple[tuple[Entry, bytes], ...]
+    seq: int
+    head: bytes
+    primary_head: int
+
+
+class ReplicaChain:
+    """The follower's view of the chain it copies: where it stands, what to ask next, and the
+    check of an answer. Advance it with :meth:`advance` only once the batch is on disk."""
+
+    def __init__(self, *, vault_id: bytes, seq: int = 0, head: bytes = GENESIS) -> None:
+        self.vault_id = vault_id
+        self.seq = seq
+        self.head = head
+
+    def query(self, max_entries: int = MAX_ENTRIES) -> ReplicateQuery:
+        return ReplicateQuery(after=self.seq, prev=self.head, max_entries=max_entries)
+
+    def check(
+        self, rows: list[bytes], *, seal: bytes | None, primary_head: int, asked: int
+    ) -> VerifiedBatch:
+        """Every entry of an answer in order, then the seal over where they lead. Raises
+        :class:`ReplicationError`; a bad seal gets one sentence, whatever was wrong with it."""
+        if len(rows) > asked:
+            raise ReplicationError(f"the answer holds {len(rows)} entries; {asked} were asked for")
+        size = 0
+        seq, head = self.seq, self.head
+        out: list[tuple[Entry, bytes]] = []
+        for row in rows:
+            if size >= MAX_ANSWER_BYTES:
+                raise ReplicationError("the answer is larger than an answer may be")
+            size += len(row)
+            entry = decode_entry(row)
+            seq += 1
+            if entry.seq != seq:
+                raise ReplicationError(f"entry {entry.seq} where entry {seq} was due")
+            if entry.supersedes is not None and entry.supersedes >= seq:
+                raise ReplicationError(f"entry {seq} supersedes a later entry")
+            try:
+                canonical = canonical_json(json.loads(entry.payload)) == entry.payload
+            except (ValueError, RecordError):
+                canonical = False
+            if not canonical:
+                raise ReplicationError(f"entry {seq}: the record is not canonical JSON")
+            head = entry_hash(
+                head,
+                seq=seq,
+                ts=entry.ts,
+                supersedes=entry.supersedes,
+                collection=entry.collection,
+                payload=entry.payload,
+            )
+            out.append((entry, head))
+        if primary_head < seq:
+            raise ReplicationError("the answer reaches beyond the head the primary announced")
+        if seal is None or not verify_in_context(
+            self.vault_id, CONTEXT_SEAL, seal_message(self.vault_id, seq, head), seal
+        ):
+            raise ReplicationError("the primary's seal over the answer does not verify")
+        return VerifiedBatch(entries=tuple(out), seq=seq, head=head, primary_head=primary_head)
+
+    def advance(self, batch: VerifiedBatch) -> None:
+        self.seq, self.head = batch.seq, batch.head
