@@ -22,7 +22,7 @@ from interop.fleet_scenario import FleetFiles, NodePlan, ppn, write_fleet_files
 
 
 def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=90, **kw)  # type: ignore[no-any-return]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=90, **kw)
 
 
 @dataclass
@@ -104,12 +104,12 @@ class Fleet:
         self.services["cloud"] = service
         return service
 
-    def vmhost(self, name: str, *extra: str) -> Service:
+    def vmhost(self, name: str, *extra: str, provisioner: Path | None = None) -> Service:
         argv = ppn(
             "vmhost", "serve", "--identity", str(self.files.keys[name]),
             "--directory", str(self.files.directory), "--port", str(self.spawn_port),
             "--controller-port", str(self.port),
-            "--provisioner", f"python3 {self.files.provisioner}", *extra,
+            "--provisioner", f"python3 {provisioner or self.files.provisioner}", *extra,
         )  # fmt: skip
         ready = _listening(self.address(name), self.spawn_port)
         service = Service(name, argv, self.tmp / f"{name}.log", ready)

@@ -28,7 +28,7 @@ from ppn.fleet import (
     VmHostService,
     derive_node_id,
 )
-from ppn.fleet._io_host import HostFacts, ProvisionerResult
+from ppn.fleet._io_host import HostFacts, ProvisionerResult, load_vm_file
 from ppn.fleet._operator import ControlRequest, encode_control_request
 from tests._both_loops import LOOPS, served
 
@@ -73,6 +73,7 @@ def services(tmp: Path) -> tuple[FleetControllerConfig, VmHostConfig]:
         identity=key(2), directory=directory(), controller_address="127.0.0.1",
         controller_port=0, listen_address="127.0.0.2", spawn_port=spawn_port,
         interval=INTERVAL, facts=facts, provision=provision,
+        vm_state_path=str(tmp / "a-vms.bin"),
     )  # fmt: skip
     return controller, host
 
@@ -154,6 +155,31 @@ def test_heartbeats_dispatch_and_provisioning(tmp_path: Path, loop: str) -> None
             s.sendall(wire.encode_frame(b"\x80", max_size=16))
             assert s.recv(4096), "no reply to a bad heartbeat"
         assert "a" in live_nodes(sock)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_vm_lifecycle_and_saved_records(tmp_path: Path, loop: str) -> None:
+    """Stop, start and delete (issue 18) on either loop: dispatched, run, reported, saved."""
+    sock = tmp_path / "fleet.sock"
+
+    def state(name: str) -> str | None:
+        vms = operator(sock, ControlRequest(op="list"))["vms"]
+        return next((v["state"] for v in vms if v["name"] == name), None)
+
+    with serve(loop, tmp_path):
+        wait_for(lambda: "a" in live_nodes(sock), "node a live in the status")
+        create = ControlRequest(op="create", vm_type="generic", ram_mb=256, name="w1", node="a")
+        assert operator(sock, create)["ok"]
+        wait_for(lambda: state("w1") == "running", "w1 running")
+        for op, settled in (("stop", "stopped"), ("start", "running")):
+            reply = operator(sock, ControlRequest(op=op, name="w1"))
+            assert reply["ok"] and reply["node"] == "a", reply
+            wait_for(lambda s=settled: state("w1") == s, f"w1 {settled}")  # type: ignore[misc]
+        saved = load_vm_file(tmp_path / "a-vms.bin")
+        assert [(v.record.spec.name, v.record.state.value) for v in saved] == [("w1", "running")]
+        assert operator(sock, ControlRequest(op="delete", name="w1"))["ok"]
+        wait_for(lambda: state("w1") is None, "w1 gone")
+        wait_for(lambda: load_vm_file(tmp_path / "a-vms.bin") == [], "w1 gone from the file")
 
 
 def test_asyncio_services_stop_cleanly(tmp_path: Path) -> None:

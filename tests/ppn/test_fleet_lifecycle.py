@@ -6,6 +6,7 @@ test_fleet_vm_lifecycle_loopback.py and test_fleet_vm_hostile.py."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -222,7 +223,7 @@ def test_a_record_file_with_a_name_twice_is_damaged() -> None:
 # --- dispatched VMs in the node table and placement ----------------------------------------------
 
 
-def _table_with_a(**changes: object) -> NodeTable:
+def _table_with_a(**changes: Any) -> NodeTable:
     table = NodeTable(fleet_directory())
     table.receive_heartbeat(encode_heartbeat(make_heartbeat(2, seq=1, **changes), make_key(2)), 0.0)
     return table

@@ -12,14 +12,12 @@ import os
 import re
 import resource
 import secrets
-import shutil
 import signal
 import socket
 import stat
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +31,7 @@ from psp._capability import invoke_for_vault
 from psp._io_store import DB_FILE, KEY_FILE, Store
 from psp._io_vault import write_key_file
 from psp._trio import VaultClient
+from tests._tmpfs import small_tmpfs
 
 PPN = [sys.executable, "-m", "ppn"]
 HOLDER = IdentityKey.from_seed(b"h" * 32)
@@ -295,30 +294,6 @@ def test_store_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
 
 
 # --- finding 12: revoke on a read-only or full disk --------------------------------------------
-
-
-@contextlib.contextmanager
-def small_tmpfs(size: str = "2m") -> Iterator[Path]:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        if os.environ.get("PPN_REQUIRE_NETNS") == "1":
-            pytest.fail("CI runs as root and must mount a tmpfs for the disk-error tests")
-        pytest.skip("needs root to mount a tmpfs")
-    mnt = Path(tempfile.mkdtemp(prefix="ppn-tmpfs-"))
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        mnt.rmdir()
-        if os.environ.get("PPN_REQUIRE_NETNS") == "1":
-            pytest.fail(f"cannot mount a tmpfs: {done.stderr.strip()}")
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-        mnt.rmdir()
 
 
 def _revoke(store: Path, cap_file: Path) -> subprocess.CompletedProcess[str]:
