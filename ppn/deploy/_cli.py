@@ -2,7 +2,8 @@
 
 Exit statuses (RFC-NOTES §1.4, the deploy range 70–79): 70 ``ppn doctor`` found a problem that
 blocks the node, 71 systemd is not running or refused (the message says what was already done),
-72 the unit is not installed, 73 a configuration file or variable is invalid.
+72 the unit is not installed (or, without systemd, the role is not running), 73 a configuration
+file or variable is invalid, 74 a role started without systemd did not become ready.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ EXIT_DOCTOR = 70
 EXIT_SYSTEMD = 71
 EXIT_NOT_INSTALLED = 72
 EXIT_CONFIG = 73
+EXIT_NOT_READY = 74
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -31,8 +33,9 @@ EXIT_STATUSES = """exit statuses:
   2   usage
   70  (doctor) something blocks this node; each problem is one line saying what to fix
   71  systemd is not running here, or systemctl refused
-  72  (remove, status) the unit is not installed
+  72  (remove, status) the unit is not installed; with --no-systemd: the role is not running
   73  a configuration file or PPN_* variable is invalid (the message names file and line)
+  74  (install --no-systemd) the role exited, or sent no READY=1 in time (its log is named)
   130 interrupted (Ctrl-C)
 """
 
@@ -47,7 +50,7 @@ def register(subparsers: Subparsers) -> None:
 
 
 def _add_service(subparsers: Subparsers) -> None:
-    from ._units import ROLES
+    from ._units import ROLES, STATE_DIR
 
     roles = [r.name for r in ROLES]
     p = subparsers.add_parser(
@@ -58,11 +61,16 @@ def _add_service(subparsers: Subparsers) -> None:
             "Restart=on-failure, no capability but CAP_NET_ADMIN for the agent and the vm-host, "
             "a read-only system but for /var/lib/ppn (0700). 'install' writes the unit, enables "
             "and starts it; 'remove' stops, disables and deletes it; 'status' shows its state. "
-            "A role's flags come from /etc/ppn/ppn.toml (see 'ppn config show')."
+            "A role's flags come from /etc/ppn/ppn.toml (see 'ppn config show'). On a host "
+            "without systemd, --no-systemd runs the role as a background process instead: "
+            "'install' starts it and returns once it reports ready (the READY=1 a unit waits "
+            "for), with RUN_DIR/ROLE.pid and RUN_DIR/ROLE.log; a role already running is left "
+            "alone; 'remove' stops it (SIGTERM); nothing restarts it if it dies."
         ),
         epilog=EXIT_STATUSES
         + "\nexamples:\n  ppn service install agent\n"
-        + "  ppn service install vault --instance sales --dry-run\n",
+        + "  ppn service install vault --instance sales --dry-run\n"
+        + "  ppn service install agent --no-systemd --run-dir /run/ppn\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -82,7 +90,34 @@ def _add_service(subparsers: Subparsers) -> None:
             help="where units are written (default /etc/systemd/system)",
         )
         q.add_argument("--json", action="store_true", help="machine-readable output")
+        q.add_argument(
+            "--no-systemd",
+            action="store_true",
+            help="a background process with a PID file instead of a unit (no systemd here)",
+        )
+        q.add_argument(
+            "--state",
+            type=Path,
+            default=Path(STATE_DIR),
+            metavar="DIR",
+            help=f"(--no-systemd) the node's state directory (default {STATE_DIR}; units "
+            "always use it)",
+        )
+        q.add_argument(
+            "--run-dir",
+            type=Path,
+            default=Path("/run/ppn"),
+            metavar="DIR",
+            help="(--no-systemd) where ROLE.pid and ROLE.log are kept (default /run/ppn)",
+        )
         if action == "install":
+            q.add_argument(
+                "--timeout",
+                type=float,
+                default=120.0,
+                metavar="SECONDS",
+                help="(--no-systemd) how long the role has to report ready (default 120)",
+            )
             q.add_argument("--dry-run", action="store_true", help="print the unit, change nothing")
             q.add_argument(
                 "--executable",
@@ -96,13 +131,89 @@ def _add_service(subparsers: Subparsers) -> None:
 
 
 def _unit(args: argparse.Namespace) -> tuple[Any, str]:
-    from ._units import UnitError, role_named, unit_name
+    from ._units import STATE_DIR, UnitError, role_named, unit_name
 
     role = role_named(args.role)
+    if not args.no_systemd and args.state != Path(STATE_DIR):
+        raise CommandError(
+            f"units keep their state in {STATE_DIR} (systemd's StateDirectory); "
+            "--state DIR is for --no-systemd",
+            2,
+        )
     try:
         return role, unit_name(role, args.instance)
     except UnitError as exc:
         raise CommandError(str(exc), 2) from None
+
+
+# Without systemd (service-less mode): the role as a background process, ppn/deploy/_io_background.
+
+
+def _background_install(args: argparse.Namespace, role: Any, unit: str) -> int:
+    from ._io_background import BackgroundError, start
+    from ._units import role_argv
+
+    given = getattr(args, "config", None)
+    argv = [
+        sys.executable,
+        "-m",
+        "ppn",
+        *(("--config", os.path.abspath(given)) if given else ()),
+        *role_argv(role, state=str(args.state.absolute()), instance=args.instance),
+    ]
+    if args.dry_run:
+        _print(args, {"unit": unit.removesuffix(".service"), "argv": argv})
+        return 0
+
+    def progress(line: str) -> None:
+        print(f"ppn service: {line}", file=sys.stderr, flush=True)
+
+    name = unit.removesuffix(".service")
+    try:
+        started = start(
+            argv, name=name, run_dir=args.run_dir, timeout=args.timeout, progress=progress
+        )
+    except BackgroundError as exc:
+        raise CommandError(str(exc), EXIT_NOT_READY) from None
+    except OSError as exc:
+        raise CommandError(f"cannot start {name}: {exc.strerror or exc}", 1) from None
+    _print(
+        args,
+        {
+            "unit": name,
+            "pid": started.pid,
+            "pid_file": str(started.pid_file),
+            "log": str(started.log),
+            "started": not started.already,
+        },
+    )
+    return 0
+
+
+def _background_remove(args: argparse.Namespace, unit: str) -> int:
+    from ._io_background import pid_file, stop
+
+    name = unit.removesuffix(".service")
+    try:
+        pid = stop(pid_file(args.run_dir, name))
+    except OSError as exc:
+        raise CommandError(f"cannot stop {name}: {exc.strerror or exc}", 1) from None
+    if pid is None:
+        raise CommandError(
+            f"{name} is not running (no live PID file in {args.run_dir})", EXIT_NOT_INSTALLED
+        )
+    _print(args, {"unit": name, "stopped": pid})
+    return 0
+
+
+def _background_status(args: argparse.Namespace, unit: str) -> int:
+    from ._io_background import pid_file, running_pid
+
+    name = unit.removesuffix(".service")
+    path = pid_file(args.run_dir, name)
+    pid = running_pid(path)
+    _print(args, {"unit": name, "running": pid is not None, "pid": pid, "pid_file": str(path)})
+    return 0 if pid is not None else EXIT_NOT_INSTALLED
 
 
 def _this_ppn() -> str:
@@ -123,6 +234,8 @@ def _service_install(args: argparse.Namespace) -> int:
     from ._units import UnitError, render_unit
 
     role, unit = _unit(args)
+    if args.no_systemd:
+        return _background_install(args, role, unit)
     try:
         text = render_unit(role, args.executable or _this_ppn(), config=_config_path(args))
     except UnitError as exc:
@@ -158,6 +271,8 @@ def _service_remove(args: argparse.Namespace) -> int:
     from ._io_systemd import SystemdError, booted, remove_unit, systemctl
 
     role, unit = _unit(args)
+    if args.no_systemd:
+        return _background_remove(args, unit)
     file_name = unit.replace(f"@{args.instance}.", "@.") if role.template else unit
     if not (args.unit_dir / file_name).is_file():
         raise CommandError(f"{unit} is not installed in {args.unit_dir}", EXIT_NOT_INSTALLED)
@@ -180,6 +295,8 @@ def _service_status(args: argparse.Namespace) -> int:
     from ._io_systemd import SystemdError, booted, unit_state
 
     role, unit = _unit(args)
+    if args.no_systemd:
+        return _background_status(args, unit)
     file_name = unit.replace(f"@{args.instance}.", "@.") if role.template else unit
     installed = (args.unit_dir / file_name).is_file()
     state: dict[str, Any] = {"unit": unit, "installed": installed}
@@ -308,10 +425,20 @@ def _add_doctor(subparsers: Subparsers) -> None:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from ._doctor import Severity
-    from ._io_doctor import run_checks
+    from ppn.cli._config import ConfigError, effective
+    from ppn.cli._main import build_parser
 
-    findings = run_checks(args.state, probe_timeout=args.probe_timeout)
+    from ._doctor import Severity, service_ports
+    from ._io_doctor import run_checks, wireguard_port_endpoints
+
+    # The ports this node's configuration gives its services (flag defaults where it is silent).
+    try:
+        rows, _ = effective(build_parser(), getattr(args, "config", None))
+    except ConfigError as exc:
+        raise CommandError(str(exc), EXIT_CONFIG) from None
+    config = {(r["command"], r["flag"]): (r["value"], r["source"]) for r in rows}
+    node_ports = service_ports(config, endpoints=wireguard_port_endpoints(args.state))
+    findings = run_checks(args.state, probe_timeout=args.probe_timeout, node_ports=node_ports)
     blocking = [f for f in findings if f.severity is Severity.BLOCKS]
     if args.json:
         doc = [

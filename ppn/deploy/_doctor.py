@@ -7,9 +7,21 @@ finding with a fix live here, so each one is testable on its own.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Finding", "Severity", "clock_finding", "mode_finding"]
+from .. import ports
+
+__all__ = [
+    "Finding",
+    "Severity",
+    "clock_finding",
+    "is_ppn_command",
+    "mode_finding",
+    "service_finding",
+    "service_ports",
+]
 
 # A clock before this cannot be right (the project's first release); capabilities and
 # heartbeats carry times, and a node that believes it is 1970 refuses every one of them.
@@ -27,6 +39,11 @@ class Finding:
     check: str
     severity: Severity
     message: str  # what was found, then what to do, in one line
+
+
+def is_ppn_command(argv: Sequence[str]) -> bool:
+    """``ppn ...`` or ``python -m ppn ...``: the console script or the module, whatever the path."""
+    return any(a.rsplit("/", 1)[-1] == "ppn" for a in argv[:3])
 
 
 def clock_finding(now: float, ntp_synchronized: bool | None) -> Finding:
@@ -63,3 +80,73 @@ def mode_finding(path: str, mode: int, owner: int, me: int) -> Finding:
             message=f"{path} belongs to uid {owner}, not to this user ({me}): chown {me} {path}",
         )
     return Finding(check="state", severity=Severity.OK, message=f"{path} is private (0700)")
+
+
+# The flags that choose a listening port, per command (RFC-NOTES §3, §13.4): (protocol, command,
+# flag, what listens, default port). A flag holds a port, or a HOST:PORT.
+_PORT_FLAGS: tuple[tuple[str, str, str, str, int], ...] = (
+    ("tcp", "up", "control-port", "PPN control (ppn up)", ports.CONTROL_PORT),
+    ("tcp", "genesis", "listen", "join windows (ppn genesis)", ports.PAIRING_PORT),
+    ("tcp", "invite", "listen", "join windows (ppn invite)", ports.PAIRING_PORT),
+    ("tcp", "fleet serve", "port", "fleet heartbeats (ppn fleet serve)", ports.FLEET_PORT),
+    ("tcp", "vmhost serve", "port", "VM spawn (ppn vmhost serve)", ports.SPAWN_PORT),
+    ("tcp", "vault serve", "listen", "vault (ppn vault serve)", ports.VAULT_PORT),
+    (
+        "tcp",
+        "orchestration serve",
+        "listen",
+        "orchestration (ppn orchestration serve)",
+        ports.AGGREGATOR_PORT,
+    ),
+)
+
+
+def _port_of(value: Any, default: int) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.rpartition(":")[2].isdigit():
+        return int(value.rpartition(":")[2])
+    return default
+
+
+def service_ports(
+    config: Mapping[tuple[str, str], tuple[Any, str]], *, endpoints: Sequence[str] = ()
+) -> list[tuple[str, int, str]]:
+    """(protocol, port, what listens there) for every port the node's services would bind.
+
+    ``config`` maps (command, flag) to (effective value, where it came from: "default", a file
+    and line, a variable), as ``ppn config show`` reports it; ``endpoints`` are the node's own
+    (the agent's WireGuard port is the first one's, RFC-NOTES §7.11). Port 0 (any free port)
+    binds nothing fixed and is left out; two services on one port are one row naming both."""
+
+    def where(command: str, flag: str) -> str:
+        source = config.get((command, flag), (None, "default"))[1]
+        return "" if source == "default" else f", set in {source}"
+
+    wg_value = config.get(("up", "listen-port"), (None, "default"))[0]
+    configured = config.get(("up", "endpoint"), (None, "default"))[0]
+    first = next(iter(configured or endpoints), None)
+    wg_port = _port_of(wg_value, _port_of(first, ports.WIREGUARD_PORT))
+    rows: dict[tuple[str, int], list[str]] = {
+        ("udp", wg_port): [f"WireGuard{where('up', 'listen-port') or where('up', 'endpoint')}"]
+    }
+    for proto, command, flag, what, default in _PORT_FLAGS:
+        port = _port_of(config.get((command, flag), (None, "default"))[0], default)
+        if port:
+            rows.setdefault((proto, port), []).append(what + where(command, flag))
+    return [(proto, port, " and ".join(whats)) for (proto, port), whats in rows.items()]
+
+
+def service_finding(unit: str, *, agent: bool, state: Mapping[str, str]) -> Finding:
+    """What a unit's state (``systemctl show``: ActiveState, Result) means for the node."""
+    active = state.get("ActiveState", "unknown")
+    if active == "active":
+        return Finding(check="services", severity=Severity.OK, message=f"{unit} is active")
+    # The agent is the node: without it nothing else reaches the mesh.
+    blocks = active == "failed" or agent
+    return Finding(
+        check="services",
+        severity=Severity.BLOCKS if blocks else Severity.WARNS,
+        message=f"{unit} is {active} ({state.get('Result', '?')}): "
+        f"journalctl -u {unit}, then systemctl restart {unit}",
+    )

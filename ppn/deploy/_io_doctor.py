@@ -7,6 +7,7 @@ and the endpoints its members published in the signed roster.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import socket
@@ -17,7 +18,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .. import ports
-from ._doctor import Finding, Severity, clock_finding, mode_finding
+from ._doctor import (
+    Finding,
+    Severity,
+    clock_finding,
+    is_ppn_command,
+    mode_finding,
+    service_finding,
+)
 
 __all__ = [
     "check_clock",
@@ -30,6 +38,7 @@ __all__ = [
     "port_holder",
     "probe",
     "run_checks",
+    "wireguard_port_endpoints",
 ]
 
 CAP_NET_ADMIN = 12  # linux/capability.h
@@ -70,14 +79,16 @@ def check_privileges() -> Finding:
     )
 
 
-def check_wireguard(modules: Path = Path("/sys/module")) -> Finding:
+def check_wireguard(modules: Path = Path("/sys/module"), installed: Path | None = None) -> Finding:
+    """``modules``: the loaded modules; ``installed``: this kernel's module tree."""
     if (modules / "wireguard").is_dir():
         return _ok("wireguard", "the WireGuard kernel module is loaded")
     found = shutil.which("wireguard-go")
     if found:
         return _ok("wireguard", f"no kernel module; wireguard-go at {found}")
-    release = os.uname().release
-    if any(Path(f"/lib/modules/{release}").rglob("wireguard.ko*")):
+    if installed is None:
+        installed = Path(f"/lib/modules/{os.uname().release}")
+    if any(installed.rglob("wireguard.ko*")):
         return Finding(
             check="wireguard",
             severity=Severity.BLOCKS,
@@ -117,9 +128,32 @@ def port_holder(proto: str, port: int) -> tuple[int, list[str]] | None:
     return None
 
 
-def _is_ppn(argv: list[str]) -> bool:
-    # "ppn ..." or "python -m ppn ...": the console script or the module, whatever the path.
-    return any(os.path.basename(a) == "ppn" for a in argv[:3]) or "ppn" in argv[1:3]
+def _is_wireguard_go(argv: list[str]) -> bool:
+    return bool(argv) and os.path.basename(argv[0]) == "wireguard-go"
+
+
+def _kernel_wireguard_links(net: Path = Path("/sys/class/net")) -> list[str]:
+    links = []
+    try:
+        entries = sorted(net.iterdir())
+    except OSError:
+        return []
+    for link in entries:
+        try:
+            if "DEVTYPE=wireguard" in (link / "uevent").read_text().split():
+                links.append(link.name)
+        except OSError:
+            continue
+    return links
+
+
+def wireguard_port_endpoints(state: Path) -> tuple[str, ...]:
+    """The node's own endpoints from its state directory (none when it has none yet)."""
+    try:
+        node = json.loads((state / "node.json").read_text())
+        return tuple(str(e) for e in node.get("endpoints", ()))
+    except (OSError, ValueError, AttributeError):
+        return ()
 
 
 def _free(proto: str, port: int) -> bool:
@@ -147,9 +181,25 @@ def check_ports(wanted: Iterable[tuple[str, int, str]] = NODE_PORTS) -> list[Fin
             findings.append(_ok("ports", f"{proto.upper()} {port} ({what}) is free"))
             continue
         holder = port_holder(proto, port)
-        if holder is not None and _is_ppn(holder[1]):
+        if holder is not None and is_ppn_command(holder[1]):
             findings.append(
                 _ok("ports", f"{proto.upper()} {port} ({what}) is held by ppn (pid {holder[0]})")
+            )
+            continue
+        if proto == "udp" and holder is not None and _is_wireguard_go(holder[1]):
+            findings.append(
+                _ok("ports", f"UDP {port} ({what}) is held by wireguard-go (pid {holder[0]})")
+            )
+            continue
+        kernel = _kernel_wireguard_links() if proto == "udp" and holder is None else []
+        if kernel:
+            # A kernel socket belongs to no process: the module's, for these interfaces.
+            findings.append(
+                _ok(
+                    "ports",
+                    f"UDP {port} ({what}) is held by the kernel, which runs WireGuard "
+                    f"interface(s) {', '.join(kernel)}",
+                )
             )
             continue
         who = (
@@ -287,29 +337,20 @@ def check_services(unit_dir: Path = Path("/etc/systemd/system")) -> list[Finding
         except SystemdError as exc:
             findings.append(Finding(check="services", severity=Severity.WARNS, message=str(exc)))
             continue
-        active = state.get("ActiveState", "unknown")
-        if active == "active":
-            findings.append(_ok("services", f"{unit} is active"))
-        else:
-            severity = (
-                Severity.BLOCKS if active == "failed" or role.name == "agent" else Severity.WARNS
-            )
-            findings.append(
-                Finding(
-                    check="services",
-                    severity=severity,
-                    message=f"{unit} is {active} ({state.get('Result', '?')}): "
-                    f"journalctl -u {unit}, then systemctl restart {unit}",
-                )
-            )
+        findings.append(service_finding(unit, agent=role.name == "agent", state=state))
     return findings
 
 
-def run_checks(state: Path, *, probe_timeout: float = 2.0) -> list[Finding]:
+def run_checks(
+    state: Path,
+    *,
+    probe_timeout: float = 2.0,
+    node_ports: Iterable[tuple[str, int, str]] = NODE_PORTS,
+) -> list[Finding]:
     return [
         check_privileges(),
         check_wireguard(),
-        *check_ports(),
+        *check_ports(node_ports),
         check_clock(),
         check_state(state),
         *check_endpoints(state, probe_timeout),

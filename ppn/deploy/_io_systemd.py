@@ -9,7 +9,15 @@ from pathlib import Path
 
 from .._io_files import atomic_write
 
-__all__ = ["SystemdError", "booted", "remove_unit", "systemctl", "unit_state", "write_unit"]
+__all__ = [
+    "SystemdError",
+    "booted",
+    "parse_show",
+    "remove_unit",
+    "systemctl",
+    "unit_state",
+    "write_unit",
+]
 
 UNIT_DIR = Path("/etc/systemd/system")
 
@@ -53,7 +61,13 @@ def remove_unit(directory: Path, file_name: str) -> bool:
 
 def unit_state(unit: str) -> dict[str, str]:
     """ActiveState, SubState, UnitFileState, Result and MainPID of ``unit`` (systemctl show)."""
-    out = systemctl(
-        "show", unit, "--property=ActiveState,SubState,UnitFileState,Result,MainPID,LoadState"
+    return parse_show(
+        systemctl(
+            "show", unit, "--property=ActiveState,SubState,UnitFileState,Result,MainPID,LoadState"
+        )
     )
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def parse_show(text: str) -> dict[str, str]:
+    """``systemctl show``'s ``KEY=VALUE`` lines as a dict."""
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)

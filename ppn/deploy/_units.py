@@ -20,6 +20,7 @@ __all__ = [
     "Role",
     "UnitError",
     "render_unit",
+    "role_argv",
     "role_named",
     "unit_name",
 ]
@@ -123,6 +124,13 @@ def unit_name(role: Role, instance: str | None = None) -> str:
     if instance is not None:
         raise UnitError(f"the {role.name} role has one unit per host; --instance is for vault")
     return f"{role.unit}.service"
+
+
+def role_argv(role: Role, *, state: str = STATE_DIR, instance: str | None = None) -> list[str]:
+    """The ppn arguments of ``role`` outside systemd: its state directory, its instance."""
+    unit_name(role, instance)  # the same checks as a unit's name
+    argv = [a.replace(STATE_DIR, state, 1) if a.startswith(STATE_DIR) else a for a in role.command]
+    return [a.replace("%i", instance or "") for a in argv]
 
 
 def _quote(arg: str) -> str:

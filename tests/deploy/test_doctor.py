@@ -1,6 +1,9 @@
 """`ppn doctor` (issue 17): one test per problem it reports, each under the real condition
-(an unprivileged user, a PATH without wireguard-go, a port a test socket holds, a 0755 state
-directory, a member endpoint nothing listens on, an installed unit without systemd)."""
+where one can be made here (an unprivileged user, a PATH without wireguard-go, a module tree
+with an unloaded wireguard.ko, a port a test socket holds — the default one, or the one the
+configuration gives the service —, a 0755 state directory, a file where the directory should
+be, a member endpoint nothing listens on, an installed unit without systemd), and the unit
+states as `systemctl show` prints them (this host runs no systemd; RFC-NOTES §13.4)."""
 
 from __future__ import annotations
 
@@ -10,12 +13,21 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from genesis._io_state import new_node
-from ppn.deploy._doctor import EARLIEST_SANE, Severity, clock_finding
+from interop.netns import Lab
+from ppn import ports
+from ppn.deploy._doctor import (
+    EARLIEST_SANE,
+    Severity,
+    clock_finding,
+    service_finding,
+    service_ports,
+)
 from ppn.deploy._io_doctor import (
     check_endpoints,
     check_ports,
@@ -24,7 +36,9 @@ from ppn.deploy._io_doctor import (
     check_state,
     check_wireguard,
     probe,
+    wireguard_port_endpoints,
 )
+from ppn.deploy._io_systemd import parse_show
 from ppn.mesh._io_state import load_mesh_files, save_roster
 from ppn.mesh._roster import Roster
 from tests.ppn.test_mesh_state import genesis_dir
@@ -32,14 +46,18 @@ from tests.ppn.test_mesh_state import genesis_dir
 PPN = [sys.executable, "-m", "ppn"]
 ROOT = os.geteuid() == 0
 NOBODY = 65534
+ROOT_DIR = Path(__file__).resolve().parents[2]
 
 
-def _doctor(state: Path) -> subprocess.CompletedProcess[str]:
+def _doctor(
+    state: Path, *global_args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*PPN, "doctor", "--state", str(state), "--json", "--probe-timeout", "0.5"],
+        [*PPN, *global_args, "doctor", "--state", str(state), "--json", "--probe-timeout", "0.5"],
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
     )
 
 
@@ -83,6 +101,22 @@ def test_no_module_and_no_wireguard_go_blocks(
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     (no_modules / "wireguard").mkdir()
     assert check_wireguard(no_modules).severity is Severity.OK
+
+
+def test_an_installed_module_that_is_not_loaded_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # and no wireguard-go
+    loaded = tmp_path / "sys-module"
+    loaded.mkdir()
+    tree = tmp_path / "lib-modules"
+    (tree / "kernel" / "drivers" / "net" / "wireguard").mkdir(parents=True)
+    finding = check_wireguard(loaded, tree)
+    assert finding.severity is Severity.BLOCKS and "no WireGuard kernel module" in finding.message
+    (tree / "kernel" / "drivers" / "net" / "wireguard" / "wireguard.ko.xz").write_bytes(b"")
+    finding = check_wireguard(loaded, tree)
+    assert finding.severity is Severity.BLOCKS
+    assert finding.message.endswith("installed but not loaded: modprobe wireguard")
 
 
 def test_a_port_held_by_another_process_blocks_and_names_it() -> None:
@@ -132,6 +166,13 @@ def test_state_directory_problems(tmp_path: Path) -> None:
     assert loose.severity is Severity.BLOCKS and f"chmod 0700 {state}" in loose.message
     os.chmod(state, 0o700)
     assert check_state(state).severity is Severity.OK
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    not_dir = check_state(a_file)
+    assert not_dir.severity is Severity.BLOCKS and not_dir.message.endswith("is not a directory")
+    unreadable = check_state(a_file / "state")  # ENOTDIR: not "missing", and no traceback
+    assert unreadable.severity is Severity.BLOCKS
+    assert unreadable.message.startswith(f"cannot read {a_file / 'state'}: ")
     if ROOT:
         os.chown(state, NOBODY, NOBODY)
         owner = check_state(state)
@@ -201,3 +242,102 @@ def test_installed_units_without_systemd_warn(tmp_path: Path) -> None:
     (tmp_path / "ppn-agent.service").write_text("[Service]\n")
     finding = check_services(tmp_path)[0]
     assert finding.severity is Severity.WARNS and "systemd is not running" in finding.message
+
+
+def _show(active: str, result: str) -> dict[str, str]:
+    # As `systemctl show UNIT --property=...` prints it.
+    return parse_show(
+        f"ActiveState={active}\nSubState=x\nUnitFileState=enabled\nResult={result}\n"
+        "MainPID=0\nLoadState=loaded\n"
+    )
+
+
+def test_a_failed_unit_blocks_and_an_inactive_one_warns() -> None:
+    failed = service_finding("ppn-fleet.service", agent=False, state=_show("failed", "exit-code"))
+    assert failed.severity is Severity.BLOCKS
+    assert failed.message == (
+        "ppn-fleet.service is failed (exit-code): journalctl -u ppn-fleet.service, "
+        "then systemctl restart ppn-fleet.service"
+    )
+    inactive = service_finding("ppn-fleet.service", agent=False, state=_show("inactive", "success"))
+    assert inactive.severity is Severity.WARNS
+    # The agent is the node: an agent that is not active blocks, failed or not.
+    agent = service_finding("ppn-agent.service", agent=True, state=_show("inactive", "success"))
+    assert agent.severity is Severity.BLOCKS
+    active = service_finding("ppn-agent.service", agent=True, state=_show("active", "success"))
+    assert active.severity is Severity.OK
+
+
+def test_doctor_checks_the_ports_the_configuration_gives(tmp_path: Path) -> None:
+    """A service moved to another port in ppn.toml (or by a variable) is checked there, with
+    the line that moved it named; the default port it left is not checked any more."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        tcp.bind(("0.0.0.0", 0))
+        tcp.listen()
+        udp.bind(("0.0.0.0", 0))
+        held, held_udp = tcp.getsockname()[1], udp.getsockname()[1]
+        conf = tmp_path / "ppn.toml"
+        conf.write_text(f"[up]\ncontrol-port = {held}\nlisten-port = {held_udp}\n")
+        env = {**os.environ, "PPN_VAULT_SERVE_LISTEN": f"127.0.0.1:{held}"}
+        done = _doctor(state, "--config", str(conf), env=env)
+    assert done.returncode == 70, done.stderr
+    rows = [f for f in json.loads(done.stdout)["findings"] if f["check"] == "ports"]
+    taken = [f["message"] for f in rows if f["severity"] == "FAIL"]
+    assert any(
+        m.startswith(
+            f"TCP {held} (PPN control (ppn up), set in {conf} line 2 and vault (ppn vault serve), "
+            "set in env PPN_VAULT_SERVE_LISTEN) is taken by pid "
+        )
+        for m in taken
+    ), taken
+    assert any(
+        m.startswith(f"UDP {held_udp} (WireGuard, set in {conf} line 3) is taken by pid")
+        for m in taken
+    ), taken
+    checked = {m["message"].split(" (")[0] for m in rows}
+    assert f"TCP {ports.CONTROL_PORT}" not in checked  # moved away: not the agent's any more
+    assert f"TCP {ports.VAULT_PORT}" not in checked
+    assert f"TCP {ports.AGGREGATOR_PORT}" in checked  # not moved: its default
+
+
+def test_the_wireguard_port_follows_the_nodes_endpoint(tmp_path: Path) -> None:
+    directory, _ = genesis_dir(tmp_path / "g")
+    endpoints = wireguard_port_endpoints(directory)
+    rows = service_ports({}, endpoints=endpoints)
+    expected = int(endpoints[0].rpartition(":")[2]) if endpoints else ports.WIREGUARD_PORT
+    assert rows[0] == ("udp", expected, "WireGuard")
+    rows = service_ports({}, endpoints=["192.0.2.1:40000"])
+    assert rows[0] == ("udp", 40000, "WireGuard")
+    # Port 0 (any free port) binds nothing fixed: not checked.
+    rows = service_ports({("orchestration serve", "listen"): ("127.0.0.1:0", "env X")})
+    assert all("orchestration" not in what for _, _, what in rows)
+
+
+@pytest.mark.netns
+def test_the_wireguard_port_held_by_wireguard_go_is_the_nodes_own(lab: Lab) -> None:
+    host = lab.host("doc")
+    ifname = lab.unique_ifname("ppn")
+    wg_go = host.popen(
+        ["wireguard-go", "-f", ifname],
+        env={**os.environ, "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    sock = Path(f"/var/run/wireguard/{ifname}.sock")
+    deadline = time.monotonic() + 30
+    while not sock.exists():
+        assert wg_go.poll() is None and time.monotonic() < deadline, "wireguard-go did not start"
+        time.sleep(0.1)
+    host.run(["wg", "set", ifname, "listen-port", "51999"])
+    host.run(["ip", "link", "set", ifname, "up"])
+    code = (
+        "from ppn.deploy._io_doctor import check_ports as c; "
+        "f = c([('udp', 51999, 'WireGuard'), ('udp', 51998, 'free')]); "
+        "print('\\n'.join(x.severity.value + ' ' + x.message for x in f))"
+    )
+    done = host.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT_DIR)})
+    first, second = done.stdout.splitlines()
+    assert first.startswith("ok UDP 51999 (WireGuard) is held by wireguard-go (pid "), first
+    assert second == "ok UDP 51998 (free) is free"

@@ -1,9 +1,11 @@
 """`pip install .` (not editable) into a fresh virtual environment gives a working `ppn`
-(issue 17): the wheel carries every package the console script needs, and `ppn --version`
-reads the version from the installed distribution's metadata."""
+(issue 17): the wheel carries every package the console script needs, `ppn --version`
+reads the version from the installed distribution's metadata, and the provision scripts are
+installed next to `ppn` and use it."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +24,7 @@ def test_pip_install_gives_a_working_ppn(tmp_path: Path) -> None:
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    for package in ("genesis", "ppn", "psp"):
+    for package in ("genesis", "ppn", "psp", "deploy"):
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     base = Path(sys.base_prefix) / "bin" / "python3"
     venv = tmp_path / "venv"
@@ -57,3 +59,18 @@ def test_pip_install_gives_a_working_ppn(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert where.stdout.startswith(str(venv))
+    # The provision scripts come along, next to ppn, and find it there (RFC-NOTES §13.3).
+    for script in ("provision-vm-infrastructure-onprem.sh", "provision-vm-infrastructure-cloud.sh"):
+        run = subprocess.run(
+            [str(venv / "bin" / script), "--help"], capture_output=True, text=True, cwd=tmp_path
+        )
+        assert run.returncode == 0 and run.stdout.startswith(f"usage: {script} "), run.stderr
+    run = subprocess.run(
+        [str(venv / "bin" / "provision-vm-infrastructure-cloud.sh"), "--join", "1-AAAA-AAAA-A",
+         "--services", "none", "--state", str(tmp_path / "s"), "--config", str(tmp_path / "c")],
+        capture_output=True, text=True, cwd=tmp_path,
+        env={"PATH": f"{venv / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin", "PPN_INSTALL": "none"},
+    )  # fmt: skip
+    if os.geteuid() == 0 and run.returncode != 3:  # (3: this host lacks a prerequisite)
+        assert f"ppn: {venv / 'bin' / 'ppn'}" not in run.stderr  # it ran ppn, not named it
+        assert f"ppn: ppn {version}" in run.stderr, run.stderr

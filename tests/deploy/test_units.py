@@ -140,3 +140,53 @@ def test_vault_needs_an_instance() -> None:
     doc = json.loads(done.stdout)
     assert doc["unit"] == "ppn-vault@a.service" and doc["file"] == "ppn-vault@.service"
     assert "--store /var/lib/ppn/vaults/%i" in doc["text"]
+
+
+def test_without_systemd_a_role_runs_in_the_background_once(tmp_path: Path) -> None:
+    """Service-less mode (RFC-NOTES §13.2): install returns once the role sent READY=1, a second
+    install finds it running and starts nothing, remove stops it by its PID file."""
+    conf = tmp_path / "ppn.toml"
+    conf.write_text('[orchestration.serve]\nlisten = "127.0.0.1:0"\nany-target = true\n')
+    run = str(tmp_path / "run")
+    common = ("--no-systemd", "--run-dir", run, "--json")
+    done = _ppn("--config", str(conf), "service", "install", "orchestration", *common)
+    assert done.returncode == 0, done.stderr
+    first = json.loads(done.stdout)
+    assert first["started"] is True
+    pid = first["pid"]
+    try:
+        assert Path(run, "ppn-orchestration.pid").read_text() == f"{pid}\n"
+        # Ready means serving: the log already has the listening line.
+        assert "listening on 127.0.0.1:" in Path(run, "ppn-orchestration.log").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[1:6] == [b"-m", b"ppn", b"--config", str(conf).encode(), b"orchestration"]
+        again = _ppn("--config", str(conf), "service", "install", "orchestration", *common)
+        assert json.loads(again.stdout) == {**first, "started": False}
+        status = _ppn("service", "status", "orchestration", *common)
+        assert status.returncode == 0 and json.loads(status.stdout)["pid"] == pid
+    finally:
+        done = _ppn("service", "remove", "orchestration", *common)
+    assert done.returncode == 0 and json.loads(done.stdout)["stopped"] == pid
+    assert not Path(f"/proc/{pid}").exists() or b"Z" in Path(f"/proc/{pid}/stat").read_bytes()
+    assert not Path(run, "ppn-orchestration.pid").exists()
+    status = _ppn("service", "status", "orchestration", *common)
+    assert status.returncode == 72 and json.loads(status.stdout)["running"] is False
+    done = _ppn("service", "remove", "orchestration", *common)
+    assert done.returncode == 72 and "is not running" in done.stderr
+
+
+def test_without_systemd_a_role_that_exits_first_is_74_with_its_reason(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    done = _ppn(
+        "service", "install", "fleet", "--no-systemd", "--run-dir", str(run),
+        "--state", str(tmp_path / "not-a-member"),
+    )  # fmt: skip
+    assert done.returncode == 74
+    assert done.stderr.startswith("ppn: ppn-fleet exited with status 66 before it was ready: ")
+    assert "is not a mesh member" in done.stderr and "Traceback" not in done.stderr
+    assert not (run / "ppn-fleet.pid").exists()
+
+
+def test_state_is_for_service_less_mode_only() -> None:
+    done = _ppn("service", "install", "agent", "--state", "/tmp/elsewhere", "--dry-run")
+    assert done.returncode == 2 and "--state DIR is for --no-systemd" in done.stderr
