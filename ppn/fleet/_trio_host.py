@@ -53,11 +53,20 @@ from ._spawn import (
 )
 from ._vm import HostVm, VmAction, VmRecord, VmSpec, VmState
 
-__all__ = ["DEFAULT_HEARTBEAT_INTERVAL", "SPAWN_LIMITS", "VmHostConfig", "VmHostService"]
+__all__ = [
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "MAX_HOST_VMS",
+    "SPAWN_LIMITS",
+    "VmHostConfig",
+    "VmHostService",
+]
 
 log = logging.getLogger("ppn.fleet.vmhost")
 
 DEFAULT_HEARTBEAT_INTERVAL = 10.0
+# VMs one vm-host keeps: at the longest names and details a VM record is about 420 bytes, so
+# 128 of them keep a heartbeat well under its 64 KiB limit (RFC-NOTES §8.7).
+MAX_HOST_VMS = 128
 # Spawn requests come from one controller, in frames of at most 4 KiB: 64 connections bound the
 # listener's memory at 64 × (4 KiB + the 4 KiB receive buffer) (RFC-NOTES §8.9).
 SPAWN_LIMITS = ListenerLimits(
@@ -248,8 +257,8 @@ class VmHostService:
         elif isinstance(event, SpawnRequested):
             if existing is not None and existing.state is not VmState.FAILED:
                 reason = f"a VM named {name!r} already exists on this node"
-            elif existing is None and len(self.vms) >= MAX_VMS:
-                reason = f"this node holds {MAX_VMS} VMs, the most a heartbeat reports"
+            elif existing is None and len(self.vms) >= MAX_HOST_VMS:
+                reason = f"this node holds {MAX_HOST_VMS} VMs, the most it reports"
             else:
                 return SpawnDecision(request_id=event.request_id, accepted=True)
         elif existing is None:

@@ -355,3 +355,21 @@ def test_find_vm_by_name_and_node() -> None:
     assert sorted(v["node"] for v in find_vm(table, "web-1")) == ["a", "b"]
     assert [v["node"] for v in find_vm(table, "web-1", "b")] == ["b"]
     assert find_vm(table, "nope") == []
+
+
+def test_a_heartbeat_with_the_most_vms_a_host_keeps_fits_its_frame() -> None:
+    from ppn.fleet._heartbeat import MAX_HEARTBEAT_SIZE
+    from ppn.fleet._trio_host import MAX_HOST_VMS
+
+    vms = tuple(
+        VmRecord(
+            request_id=bytes([i]) * 16,
+            spec=VmSpec(vm_type="t" * 32, name=f"{i:03d}" + "n" * 60, ram_mb=2**24, vcpus=1024),
+            state=VmState.PROVISIONING,
+            detail="d" * 200,
+            action_id=bytes([i + 1]) * 16,
+        )
+        for i in range(MAX_HOST_VMS)
+    )
+    payload = encode_heartbeat(make_heartbeat(2, vms=vms, hostname="h" * 253), make_key(2))
+    assert len(payload) < MAX_HEARTBEAT_SIZE
