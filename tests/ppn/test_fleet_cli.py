@@ -73,3 +73,66 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["vm", "create", "generic"])  # --ram is required
     assert info.value.code == 2
+
+
+# --- the VM lifecycle commands (issue 18) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["vm", "list"], ["vm", "stop", "web-1"], ["vm", "start", "web-1"], ["vm", "delete", "web-1"]],
+)
+def test_lifecycle_commands_without_a_controller_are_60(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert main([*argv, "--control", str(tmp_path / "none.sock")]) == 60
+    err = capsys.readouterr().err
+    assert err.startswith("ppn: cannot reach the fleet controller") and err.count("\n") == 1
+
+
+def test_lifecycle_usage_errors(tmp_path: Path) -> None:
+    assert main(["vm", "stop", "Web 1", "--control", str(tmp_path / "none.sock")]) == 2
+    with pytest.raises(SystemExit) as info:
+        main(["vm", "stop"])  # the VM's name is required
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["vm", "list"], ["--json", "--node", "dispatched", "68 no such VM", "130"]),
+        (["vm", "stop"], ["--wait", "--json", "PPN_VM_ACTION=stop", "keeps its share"]),
+        (["vm", "start"], ["--wait", "--json", "PPN_VM_ACTION=start"]),
+        (
+            ["vm", "delete"],
+            ["--yes", "--confirm NAME", "VM-Totebox", "PPN_VM_KEEP_DATA=1", "never deleted"],
+        ),
+        (["fleet", "serve"], ["--vcpu-overcommit RATIO", "(default 4)"]),
+        (["vmhost", "serve"], ["--vm-state FILE", "fleet-vms.bin", "PPN_VM_ACTION"]),
+    ],
+)
+def test_lifecycle_help_teaches(
+    capsys: pytest.CaptureFixture[str], argv: list[str], needles: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for needle in needles:
+        assert needle in text, needle
+
+
+def test_a_damaged_vm_record_file_stops_the_vmhost_with_66(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "fleet.json"
+    directory.write_text(json.dumps(fleet_directory().to_document()))
+    key = tmp_path / "a.key"
+    key.write_text(__import__("base64").b64encode(bytes([2]) * 32).decode() + "\n")
+    records = tmp_path / "a.key.vms"  # the default beside --identity
+    records.write_bytes(b"\x81\xa1v\x01")  # {"v": 1}: no "vms"
+    argv = ["vmhost", "serve", "--identity", str(key), "--directory", str(directory)]
+    assert main(argv) == 66
+    err = capsys.readouterr().err
+    assert "VM records" in err and "damaged" in err and err.count("\n") == 1
+    assert records.read_bytes() == b"\x81\xa1v\x01"  # left for the operator to look at
