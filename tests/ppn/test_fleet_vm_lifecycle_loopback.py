@@ -7,6 +7,7 @@ ppn.toml."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -200,3 +201,49 @@ def test_two_quick_creates_cannot_overcommit_a_node_and_vcpus_are_placed(
 
     help_text = fleet.ppn("fleet", "serve", "--help").stdout  # --control is accepted too
     assert "--vcpu-overcommit" in help_text and "default 4" in help_text
+
+
+def test_a_vmhost_killed_during_a_stop_comes_back_with_the_vm_settled(
+    fleet_factory: FleetFactory,
+) -> None:
+    """SIGKILL while the provisioner stops a VM: the restarted vm-host reads the stop as
+    interrupted, reports the VM as it was (running, saying so) and takes the next stop."""
+    fleet = fleet_factory(["a"])
+    hook = fleet.tmp / "slow-stop.py"
+    pid_file = fleet.tmp / "hook.pid"
+    hook.write_text(
+        "import json, os, sys, time\n"
+        "spec = json.load(sys.stdin)\n"
+        f"if spec['action'] == 'stop' and not os.path.exists({str(pid_file)!r}):\n"
+        f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(120)\n"
+        "print(spec['action'] + ' ok')\n"
+    )
+    records = fleet.tmp / "a.vms"
+    fleet.controller("--eviction-timeout", "3").start()
+    host = fleet.vmhost("a", "--interval", "1", "--vm-state", str(records), provisioner=hook)
+    host.start()
+    fleet.wait_live(["a"])
+    created = fleet.ppn(
+        "vm", "create", "generic", "--ram", "64", "--name", "web-1", "--node", "a", "--yes",
+        "--wait", "30",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert fleet.ppn("vm", "stop", "web-1").returncode == 0
+    fleet.wait_for(lambda v: v[0]["state"] == "stopping")
+    assert host.proc is not None
+    os.kill(host.proc.pid, 9)
+    host.proc.wait()
+    host.proc = None
+    try:
+        fleet.wait_for(lambda v: v == [], timeout=60)  # evicted
+        host.start()
+        vms = fleet.wait_for(lambda v: len(v) == 1)
+        assert vms[0]["state"] == "running"
+        assert "restarted while it was stopping" in vms[0]["detail"]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid_file.read_text()), 9)  # the orphaned provisioner
+    stop = fleet.ppn("vm", "stop", "web-1", "--wait", "30")
+    assert stop.returncode == 0, stop.stderr
+    assert "web-1 on a: stopped" in stop.stdout
