@@ -144,18 +144,26 @@ def encode_entry(
 
 
 def decode_entry(row: bytes) -> Entry:
+    """An answer row, strictly: five plain values whose msgpack encoding is exactly ``row``
+    (for plain values msgpack's own encoding is the canonical one, so re-packing and comparing
+    is the canonical check of RFC-NOTES §2.2, at a fraction of the general decoder's cost)."""
+    if len(row) > MAX_ROW:
+        raise ReplicationError("an entry is larger than an entry may be")
     try:
-        value = unpack_canonical(row, max_depth=2, max_size=MAX_ROW)
-    except EncodingError:
-        raise ReplicationError("an entry is not canonical msgpack within its size") from None
+        value = msgpack.unpackb(row, raw=False, use_list=True, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        raise ReplicationError("an entry is not msgpack") from None
     if not (
-        isinstance(value, list)
+        type(value) is list
         and len(value) == 5
         and all(type(v) is int and 0 <= v <= _MAX_SEQ for v in value[:3])
         and valid_collection(value[3])
-        and isinstance(value[4], bytes)
+        and type(value[4]) is bytes
+        and _pack(value) == row
     ):
-        raise ReplicationError("an entry is [seq, ts, supersedes, collection, payload]")
+        raise ReplicationError(
+            "an entry is the canonical [seq, ts, supersedes, collection, payload]"
+        )
     seq, ts, sup, collection, payload = value
     return Entry(seq=seq, ts=ts, supersedes=sup or None, collection=collection, payload=payload)
 

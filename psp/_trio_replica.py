@@ -10,10 +10,11 @@ retried with a growing pause; an answer that does not verify ends the follower w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -43,6 +44,27 @@ ANSWER_TIMEOUT = 60.0  # seconds one replicate answer may take before the connec
 RETRY_FIRST = 0.1  # seconds before the first reconnect; doubles up to RETRY_MAX
 RETRY_MAX = 5.0
 WINDOW = 32  # row batches in flight: a whole answer (4096 entries, 256 a batch) needs 16
+
+
+@contextlib.asynccontextmanager
+async def _writes() -> AsyncIterator[trio.Nursery]:
+    """A nursery for the batch writes whose failure is the failure itself, not a group: the
+    follower's error handling (retry or stop) sees what happened."""
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
+        first = next((e for e in leaves if isinstance(e, KeyboardInterrupt)), None)
+        raise (first or (leaves[0] if leaves else group)) from None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for e in group.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            yield from _leaves(e)
+        else:
+            yield e
 
 
 class FollowerError(Exception):
@@ -107,6 +129,8 @@ class ReplicaFollower:
         self.written = 0
         self._started = time.monotonic()
         self._ready = trio.Event()  # set once the replica store exists
+        self._write_done = trio.Event()  # the last batch's write has ended
+        self._write_done.set()
 
     # --- the store ---
 
@@ -164,8 +188,9 @@ class ReplicaFollower:
             connected=connected,
         )
 
-    async def _exchange(self, client: VaultClient) -> bool:
-        """One replicate request: check, write, advance. True if the primary has more."""
+    async def _exchange(self, client: VaultClient, writes: trio.Nursery) -> bool:
+        """One replicate request: check, advance, and start the write in ``writes``. True if
+        the primary has more."""
         assert self.chain is not None and self.store is not None and self.vault_id is not None
         query = self.chain.query(self.batch)
         query_bytes = query.encode()
@@ -196,24 +221,29 @@ class ReplicaFollower:
                     end = event
         if header is None or end is None:
             raise ReplicationError("the primary's answer has no head or no end")
-        chain, store, now = self.chain, self.store, self.clock()
-
-        def check_and_write() -> VerifiedBatch:
-            batch = chain.check(
-                rows, seal=end.seal, primary_head=header.as_of, asked=query.max_entries
-            )
-            write_batch(store, batch, now=now)
-            return batch
-
-        # Checking hashes and writing (fsync) run off the event loop, so a served replica
-        # keeps answering during a long catch-up.
-        batch = await trio.to_thread.run_sync(check_and_write)
+        chain, store = self.chain, self.store
+        check = partial(
+            chain.check, rows, seal=end.seal, primary_head=header.as_of, asked=query.max_entries
+        )
+        # Checking and writing run off the event loop (a served replica keeps answering), and
+        # the write of one answer overlaps the transfer and check of the next: the next request
+        # starts from the checked head, and each write waits for the one before it.
+        batch = await trio.to_thread.run_sync(check)
+        await self._write_done.wait()
         chain.advance(batch)
+        self._write_done = trio.Event()
+        writes.start_soon(self._write, store, batch, self._write_done)
+        return chain.seq < batch.primary_head
+
+    async def _write(self, store: Store, batch: VerifiedBatch, done: trio.Event) -> None:
+        try:
+            await trio.to_thread.run_sync(partial(write_batch, store, batch, now=self.clock()))
+        finally:
+            done.set()
         self.primary_head = batch.primary_head
         self.written += len(batch.entries)
         if self.report is not None:
             self.report(self._status())
-        return chain.seq < self.primary_head
 
     async def run(self, *, once: bool = False) -> FollowStatus:
         """Follow until cancelled; with ``once``, until the replica has the primary's head.
@@ -226,12 +256,14 @@ class ReplicaFollower:
                         hello = await client.hello()
                     self._open(hello.vault)
                     pause = RETRY_FIRST
-                    while True:
-                        more = await self._exchange(client)
-                        if not more:
-                            if once:
-                                return self._status()
-                            await trio.sleep(self.poll)
+                    async with _writes() as writes:
+                        while True:
+                            more = await self._exchange(client, writes)
+                            if not more:
+                                await self._write_done.wait()
+                                if once:
+                                    return self._status()
+                                await trio.sleep(self.poll)
             except VaultError as exc:
                 if not exc.code.retryable:
                     raise FollowerError(
@@ -241,7 +273,12 @@ class ReplicaFollower:
                 raise FollowerError(f"the primary broke the protocol: {exc}", exc.code) from None
             except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
-            # The primary is gone or restarting: try again, and say so.
+            # The primary is gone or restarting: try again, and say so. The next connection
+            # starts from the store's head: a write cancelled before it began is asked again.
+            self.chain = None
+            if self.store is not None:
+                seq, head = self.store.head()
+                self.chain = ReplicaChain(vault_id=self.store.vault_id, seq=seq, head=head)
             if self.report is not None and self.chain is not None:
                 self.report(self._status(connected=False))
             await trio.sleep(pause)
