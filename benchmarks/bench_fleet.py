@@ -7,6 +7,10 @@ today (ARCHITECTURE §5): ``json.loads`` of an unsigned heartbeat and a dict upd
 authentication. The ratio is the price of authenticated, replay-checked heartbeats. A breakdown
 shows the Ed25519 verification alone, and signing (the vm-host side).
 
+Then the price of durable VM records (issue 18): stop/start requests dispatched by a real
+controller over loopback TCP to a vm-host that saves its records (atomic write + fsync) before
+it answers, against one that keeps them in memory, alternating; medians per request.
+
 Interleaved rounds so load from other processes hits both alike; medians per heartbeat.
 
     .venv/bin/python -m benchmarks fleet
@@ -94,7 +98,8 @@ def main() -> None:
     ]
     plain = [
         json.dumps({**heartbeats[i % NODES].to_wire(), "boot_id": "42" * 16, "seq": i + 1,
-                    "vms": [{**vm.to_wire(), "request_id": vm.request_id.hex()}
+                    "vms": [{**vm.to_wire(), "request_id": vm.request_id.hex(),
+                             "action_id": vm.action_id.hex()}
                             for vm in heartbeats[i % NODES].vms]}).encode()
         for i in range(total)
     ]  # fmt: skip
@@ -156,7 +161,110 @@ def main() -> None:
     print(f"vm-host side encode + sign           : {m_sign:8.1f} µs/heartbeat")
     budget = 10.0 * 1e6 / m_ours
     print(f"one controller core keeps up with ~{budget:,.0f} nodes heartbeating every 10 s")
+    actions_main()
 
 
 if __name__ == "__main__":
     main()
+
+
+# --- the price of durable VM records (issue 18) ------------------------------------------------
+
+ACTIONS = 40  # stop/start requests per setup, alternating between the two
+
+
+def _action_rounds() -> tuple[list[float], list[float], str]:
+    """Stop/start round trips through the controller to two vm-hosts on loopback TCP: one saves
+    its VM records (atomic write + fsync) before answering, the other keeps them in memory."""
+    import tempfile
+    from pathlib import Path
+
+    import trio
+
+    from ppn.fleet import FleetController, FleetControllerConfig, VmHostConfig, VmHostService
+    from ppn.fleet._io_host import HostFacts, ProvisionerResult
+    from ppn.fleet._operator import ControlRequest
+    from ppn.fleet._vm import SETTLED_STATES
+
+    keys = [IdentityKey.from_seed(bytes([i + 1]) * 32) for i in range(3)]
+    net = "127.71.9"
+    members = [
+        Member(node_id=derive_node_id(k.public), name=name, identity=k.public,
+               mesh_address=f"{net}.{i + 1}",
+               roles=frozenset({"cloud"}) if i == 0 else frozenset())
+        for i, (k, name) in enumerate(zip(keys, ("cloud", "durable", "memory"), strict=True))
+    ]  # fmt: skip
+    directory = StaticDirectory(members)
+    durable: list[float] = []
+    memory: list[float] = []
+    where = tempfile.mkdtemp(prefix="ppn-bench-vms-")
+
+    def facts() -> HostFacts:
+        return HostFacts(hostname="h", ram_total_mb=65536, ram_available_mb=60000,
+                         cpu_cores=64, load_milli=0, kvm=True)  # fmt: skip
+
+    async def provision(spec: VmSpec, request_id: bytes, action: object) -> ProvisionerResult:
+        return ProvisionerResult(ok=True, detail="")
+
+    async def run() -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind((f"{net}.2", 0))
+            spawn_port = s.getsockname()[1]
+        controller = FleetController(
+            FleetControllerConfig(identity=keys[0], directory=directory,
+                                  listen_address=f"{net}.1", port=0, spawn_port=spawn_port)
+        )  # fmt: skip
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(controller.run)
+            hosts = {}
+            for i, name in ((1, "durable"), (2, "memory")):
+                path = str(Path(where) / "vms.bin") if name == "durable" else None
+                host = VmHostService(
+                    VmHostConfig(identity=keys[i], directory=directory,
+                                 controller_address=f"{net}.1", controller_port=port,
+                                 listen_address=f"{net}.{i + 1}", spawn_port=spawn_port,
+                                 interval=0.05, facts=facts, provision=provision,
+                                 vm_state_path=path)
+                )  # fmt: skip
+                await nursery.start(host.run)
+                hosts[name] = host
+            while len(controller.table.live_nodes()) < 2:
+                await trio.sleep(0.01)
+            for name in hosts:
+                create = ControlRequest(op="create", vm_type="generic", ram_mb=64, name=f"vm-{name}",
+                                        node=name)  # fmt: skip
+                assert (await controller.create(create))["ok"]
+            while len(controller.vm_list()["vms"]) < 2 or any(
+                v["state"] != "running" for v in controller.vm_list()["vms"]
+            ):
+                await trio.sleep(0.01)
+            for i in range(ACTIONS):
+                op = "stop" if i % 2 == 0 else "start"
+                for name, out in (("durable", durable), ("memory", memory)):
+                    start = time.perf_counter()
+                    reply = await controller.act(ControlRequest(op=op, name=f"vm-{name}"))
+                    out.append((time.perf_counter() - start) * 1e3)
+                    assert reply["ok"], reply
+                    host = hosts[name]
+                    while any(vm.state not in SETTLED_STATES for vm in host.vms.values()):
+                        await trio.sleep(0.001)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(run)
+    finally:
+        import shutil
+
+        shutil.rmtree(where, ignore_errors=True)
+    return durable, memory, where
+
+
+def actions_main() -> None:
+    durable, memory, where = _action_rounds()
+    m_d, m_m = statistics.median(durable), statistics.median(memory)
+    print(f"VM stop/start dispatch, controller -> vm-host over loopback TCP, {ACTIONS} each:")
+    print(f"  records saved before the answer (atomic write + fsync in {where}): {m_d:7.2f} ms")
+    print(f"  records in memory only                                          : {m_m:7.2f} ms")
+    print(f"  ratio saved / memory: {m_d / m_m:.2f}x (the price of surviving a restart)")
