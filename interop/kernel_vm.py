@@ -194,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--then-bench", action="store_true", help="the tests, then the benchmark, in one boot"
     )
-    parser.add_argument("--vm", action="store_true", help="boot a VM even if the host has the module")
+    parser.add_argument(
+        "--vm", action="store_true", help="boot a VM even if the host has the module"
+    )
     parser.add_argument("pytest_args", nargs="*", help="after --: arguments for pytest")
     args = parser.parse_args(argv)
     require = os.environ.get("PPN_REQUIRE_KERNEL") == "1"

@@ -42,7 +42,7 @@ class CommandError(Exception):
 FAMILIES: dict[str, tuple[str, ...]] = {
     "genesis._cli": ("genesis", "invite", "join", "demo"),
     "ppn.wg._cli": ("wg",),
-    "ppn.mesh._cli": ("up", "status", "resolve", "remove"),
+    "ppn.mesh._cli": ("up", "status", "resolve", "remove", "admin"),
     "ppn.fleet._cli": ("fleet", "vmhost", "vm"),
     "psp._cli": ("vault", "key", "cap", "query"),
     "psp.aggregation._cli": ("orchestration",),

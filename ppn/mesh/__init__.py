@@ -32,6 +32,16 @@ if TYPE_CHECKING:
         lowest_free,
         parse_cidr,
     )
+
+    # Admin delegation (RFC-NOTES §7.14).
+    from ._admin import (
+        AdminPlan,
+        AdminRefusal,
+        AdminRefused,
+        admins,
+        plan_admin_act,
+        sign_admin_act,
+    )
     from ._agent import MeshAgent, PullFrom, PushTo, Reconcile, SaveState
     from ._asyncio import AsyncioMeshNode, AsyncWireGuardPort
     from ._bootstrap import PreliminaryMember, sponsor_admissions, with_bootstrap_peers
@@ -51,6 +61,8 @@ if TYPE_CHECKING:
     from ._ids import control_network, mesh_id, node_address6, node_id, short_id
     from ._names import Resolution, hosts_fragment, replace_hosts_block, resolve
     from ._records import (
+        ActKind,
+        AdminAct,
         Admission,
         InvalidRecord,
         MemberRecord,
@@ -58,6 +70,7 @@ if TYPE_CHECKING:
         Tombstone,
         decode_record,
         record_from_bytes,
+        sign_act,
         sign_admission,
         sign_member,
         sign_tombstone,
@@ -77,7 +90,7 @@ if TYPE_CHECKING:
         plan_topology,
     )
     from ._trio import MeshNode, WireGuardPort, pull_once, push_once, serve_connection
-    from ._view import Member, Problem, ProblemKind, RosterView, compute_view
+    from ._view import Member, Problem, ProblemKind, Removed, RosterView, compute_view
 
 # Loaded on first use: importing the facade (or any module of the package) loads no
 # adapter, event loop, sqlite3 or pyroute2 until a name that needs it is asked for.
@@ -132,6 +145,17 @@ _LAZY: dict[str, str] = {
     "RemovalRefused": "_removal",
     "plan_removal": "_removal",
     "sign_removal": "_removal",
+    # Admin delegation (RFC-NOTES §7.14).
+    "AdminPlan": "_admin",
+    "AdminRefusal": "_admin",
+    "AdminRefused": "_admin",
+    "admins": "_admin",
+    "plan_admin_act": "_admin",
+    "sign_admin_act": "_admin",
+    "ActKind": "_records",
+    "AdminAct": "_records",
+    "sign_act": "_records",
+    "Removed": "_view",
     "MergeResult": "_roster",
     "Rejection": "_roster",
     "Roster": "_roster",
@@ -166,7 +190,19 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
+
 __all__ = [
+    # Admin delegation (RFC-NOTES §7.14).
+    "ActKind",
+    "AdminAct",
+    "AdminPlan",
+    "AdminRefusal",
+    "AdminRefused",
+    "Removed",
+    "admins",
+    "plan_admin_act",
+    "sign_act",
+    "sign_admin_act",
     "RemovalRefused",
     "RemovalPlan",
     "RefusalKind",

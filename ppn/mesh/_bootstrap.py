@@ -29,7 +29,7 @@ from .._errors import LocalProtocolError
 from .._keys import IdentityKey
 from ._addressing import MeshNetwork
 from ._ids import node_address6
-from ._records import InvalidRecord, MemberRecord, Tombstone, validate_name
+from ._records import InvalidRecord, MemberRecord, validate_name
 from ._roster import Roster
 from ._topology import KEEPALIVE, DesiredConfig, DesiredPeer, Observation, choose_endpoint
 
@@ -124,7 +124,7 @@ def with_bootstrap_peers(
     own = base.address.split("/", 1)[0]
     # Not on the signed roster (yet): the topology configured nobody, so bootstrap from every
     # preliminary member; once removed, from nobody.
-    removed = isinstance(roster.get(self_identity), Tombstone)
+    removed = roster.view().is_removed(self_identity)
     outsider = config is None and not removed
     for member in preliminary if not removed else ():
         signed = roster.get(member.identity)

@@ -1,4 +1,4 @@
-"""``ppn up``, ``ppn status``, ``ppn resolve`` and ``ppn remove``: the node agent and its views
+"""``ppn up``, ``ppn status``, ``ppn resolve``, ``ppn remove`` and ``ppn admin``: the node agent and its views
 (RFC-NOTES §7.11).
 
 Module top stays light; trio, the agent and the WireGuard backends load inside the handlers.
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from typing import TypeAlias
 
     from ._io_state import MeshFiles
-    from ._records import Tombstone
+    from ._records import Record
     from ._roster import Roster
     from ._topology import Topology
     from ._view import Member, RosterView
@@ -47,15 +47,17 @@ exit status:
   0   success
   30  the state directory is not a mesh member yet (run 'ppn genesis' or 'ppn join')
   31  the state directory is damaged or belongs to another mesh
-  32  (resolve, remove) no member has that name
+  32  (resolve, remove, admin) no member has that name; (admin revoke) it is no admin
   33  the WireGuard device cannot be brought up or configured
   34  the PPN control port cannot be opened
   35  (status --check) some member is not reachable
   36  (up) another 'ppn up' already runs on this state directory
-  37  (remove) this node may not remove that member (only the member itself or the
-      genesis node may; the genesis node is never removed)
-  38  (remove) not confirmed; nothing changed
-  39  (remove) the running agent did not take the removal within 10 s (it stays queued)
+  37  (remove, admin) this node may not sign that: only the member itself, the genesis
+      node or an admin may remove a member, only a delegated admin the genesis node;
+      only the genesis node or an admin may grant or revoke admin rights
+  38  (remove, admin) not confirmed; nothing changed
+  39  (remove, admin) the running agent did not take the record within 10 s (it stays
+      queued)
   130 interrupted
 """
 
@@ -73,11 +75,12 @@ def _state_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Subparsers) -> None:
-    """Add ``up``, ``status``, ``resolve`` and ``remove`` to ``ppn``."""
+    """Add ``up``, ``status``, ``resolve``, ``remove`` and ``admin`` to ``ppn``."""
     _add_up(subparsers)
     _add_status(subparsers)
     _add_resolve(subparsers)
     _add_remove(subparsers)
+    _add_admin(subparsers)
 
 
 def _add_up(subparsers: Subparsers) -> None:
@@ -173,14 +176,16 @@ def _add_resolve(subparsers: Subparsers) -> None:
 def _add_remove(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "remove",
-        help="remove a member from the mesh for good (signs a tombstone)",
+        help="remove a member from the mesh for good (signs its removal)",
         description=(
             "Remove the member called NAME (or NAME.ppn, or a node id prefix) from the mesh: "
-            "sign a tombstone with this node's identity key and hand it to this node's agent, "
+            "sign its removal with this node's identity key and hand it to this node's agent, "
             "which pushes it to every member; each member's agent then drops the member's "
-            "WireGuard peer. Only the member itself or the genesis node may sign a removal. "
-            "Removal is final: the removed node can never rejoin with the same identity key "
-            "(it needs a fresh state directory and a new 'ppn join'). Without a running agent "
+            "WireGuard peer. The member itself or the genesis node signs a tombstone; an admin "
+            "(see 'ppn admin') signs an admin act, which also removes the genesis node when it "
+            "is lost for good. Removal is final: the removed identity can never rejoin, but "
+            "its name is free again — a new node (a fresh state directory) may join under it "
+            "and gets its address back if no live member holds it. Without a running agent "
             "the removal is written to the roster and pushed when 'ppn up' next runs."
         ),
         epilog=EXIT_STATUSES
@@ -441,6 +446,7 @@ def _print_status_json(r: _StatusReport) -> None:
                 "roster_applied": r.applied,
                 "members": r.rows,
                 "removed": [t.name for t in r.view.removed],
+                "admins": [m.name for m in _admins(r.roster)],
                 "problems": r.problems(),
             },
             indent=2,
@@ -484,6 +490,8 @@ def _print_status_text(r: _StatusReport) -> None:
     removed = r.view.removed
     if removed:
         print("removed: " + ", ".join(sorted(t.name for t in removed)))
+    if r.applied:
+        print("admins: " + ", ".join(m.name for m in _admins(r.roster)))
     rejected = r.agent.get("rejected") if r.agent_running else None
     if rejected:
         print(f"refused roster records (recent): {len(rejected)}, last: {rejected[-1]}")
@@ -557,8 +565,8 @@ def _remove(args: argparse.Namespace) -> int:
         )
         if not _confirm(question):
             raise CommandError(f"{member.name} not removed; nothing changed", EXIT_NOT_CONFIRMED)
-    tombstone = sign_removal(roster, files.identity, plan, now=int(time.time()))
-    outcome, note = _hand_over(args.state, files, member, tombstone)
+    record = sign_removal(roster, files.identity, plan, now=int(time.time()))
+    outcome, note = _hand_over(args.state, files, member, record)
     if args.json:
         print(
             json.dumps(
@@ -567,6 +575,7 @@ def _remove(args: argparse.Namespace) -> int:
                     "address": member.address,
                     "node_id": member.node_id.hex(),
                     "self": plan.self_removal,
+                    "signed": "admin-act" if plan.by_admin_act else "tombstone",
                     "agent": outcome,
                 },
                 sort_keys=True,
@@ -577,58 +586,192 @@ def _remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hand_over(
-    state: Path, files: MeshFiles, member: Member, tombstone: Tombstone
-) -> tuple[str, str]:
-    """Queue the tombstone for the agent; without one running, also merge it into the saved
-    roster. Returns the outcome (``queued`` or ``taken``) and a sentence on what happens next."""
+def _hand_over(state: Path, files: MeshFiles, member: Member, record: Record) -> tuple[str, str]:
+    """Queue a signed record (a removal, an admin act) for the agent; without one running, also
+    merge it into the saved roster. Returns the outcome (``queued`` or ``taken``) and a
+    sentence on what happens next."""
     from ._io_state import StateDirError, load_roster, queue_records, running_agent_pid, save_roster
 
     try:
         # The outbox is how signed records reach a running agent (it holds the roster in memory
         # and owns roster.bin); it also covers an agent that starts while this command runs.
-        queue_records(state, [tombstone])
+        queue_records(state, [record])
         agent_pid = running_agent_pid(state)
         if agent_pid is None:
             saved = load_roster(state, mesh=files.mesh, cidr=files.cidr)
             if saved is not None:
-                saved.roster.merge([tombstone])
+                saved.roster.merge([record])
                 save_roster(
                     state, saved.roster, generation=saved.generation + 1, baseline=saved.baseline
                 )
-            return "queued", "the agent pushes the removal to every member when 'ppn up' next runs"
-        _wait_until_taken(state, files, member, agent_pid)
-        return "taken", "the agent pushes it to every member, and each drops its WireGuard peer"
+            return "queued", "the agent pushes it to every member when 'ppn up' next runs"
+        _wait_until_taken(state, files, member, record, agent_pid)
+        return "taken", "the agent pushes it to every member"
     except (StateDirError, OSError) as exc:
         raise CommandError(f"cannot record the removal: {exc}", EXIT_BAD_STATE) from exc
 
 
-def _wait_until_taken(state: Path, files: MeshFiles, member: Member, agent_pid: int) -> None:
-    """Wait up to REMOVE_WAIT for the running agent to save the member's tombstone."""
+def _wait_until_taken(
+    state: Path, files: MeshFiles, member: Member, record: Record, agent_pid: int
+) -> None:
+    """Wait up to REMOVE_WAIT for the running agent to save ``record`` (or one that outranks
+    it in its slot)."""
     import time
 
     from ._io_state import load_roster
-    from ._records import Tombstone
 
     def taken() -> bool:
         saved = load_roster(state, mesh=files.mesh, cidr=files.cidr)
-        return saved is not None and isinstance(saved.roster.get(member.identity), Tombstone)
+        held = saved.roster.get(record.identity) if saved is not None else None
+        return held is not None and held.rank >= record.rank
 
     deadline = time.monotonic() + REMOVE_WAIT
     waited = False
     while not taken():
         if time.monotonic() > deadline:
             raise CommandError(
-                f"the agent (pid {agent_pid}) did not take the removal of {member.name} "
+                f"the agent (pid {agent_pid}) did not take the record about {member.name} "
                 f"within {REMOVE_WAIT:.0f} s; it stays queued in "
                 f"{state / 'outbox.bin'}",
                 EXIT_AGENT_SLOW,
             )
         if not waited:
             print(
-                f"ppn remove: handing the removal to the agent (pid {agent_pid}) ...",
+                f"ppn: handing the signed record to the agent (pid {agent_pid}) ...",
                 file=sys.stderr,
                 flush=True,
             )
             waited = True
         time.sleep(0.1)
+
+
+# --- ppn admin (RFC-NOTES §7.14) -------------------------------------------------------------
+
+
+def _admins(roster: Roster) -> list[Member]:
+    from ._admin import admins
+
+    return admins(roster)
+
+
+def _add_admin(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser(
+        "admin",
+        help="delegate admin rights, so the mesh outlives its genesis node",
+        description=(
+            "Admins may remove members ('ppn remove') and grant or revoke admin rights. The "
+            "genesis node is an admin by definition; it names others with 'ppn admin grant', "
+            "and they may name more. Every member, admin or not, may admit new members "
+            "('ppn invite') and remove itself. An act is signed with this node's identity key "
+            "and handed to this node's agent, which pushes it to every member; it counts "
+            "while its signer is an admin (RFC-NOTES §7.14)."
+        ),
+        epilog=EXIT_STATUSES + "\nexamples:\n  ppn admin grant bravo --state /var/lib/ppn --yes\n"
+        "  ppn admin list --state /var/lib/ppn --json\n"
+        "  ppn admin revoke bravo --state /var/lib/ppn\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = p.add_subparsers(dest="admin_command", metavar="{grant,revoke,list}", required=True)
+    for name, text in (
+        ("grant", "give a live member admin rights (signed by the genesis node or an admin)"),
+        ("revoke", "take a member's admin rights away (an admin may also revoke its own)"),
+    ):
+        sub = actions.add_parser(
+            name,
+            help=text,
+            description=text[0].upper() + text[1:] + ".",
+            epilog=EXIT_STATUSES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.add_argument("name", metavar="NAME", help="member name, NAME.ppn, or a node id prefix")
+        _state_arg(sub)
+        sub.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        sub.add_argument("--json", action="store_true", help="print the outcome as JSON")
+        sub.set_defaults(handler=_admin_act, act=name)
+    listing = actions.add_parser(
+        "list",
+        help="the members holding admin rights",
+        description="Print the live members holding admin rights, the genesis node first.",
+        epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _state_arg(listing)
+    listing.add_argument("--json", action="store_true", help="print the list as JSON")
+    listing.set_defaults(handler=_admin_list)
+
+
+def _admin_list(args: argparse.Namespace) -> int:
+    from ._ids import short_id
+
+    _, (roster, _) = _load(args.state)
+    found = _admins(roster)
+    if args.json:
+        rows = [
+            {
+                "name": m.name,
+                "address": m.address,
+                "node_id": m.node_id.hex(),
+                "genesis": m.record.admission.is_genesis,
+            }
+            for m in found
+        ]
+        print(json.dumps({"admins": rows}, indent=2, sort_keys=True))
+        return 0
+    for m in found:
+        genesis = "  (genesis)" if m.record.admission.is_genesis else ""
+        print(f"{m.name}  {m.address}  {short_id(m.identity)}{genesis}")
+    return 0
+
+
+def _admin_act(args: argparse.Namespace) -> int:
+    import time
+
+    from ._admin import AdminRefusal, AdminRefused, plan_admin_act, sign_admin_act
+    from ._ids import short_id
+    from ._records import ActKind
+
+    act = ActKind.GRANT_ADMIN if args.act == "grant" else ActKind.REVOKE_ADMIN
+    files, (roster, _) = _load(args.state)
+    try:
+        plan = plan_admin_act(roster, files.identity, args.name, act)
+    except AdminRefused as exc:
+        if exc.kind is AdminRefusal.UNCHANGED:
+            if args.json:
+                print(json.dumps({"admin": args.name, "act": act.value, "agent": "unchanged"}))
+            else:
+                print(f"{exc}; nothing signed")
+            return 0
+        status = EXIT_UNKNOWN_NAME if exc.kind is AdminRefusal.UNKNOWN else EXIT_REMOVE_REFUSED
+        raise CommandError(str(exc), status) from exc
+    member = plan.member
+    label = f"{member.name} ({member.address}, node {short_id(member.identity)})"
+    if not args.yes:
+        question = (
+            f"Give {label} admin rights (it may then remove any member and name admins)?"
+            if act is ActKind.GRANT_ADMIN
+            else f"Revoke the admin rights of {label}?"
+        )
+        if not _confirm(question):
+            raise CommandError("nothing signed; nothing changed", EXIT_NOT_CONFIRMED)
+    record = sign_admin_act(roster, files.identity, plan, now=int(time.time()))
+    outcome, note = _hand_over(args.state, files, member, record)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "admin": member.name,
+                    "node_id": member.node_id.hex(),
+                    "act": act.value,
+                    "agent": outcome,
+                },
+                sort_keys=True,
+            )
+        )
+    else:
+        done = (
+            "granted admin rights to"
+            if act is ActKind.GRANT_ADMIN
+            else "revoked the admin rights of"
+        )
+        print(f"{done} {label}; {note}")
+    return 0

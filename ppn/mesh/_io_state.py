@@ -244,7 +244,7 @@ class SignedClaims:
     names: frozenset[str]
     identities: frozenset[bytes]  # removed identities too: they can never be admitted again
     wg_keys: frozenset[bytes]
-    removed: frozenset[bytes]  # identities with a tombstone
+    removed: frozenset[bytes]  # removed identities (tombstone or counted admin act, §7.14)
 
 
 def load_signed_claims(directory: Path, *, mesh: bytes, cidr: str) -> SignedClaims | None:
@@ -252,13 +252,17 @@ def load_signed_claims(directory: Path, *, mesh: bytes, cidr: str) -> SignedClai
     saved = load_roster(directory, mesh=mesh, cidr=cidr)
     if saved is None:
         return None
-    members = [r for r in saved.roster.records() if isinstance(r, MemberRecord)]
+    # Removed by a tombstone or by a counted admin act (§7.14): such a member record stays
+    # stored, but holds neither its name nor its address any more.
+    removed = frozenset(r.identity for r in saved.roster.view().removed)
+    entries = [r for r in saved.roster.records() if isinstance(r, MemberRecord | Tombstone)]
+    members = [r for r in entries if isinstance(r, MemberRecord) and r.identity not in removed]
     return SignedClaims(
         addresses=frozenset(r.address for r in members),
         names=frozenset(r.name for r in members),
-        identities=frozenset(r.identity for r in saved.roster.records()),
-        wg_keys=frozenset(r.wg_key for r in members),
-        removed=frozenset(r.identity for r in saved.roster.records() if isinstance(r, Tombstone)),
+        identities=frozenset(r.identity for r in entries),
+        wg_keys=frozenset(r.wg_key for r in entries if isinstance(r, MemberRecord)),
+        removed=removed,
     )
 
 

@@ -16,6 +16,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from .. import wire
@@ -24,9 +25,14 @@ from .._keys import IdentityKey, verify_signature
 from ._ids import ID_SIZE, mesh_id, node_id
 
 __all__ = [
+    "ACT_LABEL",
     "ADMISSION_LABEL",
+    "act_slot",
     "MEMBER_LABEL",
     "TOMBSTONE_LABEL",
+    "ACTS",
+    "ActKind",
+    "AdminAct",
     "Admission",
     "InvalidRecord",
     "MemberRecord",
@@ -38,6 +44,7 @@ __all__ = [
     "encode_record",
     "parse_endpoint",
     "record_from_bytes",
+    "sign_act",
     "sign_admission",
     "sign_member",
     "sign_tombstone",
@@ -47,6 +54,7 @@ __all__ = [
 ADMISSION_LABEL = b"PPN-v1 roster admission\x00"
 MEMBER_LABEL = b"PPN-v1 roster member\x00"
 TOMBSTONE_LABEL = b"PPN-v1 roster tombstone\x00"
+ACT_LABEL = b"PPN-v1 roster act\x00"
 
 MAX_ENDPOINTS = 8
 MAX_ROLES = 8
@@ -238,7 +246,79 @@ class Tombstone(_RecordBase):
         return (1, 0, 0, self.digest)
 
 
-Record = MemberRecord | Tombstone
+# --- admin acts (RFC-NOTES §7.14) ---------------------------------------------------------------
+
+
+class ActKind(Enum):
+    """What an admin act does to its subject."""
+
+    GRANT_ADMIN = "grant-admin"
+    REVOKE_ADMIN = "revoke-admin"
+    REMOVE = "remove"
+
+
+ACTS = {kind.value: kind for kind in ActKind}
+_ACT_SLOT_LABEL = b"PPN-v1 roster act slot\x00"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdminAct:
+    """An admin's signed act on a member: grant or revoke admin rights, or remove it.
+
+    Whether the signer *was* an admin when it acted depends on the other records, so the view
+    judges that (RFC-NOTES §7.14); here only the signature and the fields are checked, which
+    keeps record validity local and the merge a join-semilattice. An act never replaces another
+    record: it is stored under its own slot (keyed by all it says), so a signer without the
+    right cannot overwrite anything by signing one, and a later act never erases an earlier.
+    """
+
+    mesh: bytes
+    act: ActKind
+    subject: bytes
+    at: int
+    signer: bytes
+    signature: bytes = field(repr=False)
+    encoded: bytes = field(init=False, repr=False, compare=False)
+    digest: bytes = field(init=False, repr=False, compare=False)
+    checked: bool = field(init=False, default=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        encoded = wire.pack_canonical(self.to_value())
+        object.__setattr__(self, "encoded", encoded)
+        object.__setattr__(self, "digest", _record_hash(encoded))
+
+    def signed_fields(self) -> dict[str, Any]:
+        return {
+            "act": self.act.value,
+            "at": self.at,
+            "mesh": self.mesh,
+            "signer": self.signer,
+            "subject": self.subject,
+            "type": "act",
+        }
+
+    def to_value(self) -> dict[str, Any]:
+        return {**self.signed_fields(), "sig": self.signature}
+
+    @property
+    def identity(self) -> bytes:
+        """The roster's key for this record: the act's slot, not anyone's identity."""
+        return act_slot(self.act, self.subject, self.signer, self.at)
+
+    @property
+    def rank(self) -> tuple[int, int, int, bytes]:
+        # A slot holds one act (its fields are the key); the hash only makes the order total.
+        return (2, self.at, 0, self.digest)
+
+
+def act_slot(act: ActKind, subject: bytes, signer: bytes, at: int) -> bytes:
+    """Where the roster keeps an act: its own slot, keyed by everything it says, so no act
+    replaces another (a later grant does not erase the period of an earlier one)."""
+    fields = act.value.encode() + subject + signer + at.to_bytes(8, "big")
+    return hashlib.sha256(_ACT_SLOT_LABEL + fields).digest()
+
+
+Record = MemberRecord | Tombstone | AdminAct
 
 
 # --- signing -----------------------------------------------------------------------------------
@@ -317,6 +397,26 @@ def sign_tombstone(signer: IdentityKey, *, admission: Admission, removed_at: int
     return record
 
 
+def sign_act(
+    signer: IdentityKey, *, mesh: bytes, act: ActKind, subject: bytes, at: int
+) -> AdminAct:
+    """Sign an admin act (RFC-NOTES §7.14); whether it counts is the view's business."""
+    fields = {
+        "act": act.value,
+        "at": at,
+        "mesh": mesh,
+        "signer": signer.public,
+        "subject": subject,
+        "type": "act",
+    }
+    sig = signer.sign(ACT_LABEL + wire.pack_canonical(fields))
+    record = AdminAct(
+        mesh=mesh, act=act, subject=subject, at=at, signer=signer.public, signature=sig
+    )
+    _authored(_check_record, record)
+    return record
+
+
 def _authored(check: Callable[[Any], None], thing: Any) -> None:
     """Run a record check on something we are signing: a failure is the caller's mistake."""
     try:
@@ -343,7 +443,30 @@ def _check_admission(adm: Admission) -> None:
         raise InvalidRecord("a roster signature did not verify")
 
 
+def _check_act(record: AdminAct) -> None:
+    if len(record.mesh) != ID_SIZE or len(record.subject) != 32 or len(record.signer) != 32:
+        raise InvalidRecord("an admin act has a malformed key or mesh id")
+    if not 0 <= record.at < _U64:
+        raise InvalidRecord("an act time is a non-negative integer")
+    genesis_subject = mesh_id(record.subject) == record.mesh
+    if record.act is ActKind.GRANT_ADMIN and record.subject == record.signer:
+        raise InvalidRecord("an admin cannot grant itself admin rights")
+    if record.act is ActKind.REMOVE and record.subject == record.signer:
+        raise InvalidRecord("a member removes itself with a tombstone, not an act")
+    if record.act is not ActKind.REMOVE and genesis_subject:
+        raise InvalidRecord("the genesis node is an admin by definition")
+    if len(record.encoded) > MAX_RECORD_SIZE:
+        raise InvalidRecord(f"a record is at most {MAX_RECORD_SIZE} bytes")
+    message = ACT_LABEL + wire.pack_canonical(record.signed_fields())
+    if not verify_signature(record.signer, message, record.signature):
+        raise InvalidRecord("a roster signature did not verify")
+    object.__setattr__(record, "checked", True)
+
+
 def _check_record(record: Record) -> None:
+    if isinstance(record, AdminAct):
+        _check_act(record)
+        return
     _check_admission(record.admission)
     adm = record.admission
     if len(record.signer) != 32:
@@ -477,8 +600,21 @@ def build_record(value: Any) -> Record:
                 signer=_expect(m["signer"], bytes, "signer"),
                 signature=_expect(m["sig"], bytes, "sig"),
             )
+        elif kind == "act":
+            m = _expect_map(value, {"act", "at", "mesh", "signer", "subject", "type", "sig"})
+            act = ACTS.get(_expect(m["act"], str, "act"))
+            if act is None:
+                raise InvalidRecord("an act is grant-admin, revoke-admin or remove")
+            record = AdminAct(
+                mesh=_expect(m["mesh"], bytes, "mesh"),
+                act=act,
+                subject=_expect(m["subject"], bytes, "subject"),
+                at=_expect(m["at"], int, "at"),
+                signer=_expect(m["signer"], bytes, "signer"),
+                signature=_expect(m["sig"], bytes, "sig"),
+            )
         else:
-            raise InvalidRecord("a roster record is a member or a tombstone")
+            raise InvalidRecord("a roster record is a member, a tombstone or an act")
     except wire.EncodingError as exc:
         raise InvalidRecord("a roster record has no canonical encoding") from exc
     return record

@@ -32,12 +32,15 @@ from .._keys import IdentityKey
 from ._addressing import MeshNetwork, first_host, lowest_free, parse_cidr
 from ._ids import mesh_id, short_id
 from ._records import (
+    ActKind,
+    AdminAct,
     InvalidRecord,
     MemberRecord,
     Record,
     Tombstone,
     build_record,
     check_record,
+    sign_act,
     sign_admission,
     sign_member,
     sign_tombstone,
@@ -49,6 +52,22 @@ __all__ = ["MAX_QUARANTINE", "CheckedBatch", "MergeResult", "Rejection", "Roster
 _DIGEST_LABEL = b"PPN-v1 roster digest\x00"
 # Records waiting for their admitter: at most this many (≤ 4 KiB each, so ≤ 4 MiB).
 MAX_QUARANTINE = 1024
+
+
+def _anchor(record: Record) -> bytes | None:
+    """The identity that must be held before ``record`` is stored (RFC-NOTES §7.3): its
+    admitter, or for an admin act its signer; None for the genesis node's own records."""
+    if isinstance(record, AdminAct):
+        return record.signer
+    return None if record.admission.is_genesis else record.admission.admitter
+
+
+def _record_time(record: Record) -> int:
+    if isinstance(record, AdminAct):
+        return record.at
+    if isinstance(record, Tombstone):
+        return max(record.removed_at, record.admission.admitted_at)
+    return record.admission.admitted_at
 
 
 def _in_window(key: bytes, window: tuple[bytes, bytes]) -> bool:
@@ -240,8 +259,8 @@ class Roster:
                     Rejection(detail="the record belongs to another mesh", identity=record.identity)
                 )
                 continue
-            admission = record.admission
-            if admission.is_genesis or admission.admitter in self._records:
+            anchor = _anchor(record)
+            if anchor is None or anchor in self._records:
                 self._store(record, changed)
             else:
                 waiting.append(record)
@@ -269,7 +288,9 @@ class Roster:
         go (back) to the quarantine. Returns how many of ``waiting`` stay there."""
         by_admitter: dict[bytes, list[Record]] = {}
         for record in (*self._quarantine.values(), *waiting):
-            by_admitter.setdefault(record.admission.admitter, []).append(record)
+            anchor = _anchor(record)
+            assert anchor is not None  # records needing no anchor are stored at once
+            by_admitter.setdefault(anchor, []).append(record)
         ready = [identity for identity in by_admitter if identity in self._records]
         while ready:
             for record in by_admitter.pop(ready.pop(), ()):
@@ -422,8 +443,21 @@ class Roster:
     def remove(self, signer: IdentityKey, identity: bytes, *, now: int) -> Tombstone:
         """Sign and merge a tombstone (by the member itself or the genesis node)."""
         current = self._records.get(identity)
-        if current is None:
+        if current is None or isinstance(current, AdminAct):
             raise LocalProtocolError(f"{short_id(identity)} is not on the roster")
         tombstone = sign_tombstone(signer, admission=current.admission, removed_at=now)
         self.merge([tombstone])
         return tombstone
+
+    # --- admin acts (RFC-NOTES §7.14) ---------------------------------------------------------
+
+    def act(self, signer: IdentityKey, act: ActKind, subject: bytes, *, now: int) -> AdminAct:
+        """Sign and merge an admin act; whether it counts is the view's judgement.
+
+        The act is stamped no earlier than the latest time on this roster (a Lamport clock
+        over the roster, RFC-NOTES §7.14): an admin whose clock lags the one that granted its
+        rights still acts after the grant."""
+        at = max([now, *(_record_time(r) for r in self._records.values())])
+        record = sign_act(signer, mesh=self.mesh, act=act, subject=subject, at=at)
+        self.merge([record])
+        return record

@@ -27,7 +27,7 @@ import trio
 from ..ports import CONTROL_PORT, WIREGUARD_PORT
 from ._agent import PULL_INTERVAL, MeshAgent
 from ._bootstrap import sponsor_admissions
-from ._ids import node_address6
+from ._ids import node_address6, node_id, short_id
 from ._io_state import (
     AgentAlreadyRunning,
     MeshFiles,
@@ -43,7 +43,7 @@ from ._io_state import (
 )
 from ._io_wg import DeviceHandle, DeviceWireGuard, ensure_device
 from ._names import hosts_fragment, replace_hosts_block
-from ._records import MemberRecord, Record
+from ._records import AdminAct, MemberRecord, Record
 from ._roster import MergeResult, Roster
 from ._trio import MeshNode
 
@@ -116,6 +116,8 @@ def _merge_queued(roster: Roster, state: Path) -> tuple[list[Record], OutboxClai
 
 
 def _describe(record: Record) -> str:
+    if isinstance(record, AdminAct):
+        return f"admin act {record.act.value} on {short_id(node_id(record.subject))}"
     kind = "removal" if not isinstance(record, MemberRecord) else "entry"
     return f"{kind} of {record.name}"
 

@@ -19,6 +19,10 @@ Rules, in order:
    mesh CIDR are unrouted too.
 5. *Name*: of members claiming one name, the first by priority keeps it; the others resolve
    only by node id.
+
+Admin acts (RFC-NOTES §7.14) are judged on a timeline before rule 1's final pass: who is an
+admin when, and which removals by admins count; a counted removal then ends its member like a
+tombstone does.
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ from enum import Enum
 
 from ._addressing import MeshNetwork, is_host_address, lowest_free
 from ._ids import short_id
-from ._records import MemberRecord, Record, Tombstone
+from ._records import ActKind, AdminAct, MemberRecord, Record, Tombstone
 
-__all__ = ["Member", "Problem", "ProblemKind", "RosterView", "compute_view"]
+__all__ = ["Member", "Problem", "ProblemKind", "Removed", "RosterView", "compute_view"]
 
 
 class ProblemKind(Enum):
@@ -41,6 +45,7 @@ class ProblemKind(Enum):
     ADDRESS_OUTSIDE_MESH = "address-outside-mesh"
     NAME_CONFLICT = "name-conflict"
     INVALID_RECORD = "invalid-record"
+    ACT_NOT_COUNTED = "act-not-counted"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,12 +113,29 @@ class Member:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Removed:
+    """A member removed for good: by a tombstone, or by a counted admin act (§7.14)."""
+
+    identity: bytes
+    name: str
+    removed_at: int
+    by: bytes  # the signer of the removal
+
+
+@dataclass(frozen=True, kw_only=True)
 class RosterView:
-    """Members (ordered by priority), removed members, and problems of one roster state."""
+    """Members (ordered by priority), removed members, admins and problems of one state."""
 
     members: tuple[Member, ...]
-    removed: tuple[Tombstone, ...]
+    removed: tuple[Removed, ...]
     problems: tuple[Problem, ...]
+    admins: frozenset[bytes] = frozenset()  # live members with admin rights, genesis included
+
+    def is_admin(self, identity: bytes) -> bool:
+        return identity in self.admins
+
+    def is_removed(self, identity: bytes) -> bool:
+        return any(r.identity == identity for r in self.removed)
 
     def member(self, identity: bytes) -> Member | None:
         for m in self.members:
@@ -140,7 +162,9 @@ class RosterView:
         return tuple(m for m in self.members if "relay" in m.roles and m.routed)
 
 
-def _chain_status(records: Mapping[bytes, Record]) -> dict[bytes, str | None]:
+def _chain_status(
+    records: Mapping[bytes, MemberRecord | Tombstone], removed_at: Mapping[bytes, int]
+) -> dict[bytes, str | None]:
     """For every identity: None when its chain reaches genesis, else why not. Iterative, so
     a chain thousands of members long needs no recursion."""
     status: dict[bytes, str | None] = {}
@@ -171,7 +195,7 @@ def _chain_status(records: Mapping[bytes, Record]) -> dict[bytes, str | None]:
                 break
             parent = records.get(admission.admitter)
             if parent is not None:
-                link_error = _link_error(record, parent)
+                link_error = _link_error(record, parent, removed_at.get(admission.admitter))
                 if link_error is not None:
                     status[current] = link_error
                     path.pop()
@@ -186,48 +210,151 @@ def _chain_status(records: Mapping[bytes, Record]) -> dict[bytes, str | None]:
     return status
 
 
-def _link_error(record: Record, parent: Record) -> str | None:
+def _link_error(
+    record: MemberRecord | Tombstone, parent: MemberRecord | Tombstone, removed_at: int | None
+) -> str | None:
     admitted_at = record.admission.admitted_at
     if admitted_at < parent.admission.admitted_at:
         return "it was admitted before its admitter was"
-    if isinstance(parent, Tombstone) and admitted_at > parent.removed_at:
+    if removed_at is not None and admitted_at > removed_at:
         return "it was admitted after its admitter was removed"
     return None
 
 
 def compute_view(records: Iterable[Record], network: MeshNetwork) -> RosterView:
     """The view the roster rules give (RFC-NOTES §7.4): chains first, then one member per
-    WireGuard key (rule 3), per address (rule 4) and per name (rule 5), first admitted wins."""
+    WireGuard key (rule 3), per address (rule 4) and per name (rule 5), first admitted wins.
+    Admin acts are judged between a first pass of rule 1 (tombstones alone) and the final one
+    (§7.14)."""
     problems: list[Problem] = []
-    live, removed = _by_chain(records, problems)
+    entries: dict[bytes, MemberRecord | Tombstone] = {}
+    acts: list[AdminAct] = []
+    for record in records:
+        if isinstance(record, AdminAct):
+            acts.append(record)
+        else:
+            entries[record.identity] = record
+    tombstoned = {k: r.removed_at for k, r in entries.items() if isinstance(r, Tombstone)}
+    timeline = _admin_timeline(entries, _chain_status(entries, tombstoned), acts, problems)
+    live, removed = _by_chain(entries, {**timeline.removed_at, **tombstoned}, timeline, problems)
     configured = _one_per_wg_key(live, problems)
     routed = _one_per_address(configured, live, network, problems)
     named = _one_per_name(configured, problems)
     members = tuple(
         Member(record=r, routed=r.identity in routed, named=r.identity in named) for r in configured
     )
+    live_ids = {r.identity for r in configured}
     problems.sort(key=lambda p: (p.identity, p.kind.value))
-    return RosterView(members=members, removed=tuple(removed), problems=tuple(problems))
+    return RosterView(
+        members=members,
+        removed=tuple(removed),
+        problems=tuple(problems),
+        admins=frozenset(timeline.admins & live_ids),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Timeline:
+    admins: set[bytes]  # admins after the last act (intersected with the live members later)
+    removed_at: dict[bytes, int]  # members removed by counted admin acts, and when
+    removed_by: dict[bytes, bytes]
+
+
+# At one time: tombstones, grants (an admin acts after its grant, and signers stamp acts with a
+# Lamport clock, so a grant and the acts it allows may share a second), revocations, removals.
+_EVENT_ORDER = {ActKind.GRANT_ADMIN: 1, ActKind.REVOKE_ADMIN: 2, ActKind.REMOVE: 3}
+
+
+def _admin_timeline(
+    entries: Mapping[bytes, MemberRecord | Tombstone],
+    chain: Mapping[bytes, str | None],
+    acts: list[AdminAct],
+    problems: list[Problem],
+) -> _Timeline:
+    """Replay tombstones and admin acts in time order (RFC-NOTES §7.14): the genesis node is
+    an admin from the start; an act counts when its signer is an admin at its time; a removal
+    (tombstone or counted act) ends the member and its admin rights. Deterministic: events at
+    one time are ordered by kind, then record hash."""
+    chained = {k: r for k, r in entries.items() if chain.get(k) is None}
+    events: list[tuple[int, int, bytes, Tombstone | AdminAct]] = []
+    for record in chained.values():
+        if isinstance(record, Tombstone):
+            events.append((record.removed_at, 0, record.digest, record))
+    for act in acts:
+        events.append((act.at, _EVENT_ORDER[act.act], act.digest, act))
+    events.sort(key=lambda e: e[:3])
+    admins = {k for k, r in chained.items() if r.admission.is_genesis}
+    gone: set[bytes] = set()
+    removed_at: dict[bytes, int] = {}
+    removed_by: dict[bytes, bytes] = {}
+    for at, _, _, event in events:
+        if isinstance(event, Tombstone):
+            gone.add(event.identity)
+            admins.discard(event.identity)
+            continue
+        subject = chained.get(event.subject)
+        if event.signer not in admins:
+            problems.append(_not_counted(event, "its signer was not an admin at that time"))
+        elif subject is None or subject.admission.admitted_at > at:
+            problems.append(_not_counted(event, "its subject was not a member at that time"))
+        elif event.subject in gone:
+            continue  # already removed: nothing left to act on
+        elif event.act is ActKind.GRANT_ADMIN:
+            admins.add(event.subject)
+        elif event.act is ActKind.REVOKE_ADMIN:
+            admins.discard(event.subject)
+        else:
+            gone.add(event.subject)
+            admins.discard(event.subject)
+            removed_at[event.subject] = at
+            removed_by[event.subject] = event.signer
+    return _Timeline(admins=admins, removed_at=removed_at, removed_by=removed_by)
+
+
+def _not_counted(act: AdminAct, why: str) -> Problem:
+    return Problem(
+        kind=ProblemKind.ACT_NOT_COUNTED,
+        identity=act.signer,
+        detail=f"its {act.act.value} of {short_id(act.subject)} does not count: {why}",
+    )
 
 
 def _by_chain(
-    records: Iterable[Record], problems: list[Problem]
-) -> tuple[list[MemberRecord], list[Tombstone]]:
-    """Live members in admission order and tombstones; records with a broken admission chain
-    are neither (each is a problem)."""
-    by_identity = {r.identity: r for r in records}
-    chain = _chain_status(by_identity)
+    entries: Mapping[bytes, MemberRecord | Tombstone],
+    removed_at: Mapping[bytes, int],
+    timeline: _Timeline,
+    problems: list[Problem],
+) -> tuple[list[MemberRecord], list[Removed]]:
+    """Live members in admission order and removed members; records with a broken admission
+    chain are neither (each is a problem)."""
+    chain = _chain_status(entries, removed_at)
     live: list[MemberRecord] = []
-    removed: list[Tombstone] = []
-    for identity in sorted(by_identity):
-        record = by_identity[identity]
+    removed: list[Removed] = []
+    for identity in sorted(entries):
+        record = entries[identity]
         reason = chain[identity]
         if reason is not None:
             problems.append(
                 Problem(kind=ProblemKind.BROKEN_CHAIN, identity=identity, detail=reason)
             )
         elif isinstance(record, Tombstone):
-            removed.append(record)
+            removed.append(
+                Removed(
+                    identity=identity,
+                    name=record.name,
+                    removed_at=record.removed_at,
+                    by=record.signer,
+                )
+            )
+        elif identity in timeline.removed_at:
+            removed.append(
+                Removed(
+                    identity=identity,
+                    name=record.name,
+                    removed_at=timeline.removed_at[identity],
+                    by=timeline.removed_by[identity],
+                )
+            )
         else:
             live.append(record)
     live.sort(key=lambda r: (r.admission.admitted_at, r.node_id))
