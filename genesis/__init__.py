@@ -32,7 +32,18 @@ if TYPE_CHECKING:
         JoinRequested,
         SasReady,
     )
-    from ._io_state import MeshState, NodeState, StateError, load_mesh, load_node, write_membership
+    from ._io_state import (
+        MeshState,
+        NodeState,
+        StateError,
+        discard_staged_key,
+        load_mesh,
+        load_node,
+        promote_node_key,
+        stage_node_key,
+        staged_node_key,
+        write_membership,
+    )
     from ._joiner import Joiner, JoinerState
     from ._sponsor import Sponsor, SponsorState
     from ._trio import ServeOutcome, join, serve_windows
@@ -66,6 +77,10 @@ _LAZY = {
     "StateError": "_io_state",
     "load_mesh": "_io_state",
     "load_node": "_io_state",
+    "discard_staged_key": "_io_state",
+    "promote_node_key": "_io_state",
+    "stage_node_key": "_io_state",
+    "staged_node_key": "_io_state",
     "write_membership": "_io_state",
     "Joiner": "_joiner",
     "JoinerState": "_joiner",
@@ -122,6 +137,7 @@ __all__ = [
     "StateError",
     "WindowBook",
     "WindowStatus",
+    "discard_staged_key",
     "join",
     "join_asyncio",
     "serve_windows",
@@ -133,5 +149,8 @@ __all__ = [
     "make_code",
     "mesh_id_for",
     "parse_code",
+    "promote_node_key",
+    "stage_node_key",
+    "staged_node_key",
     "write_membership",
 ]

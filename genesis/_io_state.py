@@ -11,6 +11,9 @@ the same directory, fsync, rename, fsync of the directory)::
                       member = {"name", "identity", "wg" (base64), "address", "endpoints", "roles",
                                 ["sponsor" (base64): who admitted it, when this node knows]}
     wg-<iface>.conf   a wg-quick configuration derived from the two JSON files
+    identity.key.next, wireguard.key.next
+                      a staged replacement key (``ppn rotate``, RFC-NOTES §7.15): written before
+                      anything is signed with it, promoted by :func:`promote_node_key`
 
 ``mesh.json`` is written last: its presence means "this node is a member". A failed or
 aborted ceremony writes nothing at all, so the directory stays byte-identical.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +48,10 @@ __all__ = [
     "member_from_json",
     "member_to_json",
     "new_node",
+    "discard_staged_key",
+    "promote_node_key",
+    "stage_node_key",
+    "staged_node_key",
     "render_wg_quick",
     "wg_config_path",
     "write_membership",
@@ -139,10 +147,14 @@ def _read_key(path: Path) -> bytes:
 
 
 def load_node(directory: Path) -> NodeState | None:
-    """The node's keys and name, or None when the directory holds no node yet."""
+    """The node's keys and name, or None when the directory holds no node yet.
+
+    A key promotion that a crash interrupted (node.json already names the staged key, the
+    rename of ``KIND.key.next`` over ``KIND.key`` not done yet) is finished here."""
     if not (directory / "node.json").exists():
         return None
     info = _read_json(directory / "node.json")
+    _finish_promotion(directory, info)
     identity = IdentityKey.from_seed(_read_key(directory / "identity.key"))
     wg = WireGuardKeyPair.from_private(_read_key(directory / "wireguard.key"))
     try:
@@ -154,6 +166,92 @@ def load_node(directory: Path) -> NodeState | None:
         return NodeState(name=str(info["name"]), identity=identity, wg=wg, endpoints=endpoints)
     except (KeyError, TypeError, KeyFormatError) as exc:
         raise StateError(f"malformed {directory / 'node.json'}") from exc
+
+
+# --- key rotation (RFC-NOTES §7.15) ----------------------------------------------------------
+#
+# A new key is written to KIND.key.next (atomically) before anything is signed with it, and is
+# promoted only once the mesh has the record that names it: node.json first (it names the public
+# key), then the rename over KIND.key. A crash between the two leaves node.json naming the staged
+# key, which load_node recognises and finishes; a crash before node.json is written leaves the
+# old key in force and the staged one waiting. The old key is never deleted before the new one
+# is in place, so at every instant one of the two files holds the key the node's peers know.
+
+_KEY_KINDS = {"identity": "identity", "wireguard": "wg"}
+
+
+def _key_public(kind: str, private: bytes) -> bytes:
+    if kind == "identity":
+        return IdentityKey.from_seed(private).public
+    return WireGuardKeyPair.from_private(private).public
+
+
+def _finish_promotion(directory: Path, info: Any) -> None:
+    if not isinstance(info, dict):
+        return
+    for kind, field_name in _KEY_KINDS.items():
+        staged = directory / f"{kind}.key.next"
+        if not staged.exists() or not isinstance(info.get(field_name), str):
+            continue
+        try:
+            named = decode_key(info[field_name])
+            if _key_public(kind, _read_key(directory / f"{kind}.key")) == named:
+                continue
+            if _key_public(kind, _read_key(staged)) == named:
+                os.replace(staged, directory / f"{kind}.key")
+                _fsync_directory(directory)
+        except (KeyFormatError, ValueError, OSError, StateError):
+            continue  # load_node's own check reports the mismatch
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def stage_node_key(directory: Path, kind: str, private: bytes) -> None:
+    """Write a replacement ``kind`` key ("identity" or "wireguard") to ``KIND.key.next``,
+    atomically, replacing any earlier staged one. Raises :class:`StateError`."""
+    if kind not in _KEY_KINDS:
+        raise ValueError(f"unknown key kind {kind!r}")
+    try:
+        atomic_write(directory / f"{kind}.key.next", (encode_key(private) + "\n").encode())
+    except OSError as exc:
+        raise StateError(f"cannot write {directory / f'{kind}.key.next'}: {exc}") from exc
+
+
+def staged_node_key(directory: Path, kind: str) -> bytes | None:
+    """The staged ``kind`` key's private bytes, or None when none is staged."""
+    path = directory / f"{kind}.key.next"
+    if not path.exists():
+        return None
+    return _read_key(path)
+
+
+def promote_node_key(directory: Path, kind: str) -> bool:
+    """Make the staged ``kind`` key the node's key: node.json first, then the rename (crash-safe
+    with :func:`load_node`'s recovery). False when nothing is staged. Raises StateError."""
+    staged = staged_node_key(directory, kind)
+    if staged is None:
+        return False
+    path = directory / "node.json"
+    try:
+        info = _read_json(path)
+        info[_KEY_KINDS[kind]] = encode_key(_key_public(kind, staged))
+        atomic_write(path, _json_bytes(info))
+        os.replace(directory / f"{kind}.key.next", directory / f"{kind}.key")
+        _fsync_directory(directory)
+    except (OSError, TypeError) as exc:
+        raise StateError(f"cannot promote the new {kind} key in {directory}: {exc}") from exc
+    return True
+
+
+def discard_staged_key(directory: Path, kind: str) -> None:
+    """Remove a staged key that no record names (a rotation that was never signed)."""
+    (directory / f"{kind}.key.next").unlink(missing_ok=True)
 
 
 def load_mesh(directory: Path) -> MeshState | None:

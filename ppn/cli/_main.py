@@ -43,6 +43,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "genesis._cli": ("genesis", "invite", "join", "demo"),
     "ppn.wg._cli": ("wg",),
     "ppn.mesh._cli": ("up", "status", "resolve", "remove", "admin"),
+    "ppn.mesh._cli_rotate": ("rotate",),
     "ppn.fleet._cli": ("fleet", "vmhost", "vm"),
     "psp._cli": ("vault", "key", "cap", "query"),
     "psp.aggregation._cli": ("orchestration",),

@@ -30,6 +30,7 @@ __all__ = [
     "DeviceWireGuard",
     "MeshDeviceError",
     "ensure_device",
+    "nudge",
     "observations_from",
     "to_interface_config",
 ]
@@ -143,6 +144,38 @@ def _remove_address(interface: str, address: str) -> None:
                 ipr.addr(
                     "del", index=index[0], address=str(iface.ip), prefixlen=iface.network.prefixlen
                 )
+
+
+_DISCARD_PORT = 9
+
+
+def nudge(addresses: Sequence[str]) -> None:
+    """Send one empty UDP datagram to each address (best effort): a peer whose session a key
+    change dropped handshakes now, not at the next packet that happens to go its way
+    (RFC-NOTES §7.15). Port 9 (discard): nobody needs to answer."""
+    import socket
+
+    for address in addresses:
+        try:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                sock.setblocking(False)
+                sock.sendto(b"", (address, _DISCARD_PORT))
+        except OSError:
+            continue
+
+
+def _new_peer_hosts(plan: wg.Plan) -> list[str]:
+    """The host routes of peers a plan adds (a member that is new, or has a new key)."""
+    hosts: list[str] = []
+    for op in plan:
+        if isinstance(op, wg.AddPeer):
+            hosts += [
+                str(net.network_address)
+                for net in op.peer.allowed_ips
+                if net.prefixlen == net.max_prefixlen
+            ][:1]
+    return hosts
 
 
 def _endpoint(text: str | None) -> wg.Endpoint | None:
@@ -280,4 +313,6 @@ class DeviceWireGuard:
         self.last_report = report
         if report.applied:
             self.operations_applied += len(report.plan)
+            if self.plumb:
+                nudge(_new_peer_hosts(report.plan))
         return report

@@ -359,7 +359,8 @@ class MeshNode:
         finally:
             self._in_flight.discard(key)
 
-    async def _push(self, address: str, records: tuple[Record, ...]) -> None:
+    async def _push(self, address: str, records: tuple[Record, ...]) -> bool:
+        """Push ``records`` to one member; True when it acknowledged."""
         try:
             events = await _client_operation(
                 lambda: self._connect(address),
@@ -371,11 +372,26 @@ class MeshNode:
             # Not retried: the periodic pull repairs whatever a lost push leaves behind.
             self.stats.pushes_failed += 1
             log.info("push to %s failed: %r", address, exc)
-        else:
-            self.stats.pushes_ok += 1
-            for event in events:
-                if isinstance(event, RosterUpdated):
-                    self._on_update(event, address)
+            return False
+        self.stats.pushes_ok += 1
+        for event in events:
+            if isinstance(event, RosterUpdated):
+                self._on_update(event, address)
+        return True
+
+    async def deliver(self, records: tuple[Record, ...]) -> int:
+        """Push ``records`` to every other live member at once and wait for every answer;
+        returns how many acknowledged (a key rotation's handover, RFC-NOTES §7.15)."""
+        acked = 0
+
+        async def one(address: str) -> None:
+            nonlocal acked
+            acked += await self._push(address, records)
+
+        async with trio.open_nursery() as nursery:
+            for address in self.agent.control_targets():
+                nursery.start_soon(one, address)
+        return acked
 
     async def _connect_tcp(self, address: str) -> trio.abc.Stream:
         host, port = self.control_address(address)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import trio
 
+from .._keys import WireGuardKeyPair, encode_key
 from ..ports import CONTROL_PORT, WIREGUARD_PORT
 from ._agent import PULL_INTERVAL, MeshAgent
 from ._bootstrap import sponsor_admissions
@@ -41,10 +42,11 @@ from ._io_state import (
     write_agent_info,
     write_hosts,
 )
-from ._io_wg import DeviceHandle, DeviceWireGuard, ensure_device
+from ._io_wg import DeviceHandle, DeviceWireGuard, ensure_device, nudge
 from ._names import hosts_fragment, replace_hosts_block
 from ._records import AdminAct, MemberRecord, Record
 from ._roster import MergeResult, Roster
+from ._rotation import HANDOVER_RETRY, Handover, KeyStatus, wireguard_key_status
 from ._trio import MeshNode
 
 __all__ = ["AgentOptions", "NodeAgent", "run_agent"]
@@ -178,12 +180,16 @@ class NodeAgent:
         self.generation = generation
         self.baseline = baseline
         self.control_host = opts.control_listen or node_address6(files.mesh, files.identity.public)
+        # The WireGuard key the device uses: the ceremony's, until a rotation is handed over
+        # (RFC-NOTES §7.15); a rotated key waits staged in wireguard.key.next until then.
+        self.wg: WireGuardKeyPair = files.wg
+        self._handover_wanted = trio.Event()
         self.node: MeshNode | None = None  # set once the initial state is saved
         self.address = files.address  # the routed address, once the device is reconciled
         self.device = DeviceWireGuard(
             interface=interface,
             backend=handle.backend,
-            private_key=files.wg.private,
+            private_key=self.wg.private,
             self_identity=files.identity.public,
             listen_port=_listen_port(files, published.endpoints, opts.listen_port),
             fallback_address=f"{files.address}/{roster.network.prefixlen}",
@@ -247,6 +253,7 @@ class NodeAgent:
             self.save(self.roster)
         if claim is not None:
             claim.release()  # what it held is in the saved roster now
+        self._check_handover()
         self.node = MeshNode(
             self.agent,
             wireguard=self.device,
@@ -283,6 +290,7 @@ class NodeAgent:
             "rejected": [r.detail for r in stats.rejected[-10:]] if stats else [],
             "last_error": stats.last_error if stats else None,
             "wireguard_operations": self.device.operations_applied,
+            "wireguard_key": encode_key(self.wg.public),
             "reconciles": stats.reconciles if stats else 0,
             "updated": int(time.time()),
         }
@@ -314,6 +322,7 @@ class NodeAgent:
                 nursery.start_soon(self._watch_signals, nursery.cancel_scope)
                 port = await nursery.start(node.run)
                 nursery.start_soon(self._watch, node)
+                nursery.start_soon(self._hand_over_keys, node)
                 write_agent_info(self.opts.state, self.info())
                 self._announce(port, ready)
         finally:
@@ -392,6 +401,82 @@ class NodeAgent:
         if queued:
             self.opts.progress("took " + ", ".join(_describe(r) for r in queued))
             node.merged_locally(MergeResult(changed=tuple(queued)))
+            self._check_handover()
+
+    # --- key rotation (RFC-NOTES §7.15) ------------------------------------------------------
+
+    def _staged_wireguard(self) -> WireGuardKeyPair | None:
+        from genesis import StateError, staged_node_key
+
+        try:
+            staged = staged_node_key(self.opts.state, "wireguard")
+        except StateError as exc:
+            log.warning("cannot read the staged WireGuard key: %s", exc)
+            return None
+        return None if staged is None else WireGuardKeyPair.from_private(staged)
+
+    def _wireguard_status(self) -> tuple[KeyStatus, WireGuardKeyPair | None]:
+        staged = self._staged_wireguard()
+        status = wireguard_key_status(
+            self.roster,
+            self.files.identity.public,
+            current=self.wg.public,
+            staged=None if staged is None else staged.public,
+        )
+        return status, staged
+
+    def _check_handover(self) -> None:
+        if self._wireguard_status()[0] is KeyStatus.PENDING:
+            self._handover_wanted.set()
+
+    async def _hand_over_keys(self, node: MeshNode) -> None:
+        while True:
+            await self._handover_wanted.wait()
+            self._handover_wanted = trio.Event()
+            await self._hand_over_wireguard(node)
+
+    async def _hand_over_wireguard(self, node: MeshNode) -> None:
+        """Deliver this node's record naming the staged key, then promote the key and switch
+        the device to it (attempts alternate keys until one is acknowledged: :class:`Handover`)."""
+        from genesis import StateError, promote_node_key
+
+        handover = Handover()
+        while True:
+            status, staged = self._wireguard_status()
+            record = self.roster.get(self.files.identity.public)
+            if status is not KeyStatus.PENDING or staged is None or record is None:
+                return
+            trying = staged if handover.use_new_key() else self.wg
+            await self._use_wireguard_key(trying)
+            acked = await node.deliver((record,))
+            if handover.attempt_finished(delivered=acked > 0):
+                break
+            log.info("no member took the new WireGuard key yet; retrying")
+            await trio.sleep(HANDOVER_RETRY)
+        try:
+            await trio.to_thread.run_sync(promote_node_key, self.opts.state, "wireguard")
+        except StateError as exc:
+            # The record is out: use the new key anyway (the peers have it), and keep retrying
+            # the promotion on the next rotation check.
+            log.warning("promoting the new WireGuard key failed: %s", exc)
+        self.wg = staged
+        await self._use_wireguard_key(staged)
+        self.opts.progress(f"WireGuard key rotated; {acked} member(s) had the new key first")
+        write_agent_info(self.opts.state, self.info())
+
+    async def _use_wireguard_key(self, pair: WireGuardKeyPair) -> None:
+        if self.device.private_key == pair.private:
+            return
+        self.device.private_key = pair.private
+        await self.device.reconcile(self.roster)
+        # The key change dropped every session; one datagram per member starts the handshakes
+        # now instead of at the next packet that happens to be sent.
+        targets = [
+            m.address
+            for m in self.roster.view().members
+            if m.identity != self.files.identity.public
+        ]
+        await trio.to_thread.run_sync(nudge, targets)
 
     async def _watch_signals(self, cancel: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
