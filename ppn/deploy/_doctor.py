@@ -138,12 +138,22 @@ def service_ports(
 
 
 def service_finding(unit: str, *, agent: bool, state: Mapping[str, str]) -> Finding:
-    """What a unit's state (``systemctl show``: ActiveState, Result) means for the node."""
+    """What a unit's state (``systemctl show``: ActiveState, SubState, Result, NRestarts) means
+    for the node."""
     active = state.get("ActiveState", "unknown")
     if active == "active":
         return Finding(check="services", severity=Severity.OK, message=f"{unit} is active")
+    # A unit that fails every time never reaches "failed" when its restarts are slower than
+    # systemd's start limit (seen under systemd 252): it alternates between waiting to restart
+    # and starting again, and only its restart count says so.
+    restarts = state.get("NRestarts", "0")
+    restarting = state.get("SubState") == "auto-restart" or (
+        active == "activating" and restarts.isdigit() and int(restarts) > 0
+    )
+    if restarting:
+        active = f"restarting after a failure (restart {state.get('NRestarts', '?')})"
     # The agent is the node: without it nothing else reaches the mesh.
-    blocks = active == "failed" or agent
+    blocks = agent or restarting or active == "failed"
     return Finding(
         check="services",
         severity=Severity.BLOCKS if blocks else Severity.WARNS,

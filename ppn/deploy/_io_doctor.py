@@ -317,7 +317,18 @@ def check_services(unit_dir: Path = Path("/etc/systemd/system")) -> list[Finding
     from ._io_systemd import SystemdError, booted, unit_state
     from ._units import ROLES
 
-    installed = [r for r in ROLES if not r.template and (unit_dir / f"{r.unit}.service").is_file()]
+    # A template's instances are the ones enabled: their links in multi-user.target.wants.
+    wants = unit_dir / "multi-user.target.wants"
+    installed = [
+        (role, f"{role.unit}.service")
+        for role in ROLES
+        if not role.template and (unit_dir / f"{role.unit}.service").is_file()
+    ] + [
+        (role, link.name)
+        for role in ROLES
+        if role.template
+        for link in sorted(wants.glob(f"{role.unit}?*.service"))
+    ]
     if not installed:
         return [_ok("services", "no ppn unit installed (the roles run in the foreground)")]
     if not booted():
@@ -330,8 +341,7 @@ def check_services(unit_dir: Path = Path("/etc/systemd/system")) -> list[Finding
             )
         ]
     findings = []
-    for role in installed:
-        unit = f"{role.unit}.service"
+    for role, unit in installed:
         try:
             state = unit_state(unit)
         except SystemdError as exc:

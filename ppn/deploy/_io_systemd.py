@@ -60,10 +60,13 @@ def remove_unit(directory: Path, file_name: str) -> bool:
 
 
 def unit_state(unit: str) -> dict[str, str]:
-    """ActiveState, SubState, UnitFileState, Result and MainPID of ``unit`` (systemctl show)."""
+    """ActiveState, SubState, UnitFileState, Result, MainPID, LoadState and NRestarts of
+    ``unit`` (systemctl show)."""
     return parse_show(
         systemctl(
-            "show", unit, "--property=ActiveState,SubState,UnitFileState,Result,MainPID,LoadState"
+            "show",
+            unit,
+            "--property=ActiveState,SubState,UnitFileState,Result,MainPID,LoadState,NRestarts",
         )
     )
 

@@ -162,6 +162,9 @@ def render_unit(role: Role, executable: str, *, config: str = CONFIG_FILE) -> st
         f"ExecStart={exec_start}",
         "Restart=on-failure",
         "RestartSec=2s",
+        # A usage error (2) or a bad configuration (73) stays bad on every restart: fail the
+        # unit at once (ppn doctor then says so) instead of restarting it every 2 s forever.
+        "RestartPreventExitStatus=2 73",
         # Per-instance settings (a vault's --listen) go in the environment (PPN_<ROLE>_<FLAG>),
         # which 'ppn --config' reads after the file.
         f"EnvironmentFile=-/etc/ppn/{role.unit.rstrip('@')}{'-%i' if role.template else ''}.env",

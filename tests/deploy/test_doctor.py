@@ -239,16 +239,25 @@ def test_an_unreachable_member_endpoint_warns(tmp_path: Path) -> None:
 @pytest.mark.skipif(os.path.isdir("/run/systemd/system"), reason="systemd runs here")
 def test_installed_units_without_systemd_warn(tmp_path: Path) -> None:
     assert check_services(tmp_path)[0].severity is Severity.OK  # nothing installed
+    (tmp_path / "ppn-vault@.service").write_text("[Service]\n")
+    assert check_services(tmp_path)[0].severity is Severity.OK  # a template starts nothing
+    (tmp_path / "multi-user.target.wants").mkdir()
+    (tmp_path / "multi-user.target.wants" / "ppn-vault@sales.service").symlink_to(
+        tmp_path / "ppn-vault@.service"
+    )
+    finding = check_services(tmp_path)[0]  # an enabled instance is a unit that should run
+    assert finding.severity is Severity.WARNS and "systemd is not running" in finding.message
+    (tmp_path / "multi-user.target.wants" / "ppn-vault@sales.service").unlink()
     (tmp_path / "ppn-agent.service").write_text("[Service]\n")
     finding = check_services(tmp_path)[0]
     assert finding.severity is Severity.WARNS and "systemd is not running" in finding.message
 
 
-def _show(active: str, result: str) -> dict[str, str]:
+def _show(active: str, result: str, sub: str = "dead") -> dict[str, str]:
     # As `systemctl show UNIT --property=...` prints it.
     return parse_show(
-        f"ActiveState={active}\nSubState=x\nUnitFileState=enabled\nResult={result}\n"
-        "MainPID=0\nLoadState=loaded\n"
+        f"ActiveState={active}\nSubState={sub}\nUnitFileState=enabled\nResult={result}\n"
+        "MainPID=0\nLoadState=loaded\nNRestarts=7\n"
     )
 
 
@@ -266,6 +275,25 @@ def test_a_failed_unit_blocks_and_an_inactive_one_warns() -> None:
     assert agent.severity is Severity.BLOCKS
     active = service_finding("ppn-agent.service", agent=True, state=_show("active", "success"))
     assert active.severity is Severity.OK
+    first_start = {**_show("activating", "success", "start"), "NRestarts": "0"}
+    starting = service_finding("ppn-fleet.service", agent=False, state=first_start)
+    assert starting.severity is Severity.WARNS
+
+
+def test_a_unit_that_keeps_failing_and_restarting_blocks() -> None:
+    # What systemd 252 showed for a unit exiting 1 every time, restarted every 2 s: it never
+    # hit the start limit, so it was never "failed" (found under a real systemd, RFC-NOTES §13.4).
+    looping = _show("activating", "exit-code", "auto-restart")
+    finding = service_finding("ppn-vmhost.service", agent=False, state=looping)
+    assert finding.severity is Severity.BLOCKS
+    assert finding.message.startswith(
+        "ppn-vmhost.service is restarting after a failure (restart 7) (exit-code): "
+    )
+    # ... and in between it is starting again, its result reset: the restart count says it.
+    starting_again = _show("activating", "success", "start")
+    assert service_finding("ppn-vmhost.service", agent=False, state=starting_again).severity is (
+        Severity.BLOCKS
+    )
 
 
 def test_doctor_checks_the_ports_the_configuration_gives(tmp_path: Path) -> None:

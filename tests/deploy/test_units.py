@@ -35,6 +35,7 @@ def test_every_unit_is_notify_restarting_and_hardened(role: object) -> None:
     unit = _settings(render_unit(role, EXE))
     assert unit["Type"] == "notify"
     assert unit["Restart"] == "on-failure"
+    assert unit["RestartPreventExitStatus"] == "2 73"  # usage, configuration: no retry
     assert unit["NoNewPrivileges"] == "yes"
     assert unit["ProtectSystem"] == "strict"
     assert unit["PrivateTmp"] == "yes"
