@@ -57,6 +57,14 @@ def plan_removal(roster: Roster, signer: IdentityKey, name: str) -> RemovalPlan:
         raise RemovalRefused(
             f"no member called {name!r} is on this node's signed roster", kind=RefusalKind.UNKNOWN
         )
+    if view.member(signer.public) is None:
+        # A removed genesis node's key still signs valid tombstones (RFC-NOTES §7.12); this
+        # command at least does not make one.
+        raise RemovalRefused(
+            f"this node ({short_id(signer.public)}) is not a live member of the mesh, so it "
+            "removes no one",
+            kind=RefusalKind.NOT_ALLOWED,
+        )
     is_self = member.identity == signer.public
     is_genesis = mesh_id(signer.public) == roster.mesh
     delegated = view.is_admin(signer.public) and not is_genesis

@@ -8,8 +8,11 @@ import itertools
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from genesis import PartyInfo
 from genesis._bundle import MemberRecord as CeremonyMember
@@ -25,11 +28,13 @@ from ppn.mesh._records import (
     AdminAct,
     InvalidRecord,
     MemberRecord,
+    Record,
     decode_record,
     record_from_bytes,
     sign_act,
     sign_admission,
     sign_member,
+    sign_tombstone,
 )
 from ppn.mesh._removal import RefusalKind, RemovalRefused, plan_removal, sign_removal
 from ppn.mesh._roster import Roster
@@ -169,6 +174,9 @@ def test_a_delegated_admin_removes_the_lost_genesis_node_and_the_mesh_goes_on() 
     assert view.is_admin(fleet.keys["bravo"].public)
     assert view.by_name("mallory") is None
     assert any(p.kind is ProblemKind.BROKEN_CHAIN for p in view.problems)
+    with pytest.raises(RemovalRefused) as refused:
+        plan_removal(fleet.roster, fleet.genesis, "charlie")  # a removed node removes no one
+    assert refused.value.kind is RefusalKind.NOT_ALLOWED
     # The remaining admin still admits and removes.
     fleet.admit("echo", by="bravo", now=3300)
     sign_removal(
@@ -396,3 +404,96 @@ def test_admin_commands(
         main(["admin", "--help"])
     assert exited.value.code == 0
     assert "admin by definition" in capsys.readouterr().out
+
+
+# --- property tests: acts keep the merge a semilattice and the view a function of the state ---
+
+
+def _act_pool() -> tuple[bytes, list[Record]]:
+    """Members, tombstones and acts exercising every timeline rule: a grant, a transitive
+    grant, an act before rights, a revocation, a mutual revocation in one second, a removal by
+    an admin, acts after the signer's removal, the removal of the genesis node."""
+    fleet = fleet4()
+    fleet.admit("echo", by="delta", now=1004)
+    pool: list[Record] = list(fleet.roster.records())
+    pool += [
+        act(fleet, "charlie", REMOVE, "delta", 1500),  # before charlie had rights
+        act(fleet, "genesis", GRANT, "bravo", 2000),
+        act(fleet, "bravo", GRANT, "charlie", 2100),
+        act(fleet, "charlie", REVOKE, "bravo", 2200),
+        act(fleet, "bravo", REVOKE, "charlie", 2200),
+        act(fleet, "genesis", GRANT, "delta", 2300),
+        act(fleet, "delta", REMOVE, "echo", 2400),
+        act(fleet, "genesis", REVOKE, "delta", 2500),
+        act(fleet, "delta", REMOVE, "charlie", 2600),  # after its revocation
+        act(fleet, "genesis", GRANT, "echo", 2700),  # echo is already removed
+    ]
+    bravo = fleet.roster.get(fleet.keys["bravo"].public)
+    assert isinstance(bravo, MemberRecord)
+    pool.append(sign_tombstone(fleet.keys["bravo"], admission=bravo.admission, removed_at=2800))
+    pool += [
+        act(fleet, "bravo", REMOVE, "delta", 2900),  # after its own removal
+        act(fleet, "genesis", GRANT, "charlie", 3000),
+        act(fleet, "charlie", REMOVE, "genesis", 3100),
+        act(fleet, "genesis", REMOVE, "delta", 3200),  # after its removal
+    ]
+    return fleet.mesh, pool
+
+
+ACT_MESH, ACT_POOL = _act_pool()
+act_subsets = st.lists(st.sampled_from(ACT_POOL), max_size=len(ACT_POOL) + 4)
+
+
+def _meaning(roster: Roster) -> Any:
+    view = roster.view()
+    return (
+        roster.state(),
+        sorted(view.admins),
+        [m.identity for m in view.members],
+        [(r.identity, r.removed_at, r.by) for r in view.removed],
+        [(p.kind, p.identity, p.detail) for p in view.problems],
+    )
+
+
+def _roster(*parts: list[Record]) -> Roster:
+    roster = Roster(mesh=ACT_MESH, network=CIDR)
+    for part in parts:
+        other = Roster(mesh=ACT_MESH, network=CIDR)
+        other.merge(part)
+        roster.merge_roster(other)
+    return roster
+
+
+def test_the_act_pool_reaches_every_outcome() -> None:
+    view = _roster(ACT_POOL).view()
+    by_id = {identity(n).public: n for n in ("genesis", "bravo", "charlie", "delta", "echo")}
+    assert {by_id[i] for i in view.admins} == {"charlie"}
+    assert {by_id[r.identity] for r in view.removed} == {"bravo", "echo", "genesis"}
+    assert any(p.kind is ProblemKind.ACT_NOT_COUNTED for p in view.problems)
+
+
+@settings(max_examples=120, deadline=None)
+@given(act_subsets, act_subsets)
+def test_merging_acts_is_commutative(a: list[Record], b: list[Record]) -> None:
+    assert _meaning(_roster(a, b)) == _meaning(_roster(b, a))
+
+
+@settings(max_examples=80, deadline=None)
+@given(act_subsets, act_subsets, act_subsets)
+def test_merging_acts_is_associative(a: list[Record], b: list[Record], c: list[Record]) -> None:
+    def join(x: Roster, y: Roster) -> Roster:
+        out = x.copy()
+        out.merge_roster(y)  # quarantined records go along
+        return out
+
+    ra, rb, rc = _roster(a), _roster(b), _roster(c)
+    assert _meaning(join(join(ra, rb), rc)) == _meaning(join(ra, join(rb, rc)))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.permutations(ACT_POOL))
+def test_any_delivery_order_gives_the_same_admins(order: list[Record]) -> None:
+    one_by_one = Roster(mesh=ACT_MESH, network=CIDR)
+    for record in order:
+        one_by_one.merge([record])
+    assert _meaning(one_by_one) == _meaning(_roster(ACT_POOL))
