@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
 from ppn.wire import EncodingError, pack_canonical, unpack_canonical
 
-from ._chain import GENESIS, MAX_RECORD_SIZE, RecordError, canonical_json, entry_hash
+from ._chain import GENESIS, MAX_RECORD_SIZE, entry_hash
 from ._ed25519 import verify_in_context
 from ._errors import ErrorCode, PSPError, QueryError
 from ._query import MAX_QUERY_SIZE, Query, decode_query
@@ -122,8 +122,9 @@ def permit_replicate(query: ReplicateQuery, scope: Scope) -> int:
     return min(query.max_entries, scope.rows)
 
 
-@dataclass(frozen=True, kw_only=True)
-class Entry:
+class Entry(NamedTuple):
+    """One chain entry as replicated (a named tuple: a catch-up makes millions of them)."""
+
     seq: int
     ts: int
     supersedes: int | None
@@ -132,6 +133,18 @@ class Entry:
 
 
 _pack = msgpack.Packer(use_bin_type=True).pack
+# The encoder of _chain.canonical_json, built once (json.dumps builds one per call when given
+# options): a catch-up checks every record's canonical form.
+_canonical_text = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
+_decode_json = json.JSONDecoder().decode
+
+
+def _canonical(record: dict[str, Any]) -> bytes:
+    return _canonical_text(record).encode("utf-8")
 
 
 def encode_entry(
@@ -141,6 +154,17 @@ def encode_entry(
     (all plain values, so msgpack's own encoding is the canonical one)."""
     packed: bytes = _pack([seq, ts, supersedes or 0, collection, payload])
     return packed
+
+
+_collections_seen: set[str] = set()  # valid names met before (a vault has few collections)
+
+
+def _collection_ok(name: str) -> bool:
+    if not valid_collection(name):
+        return False
+    if len(_collections_seen) < 1024:
+        _collections_seen.add(name)
+    return True
 
 
 def decode_entry(row: bytes) -> Entry:
@@ -156,8 +180,13 @@ def decode_entry(row: bytes) -> Entry:
     if not (
         type(value) is list
         and len(value) == 5
-        and all(type(v) is int and 0 <= v <= _MAX_SEQ for v in value[:3])
-        and valid_collection(value[3])
+        and type(value[0]) is int
+        and type(value[1]) is int
+        and type(value[2]) is int
+        and min(value[0], value[1], value[2]) >= 0
+        and max(value[0], value[1], value[2]) <= _MAX_SEQ
+        and type(value[3]) is str
+        and (value[3] in _collections_seen or _collection_ok(value[3]))
         and type(value[4]) is bytes
         and _pack(value) == row
     ):
@@ -165,7 +194,7 @@ def decode_entry(row: bytes) -> Entry:
             "an entry is the canonical [seq, ts, supersedes, collection, payload]"
         )
     seq, ts, sup, collection, payload = value
-    return Entry(seq=seq, ts=ts, supersedes=sup or None, collection=collection, payload=payload)
+    return Entry(seq, ts, sup or None, collection, payload)
 
 
 def seal_message(vault_id: bytes, seq: int, head: bytes) -> bytes:
@@ -217,9 +246,12 @@ class ReplicaChain:
                 raise ReplicationError(f"entry {entry.seq} where entry {seq} was due")
             if entry.supersedes is not None and entry.supersedes >= seq:
                 raise ReplicationError(f"entry {seq} supersedes a later entry")
+            if len(entry.payload) > MAX_RECORD_SIZE:
+                raise ReplicationError(f"entry {seq}: the record is larger than a record may be")
             try:
-                canonical = canonical_json(json.loads(entry.payload)) == entry.payload
-            except (ValueError, RecordError):
+                record = _decode_json(entry.payload.decode("utf-8"))
+                canonical = type(record) is dict and _canonical(record) == entry.payload
+            except (ValueError, TypeError, RecursionError):  # UnicodeDecodeError included
                 canonical = False
             if not canonical:
                 raise ReplicationError(f"entry {seq}: the record is not canonical JSON")

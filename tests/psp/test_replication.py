@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 import secrets
+from functools import partial
 from pathlib import Path
 
+import msgpack
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ppn import IdentityKey
 from psp import (
@@ -34,7 +38,10 @@ from psp._io_vault import Vault
 from psp._messages import Request
 from psp._replication import (
     CONTEXT_SEAL,
+    MAX_ANSWER_BYTES,
     MAX_ENTRIES,
+    MAX_ROW,
+    decode_entry,
     decode_request_query,
     encode_entry,
     permit_replicate,
@@ -338,3 +345,94 @@ def test_follow_refuses_a_primary_the_capability_does_not_name(tmp_path: Path) -
     trio.run(main)
     assert not (tmp_path / "replica").exists()  # nothing created for a wrong primary
     other.close()
+
+
+# --- a hostile peer on either side -------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=64)
+    | st.lists(
+        st.one_of(st.integers(-(2**63), 2**64 - 1), st.text(max_size=5), st.binary(max_size=5))
+        | st.lists(st.integers(0, 9), max_size=2),
+        max_size=6,
+    ).map(lambda v: msgpack.packb(v, use_bin_type=True))
+)
+def test_any_row_decodes_or_is_a_replication_error(row: bytes) -> None:
+    try:
+        entry = decode_entry(row)
+    except ReplicationError:
+        return
+    assert encode_entry(*entry) == row  # what decodes is exactly its canonical encoding
+
+
+def test_an_answer_stops_at_its_byte_bound(tmp_path: Path) -> None:
+    vault = Vault.create(tmp_path / "primary", PRIMARY)
+    big = "x" * (200 * 1024)
+    vault.store.append_many("c", [{"i": i, "pad": big} for i in range(60)], now=NOW)
+    started, _ = _ask(vault, ReplicateQuery(after=0, prev=GENESIS))
+    assert isinstance(started, tuple)
+    header, cursor = started
+    if not cursor.started:
+        cursor.start(vault.store.raw_connection())
+    rows: list[bytes] = []
+    while not cursor.done:
+        batch = cursor.fetch(256)
+        assert sum(len(r) for r in batch) <= 512 * 1024 + 210 * 1024  # one frame's worth
+        rows += batch
+    total = sum(len(r) for r in rows)
+    assert MAX_ANSWER_BYTES <= total <= MAX_ANSWER_BYTES + MAX_ROW
+    assert len(rows) < 60 and header.as_of == 60
+    batch = ReplicaChain(vault_id=PRIMARY.public).check(
+        rows, seal=cursor.seal, primary_head=header.as_of, asked=MAX_ENTRIES
+    )
+    assert batch.seq == len(rows)  # the follower asks again from there
+    vault.close()
+
+
+def test_a_refused_replicate_request_does_not_admit_the_connection(tmp_path: Path) -> None:
+    """Replication goes through the vault's listener guard like any request: a replicate
+    invocation the vault refuses leaves the connection unadmitted, so a frame beyond the
+    pre-admission bound still closes it (RFC-NOTES §9.8)."""
+    from ppn._trio_listener import ListenerLimits
+    from ppn.wire import encode_frame
+    from psp import invoke_for_vault
+    from psp._messages import ClientHello, Error, decode_message, encode_message
+
+    vault = _primary(tmp_path, 3)
+    q = ReplicateQuery(after=0, prev=GENESIS).encode()
+    env = invoke_for_vault(_cap(("read",)), HOLDER, PRIMARY.public, q, now=NOW, nonce=b"r" * 16)
+    frames = [
+        encode_frame(encode_message(ClientHello()), max_size=1 << 20),
+        encode_frame(
+            encode_message(Request(request_id=1, envelope=env.raw, query=q)), max_size=1 << 20
+        ),
+    ]
+
+    async def main() -> list[object]:
+        limits = ListenerLimits(pre_auth_bytes=16 * 1024)
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(
+                partial(serve_vault, vault, "127.0.0.1", 0, limits=limits, clock=lambda: NOW)
+            )
+            stream = await trio.open_tcp_stream("127.0.0.1", listeners[0].socket.getsockname()[1])
+            await stream.send_all(b"".join(frames))
+            await stream.send_all((1 << 19).to_bytes(4, "big") + b"\0" * 1000)
+            data = b""
+            with trio.fail_after(30):
+                while chunk := await stream.receive_some(65536):
+                    data += chunk
+            nursery.cancel_scope.cancel()
+        events = []
+        while data:
+            n = int.from_bytes(data[:4], "big")
+            events.append(decode_message(data[4 : 4 + n], from_server=True))
+            data = data[4 + n :]
+        return events
+
+    events = trio.run(main)
+    errors = [e for e in events if isinstance(e, Error)]
+    assert [e.code for e in errors] == [ErrorCode.NOT_PERMITTED, ErrorCode.PROTOCOL]
+    assert errors[1].request_id == 0 and "before admission" in errors[1].message
+    vault.close()
