@@ -8,6 +8,7 @@ import json
 import secrets
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -418,17 +419,27 @@ def test_a_refused_replicate_request_does_not_admit_the_connection(tmp_path: Pat
             )
             stream = await trio.open_tcp_stream("127.0.0.1", listeners[0].socket.getsockname()[1])
             await stream.send_all(b"".join(frames))
-            await stream.send_all((1 << 19).to_bytes(4, "big") + b"\0" * 1000)
+            events: list[object] = []
             data = b""
-            with trio.fail_after(30):
-                while chunk := await stream.receive_some(65536):
-                    data += chunk
+
+            async def read_until(done: Any) -> None:
+                nonlocal data
+                with trio.fail_after(30):
+                    while not done():
+                        chunk = await stream.receive_some(65536)
+                        if not chunk:
+                            return
+                        data += chunk
+                        while len(data) >= 4 and len(data) >= 4 + int.from_bytes(data[:4], "big"):
+                            n = int.from_bytes(data[:4], "big")
+                            events.append(decode_message(data[4 : 4 + n], from_server=True))
+                            data = data[4 + n :]
+
+            # The refusal first, then a frame header beyond the pre-admission bound.
+            await read_until(lambda: any(isinstance(e, Error) for e in events))
+            await stream.send_all((1 << 19).to_bytes(4, "big") + b"\0" * 1000)
+            await read_until(lambda: False)  # until the vault closes the connection
             nursery.cancel_scope.cancel()
-        events = []
-        while data:
-            n = int.from_bytes(data[:4], "big")
-            events.append(decode_message(data[4 : 4 + n], from_server=True))
-            data = data[4 + n :]
         return events
 
     events = trio.run(main)
