@@ -47,7 +47,7 @@ def test_list_stop_start_delete_totebox_and_a_vmhost_restart(
     fleet_factory: FleetFactory,
 ) -> None:
     fleet = fleet_factory(["a", "b"])
-    fleet.controller("--eviction-timeout", "4").start()
+    fleet.controller("--eviction-timeout", "10").start()
     vm_state = {name: fleet.tmp / f"{name}-vms.bin" for name in ("a", "b")}
     for name, ram in (("a", "3000"), ("b", "6000")):
         fleet.vmhost(
@@ -166,13 +166,13 @@ def test_list_stop_start_delete_totebox_and_a_vmhost_restart(
 def test_two_quick_creates_cannot_overcommit_a_node_and_vcpus_are_placed(
     fleet_factory: FleetFactory,
 ) -> None:
-    """The vm-host heartbeats every 60 s, so both creates happen between two heartbeats: before
+    """The vm-host heartbeats every 600 s, so both creates happen between two heartbeats: before
     issue 18 the second one was placed on RAM the first had already taken."""
     fleet = fleet_factory(["a"])
     config = fleet.tmp / "ppn.toml"
     config.write_text("[fleet.serve]\nvcpu-overcommit = 1\n")
-    fleet.controller(config=config).start()
-    fleet.vmhost("a", "--interval", "60", "--max-ram-mb", "3000").start()
+    fleet.controller("--eviction-timeout", "900", config=config).start()
+    fleet.vmhost("a", "--interval", "600", "--max-ram-mb", "3000").start()
     fleet.wait_live(["a"])
     cores = os.cpu_count() or 1
 
@@ -220,7 +220,7 @@ def test_a_vmhost_killed_during_a_stop_comes_back_with_the_vm_settled(
         "print(spec['action'] + ' ok')\n"
     )
     records = fleet.tmp / "a.vms"
-    fleet.controller("--eviction-timeout", "3").start()
+    fleet.controller("--eviction-timeout", "10").start()
     host = fleet.vmhost("a", "--interval", "1", "--vm-state", str(records), provisioner=hook)
     host.start()
     fleet.wait_live(["a"])
