@@ -4,6 +4,10 @@
     Ed25519 verify, replay set, query permit) versus a bare PyNaCl Ed25519 verify. Goal p50 ≤ 150 µs.
 (b) one small query round trip through PSP (vault in another process, trio TCP on loopback)
     versus a bare length-prefixed msgpack echo over trio TCP, same process layout. Goal ≤ 1.5x.
+(d) query throughput with the audit log (RFC-NOTES §9.4.5: every answer's entry committed with
+    fsync before its end, group-committed) versus the same vault with the log off (what main
+    did before it): one client in a loop, and 8 concurrent clients; two vault processes on two
+    copies of one store, measured in alternating rounds.
 (c) store append rate in batches (goal ≥ 20 000 entries/s) versus plain SQLite inserts with no
     triggers or chain, and an as_of-pinned filtered query over 100 000 entries.
 
@@ -118,8 +122,13 @@ async def echo(stream):
 
 async def main():
     vault = Vault.open(sys.argv[1])
+    if sys.argv[2] == "noaudit":  # the audit log off: what the vault did before it (bench d)
+        from psp._io_store import Store
+        from psp._io_vault import read_key_file
+        vault.close()
+        vault = Vault(Store.open(sys.argv[1]), read_key_file(sys.argv[1] + "/vault.key"), audit=False)
     async with trio.open_nursery() as n:
-        if sys.argv[2] == "on":
+        if sys.argv[2] in ("on", "noaudit"):
             psp = await n.start(partial(serve_vault, vault, "127.0.0.1", 0, clock=lambda: NOW))
         else:  # issue 14's protections off: no listener guard, replay set in memory, no slices
             from psp._trio import handle_connection
@@ -136,47 +145,51 @@ trio.run(main)
 """
 
 
+def _bench_vault(directory: Path, n: int) -> tuple[bytes, list[bytes]]:
+    """A vault of 1,000 people in ``directory``, a small query (the protocol, not a table scan)
+    and ``n`` invocations of it, pre-signed."""
+    from ppn import IdentityKey
+    from psp import Query, Scope, invoke, mint
+    from psp._io_store import KEY_FILE, Store
+    from psp._io_vault import write_key_file
+
+    vkey, holder = IdentityKey.from_seed(b"v" * 32), IdentityKey.from_seed(b"h" * 32)
+    store = Store.create(directory, name="bench", vault_id=vkey.public, now=NOW)
+    write_key_file(directory / KEY_FILE, vkey)
+    store.append_many("people", [{"name": f"p{i}", "age": i % 90} for i in range(1000)], now=NOW)
+    store.close()
+    cap = mint(
+        vkey,
+        audience=holder.public,
+        scope=Scope(vaults=(vkey.public,)),
+        not_before=0,
+        expires=NOW + 10**6,
+        nonce=b"c" * 16,
+    )
+    query = Query(collection="people", limit=1).encode()
+    envelopes = [
+        invoke(
+            cap,
+            holder,
+            vaults=[vkey.public],
+            query_bytes=query,
+            now=NOW,
+            nonce=i.to_bytes(16, "big"),
+        ).raw
+        for i in range(n)
+    ]
+    return query, envelopes
+
+
 def bench_round_trip(rounds: int = 1500) -> None:
     import msgpack
     import trio
 
-    from ppn import IdentityKey
     from ppn.wire import FrameDecoder, encode_frame
-    from psp import Query, Scope, invoke, mint
-    from psp._io_store import KEY_FILE, Store
-    from psp._io_vault import write_key_file
     from psp._trio import VaultClient
 
     with tempfile.TemporaryDirectory() as tmp:
-        vkey, holder = IdentityKey.from_seed(b"v" * 32), IdentityKey.from_seed(b"h" * 32)
-        store = Store.create(tmp, name="bench", vault_id=vkey.public, now=NOW)
-        write_key_file(Path(tmp) / KEY_FILE, vkey)
-        store.append_many(
-            "people", [{"name": f"p{i}", "age": i % 90} for i in range(1000)], now=NOW
-        )
-        store.close()
-        cap = mint(
-            vkey,
-            audience=holder.public,
-            scope=Scope(vaults=(vkey.public,)),
-            not_before=0,
-            expires=NOW + 10**6,
-            nonce=b"c" * 16,
-        )
-        query = Query(
-            collection="people", limit=1
-        ).encode()  # small: the protocol, not a table scan
-        envelopes = [
-            invoke(
-                cap,
-                holder,
-                vaults=[vkey.public],
-                query_bytes=query,
-                now=NOW,
-                nonce=i.to_bytes(16, "big"),
-            ).raw
-            for i in range(rounds + 50)
-        ]
+        query, envelopes = _bench_vault(Path(tmp), rounds + 50)
         server = subprocess.Popen(
             [sys.executable, "-c", _SERVER, tmp, "on"], stdout=subprocess.PIPE, text=True
         )
@@ -250,6 +263,73 @@ def bench_round_trip(rounds: int = 1500) -> None:
     print(
         f"    ratio PSP / echo:                  {ratio:.2f}x   goal ≤ 1.5x: {'met' if ratio <= 1.5 else 'NOT met'}"
     )
+
+
+def bench_audit(rounds: int = 6, per_round: int = 300, clients: int = 8) -> None:
+    import shutil
+
+    import trio
+
+    from psp._io_store import Store
+    from psp._trio import VaultClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        on_dir, off_dir = Path(tmp) / "on", Path(tmp) / "off"
+        total = (rounds * (clients + 1) + 1) * 2 * per_round  # + the warm-up
+        query, signed = _bench_vault(on_dir, total)
+        envelopes = iter(signed)
+        shutil.copytree(on_dir, off_dir)
+        servers = {
+            mode: subprocess.Popen(
+                [sys.executable, "-c", _SERVER, str(d), mode], stdout=subprocess.PIPE, text=True
+            )
+            for mode, d in (("on", on_dir), ("noaudit", off_dir))
+        }
+        try:
+            ports = {}
+            for mode, proc in servers.items():
+                assert proc.stdout is not None
+                ports[mode] = int(proc.stdout.readline().split()[0])
+
+            async def loop(port: int, n: int) -> None:
+                async with await VaultClient.connect("127.0.0.1", port) as client:
+                    for _ in range(n):
+                        await client.fetch(next(envelopes), query)
+
+            async def measure(port: int, k: int) -> float:
+                t = time.perf_counter()
+                async with trio.open_nursery() as nursery:
+                    for _ in range(k):
+                        nursery.start_soon(loop, port, per_round)
+                return k * per_round / (time.perf_counter() - t)
+
+            async def run() -> dict[tuple[str, int], list[float]]:
+                rates: dict[tuple[str, int], list[float]] = {}
+                for mode in ports:  # warm-up: connections, page cache, link signature cache
+                    await measure(ports[mode], 1)
+                for r in range(rounds):  # alternating, so both see the same machine load
+                    for k in (1, clients):
+                        order = list(ports) if r % 2 else list(reversed(ports))
+                        for mode in order:
+                            rates.setdefault((mode, k), []).append(await measure(ports[mode], k))
+                return rates
+
+            rates = trio.run(run)
+        finally:
+            for proc in servers.values():
+                proc.kill()
+                proc.wait()
+        audited = Store.open(on_dir)
+        entries = audited.raw_connection().execute("SELECT count(*) FROM audit").fetchone()[0]
+        audited.close()
+    for k in (1, clients):
+        on, off = statistics.median(rates[("on", k)]), statistics.median(rates[("noaudit", k)])
+        label = "1 client in a loop" if k == 1 else f"{k} concurrent clients"
+        print(
+            f"(d) audit on, {label + ':':26} {on:8,.0f} queries/s   off (before the log): "
+            f"{off:8,.0f} queries/s   ratio on/off {on / off:.2f}x"
+        )
+    print(f"    audit entries written by the 'on' vault: {entries:,} (one per answered query)")
 
 
 def bench_store(total: int = 100_000, batch: int = 1000) -> None:
@@ -357,6 +437,7 @@ def bench_store(total: int = 100_000, batch: int = 1000) -> None:
 def main() -> None:
     bench_authorization()
     bench_round_trip()
+    bench_audit()
     bench_store()
 
 

@@ -37,9 +37,11 @@ from ppn._asyncio_listener import (
     open_tcp_listeners,
 )
 
+from ._audit import STATUS_CLOSED, STATUS_END, AuditDraft
 from ._capability import NONCE_SIZE, Capability, invoke_for_vault
 from ._connection import ClientConnection, ConnectionClosed, ServerConnection, State
 from ._errors import ErrorCode, PSPError, QueryError, VaultError
+from ._io_audit import AuditBatch, AuditLog, GroupCommit
 from ._io_store import Interrupted, ResultCursor, ScanBudget
 from ._io_vault import Vault
 from ._messages import (
@@ -135,6 +137,43 @@ def _workers_for(vault: Vault) -> _Workers:
     return workers
 
 
+class _AuditCommitter(GroupCommit):
+    """Group commit of the audit log on asyncio (RFC-NOTES §9.4.5), as
+    ``psp._trio_audit.AuditCommitter``."""
+
+    def _event(self) -> asyncio.Event:
+        return asyncio.Event()
+
+    async def _run(self, batch: AuditBatch) -> None:
+        # Shielded: a cancelled waiter leaves the thread to finish and settle its batch.
+        await asyncio.shield(asyncio.ensure_future(self._commit(batch)))
+
+    async def _commit(self, batch: AuditBatch) -> None:
+        try:
+            await asyncio.to_thread(self.log.commit, batch)
+        finally:
+            self._finish(batch)
+
+
+async def _commit_denials(log: AuditLog, clock: Callable[[], int]) -> None:
+    """Denial counts reach the store within COUNTER_FLUSH seconds, with no request to carry
+    them (as ``psp._trio_audit.commit_denials``)."""
+    while True:
+        await asyncio.sleep(1)
+        if log.denials.due(now := clock()) and not log.committing:
+            await _committer_for(log).commit(now)
+
+
+_committers: weakref.WeakKeyDictionary[AuditLog, _AuditCommitter] = weakref.WeakKeyDictionary()
+
+
+def _committer_for(log: AuditLog) -> _AuditCommitter:
+    committer = _committers.get(log)
+    if committer is None:
+        committer = _committers[log] = _AuditCommitter(log)
+    return committer
+
+
 class VaultServer:
     """A vault listening on TCP under asyncio: ``port`` (the one picked for port 0), ``guard``
     (its counters), :meth:`close`. Made by :func:`serve_vault`."""
@@ -152,9 +191,11 @@ class VaultServer:
         self.port: int = listeners[0].getsockname()[1]
         handler = partial(_guarded, vault, clock, guard.limits)
         self._task = asyncio.ensure_future(guard.serve(handler, listeners))
+        self._denials = asyncio.ensure_future(_commit_denials(vault.audit, clock))
 
     async def close(self) -> None:
         """Stop accepting, close every connection and the idle worker connections."""
+        self._denials.cancel()
         self._task.cancel()
         try:
             await self._task
@@ -234,10 +275,20 @@ class _Session:
         self.cancelled: set[int] = set()
         self.closed = False
         self._changed = asyncio.Event()
+        self.answering: AuditDraft | None = None  # as in psp._trio._Session
+        self.audit_ticket = 0
+        self.committer = _committer_for(vault.audit)
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def _audited(self, status: int) -> None:
+        if self.answering is not None:
+            self.audit_ticket = self.vault.audit.record(
+                self.answering, rows=self.conn.rows_sent, status=status, now=self.clock()
+            )
+            self.answering = None
 
     async def _wait(self, timeout: float = math.inf) -> bool:
         try:
@@ -247,6 +298,15 @@ class _Session:
         return True
 
     async def flush(self) -> None:
+        if (
+            not self.vault.audit.is_durable(self.audit_ticket)
+            and self.conn.has_data_to_send
+            and not await self.committer.durable(self.audit_ticket, self.clock())
+        ):
+            self.conn.data_to_send()  # the end must not leave without its entry
+            self.closed = True
+            self.writer.close()
+            return
         data = self.conn.data_to_send()
         if not data or self.writer.is_closing():
             return
@@ -286,6 +346,7 @@ class _Session:
                 if self.active is not None or self.closed:
                     self._notify()
         except PSPError:
+            self.vault.audit.deny(ErrorCode.PROTOCOL, self.clock())
             await self.flush()  # the core queued a connection error frame
         except OSError:
             pass
@@ -308,6 +369,7 @@ class _Session:
             self.guarded.admit()
             self.meter = None
         conn.send(header)
+        self.answering = cursor.audit
         if cursor.started and conn.credit > 0 and not self._send_batch(rid, cursor):
             return
         if cursor.done:
@@ -335,6 +397,7 @@ class _Session:
 
     def _end(self, rid: int, cursor: ResultCursor) -> None:
         resume = cursor.resume_offset
+        self._audited(STATUS_END)
         self.conn.send(
             End(
                 request_id=rid,
@@ -347,6 +410,7 @@ class _Session:
         self.cancelled.discard(rid)
 
     def _error(self, request_id: int, code: ErrorCode, message: str = "") -> None:
+        self._audited(code)
         self.conn.send(Error(request_id=request_id, code=code, message=message or code.sentence))
 
     async def serve(self) -> None:
@@ -438,6 +502,10 @@ async def handle_connection(
         except asyncio.CancelledError:
             pass
         writer.close()
+        if session.answering is not None:  # the connection closed before the answer's end
+            session._audited(STATUS_CLOSED)
+        if not vault.audit.is_durable(session.audit_ticket):
+            await session.committer.durable(session.audit_ticket, clock())
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -196,25 +196,38 @@ def _vault_import(args: argparse.Namespace) -> int:
 
 
 def _vault_verify(args: argparse.Namespace) -> int:
+    from ._cli_audit import audit_verify_lines, check_audit
+
     store = _open_store(args.store)
     report = store.verify()
+    audit = check_audit(store.file)  # the audit log's chain too (RFC-NOTES §9.4.5)
+    ok = report.ok and audit.first_broken is None
     if args.json:
         print_json(
             {
-                "ok": report.ok,
+                "ok": ok,
                 "entries": report.entries,
                 "head": report.head.hex(),
                 "first_broken": report.first_broken,
                 "reason": report.reason,
+                "audit": {
+                    "ok": audit.first_broken is None,
+                    "entries": audit.entries,
+                    "head": audit.head.hex(),
+                    "first_broken": audit.first_broken,
+                    "reason": audit.reason,
+                },
             }
         )
-    elif report.ok:
+        return 0 if ok else EXIT_CHAIN_BROKEN
+    if report.ok:
         print(f"ok: {report.entries} entries, chain head {report.head.hex()}")
     else:
         print(
             f"broken: entry {report.first_broken}: {report.reason} ({report.entries} entries before it verify)"
         )
-    return 0 if report.ok else EXIT_CHAIN_BROKEN
+    print(audit_verify_lines(audit))
+    return 0 if ok else EXIT_CHAIN_BROKEN
 
 
 def _vault_index(args: argparse.Namespace) -> int:
@@ -641,6 +654,9 @@ def _register_vault(subparsers: Subparsers) -> None:
     _add_vault_serve(vsub)
     _add_vault_verify(vsub)
     add_vault_follow(vsub)  # psp/_cli_replica.py
+    from ._cli_audit import add_vault_audit
+
+    add_vault_audit(vsub)  # ppn vault audit (RFC-NOTES §9.4.5)
 
 
 def _add_vault_init(vsub: Subparsers) -> None:
@@ -755,8 +771,8 @@ def _add_vault_serve(vsub: Subparsers) -> None:
 def _add_vault_verify(vsub: Subparsers) -> None:
     p = vsub.add_parser(
         "verify",
-        help="check the whole hash chain; report the first broken link",
-        description=f"Recompute every entry's hash-chain link. Exit 0 when intact, {EXIT_CHAIN_BROKEN} at the first broken entry.",
+        help="check the data and audit hash chains; report the first broken link",
+        description=f"Recompute every entry's hash-chain link, and every audit entry's. Exit 0 when both are intact, {EXIT_CHAIN_BROKEN} at the first broken entry of either.",
     )
     p.add_argument("--store", required=True, metavar="DIR")
     p.add_argument("--json", action="store_true")

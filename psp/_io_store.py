@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._audit import AUDIT_SCHEMA, AUDIT_TABLES, AuditDraft
 from ._chain import GENESIS, RecordError, canonical_json, entry_hash
 from ._errors import ErrorCode, PSPError, QueryError
 from ._query import Filter, Query
@@ -374,6 +375,7 @@ class ResultCursor:
         self.count = 0
         self.more = False
         self.done = False
+        self.audit: AuditDraft | None = None  # the answer's audit entry, set at admission
 
     @property
     def started(self) -> bool:
@@ -497,7 +499,7 @@ class Store:
         os.chmod(path / DB_FILE, 0o600)
         db = cls._connect(path / DB_FILE)
         with db:
-            db.executescript(_SCHEMA + _SCHEMA_BOOKKEEPING)
+            db.executescript(_SCHEMA + _SCHEMA_BOOKKEEPING + AUDIT_SCHEMA)
             db.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
                 [
@@ -523,13 +525,12 @@ class Store:
         if fmt is None or fmt[0] != "psp-vault-1":
             raise StoreError(f"{path / DB_FILE} is not a PSP vault store")
         try:
-            if (
-                db.execute(
-                    "SELECT count(*) FROM sqlite_master WHERE name IN ('replay', 'imports')"
-                ).fetchone()[0]
-                != 2
-            ):
-                db.executescript(_SCHEMA_BOOKKEEPING)
+            tables = ("replay", "imports", *AUDIT_TABLES)
+            if db.execute(
+                f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ({', '.join('?' * len(tables))})",
+                tables,
+            ).fetchone()[0] != len(tables):
+                db.executescript(_SCHEMA_BOOKKEEPING + AUDIT_SCHEMA)
         except sqlite3.DatabaseError as exc:
             db.close()
             raise StoreError(_why(exc, path / DB_FILE)) from None

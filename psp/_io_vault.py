@@ -17,8 +17,11 @@ from pathlib import Path
 from ppn import IdentityKey, KeyFormatError
 
 from ._admit import admit
+from ._audit import AuditDraft
+from ._capability import query_hash
 from ._errors import AuthorizationError, ErrorCode, QueryError
 from ._io_replica import prepare_replication, replica_mark
+from ._io_audit import AuditLog
 from ._io_store import KEY_FILE, Interrupted, PersistentReplaySet, ResultCursor, Store
 from ._messages import Error, Header, Request
 from ._replication import ReplicateQuery
@@ -51,7 +54,12 @@ class Vault:
     queries under the primary's id, and has no key to seal a replicate answer with."""
 
     def __init__(
-        self, store: Store, key: IdentityKey | None, *, trusted_roots: Iterable[bytes] = ()
+        self,
+        store: Store,
+        key: IdentityKey | None,
+        *,
+        trusted_roots: Iterable[bytes] = (),
+        audit: bool = True,
     ) -> None:
         if key is None and not store.replica:
             raise KeyFormatError("a vault that is not a replica needs its key")
@@ -62,6 +70,8 @@ class Vault:
         self.vault_id = store.vault_id
         # Nonces outlive the process (RFC-NOTES §9.8): a restart opens no replay window.
         self.replay = PersistentReplaySet(store.file, now=int(time.time()))
+        # Every answered request leaves an entry (RFC-NOTES §9.4.5); off only for the benchmark.
+        self.audit = AuditLog(store.file, now=int(time.time()), enabled=audit)
         self.verifier = Verifier(
             self.vault_id,
             trusted_roots=trusted_roots,
@@ -125,15 +135,26 @@ class Vault:
             except Interrupted:
                 pass  # heavy: the transport restarts it on a worker (RFC-NOTES §9.8)
         except AuthorizationError as exc:
+            self.audit.deny(exc.code, now)
             return Error(request_id=request.request_id, code=exc.code, message=exc.code.sentence)
         except QueryError as exc:
+            self.audit.deny(exc.code, now)
             return Error(request_id=request.request_id, code=exc.code, message=exc.detail[:500])
         except sqlite3.Error:
+            self.audit.deny(ErrorCode.INTERNAL, now)
             return Error(
                 request_id=request.request_id,
                 code=ErrorCode.INTERNAL,
                 message=ErrorCode.INTERNAL.sentence,
             )
+        authorization = admitted.authorization
+        cursor.audit = AuditDraft(
+            holder=authorization.holder,
+            cap=authorization.chain[-1],
+            query=query_hash(request.query),
+            qid=authorization.nonce,
+            as_of=cursor.as_of,
+        )
         header = Header(
             request_id=request.request_id,
             vault=self.vault_id,
@@ -144,5 +165,6 @@ class Vault:
         return header, cursor
 
     def close(self) -> None:
+        self.audit.close(int(time.time()))
         self.replay.close()
         self.store.close()

@@ -25,6 +25,7 @@ import trio
 from ppn import IdentityKey
 from ppn._trio_listener import Connection, FrameMeter, ListenerGuard, ListenerLimits
 
+from ._audit import STATUS_CLOSED, STATUS_END, AuditDraft
 from ._capability import NONCE_SIZE, Capability, invoke_for_vault
 from ._connection import ClientConnection, ConnectionClosed, ServerConnection, State
 from ._errors import ErrorCode, PSPError, QueryError, VaultError
@@ -43,6 +44,7 @@ from ._messages import (
     ServerHello,
 )
 from ._query import Query
+from ._trio_audit import commit_denials, committer_for
 
 __all__ = [
     "QueryResult",
@@ -132,7 +134,9 @@ async def serve_vault(
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started(listeners)
     try:
-        await guard.serve(partial(_guarded, vault, clock, guard.limits), listeners)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(commit_denials, vault.audit, clock)
+            await guard.serve(partial(_guarded, vault, clock, guard.limits), listeners)
     finally:
         workers = _workers_for(vault)
         for db in workers.idle:
@@ -196,6 +200,11 @@ class _Session:
         self.closed = False
         self._changed = trio.Event()
         self._send_lock = trio.Lock()
+        # The answer in progress (admitted, not yet ended) and the audit ticket its last frame
+        # waits for (RFC-NOTES §9.4.5).
+        self.answering: AuditDraft | None = None
+        self.audit_ticket = 0
+        self.committer = committer_for(vault.audit)
 
     def _notify(self) -> None:
         self._changed.set()
@@ -208,9 +217,25 @@ class _Session:
             return True
         return False
 
+    def _audited(self, status: int) -> None:
+        """The answer ends now: queue its audit entry; what is queued from here on leaves only
+        once the entry is durable."""
+        if self.answering is not None:
+            self.audit_ticket = self.vault.audit.record(
+                self.answering, rows=self.conn.rows_sent, status=status, now=self.clock()
+            )
+            self.answering = None
+
     async def flush(self) -> None:
         if not self.conn.has_data_to_send:
             return  # no lock, no checkpoint: most reader wake-ups (credit) send nothing
+        if not self.vault.audit.is_durable(self.audit_ticket) and not (
+            await self.committer.durable(self.audit_ticket, self.clock())
+        ):
+            self.conn.data_to_send()  # the end must not leave without its entry
+            self.closed = True
+            await self.stream.aclose()
+            return
         try:
             self._send_lock.acquire_nowait()  # uncontended: skip acquire()'s two checkpoints
         except trio.WouldBlock:
@@ -254,6 +279,7 @@ class _Session:
                 if self.active is not None or self.closed:
                     self._notify()  # the serving task, idle otherwise, needs no wake-up
         except PSPError:
+            self.vault.audit.deny(ErrorCode.PROTOCOL, self.clock())
             await self.flush()  # the core queued a connection error frame
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -278,6 +304,7 @@ class _Session:
             self.guarded.admit()
             self.meter = None
         conn.send(header)
+        self.answering = cursor.audit
         if cursor.started and conn.credit > 0 and not self._send_batch(rid, cursor):
             return
         if cursor.done:
@@ -308,6 +335,7 @@ class _Session:
 
     def _end(self, rid: int, cursor: ResultCursor) -> None:
         resume = cursor.resume_offset
+        self._audited(STATUS_END)
         self.conn.send(
             End(
                 request_id=rid,
@@ -338,6 +366,7 @@ class _Session:
                 self.workers.release(cursor)
 
     def _error(self, request_id: int, code: ErrorCode, message: str = "") -> None:
+        self._audited(code)
         self.conn.send(Error(request_id=request_id, code=code, message=message or code.sentence))
 
     async def _stream_rest(self, rid: int, cursor: ResultCursor) -> None:
@@ -406,6 +435,11 @@ async def handle_connection(
         except PSPError:
             pass  # the reader found a protocol error mid-answer and already sent its error frame
         nursery.cancel_scope.cancel()
+    if session.answering is not None:  # the connection closed before the answer's end
+        session._audited(STATUS_CLOSED)
+    if not vault.audit.is_durable(session.audit_ticket):
+        with trio.CancelScope(shield=True):
+            await session.committer.durable(session.audit_ticket, clock())
 
 
 # --- client ----------------------------------------------------------------------------------
