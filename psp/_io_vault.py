@@ -20,8 +20,8 @@ from ._admit import admit
 from ._audit import AuditDraft
 from ._capability import query_hash
 from ._errors import AuthorizationError, ErrorCode, QueryError
-from ._io_replica import prepare_replication, replica_mark
 from ._io_audit import AuditLog
+from ._io_replica import prepare_replication, replica_mark
 from ._io_store import KEY_FILE, Interrupted, PersistentReplaySet, ResultCursor, Store
 from ._messages import Error, Header, Request
 from ._replication import ReplicateQuery
