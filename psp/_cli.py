@@ -657,6 +657,10 @@ def _register_vault(subparsers: Subparsers) -> None:
     from ._cli_audit import add_vault_audit
 
     add_vault_audit(vsub)  # ppn vault audit (RFC-NOTES §9.4.5)
+    from ._cli_archive import add_vault_export, add_vault_restore
+
+    add_vault_export(vsub)  # ppn vault export|restore (RFC-NOTES §9.4.6)
+    add_vault_restore(vsub)
 
 
 def _add_vault_init(vsub: Subparsers) -> None:
