@@ -26,7 +26,7 @@ from typing import Any
 from ppn.wire import EncodingError, pack_canonical, unpack_canonical
 
 from ._audit import GENESIS as AUDIT_GENESIS
-from ._audit import AuditEntry, audit_hash
+from ._audit import audit_hash, entry_from_row
 from ._chain import GENESIS, RecordError, canonical_json, entry_hash
 from ._ed25519 import verify_in_context
 
@@ -372,23 +372,11 @@ class ArchiveCheck:
 
     def _audit(self, r: list[Any]) -> tuple[Any, ...]:
         n = self.audit + 1
-        if len(r) != 9 or r[0] != n:
-            raise ArchiveError(f"audit entry {n} is missing or malformed")
-        seq, ts, holder, cap, query, qid, as_of, rows, status = r
-        ok = _int(ts) and _int(as_of) and _int(rows) and _int(status, 16)
-        if not (ok and _bin(holder, 32) and _bin(cap, 32) and _bin(query, 32) and _bin(qid, 16)):
-            raise ArchiveError(f"audit entry {n} has a field of the wrong type or size")
-        entry = AuditEntry(
-            seq=seq,
-            ts=ts,
-            holder=holder,
-            cap=cap,
-            query=query,
-            qid=qid,
-            as_of=as_of,
-            rows=rows,
-            status=status,
-        )
+        # The store's own row check (sizes and ranges), with no hash yet to compare.
+        parsed = entry_from_row((*r, b"")) if len(r) == 9 and r[0] == n else "it is missing"
+        if isinstance(parsed, str):
+            raise ArchiveError(f"audit entry {n} is malformed: {parsed}")
+        entry, _ = parsed
         self.audit_head = audit_hash(self.audit_head, entry)
         self.audit = n
         return entry.row(self.audit_head)

@@ -40,14 +40,18 @@ def _small_archive(tmp_path: Path, *, passphrase: bytes | None = None) -> bytes:
     return (tmp_path / "a").read_bytes()
 
 
-def _check(data: bytes) -> ArchiveCheck:
-    reader, check = ArchiveReader(), ArchiveCheck()
-    reader.feed(data)
+def _drain(reader: ArchiveReader, check: ArchiveCheck) -> None:
     while (section := reader.next()) is not None:
         if section.type == 0xFF:
             check.finish(section.value, reader.digest)
         else:
             check.add(section)
+
+
+def _check(data: bytes) -> ArchiveCheck:
+    reader, check = ArchiveReader(), ArchiveCheck()
+    reader.feed(data)
+    _drain(reader, check)
     reader.end()
     return check
 
@@ -75,11 +79,7 @@ def test_sections_arrive_in_any_pieces(tmp_path: Path) -> None:
     reader, check = ArchiveReader(), ArchiveCheck()
     for i in range(len(data)):  # one byte at a time
         reader.feed(data[i : i + 1])
-        while (section := reader.next()) is not None:
-            if section.type == 0xFF:
-                check.finish(section.value, reader.digest)
-            else:
-                check.add(section)
+        _drain(reader, check)
     reader.end()
     assert check.signed and check.head == _check(data).head
 
