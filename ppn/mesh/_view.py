@@ -235,8 +235,15 @@ def compute_view(records: Iterable[Record], network: MeshNetwork) -> RosterView:
         else:
             entries[record.identity] = record
     tombstoned = {k: r.removed_at for k, r in entries.items() if isinstance(r, Tombstone)}
-    timeline = _admin_timeline(entries, _chain_status(entries, tombstoned), acts, problems)
-    live, removed = _by_chain(entries, {**timeline.removed_at, **tombstoned}, timeline, problems)
+    first = _chain_status(entries, tombstoned)
+    timeline = _admin_timeline(entries, first, acts, problems)
+    # Rule 1 again only when counted acts removed someone: otherwise the first pass stands.
+    chain = (
+        _chain_status(entries, {**timeline.removed_at, **tombstoned})
+        if timeline.removed_at
+        else first
+    )
+    live, removed = _by_chain(entries, chain, timeline, problems)
     configured = _one_per_wg_key(live, problems)
     routed = _one_per_address(configured, live, network, problems)
     named = _one_per_name(configured, problems)
@@ -321,13 +328,12 @@ def _not_counted(act: AdminAct, why: str) -> Problem:
 
 def _by_chain(
     entries: Mapping[bytes, MemberRecord | Tombstone],
-    removed_at: Mapping[bytes, int],
+    chain: Mapping[bytes, str | None],
     timeline: _Timeline,
     problems: list[Problem],
 ) -> tuple[list[MemberRecord], list[Removed]]:
     """Live members in admission order and removed members; records with a broken admission
     chain are neither (each is a problem)."""
-    chain = _chain_status(entries, removed_at)
     live: list[MemberRecord] = []
     removed: list[Removed] = []
     for identity in sorted(entries):
