@@ -145,6 +145,54 @@ def test_trio_client_cancels_mid_stream(vault: Vault, server_loop: str) -> None:
         run("trio", partial(scenario, port))
 
 
+@pytest.mark.parametrize("server_loop", LOOPS)
+def test_audit_entries_on_both_loops(vault: Vault, server_loop: str) -> None:
+    """Each answer's audit entry is on disk when its last frame arrives (RFC-NOTES §9.4.5), on
+    either server loop: a multi-batch answer, a cancelled one, a refusal (counted, no entry), and
+    a connection dropped mid-answer ('closed')."""
+    from psp._io_audit import read_audit, read_denials
+
+    cap = cap_for(vault, collections=("people",), rows=5000)
+    other = cap_for(vault, collections=("nobody",))
+
+    def on_disk() -> list[tuple[int, int]]:
+        return [(e.rows, e.status) for e, _ in read_audit(vault.store.file)]
+
+    async def scenario(port: int) -> None:
+        async with await psp.VaultClient.connect("127.0.0.1", port, window=2) as client:
+            result = await client.query(BOB, cap, Query(collection="people"), clock=clock)
+            assert result.end is not None and on_disk() == [(ROWS, 0)]
+            hello = await client.hello()
+            q = Query(collection="people").encode()
+            envelope = psp.invoke_for_vault(cap, BOB, hello.vault, q, now=NOW, nonce=b"c" * 16).raw
+            response = await client.request(envelope, q)
+            async for event in response:
+                if isinstance(event, RowBatch):
+                    await response.cancel()
+                    break
+            with pytest.raises(VaultError):
+                await client.query(BOB, other, Query(collection="people"), clock=clock)
+            entries = on_disk()
+            assert len(entries) == 2 and entries[1][1] == ErrorCode.CANCELLED
+            assert 0 < entries[1][0] < ROWS
+        async with await psp.VaultClient.connect("127.0.0.1", port, window=1) as client:
+            hello = await client.hello()
+            envelope = psp.invoke_for_vault(cap, BOB, hello.vault, q, now=NOW, nonce=b"d" * 16).raw
+            async for event in await client.request(envelope, q):
+                if isinstance(event, RowBatch):
+                    break  # leave with the answer unfinished: the connection closes
+        with trio.fail_after(30):
+            while len(on_disk()) < 3:
+                await trio.sleep(0.05)
+        rows, status = on_disk()[2]
+        assert status == 1 and 0 < rows < ROWS  # what had left when the connection closed
+
+    with serve(server_loop, vault) as port:
+        run("trio", partial(scenario, port))
+    vault.close()
+    assert [(c, n) for c, n, _, _ in read_denials(vault.store.file)] == [(141, 1)]
+
+
 def _read_until_closed(sock: socket.socket) -> bytes:
     sock.settimeout(20)
     data = b""
