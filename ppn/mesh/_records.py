@@ -605,6 +605,9 @@ def build_record(value: Any) -> Record:
             act = ACTS.get(_expect(m["act"], str, "act"))
             if act is None:
                 raise InvalidRecord("an act is grant-admin, revoke-admin or remove")
+            if not 0 <= _expect(m["at"], int, "at") < _U64:
+                # Checked before the record exists: its slot key packs the time in 8 bytes.
+                raise InvalidRecord("an act time is a non-negative integer")
             record = AdminAct(
                 mesh=_expect(m["mesh"], bytes, "mesh"),
                 act=act,

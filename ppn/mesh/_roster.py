@@ -52,6 +52,8 @@ __all__ = ["MAX_QUARANTINE", "CheckedBatch", "MergeResult", "Rejection", "Roster
 _DIGEST_LABEL = b"PPN-v1 roster digest\x00"
 # Records waiting for their admitter: at most this many (≤ 4 KiB each, so ≤ 4 MiB).
 MAX_QUARANTINE = 1024
+# How far ahead of the signer's clock an admin act's time follows the roster's (§7.14).
+MAX_CLOCK_LEAD = 3600
 
 
 def _anchor(record: Record) -> bytes | None:
@@ -60,14 +62,6 @@ def _anchor(record: Record) -> bytes | None:
     if isinstance(record, AdminAct):
         return record.signer
     return None if record.admission.is_genesis else record.admission.admitter
-
-
-def _record_time(record: Record) -> int:
-    if isinstance(record, AdminAct):
-        return record.at
-    if isinstance(record, Tombstone):
-        return max(record.removed_at, record.admission.admitted_at)
-    return record.admission.admitted_at
 
 
 def _in_window(key: bytes, window: tuple[bytes, bytes]) -> bool:
@@ -454,10 +448,12 @@ class Roster:
     def act(self, signer: IdentityKey, act: ActKind, subject: bytes, *, now: int) -> AdminAct:
         """Sign and merge an admin act; whether it counts is the view's judgement.
 
-        The act is stamped no earlier than the latest time on this roster (a Lamport clock
-        over the roster, RFC-NOTES §7.14): an admin whose clock lags the one that granted its
-        rights still acts after the grant."""
-        at = max([now, *(_record_time(r) for r in self._records.values())])
+        The act is stamped no earlier than the latest time of what counts on this roster (a
+        Lamport clock, RFC-NOTES §7.14): an admin whose clock lags the one that granted its
+        rights still acts after the grant. Times more than :data:`MAX_CLOCK_LEAD` ahead of
+        ``now`` are followed only that far, so a record stamped far in the future cannot drag
+        every later act with it."""
+        at = max(now, min(self.view().clock, now + MAX_CLOCK_LEAD))
         record = sign_act(signer, mesh=self.mesh, act=act, subject=subject, at=at)
         self.merge([record])
         return record

@@ -130,6 +130,9 @@ class RosterView:
     removed: tuple[Removed, ...]
     problems: tuple[Problem, ...]
     admins: frozenset[bytes] = frozenset()  # live members with admin rights, genesis included
+    # The latest time of what counts: chained admissions, tombstones, counted admin acts. A
+    # signer stamps its next act no earlier (RFC-NOTES §7.14, "Clocks").
+    clock: int = 0
 
     def is_admin(self, identity: bytes) -> bool:
         return identity in self.admins
@@ -257,12 +260,19 @@ def compute_view(records: Iterable[Record], network: MeshNetwork) -> RosterView:
         removed=tuple(removed),
         problems=tuple(problems),
         admins=frozenset(timeline.admins & live_ids),
+        clock=max(
+            [
+                timeline.latest,
+                *(r.admission.admitted_at for k, r in entries.items() if not first[k]),
+            ]
+        ),
     )
 
 
 @dataclass(frozen=True, kw_only=True)
 class _Timeline:
     admins: set[bytes]  # admins after the last act (intersected with the live members later)
+    latest: int  # the time of the last tombstone or counted act (0: none)
     removed_at: dict[bytes, int]  # members removed by counted admin acts, and when
     removed_by: dict[bytes, bytes]
 
@@ -294,8 +304,10 @@ def _admin_timeline(
     gone: set[bytes] = set()
     removed_at: dict[bytes, int] = {}
     removed_by: dict[bytes, bytes] = {}
+    latest = 0
     for at, _, _, event in events:
         if isinstance(event, Tombstone):
+            latest = at
             gone.add(event.identity)
             admins.discard(event.identity)
             continue
@@ -307,15 +319,18 @@ def _admin_timeline(
         elif event.subject in gone:
             continue  # already removed: nothing left to act on
         elif event.act is ActKind.GRANT_ADMIN:
+            latest = at
             admins.add(event.subject)
         elif event.act is ActKind.REVOKE_ADMIN:
+            latest = at
             admins.discard(event.subject)
         else:
+            latest = at
             gone.add(event.subject)
             admins.discard(event.subject)
             removed_at[event.subject] = at
             removed_by[event.subject] = event.signer
-    return _Timeline(admins=admins, removed_at=removed_at, removed_by=removed_by)
+    return _Timeline(admins=admins, latest=latest, removed_at=removed_at, removed_by=removed_by)
 
 
 def _not_counted(act: AdminAct, why: str) -> Problem:

@@ -37,7 +37,7 @@ from ppn.mesh._records import (
     sign_tombstone,
 )
 from ppn.mesh._removal import RefusalKind, RemovalRefused, plan_removal, sign_removal
-from ppn.mesh._roster import Roster
+from ppn.mesh._roster import MAX_CLOCK_LEAD, Roster
 from ppn.mesh._view import ProblemKind
 from tests.ppn._mesh_support import Fleet, identity, wg
 
@@ -83,6 +83,16 @@ def test_an_act_is_stamped_no_earlier_than_the_roster_it_was_signed_on() -> None
     assert fleet.roster.view().is_removed(fleet.keys["charlie"].public)
     later = fleet.roster.act(fleet.keys["bravo"], REMOVE, fleet.keys["delta"].public, now=9000)
     assert later.at == 9000
+    # Only what counts moves the clock: charlie's act (no rights) stamped far ahead does not.
+    act(fleet, "charlie", GRANT, "bravo", 10**12)
+    assert fleet.roster.view().clock == 9000
+    revoked = fleet.roster.act(fleet.genesis, REVOKE, fleet.keys["bravo"].public, now=9100)
+    assert revoked.at == 9100
+    # A counted time far ahead is followed at most MAX_CLOCK_LEAD past the signer's clock.
+    act(fleet, "genesis", GRANT, "bravo", 10**12)
+    assert fleet.roster.view().clock == 10**12
+    capped = fleet.roster.act(fleet.genesis, REVOKE, fleet.keys["bravo"].public, now=9200)
+    assert capped.at == 9200 + MAX_CLOCK_LEAD
 
 
 def test_genesis_is_the_only_admin_until_it_grants() -> None:
@@ -251,6 +261,17 @@ def test_acts_are_checked_locally() -> None:
         decode_record({**record.to_value(), "act": "promote"})
     result = Roster(mesh=mesh, network=CIDR).ingest([forged])
     assert len(result.rejected) == 1
+    # Hostile values are refused, never raised: times outside 0..2**64-1, wrong types.
+    hostile = [
+        {**record.to_value(), "at": -1},
+        {**record.to_value(), "at": 2**64 - 1 + 1},
+        {**record.to_value(), "at": True},
+        {**record.to_value(), "subject": b"short"},
+        {**record.to_value(), "act": 7},
+        {k: v for k, v in record.to_value().items() if k != "signer"},
+    ]
+    result = fleet.roster.ingest(hostile)
+    assert len(result.rejected) == len(hostile) and not result.changed
 
 
 def test_an_act_waits_for_its_signer_and_merges_in_any_order() -> None:
@@ -497,3 +518,27 @@ def test_any_delivery_order_gives_the_same_admins(order: list[Record]) -> None:
     for record in order:
         one_by_one.merge([record])
     assert _meaning(one_by_one) == _meaning(_roster(ACT_POOL))
+
+
+act_values = st.fixed_dictionaries(
+    {
+        "type": st.just("act"),
+        "act": st.sampled_from(["grant-admin", "revoke-admin", "remove", "x"]) | st.integers(),
+        "at": st.integers(-(2**70), 2**70) | st.booleans() | st.text(max_size=3),
+        "mesh": st.binary(max_size=20),
+        "subject": st.binary(max_size=40),
+        "signer": st.binary(max_size=40),
+        "sig": st.binary(max_size=70),
+    },
+    optional={"extra": st.integers()},
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(act_values, max_size=4))
+def test_hostile_acts_are_refused_by_ingest_never_raised(values: list[Any]) -> None:
+    roster = Roster(mesh=ACT_MESH, network=CIDR)
+    roster.merge([r for r in ACT_POOL if not isinstance(r, AdminAct)])
+    before = roster.state()
+    result = roster.ingest(values)
+    assert len(result.rejected) == len(values) and roster.state() == before
