@@ -97,21 +97,30 @@ class ConnectionBook(Generic[C]):
         self.limits = limits
         self.connections: dict[C, None] = {}  # insertion order = age
         self.by_source: dict[str, int] = {}
-        self.refused = 0  # closed at once: per-source cap, or the cap with every one admitted
+        # Closed at once, by reason: the source's cap, or the cap with every one admitted.
+        self.refused_per_source = 0
+        self.refused_full = 0
         self.evicted = 0  # unadmitted connections closed to make room
+
+    @property
+    def refused(self) -> int:
+        """Closed at once, for either reason."""
+        return self.refused_per_source + self.refused_full
 
     def make_room(self, source: str) -> bool:
         """Whether a new connection from ``source`` may be held; may close (evict) the oldest
         unadmitted one to make room. False counts as refused: the caller closes the socket."""
-        if self._room(source):
-            return True
-        self.refused += 1
-        return False
-
-    def _room(self, source: str) -> bool:
         limits = self.limits
         if self.by_source.get(source, 0) >= limits.per_source:
+            self.refused_per_source += 1
             return False
+        if self._room():
+            return True
+        self.refused_full += 1
+        return False
+
+    def _room(self) -> bool:
+        limits = self.limits
         if len(self.connections) < limits.max_connections:
             return True
         # Pending closes still count, so an eviction frees its slot only when its handler ends:

@@ -5,12 +5,17 @@ is written. Every port is configurable; tests use ephemeral ports or namespaced 
 from __future__ import annotations
 
 __all__ = [
+    "AGENT_METRICS_PORT",
+    "AGGREGATOR_METRICS_PORT",
     "AGGREGATOR_PORT",
     "CONTROL_PORT",
+    "FLEET_METRICS_PORT",
     "FLEET_PORT",
     "PAIRING_PORT",
     "SPAWN_PORT",
+    "VAULT_METRICS_PORT",
     "VAULT_PORT",
+    "VMHOST_METRICS_PORT",
     "WIREGUARD_PORT",
 ]
 
@@ -28,3 +33,17 @@ VAULT_PORT = 9210
 """A PSP vault (VM-Totebox), TCP."""
 AGGREGATOR_PORT = 9211
 """The PSP aggregator (VM-Orchestration), TCP."""
+
+# Prometheus metrics (``--metrics HOST[:PORT]``, off by default), TCP, on mesh addresses: one port
+# per role, so every role of a node can serve its own. A node with several vaults gives each
+# vault instance its own port.
+AGENT_METRICS_PORT = 9290
+"""The node agent's metrics (``ppn up --metrics``)."""
+FLEET_METRICS_PORT = 9291
+"""The fleet controller's metrics (``ppn fleet serve --metrics``)."""
+VMHOST_METRICS_PORT = 9292
+"""A vm-host's metrics (``ppn vmhost serve --metrics``)."""
+AGGREGATOR_METRICS_PORT = 9293
+"""The aggregator's metrics (``ppn orchestration serve --metrics``)."""
+VAULT_METRICS_PORT = 9294
+"""A vault's metrics (``ppn vault serve --metrics``)."""

@@ -13,7 +13,7 @@ import re
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ppn.ports import VAULT_PORT
+from ppn.ports import VAULT_METRICS_PORT, VAULT_PORT
 
 from ._cli_common import (
     EXIT_CHAIN_BROKEN,
@@ -249,7 +249,8 @@ def _vault_serve(args: argparse.Namespace) -> int:
     import trio
 
     from ppn import KeyFormatError, encode_key
-    from ppn._trio_listener import ListenerLimits, default_max_connections
+    from ppn._trio_listener import ListenerGuard, ListenerLimits, default_max_connections
+    from ppn.cli._main import trio_run
 
     from ._io_store import StoreError
     from ._io_vault import Vault
@@ -273,21 +274,42 @@ def _vault_serve(args: argparse.Namespace) -> int:
     except KeyFormatError as exc:
         raise error(str(exc), EXIT_KEY) from None
 
+    guard, observer = ListenerGuard(limits), None
+    if args.metrics:
+        from ppn.cli._metrics import Metrics, VaultMetrics
+
+        metrics = Metrics(EXIT_UNAVAILABLE)
+        metrics.listener("vault", guard)
+        observer = VaultMetrics(metrics.registry)
+
     async def run() -> None:
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(partial(serve_vault, limits=limits), vault, host, port)
+            if observer is not None:
+                await nursery.start(metrics.serve, args.metrics)
+            serve = partial(serve_vault, guard=guard, observer=observer)
+            listeners = await nursery.start(serve, vault, host, port)
             for listener in listeners:
                 h, p = listener.socket.getsockname()[:2]
                 print(
                     f"vault {vault.store.name} ({encode_key(vault.vault_id)}) listening on {h}:{p}",
                     flush=True,
                 )
+                log.info(
+                    "vault %s listening on %s:%d",
+                    vault.store.name,
+                    h,
+                    p,
+                    extra={"event": "listening", "address": f"{h}:{p}"},
+                )
             from ppn._io_sdnotify import notify_ready  # systemd Type=notify (issue 17)
 
             notify_ready()
 
+    import logging
+
+    log = logging.getLogger("psp.vault")
     try:
-        trio.run(run)
+        trio_run(run)
     except OSError as exc:
         raise error(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_UNAVAILABLE
@@ -769,7 +791,10 @@ def _add_vault_serve(vsub: Subparsers) -> None:
         metavar="S",
         help="seconds an admitted connection may stay silent (default 120)",
     )
-    p.set_defaults(handler=_vault_serve)
+    from ppn.cli._main import add_metrics_flag
+
+    add_metrics_flag(p, VAULT_METRICS_PORT)
+    p.set_defaults(handler=_vault_serve, daemon=True)
 
 
 def _add_vault_verify(vsub: Subparsers) -> None:

@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -47,6 +47,7 @@ from ._query import Query
 from ._trio_audit import commit_denials, committer_for
 
 __all__ = [
+    "QueryObserver",
     "QueryResult",
     "Response",
     "VaultClient",
@@ -115,6 +116,17 @@ def wall_clock() -> int:
     return int(time.time())
 
 
+class QueryObserver(Protocol):
+    """Told of every request a vault answers (the metrics of ``ppn vault serve --metrics``,
+    RFC-NOTES §3.1); ``seconds`` runs from the request's arrival to its end or error frame."""
+
+    def ok(self, seconds: float) -> None:
+        """The answer ended with its ``end`` frame."""
+
+    def failed(self, code: ErrorCode, seconds: float, denied: bool) -> None:
+        """It ended with an error; ``denied``: admission refused it (RFC-NOTES §9.4)."""
+
+
 async def serve_vault(
     vault: Vault,
     host: str | None,
@@ -123,20 +135,21 @@ async def serve_vault(
     clock: Callable[[], int] = wall_clock,
     limits: ListenerLimits | None = None,
     guard: ListenerGuard | None = None,
+    observer: QueryObserver | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host:port`` (port 0 picks one; see the listeners passed to ``started``).
 
     Connections are held within ``limits`` (RFC-NOTES §9.8): a connection is admitted once one
     of its invocations verified; until then it has ``first_frame_deadline`` seconds and may
-    announce frames of at most ``pre_auth_bytes``."""
+    announce frames of at most ``pre_auth_bytes``. ``observer`` is told of every answer."""
     guard = guard or ListenerGuard(limits)
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started(listeners)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(commit_denials, vault.audit, clock)
-            await guard.serve(partial(_guarded, vault, clock, guard.limits), listeners)
+            await guard.serve(partial(_guarded, vault, clock, guard.limits, observer), listeners)
     finally:
         workers = _workers_for(vault)
         for db in workers.idle:
@@ -148,10 +161,13 @@ async def _guarded(
     vault: Vault,
     clock: Callable[[], int],
     limits: ListenerLimits,
+    observer: QueryObserver | None,
     stream: trio.abc.Stream,
     connection: Connection,
 ) -> None:
-    await handle_connection(vault, stream, clock=clock, connection=connection, limits=limits)
+    await handle_connection(
+        vault, stream, clock=clock, connection=connection, limits=limits, observer=observer
+    )
 
 
 async def _flush(
@@ -184,8 +200,11 @@ class _Session:
         clock: Callable[[], int],
         connection: Connection | None = None,
         limits: ListenerLimits | None = None,
+        observer: QueryObserver | None = None,
     ) -> None:
         self.vault = vault
+        self.observer = observer
+        self.began = 0.0  # perf_counter() at the current request's arrival (with an observer)
         self.stream = stream
         self.clock = clock
         self.conn = ServerConnection(vault_id=vault.vault_id)
@@ -289,7 +308,9 @@ class _Session:
     def _start(self, request: Request) -> None:
         """Admit, send the header and the first batch, and the end if that was all; otherwise
         leave the rest to the serving task."""
-        rid, conn = request.request_id, self.conn
+        rid, conn, observer = request.request_id, self.conn, self.observer
+        if observer is not None:
+            self.began = time.perf_counter()
         try:
             started = self.vault.begin(request, now=self.clock())
         except Exception:
@@ -298,6 +319,12 @@ class _Session:
             )
         if isinstance(started, Error):
             conn.send(started)
+            if observer is not None:
+                observer.failed(
+                    started.code,
+                    time.perf_counter() - self.began,
+                    started.code is not ErrorCode.INTERNAL,
+                )
             return
         header, cursor = started
         if self.guarded is not None and self.meter is not None:
@@ -346,6 +373,8 @@ class _Session:
             )
         )
         self.cancelled.discard(rid)
+        if self.observer is not None:
+            self.observer.ok(time.perf_counter() - self.began)
 
     async def serve(self) -> None:
         while True:
@@ -368,6 +397,8 @@ class _Session:
     def _error(self, request_id: int, code: ErrorCode, message: str = "") -> None:
         self._audited(code)
         self.conn.send(Error(request_id=request_id, code=code, message=message or code.sentence))
+        if self.observer is not None:
+            self.observer.failed(code, time.perf_counter() - self.began, False)
 
     async def _stream_rest(self, rid: int, cursor: ResultCursor) -> None:
         conn = self.conn
@@ -422,10 +453,11 @@ async def handle_connection(
     clock: Callable[[], int] = wall_clock,
     connection: Connection | None = None,
     limits: ListenerLimits | None = None,
+    observer: QueryObserver | None = None,
 ) -> None:
     """Serve one client connection until it closes or breaks the protocol (or, with a guard's
     ``connection``, until its deadline)."""
-    session = _Session(vault, stream, clock, connection, limits)
+    session = _Session(vault, stream, clock, connection, limits, observer)
     async with stream, trio.open_nursery() as nursery:
         nursery.start_soon(session.reader)
         try:

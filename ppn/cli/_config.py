@@ -4,10 +4,11 @@ Every flag of every command can be set in a TOML file, one table per command who
 flag names (``[up]`` ``control-port = 9206``; ``[vault.serve]`` ``listen = "10.0.0.1:9210"``),
 and in the environment as ``PPN_<COMMAND>_<FLAG>`` (``PPN_VAULT_SERVE_LISTEN``). Both become the
 argparse defaults of the command's parser, so the command line still wins: flag > environment >
-file > default. The file is ``--config PATH`` (a global option), else ``$PPN_CONFIG``, else
-/etc/ppn/ppn.toml when it exists. A bad key or value stops ``ppn`` with one sentence naming the
-file and line (or the variable). Nothing here runs unless a file or a ``PPN_*`` variable exists,
-so a plain ``ppn`` start pays nothing for it.
+file > default. The global options ``--log-format`` and ``--log-level`` are keys at the top of
+the file and ``PPN_LOG_FORMAT``/``PPN_LOG_LEVEL``. The file is ``--config PATH`` (a global
+option), else ``$PPN_CONFIG``, else /etc/ppn/ppn.toml when it exists. A bad key or value stops ``ppn`` with one sentence naming the
+file and line (or the variable). ``ppn/cli/_main.py`` imports this module only when a file or a
+``PPN_*`` variable exists, so a plain ``ppn`` start pays nothing for it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -24,16 +24,17 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_FILE",
+    "ROOT_FLAGS",
     "ConfigError",
     "Layers",
-    "add_global_options",
     "apply_config",
     "effective",
-    "strip_global",
 ]
 
-DEFAULT_FILE = Path("/etc/ppn/ppn.toml")
-DISTRIBUTION = "pointsav-ppn"  # pyproject.toml [project] name
+DEFAULT_FILE = Path("/etc/ppn/ppn.toml")  # = ppn.cli._main.DEFAULT_CONFIG (tested)
+# The global options a file sets at its top level (log-format = "json") and the environment as
+# PPN_LOG_FORMAT; --config and --version are not configuration.
+ROOT_FLAGS = ("log-format", "log-level")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -42,48 +43,15 @@ class ConfigError(Exception):
     """A configuration file or variable ppn cannot use; the message names where."""
 
 
-class _Version(argparse.Action):
-    # The version is read from the installed distribution's metadata only when asked, so
-    # every other start of ppn skips importlib.metadata.
-    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            text = version(DISTRIBUTION)
-        except PackageNotFoundError:
-            text = "unknown (not installed as a distribution)"
-        sys.stdout.write(f"ppn {text}\n")
-        parser.exit()
-
-
-def add_global_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--version", action=_Version, help="print the version and exit")
-    parser.add_argument(
-        "--config",
-        metavar="PATH",
-        help="configuration file (default: $PPN_CONFIG or /etc/ppn/ppn.toml); 'ppn config show'",
-    )
-
-
-def strip_global(argv: Sequence[str]) -> list[str]:
-    """``argv`` without a leading ``--config PATH``, to find which command it names."""
-    rest = list(argv)
-    while rest and (rest[0] == "--config" or rest[0].startswith("--config=")):
-        del rest[: 2 if rest[0] == "--config" else 1]
-    return rest
-
-
 def _config_arg(argv: Sequence[str]) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):  # the command starts: globals end
+        arg = argv[i]
+        if arg == "--config":
+            return argv[i + 1] if i + 1 < len(argv) else None
         if arg.startswith("--config="):
             return arg.split("=", 1)[1]
-        if not arg.startswith("-"):
-            return None  # the command starts: --config is a global option only
+        i += 2 if arg[2:] in ROOT_FLAGS else 1  # --log-format VALUE
     return None
 
 
@@ -155,7 +123,11 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 def _flags(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     flags: dict[str, argparse.Action] = {}
     for action in parser._actions:
-        if isinstance(action, argparse._HelpAction | _Version) or not action.option_strings:
+        if (
+            isinstance(action, argparse._HelpAction)
+            or not action.option_strings
+            or action.option_strings == ["--version"]
+        ):
             continue
         for option in action.option_strings:
             if option.startswith("--"):
@@ -163,11 +135,17 @@ def _flags(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return flags
 
 
+def _flags_at(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> dict[str, argparse.Action]:
+    """A command's flags; at the top (``path == ()``), the configurable global options."""
+    flags = _flags(parser)
+    return flags if path else {k: v for k, v in flags.items() if k in ROOT_FLAGS}
+
+
 def _commands(
     parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
 ) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
     subs = _subcommands(parser)
-    if path and _flags(parser):
+    if _flags_at(parser, path):
         yield path, parser
     for name, sub in subs.items():
         yield from _commands(sub, (*path, name))
@@ -260,7 +238,7 @@ def _raw_values(
     if loaded is not None:
         yield from _walk_table(parser, (), loaded.data, loaded, families)
     for path, sub in commands.items():
-        for flag, action in _flags(sub).items():
+        for flag, action in _flags_at(sub, path).items():
             name = _env_name(path, flag)
             if name in environ:
                 yield path, sub, action, flag, environ[name], True, f"env {name}"
@@ -276,7 +254,7 @@ def _walk_table(
     tuple[tuple[str, ...], argparse.ArgumentParser, argparse.Action, str, Any, bool, str]
 ]:
     subs = _subcommands(parser)
-    flags = _flags(parser) if path else {}
+    flags = _flags_at(parser, path)
     for key, value in table.items():
         flag = key.replace("_", "-")
         if key in subs and isinstance(value, dict):
@@ -310,7 +288,8 @@ def _checked(
         return _convert(action, raw, from_env)
     except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
         if from_env:
-            message = f"{where.split(' ', 1)[1]}={raw}: --{flag} of ppn {' '.join(path)}: {exc}"
+            command = " ".join(("ppn", *path))
+            message = f"{where.split(' ', 1)[1]}={raw}: --{flag} of {command}: {exc}"
         else:
             message = f"{where}: [{'.'.join(path)}] {flag} = {raw!r}: {exc}"
         raise ConfigError(message) from None
@@ -349,7 +328,7 @@ def apply_config(
     commands = dict(_commands(parser))
     for (cmd, flag), (value, _) in layers.values.items():
         sub = commands[cmd]
-        action = _flags(sub)[flag]
+        action = _flags_at(sub, cmd)[flag]
         action.required = False  # the file or environment gives it
         sub.set_defaults(**{action.dest: value})
         if isinstance(action, argparse._AppendAction):
@@ -377,7 +356,7 @@ def effective(
     layers = _collect(parser, loaded, environ, {})
     rows = []
     for cmd, sub in _commands(parser):
-        for flag, action in _flags(sub).items():
+        for flag, action in _flags_at(sub, cmd).items():
             if flag != next(o for o in action.option_strings if o.startswith("--"))[2:]:
                 continue  # one row per action, under its long name
             value, source = layers.values.get((cmd, flag), (action.default, "default"))

@@ -376,7 +376,8 @@ def _config_show(args: argparse.Namespace) -> int:
         rows = [r for r in rows if r["command"] == wanted]
     else:
         configured = {r["command"] for r in rows if r["source"] != "default"}
-        rows = [r for r in rows if r["command"] in services | configured]
+        # "" is ppn's own global options (log-format, log-level): every service reads them.
+        rows = [r for r in rows if r["command"] in services | configured | {""}]
     if args.json:
         print(json.dumps({"file": path, "values": rows}, indent=2, sort_keys=True))
         return 0
@@ -385,7 +386,8 @@ def _config_show(args: argparse.Namespace) -> int:
     for r in rows:
         if r["command"] != current:
             current = r["command"]
-            print(f"\n[{current.replace(' ', '.')}]")
+            if current:  # the global options come first, as top-level keys
+                print(f"\n[{current.replace(' ', '.')}]")
         print(f"{r['flag']} = {json.dumps(r['value'])}  # {r['source']}")
     return 0
 

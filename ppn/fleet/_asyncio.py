@@ -126,6 +126,7 @@ class AsyncioFleetController(FleetController):
                 try:
                     self.table.receive_heartbeat(payload, self._now())
                 except RemoteProtocolError as exc:
+                    self.heartbeats_refused += 1
                     log.warning("heartbeat refused: %s", exc)
                     reply = encode_heartbeat_reply(accepted=False, reason=str(exc))
                 else:

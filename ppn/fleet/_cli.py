@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cli._main import CommandError
-from ..ports import FLEET_PORT, SPAWN_PORT
+from ..cli._main import CommandError, add_metrics_flag
+from ..ports import FLEET_METRICS_PORT, FLEET_PORT, SPAWN_PORT, VMHOST_METRICS_PORT
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -496,19 +496,22 @@ def _add_membership(parser: argparse.ArgumentParser) -> None:
 
 
 def _setup_logging(verbose: bool) -> None:
-    import logging
+    # ppn configured the log lines (ppn/cli/_logging.py, --log-format/--log-level); -v is this
+    # command's older spelling of --log-level debug.
+    if verbose:
+        import logging
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+        logging.getLogger().setLevel(logging.DEBUG)
 
 
-def _serve(run: Any) -> int:
+def _serve(run: Any, metrics: Any = None, address: tuple[str, int] | None = None) -> int:
+    """Run a service until SIGTERM/SIGINT; with ``metrics`` (``ppn.cli._metrics.Metrics``), its
+    endpoint on ``address`` first."""
     import signal
 
     import trio
+
+    from ..cli._main import trio_run
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -520,13 +523,15 @@ def _serve(run: Any) -> int:
                         return
 
             nursery.start_soon(stop_on_signal)
+            if metrics is not None:
+                await nursery.start(metrics.serve, address)
             await nursery.start(run)
             from .._io_sdnotify import notify_ready  # systemd Type=notify (issue 17)
 
             notify_ready()
 
     try:
-        trio.run(main)
+        trio_run(main)
     except OSError as exc:
         raise CommandError(f"cannot serve: {exc.strerror or exc}", EXIT_CONFIG) from exc
     return 0
@@ -580,7 +585,14 @@ def _cmd_fleet_serve(args: argparse.Namespace) -> int:
     except PPNError as exc:
         raise CommandError(str(exc), EXIT_CONFIG) from exc
     _setup_logging(args.verbose)
-    return _serve(controller.run)
+    metrics = None
+    if args.metrics:
+        from ..cli._metrics import FleetCollector, Metrics
+
+        metrics = Metrics(EXIT_CONFIG)
+        FleetCollector(controller, metrics.registry)
+        metrics.listener("heartbeat", controller.guard)
+    return _serve(controller.run, metrics, args.metrics)
 
 
 def _cmd_vmhost_serve(args: argparse.Namespace) -> int:
@@ -609,7 +621,14 @@ def _cmd_vmhost_serve(args: argparse.Namespace) -> int:
     except PPNError as exc:
         raise CommandError(str(exc), EXIT_CONFIG) from exc
     _setup_logging(args.verbose)
-    return _serve(service.run)
+    metrics = None
+    if args.metrics:
+        from ..cli._metrics import Metrics, VmHostCollector
+
+        metrics = Metrics(EXIT_CONFIG)
+        VmHostCollector(service, metrics.registry)
+        metrics.listener("spawn", service.guard)
+    return _serve(service.run, metrics, args.metrics)
 
 
 def _cmd_fleet_keygen(args: argparse.Namespace) -> int:
@@ -728,8 +747,9 @@ def _add_fleet_serve(fleet_sub: Subparsers) -> None:
         "in --state DIR, else next to --identity)",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every heartbeat")
+    add_metrics_flag(serve, FLEET_METRICS_PORT)
     _add_control(serve)
-    serve.set_defaults(handler=_cmd_fleet_serve)
+    serve.set_defaults(handler=_cmd_fleet_serve, daemon=True)
 
 
 def _add_fleet_keygen(fleet_sub: Subparsers) -> None:
@@ -825,7 +845,8 @@ def _add_vmhost_serve(vmhost_sub: Subparsers) -> None:
         "--state DIR, else FILE.vms for --identity FILE)",
     )
     hs.add_argument("-v", "--verbose", action="store_true", help="more logging")
-    hs.set_defaults(handler=_cmd_vmhost_serve)
+    add_metrics_flag(hs, VMHOST_METRICS_PORT)
+    hs.set_defaults(handler=_cmd_vmhost_serve, daemon=True)
 
 
 def _register_vm(subparsers: Subparsers) -> None:

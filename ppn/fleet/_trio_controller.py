@@ -134,6 +134,10 @@ class FleetController:
             config.directory, eviction_timeout=config.eviction_timeout, replay=replay
         )
         self.guard = ListenerGuard(config.limits)
+        # Counted for the metrics endpoint (RFC-NOTES §3.1); read at scrape time.
+        self.heartbeats_accepted = 0
+        self.heartbeats_refused = 0
+        self.evictions = 0
         self._save_lock = trio.Lock()
         self.port: int | None = None
         self._timer_scope: trio.CancelScope | None = None
@@ -143,10 +147,12 @@ class FleetController:
     def _after_table_change(self) -> None:
         while (event := self.table.next_event()) is not None:
             if isinstance(event, NodeEvicted):
+                self.evictions += 1
                 log.warning(
                     "node %s evicted: no heartbeat for %.1f s", event.name, event.silent_for
                 )
             elif isinstance(event, HeartbeatAccepted):
+                self.heartbeats_accepted += 1
                 log.debug("heartbeat from %s (seq %d)", event.name, event.seq)
             else:
                 log.info(
@@ -189,6 +195,7 @@ class FleetController:
                 try:
                     self.table.receive_heartbeat(payload, trio.current_time())
                 except RemoteProtocolError as exc:
+                    self.heartbeats_refused += 1
                     log.warning("heartbeat refused: %s", exc)
                     reply = encode_heartbeat_reply(accepted=False, reason=str(exc))
                 else:
@@ -451,6 +458,7 @@ class FleetController:
                 self.port,
                 self.config.eviction_timeout,
                 f", operator socket {control}" if control else "",
+                extra={"event": "listening", "address": f"{host}:{self.port}"},
             )
             nursery.start_soon(self.guard.serve, self._serve_guarded, listeners)
             if control:

@@ -407,6 +407,7 @@ class VmHostService:
                 host,
                 self.spawn_port,
                 self.config.interval,
+                extra={"event": "listening", "address": f"{host}:{self.spawn_port}"},
             )
             task_status.started(self.spawn_port)
 

@@ -61,6 +61,7 @@ class AgentStats:
     served: int = 0
     reconciles: int = 0
     reconcile_errors: int = 0
+    reconcile_seconds: float = 0.0  # wall time of every pass, failed ones included
     saves: int = 0
     rejected: list[Rejection] = field(default_factory=list)
     last_error: str | None = None

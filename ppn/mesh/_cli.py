@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cli._main import CommandError
-from ..ports import CONTROL_PORT
+from ..cli._main import CommandError, add_metrics_flag
+from ..ports import AGENT_METRICS_PORT, CONTROL_PORT
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -136,7 +136,8 @@ def _add_up(subparsers: Subparsers) -> None:
         help="also keep the mesh's block in this hosts file",
     )
     p.add_argument("--json", action="store_true", help="print one JSON line when up (for scripts)")
-    p.set_defaults(handler=_up)
+    add_metrics_flag(p, AGENT_METRICS_PORT)
+    p.set_defaults(handler=_up, daemon=True)  # daemon: the log set-up (ppn/cli/_logging.py)
 
 
 def _add_status(subparsers: Subparsers) -> None:
@@ -214,14 +215,19 @@ def _load(state: Path) -> tuple[Any, Any]:
 
 
 def _up(args: argparse.Namespace) -> int:
+    import logging
+
     import trio
 
+    from ..cli._main import trio_run
     from ._io_state import AgentAlreadyRunning, StateDirError
     from ._io_wg import MeshDeviceError
-    from ._trio_agent import AgentOptions, run_agent
+    from ._trio_agent import AgentOptions, NodeAgent
+
+    log = logging.getLogger("ppn.up")
 
     def progress(line: str) -> None:
-        print(f"ppn up: {line}", file=sys.stderr, flush=True)
+        log.info("%s", line, extra={"event": "progress"})
 
     def ready(details: dict[str, object]) -> None:
         from .._io_sdnotify import notify_ready  # systemd Type=notify (issue 17)
@@ -241,8 +247,25 @@ def _up(args: argparse.Namespace) -> int:
         hosts_file=args.hosts_file,
         progress=progress,
     )
+
+    async def run() -> None:
+        agent = await NodeAgent.start(options)
+        if not args.metrics:
+            await agent.serve(ready=ready)
+            return
+        from ..cli._metrics import AgentCollector, Metrics
+
+        metrics = Metrics(EXIT_CONTROL)
+        AgentCollector(agent, metrics.registry)
+        assert agent.node is not None  # start() builds it
+        metrics.listener("control", agent.node.guard)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(metrics.serve, args.metrics)
+            await agent.serve(ready=ready)
+            nursery.cancel_scope.cancel()
+
     try:
-        trio.run(lambda: run_agent(options, ready=ready))
+        trio_run(run)
     except AgentAlreadyRunning as exc:
         raise CommandError(str(exc), EXIT_AGENT_RUNNING) from exc
     except StateDirError as exc:

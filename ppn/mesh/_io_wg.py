@@ -250,6 +250,7 @@ class DeviceWireGuard:
         self.plumb = plumb
         self.last_topology: Topology | None = None
         self.last_report: wg.SyncReport | None = None
+        self.last_state: wg.DeviceState | None = None  # the device as the last pass read it
         self._plumbed_address: str | None = None
         self.operations_applied = 0  # since start: 0 after a restart means "nothing disturbed"
 
@@ -288,6 +289,7 @@ class DeviceWireGuard:
         now = time.time()
         try:
             state = self.backend.read()
+            self.last_state = state
             desired = self.desired(roster, state, now)
             if self.plumb and desired.address != self._plumbed_address:
                 if self._plumbed_address is not None:

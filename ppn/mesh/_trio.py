@@ -431,6 +431,7 @@ class MeshNode:
         while True:
             await self._reconcile_wanted.wait()
             self._reconcile_wanted = trio.Event()
+            began = time.perf_counter()
             try:
                 await self.wireguard.reconcile(self.roster)
                 self.stats.reconciles += 1
@@ -438,3 +439,5 @@ class MeshNode:
                 self.stats.reconcile_errors += 1
                 self.stats.last_error = f"reconcile: {exc}"
                 log.warning("reconciling WireGuard failed: %s", exc)
+            finally:
+                self.stats.reconcile_seconds += time.perf_counter() - began

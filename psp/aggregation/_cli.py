@@ -14,7 +14,8 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ppn.ports import AGGREGATOR_PORT
+from ppn.cli._main import add_metrics_flag
+from ppn.ports import AGGREGATOR_METRICS_PORT, AGGREGATOR_PORT
 
 from .._cli_common import (
     build_query,
@@ -359,7 +360,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     import trio
 
-    from ppn._trio_listener import ListenerLimits, default_max_connections
+    from ppn._trio_listener import ListenerGuard, ListenerLimits, default_max_connections
+    from ppn.cli._main import trio_run
 
     from ._trio_server import RequestLimits, serve_orchestration
 
@@ -389,18 +391,38 @@ def _serve(args: argparse.Namespace) -> int:
         name = str(exc).split()[0].replace("_", "-")
         raise error(f"--{name} {str(exc).split(' ', 1)[1]}", 2) from None
 
+    guard, observer = ListenerGuard(listener), None
+    if args.metrics:
+        from ppn.cli._metrics import FanOutMetrics, Metrics
+
+        metrics = Metrics(EXIT_AGGREGATOR)
+        metrics.listener("orchestration", guard)
+        observer = FanOutMetrics(metrics.registry)
+
     async def run() -> None:
         async with trio.open_nursery() as nursery:
-            serve = partial(serve_orchestration, allowed=allowed, limits=limits, listener=listener)
+            if observer is not None:
+                await nursery.start(metrics.serve, args.metrics)
+            serve = partial(
+                serve_orchestration, allowed=allowed, limits=limits, guard=guard, observer=observer
+            )
             listeners = await nursery.start(serve, host, port)
             name = listeners[0].socket.getsockname()
             print(f"orchestration listening on {name[0]}:{name[1]}", flush=True)
+            logging.getLogger("psp.aggregation").info(
+                "orchestration listening on %s:%d",
+                name[0],
+                name[1],
+                extra={"event": "listening", "address": f"{name[0]}:{name[1]}"},
+            )
             from ppn._io_sdnotify import notify_ready  # systemd Type=notify (issue 17)
 
             notify_ready()
 
+    import logging
+
     try:
-        trio.run(run)
+        trio_run(run)
     except OSError as exc:
         raise error(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_AGGREGATOR
@@ -489,4 +511,5 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="S",
         help="seconds a connection may stay silent between requests (default 120)",
     )
-    s.set_defaults(handler=_serve)
+    add_metrics_flag(s, AGGREGATOR_METRICS_PORT)
+    s.set_defaults(handler=_serve, daemon=True)

@@ -16,13 +16,13 @@ on Linux, ``_trio_epoll``: one task serves every plain-TCP vault of a request) o
 
 from __future__ import annotations
 
+import logging
 import math
 import select
-import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Literal
+from typing import Literal, Protocol
 
 import trio
 
@@ -51,6 +51,7 @@ __all__ = [
     "OUT_ROWS",
     "ROW_BUDGET",
     "AllowList",
+    "FanOutObserver",
     "Fanout",
     "RequestBudget",
     "RequestLimits",
@@ -58,6 +59,8 @@ __all__ = [
     "handle_client",
     "serve_orchestration",
 ]
+
+log = logging.getLogger("psp.aggregation")
 
 Fanout = Literal["epoll", "tasks"]
 """How a request's vault exchanges run: one epoll-driven task for them all, or a task each."""
@@ -149,6 +152,14 @@ class AllowList:
         return (target.vault, host.lower(), port) in self.entries
 
 
+class FanOutObserver(Protocol):
+    """Told of every request the aggregator fanned out (the metrics of ``ppn orchestration
+    serve --metrics``, RFC-NOTES §3.1): how many targets it named, how long it took from its
+    last target to its ``done``, and each vault's status."""
+
+    def finished(self, targets: int, seconds: float, statuses: Iterable[VaultStatus]) -> None: ...
+
+
 @dataclass
 class _Request:
     opened: AggregateRequest
@@ -176,6 +187,7 @@ async def serve_orchestration(
     limits: RequestLimits | None = None,
     listener: ListenerLimits | None = None,
     guard: ListenerGuard | None = None,
+    observer: FanOutObserver | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host:port`` (the CLI's default is ``ppn.ports.AGGREGATOR_PORT``; 0 picks one).
@@ -196,6 +208,7 @@ async def serve_orchestration(
         allowed=allowed,
         limits=limits,
         budget=RequestBudget(limits.budget),
+        observer=observer,
     )
     task_status.started(listeners)
     try:
@@ -214,6 +227,7 @@ async def handle_client(
     allowed: AllowList | None = None,
     limits: RequestLimits | None = None,
     budget: RequestBudget | None = None,
+    observer: FanOutObserver | None = None,
 ) -> None:
     """Serve one client connection until it closes; its going away cancels its request. A bug
     while serving it ends that connection (reported on stderr), never the server.
@@ -229,11 +243,12 @@ async def handle_client(
         allowed=allowed,
         limits=limits,
         budget=budget or RequestBudget(limits.budget),
+        observer=observer,
     )
     try:
         await client.run()
     except Exception as exc:
-        print(f"ppn orchestration: dropped a client connection: {exc!r}", file=sys.stderr)
+        log.warning("dropped a client connection: %r", exc, extra={"event": "client_dropped"})
 
 
 class _Client:
@@ -250,8 +265,10 @@ class _Client:
         allowed: AllowList | None,
         limits: RequestLimits,
         budget: RequestBudget,
+        observer: FanOutObserver | None = None,
     ) -> None:
         self.stream = stream
+        self.observer = observer
         self.guarded = connection
         self.pool = pool
         self.strategy = strategy
@@ -383,6 +400,7 @@ class _Client:
                 self.strategy,
                 self.row_budget,
                 self.allowed,
+                self.observer,
             )
         finally:
             request.release()
@@ -440,6 +458,7 @@ async def _run_request(
     strategy: FanOutStrategy,
     row_budget: int,
     allowed: AllowList | None = None,
+    observer: FanOutObserver | None = None,
 ) -> None:
     opened = request.opened
     rid = opened.request_id
@@ -498,6 +517,10 @@ async def _run_request(
     if conn.phase is not Phase.RUNNING:
         return
     statuses = agg.statuses()
+    if observer is not None:
+        observer.finished(
+            len(request.targets), trio.current_time() - start, (s.status for s in statuses)
+        )
     for status in statuses:
         conn.send(
             TargetReport(
