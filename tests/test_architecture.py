@@ -58,6 +58,7 @@ FORBIDDEN_IN_CORES = frozenset(
         "random",
         "shutil",
         "tempfile",
+        "prometheus_client",  # metrics are command glue (ppn/cli/_metrics.py, issue 17)
     }
 )
 # What importing a core must not load. `time`, `os` and `pathlib` are not listed: the
@@ -72,6 +73,7 @@ HEAVY = (
     "subprocess",
     "threading",
     "socket",
+    "prometheus_client",
 )
 # os / os.path functions that touch the file system.
 OS_FILE_CALLS = frozenset(
