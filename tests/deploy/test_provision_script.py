@@ -9,9 +9,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from interop.mesh_platform import _read_event
 
 ROOT = Path(__file__).resolve().parents[2]
 ONPREM = ROOT / "deploy" / "provision-vm-infrastructure-onprem.sh"
@@ -127,14 +130,9 @@ def test_missing_prerequisites_are_installed_then_the_ceremony_status_is_the_scr
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the scripts run as root (the next test checks)")
 def test_a_broken_config_file_stops_the_script_with_its_status(tmp_path: Path) -> None:
-    bin_dir = _bare_path(tmp_path)
-    for tool in ("ip", "wg", "wireguard-go"):  # present, as far as the script can tell
-        (bin_dir / tool).write_text("#!/bin/sh\n")
-        (bin_dir / tool).chmod(0o755)
+    env = _fake_prerequisites(tmp_path)
     config = tmp_path / "ppn.toml"
     config.write_text("[up]\nfrobnicate = 1\n")
-    env = {"PATH": str(bin_dir), "PPN": f"{sys.executable} -m ppn", "PYTHONPATH": str(ROOT),
-           "PPN_INSTALL": "none"}  # fmt: skip
     done = _run(ONPREM, "--genesis", "--state", str(tmp_path / "s"), "--config", str(config),
                 "--services", "none", env=env)  # fmt: skip
     assert done.returncode == 73, done.stderr
@@ -146,3 +144,62 @@ def test_a_broken_config_file_stops_the_script_with_its_status(tmp_path: Path) -
 def test_not_root_is_a_missing_prerequisite(tmp_path: Path) -> None:
     done = _run(ONPREM, "--genesis", "--state", str(tmp_path / "s"))
     assert done.returncode == 3 and "run as root" in done.stderr
+
+
+def _fake_prerequisites(tmp_path: Path) -> dict[str, str]:
+    bin_dir = _bare_path(tmp_path)
+    for tool in ("ip", "wg", "wireguard-go"):  # present, as far as the script can tell
+        (bin_dir / tool).write_text("#!/bin/sh\n")
+        (bin_dir / tool).chmod(0o755)
+    return {"PATH": str(bin_dir), "PPN": f"{sys.executable} -m ppn", "PYTHONPATH": str(ROOT),
+            "PPN_INSTALL": "none"}  # fmt: skip
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the scripts run as root")
+def test_a_genesis_nobody_joined_is_finished_by_running_the_script_again(tmp_path: Path) -> None:
+    """The joiner's operator rejects the comparison: the mesh is founded but nobody joined, the
+    script exits with ppn genesis's status (12) and says what next; run again, it skips the
+    ceremony and (--services none) prints the roles' commands."""
+    env = _fake_prerequisites(tmp_path)
+    state, config = tmp_path / "state", tmp_path / "ppn.toml"
+    common = ["--state", str(state), "--config", str(config), "--services", "none"]
+    genesis = subprocess.Popen(
+        [str(ONPREM), "--genesis", "--name", "alpha", *common,
+         "--", "--listen", "127.0.0.1:0", "--no-announce", "--events", "json"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    joiner = None
+    try:
+        assert genesis.stdout is not None and genesis.stdin is not None
+        deadline = time.monotonic() + 120
+        code = _read_event(genesis.stdout, "code", deadline)
+        joiner = subprocess.Popen(
+            [sys.executable, "-m", "ppn", "join", code["code"], "--sponsor", code["address"],
+             "--state", str(tmp_path / "beta"), "--events", "json"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert joiner.stdout is not None and joiner.stdin is not None
+        for proc, answer in ((genesis, "yes"), (joiner, "no")):
+            assert proc.stdout is not None and proc.stdin is not None
+            _read_event(proc.stdout, "sas", deadline)
+            proc.stdin.write(answer + "\n")
+            proc.stdin.flush()
+        _, said = genesis.communicate(timeout=120)
+        assert joiner.wait(timeout=60) == 12
+    finally:
+        for proc in (genesis, joiner):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert genesis.returncode == 12, said
+    assert said.splitlines()[-1] == (
+        f"{ONPREM.name}: the mesh is founded but nobody joined (ppn genesis: status 12); run "
+        f"this again to start the roles, and 'ppn invite --state {state}' to admit a node"
+    )
+    done = _run(ONPREM, "--genesis", *common, env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"{state} is already a mesh member: no ceremony" in done.stderr
+    python = f"{sys.executable} -m ppn --config {config}"
+    assert f"start yourself: {python} up\n" in done.stderr
+    assert f"start yourself: {python} vmhost serve\n" in done.stderr
+    assert "running:" not in done.stderr
