@@ -33,7 +33,7 @@ if TYPE_CHECKING:
         remove_interface,
         select_backend,
     )
-    from ._io_kernel import KernelBackend, build_set_messages
+    from ._io_kernel import KernelBackend
     from ._io_state import SyncRecord, load_record, save_record
     from ._io_uapi import UAPIBackend
     from ._model import (
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
         parse_network,
         public_key_of,
     )
-    from ._netlink import merge_dump
+    from ._netlink import build_set_messages, merge_dump
     from ._plan import (
         AddPeer,
         Operation,
@@ -108,7 +108,7 @@ _LAZY: dict[str, str] = {
     "VerifyError": "_model",
     "parse_network": "_model",
     "public_key_of": "_model",
-    "build_set_messages": "_io_kernel",
+    "build_set_messages": "_netlink",
     "merge_dump": "_netlink",
     "AddPeer": "_plan",
     "Operation": "_plan",

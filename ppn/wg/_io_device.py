@@ -65,28 +65,23 @@ def _ipr(netns: str | None) -> Iterator[Any]:
 
 
 def interface_kind(interface: str, netns: str | None = None) -> str | None:
-    """The link kind (``wireguard``, ``tun``...) or None when there is no such interface."""
-    with _ipr(netns) as ipr:
-        index = ipr.link_lookup(ifname=interface)
-        if not index:
-            return None
-        link = ipr.get_links(index[0])[0]
-        info = link.get_attr("IFLA_LINKINFO")
-        kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-        return str(kind) if kind else "unknown"
+    """The link kind (``wireguard``, ``tun``...) or None when there is no such interface.
+
+    One rtnetlink request of our own (no pyroute2: ``ppn wg sync`` on a kernel interface
+    loads none, RFC-NOTES §6.10).
+    """
+    from ._io_kernel import link_kind_of
+
+    return link_kind_of(interface, netns)
 
 
 def list_kernel_interfaces(netns: str | None = None) -> list[str]:
     """Names of kernel WireGuard links (none when the module is absent)."""
     if not kernel_module_present():
         return []
-    names = []
-    with _ipr(netns) as ipr:
-        for link in ipr.get_links():
-            info = link.get_attr("IFLA_LINKINFO")
-            if info is not None and info.get_attr("IFLA_INFO_KIND") == "wireguard":
-                names.append(str(link.get_attr("IFLA_IFNAME")))
-    return sorted(names)
+    from ._io_kernel import wireguard_links
+
+    return wireguard_links(netns)
 
 
 def list_userspace_interfaces(socket_dir: str = DEFAULT_SOCKET_DIR) -> list[str]:

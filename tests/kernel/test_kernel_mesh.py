@@ -39,9 +39,7 @@ def _link_kind(host: Host, ifname: str) -> str:
     return str(link.get("linkinfo", {}).get("info_kind", ""))
 
 
-def test_mixed_mesh_kernel_hub_kernel_node_and_wireguard_go_node(
-    lab: Lab, tmp_path: Path
-) -> None:
+def test_mixed_mesh_kernel_hub_kernel_node_and_wireguard_go_node(lab: Lab, tmp_path: Path) -> None:
     nodes = build(lab, tmp_path)
     g, r, c = nodes["genesis"], nodes["relay"], nodes["cloud"]
     ceremony(
