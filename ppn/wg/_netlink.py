@@ -34,6 +34,7 @@ from ._model import (
     PeerState,
     UAPIProtocolError,
     _prefix_value,
+    _v4_int,
     key_fingerprint,
     public_key_of,
 )
@@ -261,7 +262,7 @@ def _endpoint_attr(endpoint: Endpoint) -> bytes:
         raise LocalProtocolError(f"endpoint {endpoint} must be resolved to an address first")
     port = _PORT.pack(endpoint.port)
     if ":" not in endpoint.host:  # struct sockaddr_in
-        address = ipaddress.IPv4Address(endpoint.host).packed
+        address = _v4_int(endpoint.host).to_bytes(4, "big")
         return _attr(WGPEER_A_ENDPOINT, _U16.pack(AF_INET) + port + address + bytes(8))
     # struct sockaddr_in6: flow info, address, scope id (a zone is not sent)
     address = ipaddress.IPv6Address(endpoint.host.partition("%")[0]).packed

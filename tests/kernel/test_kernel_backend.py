@@ -280,10 +280,11 @@ def _big_config(private: bytes, peers: list[tuple[bytes, list[str], str | None]]
     return "".join(lines)
 
 
-def _peer_table(node: KernelNode) -> dict[str, tuple[str, str, frozenset[str], str]]:
-    return {
-        row[1]: (row[2], row[3], frozenset(row[4].split(",")), row[8]) for row in node.dump()[1:]
-    }
+def _tables(node: KernelNode) -> tuple[list[str], dict[str, tuple[str, str, frozenset[str], str]]]:
+    """One ``wg show IFACE dump``: the interface row, and per peer (preshared key, endpoint,
+    allowed IPs as a set, keepalive)."""
+    iface, *rows = node.dump()
+    return iface, {row[1]: (row[2], row[3], frozenset(row[4].split(",")), row[8]) for row in rows}
 
 
 def test_configs_larger_than_one_message_match_wg_syncconf(lab: Lab, tmp_path: Path) -> None:
@@ -303,24 +304,44 @@ def test_configs_larger_than_one_message_match_wg_syncconf(lab: Lab, tmp_path: P
     peers.append((os.urandom(32), wide, "[fd00::1]:51820"))
     conf = tmp_path / "big.conf"
     env = cli_env(tmp_path)
+    took: dict[str, float] = {}
 
-    def both(text: str) -> dict[str, object]:
+    def timed(what: str, started: float) -> None:
+        took[what] = took.get(what, 0.0) + time.monotonic() - started
+
+    def both(
+        text: str,
+    ) -> tuple[dict[str, object], dict[str, tuple[str, str, frozenset[str], str]]]:
         conf.write_text(text)
-        # minutes under emulation on a loaded box (pyroute2 decodes 10,000 peers in Python)
-        report = json.loads(
-            a.cli("sync", a.ifname, str(conf), "--json", env=env, timeout=1200).stdout
+        # ppn and wg syncconf apply the same file side by side (two interfaces, two vCPUs)
+        started = time.monotonic()
+        ppn = ours.popen(
+            [sys.executable, "-m", "ppn", "wg", "sync", a.ifname, str(conf), "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         theirs.run(["wg", "syncconf", b.ifname, str(conf)], timeout=600)
-        mine, ref = _peer_table(a), _peer_table(b)
+        timed("wg syncconf", started)
+        out, err = ppn.communicate(timeout=1200)
+        assert ppn.returncode == 0, err
+        timed("ppn wg sync", started)
+        started = time.monotonic()
+        (mine_iface, mine), (ref_iface, ref) = _tables(a), _tables(b)
+        timed("dump", started)
+        started = time.monotonic()
         assert mine.keys() == ref.keys()
         for key in ref:
             assert mine[key] == ref[key], key
-        assert a.dump()[0][1:4] == b.dump()[0][1:4]
-        return report
+        assert mine_iface[1:4] == ref_iface[1:4]
+        timed("compare", started)
+        report: dict[str, object] = json.loads(out)
+        return report, mine
 
-    first = both(_big_config(private, peers))
-    assert first["verified"] and len(_peer_table(a)) == 10_006
-    assert len(_peer_table(a)[encode_key(peers[-1][0])][2]) == 1700
+    first, table = both(_big_config(private, peers))
+    assert first["verified"] and len(table) == 10_006
+    assert len(table[encode_key(peers[-1][0])][2]) == 1700
 
     # 1 % churn, the wide peer loses 700 prefixes and gains 300, one wide peer shrinks to one.
     for i in range(0, 10_000, 100):
@@ -332,17 +353,21 @@ def test_configs_larger_than_one_message_match_wg_syncconf(lab: Lab, tmp_path: P
         endpoint,
     )
     peers[-2] = (peers[-2][0], ["172.31.0.0/24"], None)
-    churn = both(_big_config(private, peers))
+    churn, table = both(_big_config(private, peers))
     ops = churn["operations"]
     assert isinstance(ops, list) and churn["verified"]
     assert sorted(op["op"] for op in ops).count("remove_peer") == 100
     assert len(ops) == 100 + 100 + 2
-    assert len(_peer_table(a)[encode_key(peers[-1][0])][2]) == 1300
+    assert len(table[encode_key(peers[-1][0])][2]) == 1300
 
+    started = time.monotonic()
     unchanged = json.loads(
         a.cli("sync", a.ifname, str(conf), "--json", env=env, timeout=1200).stdout
     )
+    timed("ppn wg sync, no change", started)
     assert unchanged["operations"] == [] and unchanged["changed"] is False
+    # where the time went (pytest -rP shows it; the CI log keeps the test's total)
+    print("; ".join(f"{what} {seconds:.1f} s" for what, seconds in took.items()))
 
 
 def test_plumbing_address_mtu_routes_link_up_on_a_kernel_interface(lab: Lab) -> None:
