@@ -514,7 +514,13 @@ def _print_status_text(r: _StatusReport) -> None:
     if removed:
         print("removed: " + ", ".join(sorted(t.name for t in removed)))
     if r.applied:
-        print("admins: " + ", ".join(m.name for m in _admins(r.roster)))
+        held = _admins(r.roster)
+        print("admins: " + ", ".join(m.name for m in held))
+        if len(held) == 1 and len(r.view.members) > 1 and held[0].record.admission.is_genesis:
+            print(
+                f"note: only {held[0].name} (the genesis node) is an admin; if it is lost, no one "
+                "can remove a member: 'ppn admin grant NAME' there names another (RFC-NOTES §7.14)"
+            )
     rejected = r.agent.get("rejected") if r.agent_running else None
     if rejected:
         print(f"refused roster records (recent): {len(rejected)}, last: {rejected[-1]}")

@@ -389,6 +389,8 @@ def test_admin_commands(
     assert (dirs["genesis"] / "roster.bin").read_bytes() == before
     assert not (dirs["genesis"] / OUTBOX_FILE).exists()
     capsys.readouterr()
+    assert main(["status", "--state", str(dirs["genesis"]), "--interface", "ppnnone0"]) == 0
+    assert "only genesis (the genesis node) is an admin" in capsys.readouterr().out
     monkeypatch.setattr("sys.stdin", io.StringIO("yes\n"))
     assert main(["admin", "grant", "bravo", "--state", str(dirs["genesis"]), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -412,6 +414,9 @@ def test_admin_commands(
     assert main(["status", "--state", str(dirs["bravo"]), "--interface", "ppnnone0", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["removed"] == ["charlie"] and status["admins"] == ["genesis", "bravo"]
+    assert main(["status", "--state", str(dirs["bravo"]), "--interface", "ppnnone0"]) == 0
+    text = capsys.readouterr().out
+    assert "admins: genesis, bravo" in text and "note: only" not in text
     # Rejoin after an admin's removal: the name is free, the address comes back.
     reborn = new_node("charlie")
     peer = PartyInfo(name="charlie", identity=reborn.identity.public, wg=reborn.wg.public)
