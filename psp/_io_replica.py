@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from ppn import IdentityKey
@@ -27,9 +28,11 @@ from ._messages import ReplicaMark
 from ._replication import (
     CONTEXT_SEAL,
     MAX_ANSWER_BYTES,
+    MAX_REVOCATIONS,
     ReplicateQuery,
     VerifiedBatch,
     encode_entry,
+    encode_revocation,
     seal_message,
 )
 
@@ -37,6 +40,7 @@ __all__ = [
     "ReplicationCursor",
     "create_replica",
     "prepare_replication",
+    "primary_revocations",
     "replica_mark",
     "write_batch",
 ]
@@ -44,7 +48,8 @@ __all__ = [
 # Bookkeeping, not WORM and not in the chain: the last exchange with the primary.
 _SYNC_SCHEMA = """
 CREATE TABLE IF NOT EXISTS replica_sync (
-    id INTEGER PRIMARY KEY CHECK (id = 1), synced INTEGER NOT NULL, primary_head INTEGER NOT NULL
+    id INTEGER PRIMARY KEY CHECK (id = 1), synced INTEGER NOT NULL, primary_head INTEGER NOT NULL,
+    revocations INTEGER NOT NULL
 ) STRICT;
 """
 _ROWS_SQL = (
@@ -57,11 +62,23 @@ class ReplicationCursor(ResultCursor):
     """The entries after the follower's head, as encoded rows, at most ``limit`` of them and
     about :data:`MAX_ANSWER_BYTES` in all; sealed with the vault key once done."""
 
-    def __init__(self, query: ReplicateQuery, *, key: IdentityKey, head: int, limit: int) -> None:
+    def __init__(
+        self,
+        query: ReplicateQuery,
+        *,
+        key: IdentityKey,
+        head: int,
+        limit: int,
+        revoked: Sequence[tuple[int, bytes]] = (),
+    ) -> None:
         self._key = key
         self._after = query.after
         self._last_hash = query.prev
         self._bytes = 0
+        # The revocations the follower lacks lead the answer (they matter before any entry).
+        self._revocation_rows = [encode_revocation(i, link) for i, link in revoked]
+        self._revocations = query.revocations + len(revoked)
+        self._revoked = b"".join(link for _, link in revoked)
         super().__init__(
             _ROWS_SQL,
             [query.after, head, limit + 1, 0],
@@ -83,6 +100,8 @@ class ReplicationCursor(ResultCursor):
         self._bytes += sum(len(r) for r in rows)
         if self._bytes >= MAX_ANSWER_BYTES and not self.done:
             self.done = True
+        if self._revocation_rows:  # only once the entries' fetch returned (not Interrupted)
+            rows, self._revocation_rows = self._revocation_rows + rows, []
         return rows
 
     @property
@@ -94,7 +113,9 @@ class ReplicationCursor(ResultCursor):
         if not self.done:
             return None
         seq = self._after + self.count
-        message = seal_message(self._key.public, seq, self._last_hash)
+        message = seal_message(
+            self._key.public, seq, self._last_hash, self._revocations, self._revoked
+        )
         return self._key.sign(CONTEXT_SEAL + message)
 
 
@@ -117,7 +138,20 @@ def prepare_replication(
         here = bytes(row[0])
     if here != query.prev:
         raise QueryError(ErrorCode.DIVERGED, f"entry {query.after} has another hash here")
-    return ReplicationCursor(query, key=key, head=head, limit=limit)
+    revoked = [
+        (int(i), bytes(link))
+        for i, link in store.raw_connection().execute(
+            "SELECT id, link FROM revocations WHERE id > ? ORDER BY id LIMIT ?",
+            (query.revocations, MAX_REVOCATIONS),
+        )
+    ]
+    if query.revocations and not revoked:
+        known = store.raw_connection().execute("SELECT max(id) FROM revocations").fetchone()[0]
+        if (known or 0) < query.revocations:
+            raise QueryError(
+                ErrorCode.DIVERGED, "the replica holds more revocations than this vault"
+            )
+    return ReplicationCursor(query, key=key, head=head, limit=limit, revoked=revoked)
 
 
 def create_replica(
@@ -156,9 +190,16 @@ def write_batch(store: Store, batch: VerifiedBatch, *, now: int) -> None:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
+        # The primary's revocations join the replica's own (ppn cap revoke --store REPLICA); a
+        # link revoked at both is recorded once.
+        db.executemany(
+            "INSERT OR IGNORE INTO revocations (link, ts) VALUES (?, ?)",
+            [(link, now) for link in batch.revoked],
+        )
         db.execute(
-            "INSERT OR REPLACE INTO replica_sync (id, synced, primary_head) VALUES (1, ?, ?)",
-            (now, batch.primary_head),
+            "INSERT OR REPLACE INTO replica_sync (id, synced, primary_head, revocations) "
+            "VALUES (1, ?, ?, ?)",
+            (now, batch.primary_head, batch.revocations),
         )
         db.execute("COMMIT")
     except sqlite3.DatabaseError as exc:
@@ -168,6 +209,16 @@ def write_batch(store: Store, batch: VerifiedBatch, *, now: int) -> None:
     except StoreError:
         db.execute("ROLLBACK")
         raise
+
+
+def primary_revocations(store: Store) -> int:
+    """How many of the primary's revocations the replica holds (what to ask after)."""
+    row = (
+        store.raw_connection()
+        .execute("SELECT revocations FROM replica_sync WHERE id = 1")
+        .fetchone()
+    )
+    return 0 if row is None else int(row[0])
 
 
 def replica_mark(store: Store, head: int) -> ReplicaMark:

@@ -14,6 +14,7 @@ the row codec, the seal, and the follower's check.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ __all__ = [
     "CONTEXT_SEAL",
     "MAX_ANSWER_BYTES",
     "MAX_ENTRIES",
+    "MAX_REVOCATIONS",
     "Entry",
     "ReplicaChain",
     "ReplicateQuery",
@@ -41,18 +43,20 @@ __all__ = [
     "decode_entry",
     "decode_request_query",
     "encode_entry",
+    "encode_revocation",
     "permit_replicate",
     "seal_message",
 ]
 
 MAX_ENTRIES = 4096  # entries per replicate answer
+MAX_REVOCATIONS = 1024  # revocations per replicate answer (they come first)
 MAX_ANSWER_BYTES = 8 << 20  # the answer stops after the entry that reaches this many row bytes
 # A row is a record (at most MAX_RECORD_SIZE) plus its collection and three integers.
 MAX_ROW = MAX_RECORD_SIZE + 128
 CONTEXT_SEAL = b"PSP-v1 replica seal\x00"
 _SEAL = struct.Struct(">Q")
 _MAX_SEQ = 2**63 - 1
-_QUERY_KEYS = frozenset({"v", "op", "after", "prev", "max"})
+_QUERY_KEYS = frozenset({"v", "op", "after", "prev", "max", "revs"})
 _QUERY_REQUIRED = frozenset({"v", "op", "after", "prev"})
 
 
@@ -72,12 +76,16 @@ class ReplicateQuery:
     after: int
     prev: bytes
     max_entries: int = MAX_ENTRIES
+    revocations: int = 0  # the primary's revocations the follower holds (ids 1..revocations)
 
     def encode(self) -> bytes:
         m: dict[str, Any] = {"after": self.after}
         if self.max_entries != MAX_ENTRIES:
             m["max"] = self.max_entries
-        m.update(op="replicate", prev=self.prev, v=1)
+        m.update(op="replicate", prev=self.prev)
+        if self.revocations:
+            m["revs"] = self.revocations
+        m["v"] = 1
         return pack_canonical(m)
 
 
@@ -90,7 +98,7 @@ def decode_request_query(data: bytes) -> Query | ReplicateQuery:
     if not isinstance(m, dict) or m.get("op") != "replicate":
         return decode_query(data)
     if set(m) - _QUERY_KEYS or not set(m) >= _QUERY_REQUIRED:
-        raise _invalid("a replicate query is {v, op, after, prev, max?}")
+        raise _invalid("a replicate query is {v, op, after, prev, max?, revs?}")
     after, prev, most = m["after"], m["prev"], m.get("max", MAX_ENTRIES)
     if m["v"] != 1 or type(m["v"]) is not int:
         raise _invalid("the query is not a version-1 query map")
@@ -104,7 +112,10 @@ def decode_request_query(data: bytes) -> Query | ReplicateQuery:
         or ("max" in m and most == MAX_ENTRIES)
     ):
         raise _invalid(f"'max' is 1..{MAX_ENTRIES - 1} (omitted for {MAX_ENTRIES})")
-    return ReplicateQuery(after=after, prev=prev, max_entries=most)
+    revs = m.get("revs", 0)
+    if type(revs) is not int or not 0 <= revs <= _MAX_SEQ or ("revs" in m and revs == 0):
+        raise _invalid("'revs' is a count of revocations (omitted for 0)")
+    return ReplicateQuery(after=after, prev=prev, max_entries=most, revocations=revs)
 
 
 def permit_replicate(query: ReplicateQuery, scope: Scope) -> int:
@@ -197,10 +208,47 @@ def decode_entry(row: bytes) -> Entry:
     return Entry(seq, ts, sup or None, collection, payload)
 
 
-def seal_message(vault_id: bytes, seq: int, head: bytes) -> bytes:
-    """What the primary signs (after :data:`CONTEXT_SEAL`): its id, and the chain head
-    ``(seq, head)`` an answer reaches."""
-    return vault_id + _SEAL.pack(seq) + head
+def encode_revocation(rev_id: int, link: bytes) -> bytes:
+    """A revocation row: canonical msgpack ``[id, link id]`` (the primary's revocation number,
+    1, 2, …, and the revoked link's id)."""
+    packed: bytes = _pack([rev_id, link])
+    return packed
+
+
+def _decode_revocation(row: bytes) -> tuple[int, bytes] | None:
+    """A revocation row, or None if ``row`` is not one (then it must be an entry)."""
+    if len(row) > 64:
+        return None
+    try:
+        value = msgpack.unpackb(row, raw=False, use_list=True, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    if (
+        type(value) is list
+        and len(value) == 2
+        and type(value[0]) is int
+        and 1 <= value[0] <= _MAX_SEQ
+        and type(value[1]) is bytes
+        and len(value[1]) == 32
+        and _pack(value) == row
+    ):
+        return value[0], value[1]
+    return None
+
+
+def seal_message(
+    vault_id: bytes, seq: int, head: bytes, revocations: int = 0, revoked: bytes = b""
+) -> bytes:
+    """What the primary signs (after :data:`CONTEXT_SEAL`): its id, the chain head
+    ``(seq, head)`` an answer reaches, and the revocations it holds through this answer with
+    SHA-256 of the link ids the answer carries (``revoked``: those ids concatenated)."""
+    return (
+        vault_id
+        + _SEAL.pack(seq)
+        + head
+        + _SEAL.pack(revocations)
+        + hashlib.sha256(revoked).digest()
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,25 +260,42 @@ class VerifiedBatch:
     seq: int
     head: bytes
     primary_head: int
+    revoked: tuple[bytes, ...] = ()  # link ids the primary revoked, in its order
+    revocations: int = 0  # the primary's revocations held once this batch is written
 
 
 class ReplicaChain:
     """The follower's view of the chain it copies: where it stands, what to ask next, and the
     check of an answer. Advance it with :meth:`advance` only once the batch is on disk."""
 
-    def __init__(self, *, vault_id: bytes, seq: int = 0, head: bytes = GENESIS) -> None:
+    def __init__(
+        self, *, vault_id: bytes, seq: int = 0, head: bytes = GENESIS, revocations: int = 0
+    ) -> None:
         self.vault_id = vault_id
         self.seq = seq
         self.head = head
+        self.revocations = revocations
 
     def query(self, max_entries: int = MAX_ENTRIES) -> ReplicateQuery:
-        return ReplicateQuery(after=self.seq, prev=self.head, max_entries=max_entries)
+        return ReplicateQuery(
+            after=self.seq, prev=self.head, max_entries=max_entries, revocations=self.revocations
+        )
 
     def check(
         self, rows: list[bytes], *, seal: bytes | None, primary_head: int, asked: int
     ) -> VerifiedBatch:
-        """Every entry of an answer in order, then the seal over where they lead. Raises
-        :class:`ReplicationError`; a bad seal gets one sentence, whatever was wrong with it."""
+        """The answer's revocations, then every entry in order, then the seal over where they
+        lead. Raises :class:`ReplicationError`; a bad seal gets one sentence, whatever was wrong
+        with it."""
+        revoked: list[bytes] = []
+        for row in rows[:MAX_REVOCATIONS]:
+            revocation = _decode_revocation(row)
+            if revocation is None:
+                break
+            if revocation[0] != self.revocations + len(revoked) + 1:
+                raise ReplicationError("the primary's revocations are not in order")
+            revoked.append(revocation[1])
+        rows = rows[len(revoked) :]
         if len(rows) > asked:
             raise ReplicationError(f"the answer holds {len(rows)} entries; {asked} were asked for")
         size = 0
@@ -266,11 +331,18 @@ class ReplicaChain:
             out.append((entry, head))
         if primary_head < seq:
             raise ReplicationError("the answer reaches beyond the head the primary announced")
-        if seal is None or not verify_in_context(
-            self.vault_id, CONTEXT_SEAL, seal_message(self.vault_id, seq, head), seal
-        ):
+        revocations = self.revocations + len(revoked)
+        message = seal_message(self.vault_id, seq, head, revocations, b"".join(revoked))
+        if seal is None or not verify_in_context(self.vault_id, CONTEXT_SEAL, message, seal):
             raise ReplicationError("the primary's seal over the answer does not verify")
-        return VerifiedBatch(entries=tuple(out), seq=seq, head=head, primary_head=primary_head)
+        return VerifiedBatch(
+            entries=tuple(out),
+            seq=seq,
+            head=head,
+            primary_head=primary_head,
+            revoked=tuple(revoked),
+            revocations=revocations,
+        )
 
     def advance(self, batch: VerifiedBatch) -> None:
-        self.seq, self.head = batch.seq, batch.head
+        self.seq, self.head, self.revocations = batch.seq, batch.head, batch.revocations

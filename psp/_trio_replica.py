@@ -25,12 +25,13 @@ from ppn import IdentityKey
 
 from ._capability import NONCE_SIZE, Capability, invoke_for_vault
 from ._errors import ErrorCode, RemoteProtocolError, VaultError
-from ._io_replica import create_replica, write_batch
+from ._io_replica import create_replica, primary_revocations, write_batch
 from ._io_store import DB_FILE, Store
 from ._messages import End, Header, RowBatch
 from ._replication import (
     MAX_ANSWER_BYTES,
     MAX_ENTRIES,
+    MAX_REVOCATIONS,
     MAX_ROW,
     ReplicaChain,
     ReplicationError,
@@ -161,9 +162,15 @@ class ReplicaFollower:
             )
         self.vault_id = hello_vault
         if self.chain is None:
-            seq, head = self.store.head()
-            self.chain = ReplicaChain(vault_id=hello_vault, seq=seq, head=head)
+            self.chain = self._chain_from_store(self.store)
         self._ready.set()
+
+    @staticmethod
+    def _chain_from_store(store: Store) -> ReplicaChain:
+        seq, head = store.head()
+        return ReplicaChain(
+            vault_id=store.vault_id, seq=seq, head=head, revocations=primary_revocations(store)
+        )
 
     async def wait_ready(self) -> Path:
         """Wait until the replica store exists (to serve it); its directory."""
@@ -215,7 +222,10 @@ class ReplicaFollower:
                     # asked, or larger rows, is dropped at the first frame that shows it.
                     rows.extend(event.rows)
                     size += sum(len(r) for r in event.rows)
-                    if len(rows) > query.max_entries or size > MAX_ANSWER_BYTES + MAX_ROW:
+                    if (
+                        len(rows) > query.max_entries + MAX_REVOCATIONS
+                        or size > MAX_ANSWER_BYTES + MAX_ROW + 64 * MAX_REVOCATIONS
+                    ):
                         raise ReplicationError("the primary's answer exceeds what was asked for")
                 else:
                     end = event
@@ -233,7 +243,7 @@ class ReplicaFollower:
         chain.advance(batch)
         self._write_done = trio.Event()
         writes.start_soon(self._write, store, batch, self._write_done)
-        return chain.seq < batch.primary_head
+        return chain.seq < batch.primary_head or len(batch.revoked) == MAX_REVOCATIONS
 
     async def _write(self, store: Store, batch: VerifiedBatch, done: trio.Event) -> None:
         try:
@@ -275,10 +285,7 @@ class ReplicaFollower:
                 pass
             # The primary is gone or restarting: try again, and say so. The next connection
             # starts from the store's head: a write cancelled before it began is asked again.
-            self.chain = None
-            if self.store is not None:
-                seq, head = self.store.head()
-                self.chain = ReplicaChain(vault_id=self.store.vault_id, seq=seq, head=head)
+            self.chain = None if self.store is None else self._chain_from_store(self.store)
             if self.report is not None and self.chain is not None:
                 self.report(self._status(connected=False))
             await trio.sleep(pause)

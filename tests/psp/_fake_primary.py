@@ -55,7 +55,9 @@ def main() -> None:
             elif mode == "impostor":
                 cursor._key = IdentityKey.generate()
             elif mode == "flood":
+                # Unstarted, the adapter restarts it on a worker, with this limit.
                 cursor._limit = 1_000_000
+                cursor.release()
         return started
 
     vault.begin = begin  # type: ignore[method-assign]

@@ -197,6 +197,20 @@ def test_replica_converges_after_the_primary_is_killed_mid_stream(
     )
     assert json.loads(query.stdout) == {"count": total - 1}  # one entry superseded
     assert f"from a replica at entry {total}" in query.stderr
+    # A revocation at the primary reaches the replica: the revoked capability is refused there.
+    reader = _ppn(d, "key", "new", "reader.key").stdout.strip()
+    cap_text = _ppn(
+        d, *("cap", "mint", "--store", "primary", "--to", reader, "--ops", "count")
+    ).stdout.strip()
+    read = ("query", "--key", "reader.key", "--cap", cap_text, "--vault", replica_address)
+    _ppn(d, *read, "--collection", "people", "--count")
+    _ppn(d, "cap", "revoke", "--store", "primary", cap_text)
+
+    def refused_at_replica() -> bool:
+        result = _ppn(d, *read, "--collection", "people", "--count", check=False)
+        return result.returncode == 41 and "REVOKED" in result.stderr
+
+    _wait_for("the revocation at the replica", refused_at_replica)
     # ... and refuses appends with its own status.
     refused = _ppn(
         d, "vault", "append", "--store", "replica", "--collection", "people", "{}", check=False
@@ -223,7 +237,7 @@ def test_a_fake_primary_writes_nothing(site: tuple[Path, list[_Proc]], mode: str
     primary.stop()
     synced = _entries(d / "replica")
     assert len(synced) == BACKLOG
-    extra = "".join(json.dumps({"more": i}) + "\n" for i in range(5000))
+    extra = "".join(json.dumps({"more": i}) + "\n" for i in range(12_000))
     (d / "more.jsonl").write_text(extra)
     _ppn(d, "vault", "import", "--store", "primary", "--collection", "people", "more.jsonl")
 

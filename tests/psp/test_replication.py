@@ -136,11 +136,38 @@ def test_a_forged_answer_is_refused_whole(forge: str) -> None:
     assert (chain.seq, chain.head) == (0, GENESIS)  # nothing advanced
 
 
+def test_the_primarys_revocations_lead_an_answer_under_the_seal() -> None:
+    from psp._replication import encode_revocation
+
+    links = [bytes([i]) * 32 for i in (1, 2)]
+    rows, head = _entries(2)
+    revs = [encode_revocation(3, links[0]), encode_revocation(4, links[1])]
+    message = seal_message(PRIMARY.public, 2, head, 4, b"".join(links))
+    seal = PRIMARY.sign(CONTEXT_SEAL + message)
+    chain = ReplicaChain(vault_id=PRIMARY.public, revocations=2)
+    batch = chain.check(revs + rows, seal=seal, primary_head=2, asked=2)
+    assert batch.revoked == tuple(links) and batch.revocations == 4 and batch.seq == 2
+    chain.advance(batch)
+    assert chain.query().revocations == 4
+    for forged in (
+        rows,  # a revocation dropped on the way: the replica would keep honouring the link
+        revs[:1] + rows,
+        [revs[0], encode_revocation(4, b"\x09" * 32), *rows],  # another link revoked
+        revs[::-1] + rows,  # out of order
+    ):
+        with pytest.raises(ReplicationError):
+            ReplicaChain(vault_id=PRIMARY.public, revocations=2).check(
+                forged, seal=seal, primary_head=2, asked=2
+            )
+
+
 # --- the query and its permission --------------------------------------------------------------
 
 
 def test_replicate_query_round_trip_and_strict_decoding() -> None:
     q = ReplicateQuery(after=7, prev=b"\x01" * 32, max_entries=100)
+    assert decode_request_query(q.encode()) == q
+    q = ReplicateQuery(after=7, prev=b"\x01" * 32, revocations=3)
     assert decode_request_query(q.encode()) == q
     assert decode_request_query(ReplicateQuery(after=0, prev=GENESIS).encode()).max_entries == (
         MAX_ENTRIES
@@ -153,6 +180,7 @@ def test_replicate_query_round_trip_and_strict_decoding() -> None:
         {"v": 1, "op": "replicate", "after": -1, "prev": GENESIS},
         {"v": 1, "op": "replicate", "after": 0, "prev": GENESIS, "coll": "c"},
         {"v": 1, "op": "replicate", "prev": GENESIS},
+        {"v": 1, "op": "replicate", "after": 0, "prev": GENESIS, "revs": 0},
     ):
         with pytest.raises(QueryError) as info:
             decode_request_query(pack_canonical(bad))
@@ -275,6 +303,14 @@ def test_a_replica_store_takes_verified_batches_only_and_refuses_appends(tmp_pat
 def test_follow_catches_up_then_keeps_up_and_serves_reads_marked_as_replica(tmp_path: Path) -> None:
     vault = _primary(tmp_path, 9000)  # three answers: 4096 + 4096 + 808
     cap = _cap(("count", "replicate"))
+    revoked_cap = mint(
+        PRIMARY,
+        audience=HOLDER.public,
+        scope=Scope(vaults=(PRIMARY.public,), ops=("count",)),
+        not_before=0,
+        expires=2**39,
+        nonce=b"r" * 16,
+    )
     statuses = []
 
     async def main() -> None:
@@ -294,8 +330,11 @@ def test_follow_catches_up_then_keeps_up_and_serves_reads_marked_as_replica(tmp_
             assert status.seq == 9000 and status.written == 9000
             nursery.start_soon(follower.run)
             vault.store.append("c", {"late": True}, now=NOW)
+            assert vault.store.revoke(revoked_cap.leaf.id, now=NOW)
             with trio.fail_after(30):
                 while follower.chain is None or follower.chain.seq < 9001:
+                    await trio.sleep(0.02)
+                while follower.chain.revocations < 1:
                     await trio.sleep(0.02)
             follower.close()
             nursery.cancel_scope.cancel()
@@ -321,6 +360,10 @@ def test_follow_catches_up_then_keeps_up_and_serves_reads_marked_as_replica(tmp_
     assert json.loads(cursor.fetch(10)[0]) == {"count": 9001}
     assert header.replica is not None and header.replica.as_of == 9001
     assert header.replica.primary_head == 9001 and header.replica.synced > 0
+    # The primary's revocation reached the replica: the revoked capability is refused there.
+    env = invoke_for_vault(revoked_cap, HOLDER, PRIMARY.public, q, now=NOW, nonce=b"z" * 16)
+    refused = served.begin(Request(request_id=2, envelope=env.raw, query=q), now=NOW)
+    assert getattr(refused, "code", None) is ErrorCode.REVOKED
     served.close()
     vault.close()
 
