@@ -403,7 +403,8 @@ def _add_doctor(subparsers: Subparsers) -> None:
             "Check root or CAP_NET_ADMIN, the WireGuard kernel module or wireguard-go, that the "
             "node's ports are free (or held by its own services), the clock, the state "
             "directory's permissions, that the members' endpoints answer, and the services' "
-            "states. One line per finding; exit 70 if anything blocks the node."
+            "states (units, and roles started with --no-systemd). One line per finding; exit 70 "
+            "if anything blocks the node."
         ),
         epilog=EXIT_STATUSES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -414,6 +415,13 @@ def _add_doctor(subparsers: Subparsers) -> None:
         default=Path(os.environ.get("PPN_STATE", "/var/lib/ppn")),
         metavar="DIR",
         help="the node's state directory (default: $PPN_STATE or /var/lib/ppn)",
+    )
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path("/run/ppn"),
+        metavar="DIR",
+        help="where roles started without systemd keep their PID files (default /run/ppn)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
@@ -440,7 +448,9 @@ def _doctor(args: argparse.Namespace) -> int:
         raise CommandError(str(exc), EXIT_CONFIG) from None
     config = {(r["command"], r["flag"]): (r["value"], r["source"]) for r in rows}
     node_ports = service_ports(config, endpoints=wireguard_port_endpoints(args.state))
-    findings = run_checks(args.state, probe_timeout=args.probe_timeout, node_ports=node_ports)
+    findings = run_checks(
+        args.state, probe_timeout=args.probe_timeout, node_ports=node_ports, run_dir=args.run_dir
+    )
     blocking = [f for f in findings if f.severity is Severity.BLOCKS]
     if args.json:
         doc = [

@@ -25,7 +25,15 @@ from pathlib import Path
 from .._io_files import atomic_write
 from ._doctor import is_ppn_command
 
-__all__ = ["BackgroundError", "Started", "pid_file", "running_pid", "start", "stop"]
+__all__ = [
+    "BackgroundError",
+    "Started",
+    "last_line",
+    "pid_file",
+    "running_pid",
+    "start",
+    "stop",
+]
 
 
 class BackgroundError(Exception):
@@ -65,7 +73,8 @@ def running_pid(path: Path) -> int | None:
     return pid if pid > 0 and _is_ppn(pid) else None
 
 
-def _last_line(log: Path) -> str:
+def last_line(log: Path) -> str:
+    """The last non-blank line of ``log`` (its tail only), or ``""``."""
     try:
         with open(log, "rb") as f:
             f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
@@ -139,7 +148,7 @@ def _wait_ready(
             _end(proc)
             raise BackgroundError(
                 f"{name} sent no READY=1 within {timeout:g} s and was stopped; see {log}"
-                + (f" (last line: {_last_line(log)})" if _last_line(log) else "")
+                + (f" (last line: {last_line(log)})" if last_line(log) else "")
             )
         if now >= next_note:
             progress(f"waiting for {name} to be ready ({now - started:.0f} s, log {log})")
@@ -151,7 +160,7 @@ def _wait_ready(
         if status is not None:
             raise BackgroundError(
                 f"{name} exited with status {status} before it was ready: "
-                + (_last_line(log) or f"see {log}")
+                + (last_line(log) or f"see {log}")
             )
 
 

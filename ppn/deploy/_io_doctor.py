@@ -28,6 +28,7 @@ from ._doctor import (
 )
 
 __all__ = [
+    "check_background",
     "check_clock",
     "check_endpoints",
     "check_ports",
@@ -351,11 +352,41 @@ def check_services(unit_dir: Path = Path("/etc/systemd/system")) -> list[Finding
     return findings
 
 
+def check_background(run_dir: Path = Path("/run/ppn")) -> list[Finding]:
+    """Roles started without systemd (``ppn service install ROLE --no-systemd``): each PID file
+    must still name a running ppn; nothing restarts one that died (RFC-NOTES §13.2)."""
+    from ._io_background import last_line, running_pid
+
+    findings = []
+    for pid_file in sorted(run_dir.glob("ppn-*.pid")):
+        name = pid_file.stem
+        pid = running_pid(pid_file)
+        if pid is not None:
+            findings.append(_ok("services", f"{name} runs in the background (pid {pid})"))
+            continue
+        role = name.removeprefix("ppn-").split("@", 1)
+        again = f"ppn service install {role[0]}" + (
+            f" --instance {role[1]}" if len(role) > 1 else ""
+        )
+        said = last_line(run_dir / f"{name}.log")
+        findings.append(
+            Finding(
+                check="services",
+                severity=Severity.BLOCKS,
+                message=f"{name} (started without systemd) is not running any more"
+                + (f"; its log ends: {said}" if said else "")
+                + f"; start it again: {again} --no-systemd --run-dir {run_dir}",
+            )
+        )
+    return findings
+
+
 def run_checks(
     state: Path,
     *,
     probe_timeout: float = 2.0,
     node_ports: Iterable[tuple[str, int, str]] = NODE_PORTS,
+    run_dir: Path = Path("/run/ppn"),
 ) -> list[Finding]:
     return [
         check_privileges(),
@@ -365,4 +396,5 @@ def run_checks(
         check_state(state),
         *check_endpoints(state, probe_timeout),
         *check_services(),
+        *check_background(run_dir),
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from ppn.deploy._doctor import (
     service_ports,
 )
 from ppn.deploy._io_doctor import (
+    check_background,
     check_endpoints,
     check_ports,
     check_privileges,
@@ -369,3 +371,44 @@ def test_the_wireguard_port_held_by_wireguard_go_is_the_nodes_own(lab: Lab) -> N
     first, second = done.stdout.splitlines()
     assert first.startswith("ok UDP 51999 (WireGuard) is held by wireguard-go (pid "), first
     assert second == "ok UDP 51998 (free) is free"
+
+
+def test_a_role_started_without_systemd_that_died_blocks(tmp_path: Path) -> None:
+    """Service-less mode has no Restart=: a background role whose process is gone is a FAIL,
+    with the end of its log and the command that starts it again."""
+    conf = tmp_path / "ppn.toml"
+    conf.write_text('[orchestration.serve]\nlisten = "127.0.0.1:0"\nany-target = true\n')
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [*PPN, "--config", str(conf), "service", "install", "orchestration", "--no-systemd",
+         "--run-dir", str(run), "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    pid = json.loads(done.stdout)["pid"]
+    try:
+        assert [f.severity for f in check_background(run)] == [Severity.OK]
+        assert f"(pid {pid})" in check_background(run)[0].message
+    finally:
+        os.kill(pid, signal.SIGKILL)  # it crashed
+    deadline = time.monotonic() + 30
+    while check_background(run)[0].severity is Severity.OK:  # until /proc shows it gone
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    finding = check_background(run)[0]
+    assert finding.severity is Severity.BLOCKS
+    assert finding.message.startswith("ppn-orchestration (started without systemd) is not running")
+    said = finding.message.split("; its log ends: ", 1)[1]
+    assert "listening on 127.0.0.1:" in said
+    assert finding.message.endswith(
+        f"start it again: ppn service install orchestration --no-systemd --run-dir {run}"
+    )
+    done = subprocess.run(
+        [*PPN, "doctor", "--state", str(tmp_path), "--run-dir", str(run), "--json",
+         "--probe-timeout", "0.5"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 70
+    rows = [f for f in json.loads(done.stdout)["findings"] if f["check"] == "services"]
+    assert rows[-1]["severity"] == "FAIL" and rows[-1]["message"] == finding.message
+    assert check_background(tmp_path / "elsewhere") == []  # nothing started: nothing to say

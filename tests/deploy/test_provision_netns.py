@@ -211,6 +211,15 @@ def _provision(g: Node, r: Node, c: Node) -> None:
 
     wait_for(lambda: fleet_live() == {"genesis", "relay", "cloud"}, 90, "three live vm-hosts")
 
+    # ppn doctor, with the state and run directory the script wrote into ppn.toml, finds
+    # nothing blocking: the roles' ports are held by ppn and wireguard-go, the roles run.
+    for node in (g, r, c):
+        doctor = node.ppn("doctor", "--json", "--probe-timeout", "0.5", check=False)
+        findings = json.loads(doctor.stdout)["findings"]
+        assert doctor.returncode == 0, [f for f in findings if f["severity"] == "FAIL"]
+        running = {f["message"].split()[0] for f in findings if "in the background" in f["message"]}  # fmt: skip
+        assert running == set(node.pids())
+
     # Running a script again is harmless: no ceremony, the config kept, the same processes.
     before = {n.name: n.pids() for n in (g, r, c)}
     config_before = g.config.read_text()
