@@ -128,7 +128,7 @@ def _vault_restore(args: argparse.Namespace) -> int:
 
     file, target = Path(args.file), Path(args.store)
     try:
-        checked = check_archive(file)
+        checked = check_archive(file, progress=_Ticker("checked"))
     except ArchiveError as exc:
         raise error(
             f"{file} is not a valid vault archive: {exc}; nothing was written", EXIT_ARCHIVE

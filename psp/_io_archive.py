@@ -137,10 +137,14 @@ def _write(
     with atomic_create(out) as stream:
         stream.write(writer.header())
         stream.write(writer.section(SectionType.IDENTITY, identity.encode()))
+        # In section type order (RFC-NOTES §9.4.6): entries, revocations, audit, the rest.
         _write_entries(db, writer, stream, identity, progress)
+        for chunk in chunks(
+            _snapshot_rows(db, "SELECT link, ts FROM revocations ORDER BY id"), size_of=0
+        ):
+            stream.write(writer.section(SectionType.REVOCATIONS, chunk))
         _write_audit(db, writer, stream, identity)
         for type_, sql in (
-            (SectionType.REVOCATIONS, "SELECT link, ts FROM revocations ORDER BY id"),
             (SectionType.DENIALS, "SELECT code, count, first, last FROM denials ORDER BY code"),
             (SectionType.REPLAY, "SELECT nonce, expires FROM replay ORDER BY rowid"),
             (
@@ -243,14 +247,14 @@ def _sections(file: Path) -> Iterator[tuple[Section, ArchiveReader]]:
     reader.end()
 
 
-def check_archive(file: Path) -> ArchiveCheck:
+def check_archive(file: Path, *, progress: Callable[[int], None] | None = None) -> ArchiveCheck:
     """Pass one: check the whole archive, write nothing."""
     check = ArchiveCheck()
     for section, reader in _sections(file):
         if section.type == TRAILER:
             check.finish(section.value, reader.digest)
-        else:
-            check.add(section)
+        elif check.add(section) and section.type == SectionType.ENTRIES and progress is not None:
+            progress(check.entries)
     return check
 
 

@@ -117,6 +117,10 @@ def test_export_restore_verify_keeps_both_chain_heads_and_the_vault_serves(
         base = ["query", "--key", "h.key", "--cap", "h.cap", "--vault", addr, "--json"]
         ppn(*base, "--collection", "people", "--count", cwd=d)
         ppn(*base, "--collection", "people", "--where", "age=7", cwd=d)
+        ppn("key", "new", "x.key", cwd=d)
+        x = ppn("key", "show", "x.key", cwd=d).stdout.strip()
+        ppn("cap", "mint", "--store", "v", "--to", x, "--out", "x.cap", cwd=d)
+        ppn("cap", "revoke", "--store", "v", "x.cap", cwd=d)  # every section type is present
         # exported while the vault serves: one snapshot
         exported = json.loads(
             ppn(
