@@ -177,6 +177,9 @@ def _provision(g: Node, r: Node, c: Node) -> None:
     _finished(relay, "the relay script")
     assert set(g.pids()) == set(r.pids()) == {"ppn-agent", "ppn-vmhost"}
     assert 'role = ["relay"]' in r.config.read_text()
+    # --endpoint keeps its order: the first one's port is the node's WireGuard port.
+    offered = json.loads((r.state / "node.json").read_text())["endpoints"]
+    assert offered == [f"{NET1}.2:51820", f"{NET2}.2:51820"]
 
     # The cloud node joins through the relay, the member on its network.
     invite = r.host.popen(

@@ -20,7 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 ONPREM = ROOT / "deploy" / "provision-vm-infrastructure-onprem.sh"
 CLOUD = ROOT / "deploy" / "provision-vm-infrastructure-cloud.sh"
 # What the scripts run besides ppn and the prerequisites they check for.
-TOOLS = ("sh", "dirname", "id", "sed", "grep", "date", "mkdir", "chmod", "mv", "rm", "sleep", "cat")
+TOOLS = (
+    *("sh", "dirname", "readlink", "id", "sed", "grep", "date"),
+    *("mkdir", "chmod", "mv", "rm", "sleep", "cat"),
+)
 
 
 def _run(script: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
@@ -35,8 +38,9 @@ def _run(script: Path, *args: str, env: dict[str, str] | None = None) -> subproc
 
 
 @pytest.mark.parametrize("script", [ONPREM, CLOUD], ids=["onprem", "cloud"])
-def test_help_teaches_and_lists_exit_statuses(script: Path) -> None:
-    done = _run(script, "--help")
+def test_help_teaches_and_lists_exit_statuses(script: Path, tmp_path: Path) -> None:
+    (tmp_path / script.name).symlink_to(script)  # as from /usr/local/bin
+    done = _run(tmp_path / script.name, "--help")
     assert done.returncode == 0
     assert done.stdout.startswith(f"usage: {script.name} ")
     for text in ("--join CODE", "--services MODE", "PPN_INSTALL", "exit status", "130"):
