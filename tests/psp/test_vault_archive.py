@@ -97,6 +97,51 @@ def test_the_sealed_key_opens_only_with_its_passphrase(tmp_path: Path) -> None:
     assert b"k" * 32 not in data  # the seed is not in the file in clear
 
 
+def test_a_signed_archive_cannot_make_restore_hash_for_hours(tmp_path: Path) -> None:
+    """KDF parameters beyond the accepted range are refused before any hashing, even in an
+    archive the vault key signed."""
+    from psp._archive import ArchiveWriter, Identity, SectionType
+
+    key = IdentityKey.from_seed(b"k" * 32)
+    from psp._audit import GENESIS as AUDIT_GENESIS
+    from psp._chain import GENESIS
+
+    identity = Identity(
+        vault=key.public,
+        name="t",
+        created=NOW,
+        entries=0,
+        head=GENESIS,
+        audit=0,
+        audit_head=AUDIT_GENESIS,
+        sealed_key=True,
+    )
+    sealed = {
+        "kdf": "argon2id",
+        "ops": 3,
+        "mem": 64 << 30,  # 64 GiB
+        "salt": b"s" * 16,
+        "aead": "xchacha20poly1305",
+        "nonce": b"n" * 24,
+        "ct": b"c" * 48,
+    }
+    w = ArchiveWriter()
+    data = w.header() + w.section(SectionType.IDENTITY, identity.encode())
+    data += w.section(SectionType.KEY, sealed) + w.trailer(key.sign)
+    with pytest.raises(ArchiveError, match="KDF parameters"):
+        _check(data)
+    sealed["mem"] = 64 << 20
+    w = ArchiveWriter()
+    data = w.header() + w.section(SectionType.IDENTITY, identity.encode())
+    data += w.section(SectionType.KEY, sealed) + w.trailer(key.sign)
+    assert _check(data).sealed_key == sealed  # in range: accepted (and then opened, or not)
+    forged = data[:-64] + IdentityKey.from_seed(b"o" * 32).sign(
+        b"PSP-v1 archive\x00" + data[-96:-64]
+    )
+    with pytest.raises(ArchiveError, match="signature"):
+        _check(forged)
+
+
 # --- through the CLI ---------------------------------------------------------------------------
 
 
