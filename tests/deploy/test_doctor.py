@@ -412,3 +412,12 @@ def test_a_role_started_without_systemd_that_died_blocks(tmp_path: Path) -> None
     rows = [f for f in json.loads(done.stdout)["findings"] if f["check"] == "services"]
     assert rows[-1]["severity"] == "FAIL" and rows[-1]["message"] == finding.message
     assert check_background(tmp_path / "elsewhere") == []  # nothing started: nothing to say
+
+
+def test_a_configuration_doctor_cannot_read_is_73_naming_the_line(tmp_path: Path) -> None:
+    # The ports come from the configuration: one that is wrong stops doctor, as every command.
+    conf = tmp_path / "ppn.toml"
+    conf.write_text("[up]\ncontrol-port = 'nine'\n")
+    done = _doctor(tmp_path, "--config", str(conf))
+    assert done.returncode == 73 and done.stdout == ""
+    assert done.stderr.startswith(f"ppn: {conf} line 2: [up] control-port = 'nine'")
