@@ -157,10 +157,13 @@ def start_agent(node: Node, *extra: str) -> None:
     node.up_info = json.loads(line)
 
 
-def stop_agent(node: Node) -> int:
+def stop_agent(node: Node, timeout: float = 120) -> int:
+    """SIGTERM the agent and wait for its exit status. The deadline is generous: an agent
+    stops in well under a second natively, but took more than 10 s inside the emulated kernel
+    VM on a loaded build box (tests/kernel), and waiting returns as soon as it has exited."""
     assert node.agent is not None
     node.agent.terminate()
-    code = node.agent.wait(timeout=10)
+    code = node.agent.wait(timeout=timeout)
     node.agent = None
     return code
 
