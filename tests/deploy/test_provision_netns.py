@@ -9,8 +9,9 @@ the relay and ``provision-vm-infrastructure-cloud.sh --join CODE`` on the cloud 
 plays both operators through ``--events json`` (passed after ``--``). Each script starts its
 node's roles as background processes (``ppn service install ROLE --no-systemd``); ``ppn status
 --check`` on every node then lists all three members as reachable, pings cross the mesh (the
-cloud node only through the hub), the fleet controller sees three live vm-hosts, and running a
-script again changes nothing.
+cloud node only through the hub), the fleet controller sees three live vm-hosts, ``ppn doctor``
+finds nothing blocking, running a script again changes nothing, and naming the aggregator's
+targets in the cloud node's ppn.toml then running its script again adds VM-Orchestration alone.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import pytest
 
 from interop.mesh_platform import NET1, NET2, _read_event, quick_ping, wait_for
 from interop.netns import Host, Lab
+from ppn.ports import AGGREGATOR_PORT
 
 ROOT = Path(__file__).resolve().parents[2]
 ONPREM = ROOT / "deploy" / "provision-vm-infrastructure-onprem.sh"
@@ -234,3 +236,19 @@ def _provision(g: Node, r: Node, c: Node) -> None:
     assert {n.name: n.pids() for n in (g, r, c)} == before
     assert g.config.read_text() == config_before
     assert _all_see_all([g, r, c])
+
+    # VM-Orchestration starts once the cloud node's configuration names its targets: the
+    # operator edits ppn.toml and runs the script again, which adds only that role.
+    with c.config.open("a") as f:
+        f.write(
+            f'\n[orchestration.serve]\nlisten = "10.8.0.3:{AGGREGATOR_PORT}"\nany-target = true\n'
+        )
+    again = _script(c.host, CLOUD, "--join", code["code"], *c.options())
+    said = _finished(again, "the cloud script, after naming the aggregator's targets", timeout=120)
+    assert "running: agent fleet vmhost orchestration (background)" in said
+    after = c.pids()
+    assert {k: v for k, v in after.items() if k != "ppn-orchestration"} == before["cloud"]
+    assert "ppn-orchestration" in after
+    # It serves on the cloud node's mesh address: genesis reaches it through the hub.
+    probe = f"import socket; socket.create_connection(('10.8.0.3', {AGGREGATOR_PORT}), 5).close()"
+    g.host.run([sys.executable, "-c", probe], timeout=30)
