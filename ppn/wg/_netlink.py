@@ -22,6 +22,7 @@ socket and sends what this module builds.
 from __future__ import annotations
 
 import ipaddress
+import operator
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
@@ -555,10 +556,38 @@ def _key(data: bytes, start: int, end: int, what: str) -> bytes:
 _ZERO_KEY = bytes(32)
 
 
+# How the module lays out the head of every peer in a dump (drivers/net/wireguard/netlink.c,
+# get_peer): public key, preshared key, last handshake, keepalive, tx and rx bytes, protocol
+# version, each attribute at a fixed size; then the endpoint (if any) and the allowed IPs. A
+# peer whose head matches is read with one unpack; anything else (a continuation that carries
+# only the key and more allowed IPs, another order) goes through the attribute loop.
+_KERNEL_HEAD = struct.Struct("=HH32sHH32sHHqqHHH2xHHQHHQHHI")
+_KERNEL_HEAD_FRAME = operator.itemgetter(0, 1, 3, 4, 6, 7, 10, 11, 13, 14, 16, 17, 19, 20)
+_KERNEL_HEAD_EXPECTED = (
+    36, WGPEER_A_PUBLIC_KEY, 36, WGPEER_A_PRESHARED_KEY, 20, WGPEER_A_LAST_HANDSHAKE_TIME,
+    6, WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL, 12, WGPEER_A_TX_BYTES, 12, WGPEER_A_RX_BYTES,
+    8, WGPEER_A_PROTOCOL_VERSION,
+)  # fmt: skip
+
+
 def _read_peer(data: bytes, at: int, end: int, peers: dict[bytes, _RawPeer]) -> None:
     """One peer nest ``data[at:end]`` into ``peers`` (merged by public key)."""
-    unpack = _NLA.unpack_from
     r: _RawPeer | None = None
+    if end - at >= _KERNEL_HEAD.size:
+        head = _KERNEL_HEAD.unpack_from(data, at)
+        if _KERNEL_HEAD_FRAME(head) == _KERNEL_HEAD_EXPECTED:
+            key = head[2]
+            r = peers.get(key)
+            if r is None:
+                r = peers[key] = _RawPeer()
+            psk = head[5]
+            r.psk = None if psk == _ZERO_KEY else key_fingerprint(psk)
+            sec, nsec = head[8], head[9]
+            r.handshake = None if sec == 0 and nsec == 0 else sec + nsec / 1e9
+            r.keepalive, r.tx, r.rx, r.version = head[12], head[15], head[18], head[21]
+            del psk, head
+            at += _KERNEL_HEAD.size
+    unpack = _NLA.unpack_from
     while at + 4 <= end:
         size, kind = unpack(data, at)
         if size < 4 or at + size > end:

@@ -398,3 +398,72 @@ def test_the_kernel_path_loads_no_pyroute2() -> None:
         "assert 'pyroute2' not in sys.modules, sorted(m for m in sys.modules if 'pyroute' in m)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _kernel_layout_dump(peers: list[PeerConfig], *, handshake: int = 0) -> list[bytes]:
+    """A dump as the module writes one (netlink.c get_peer): key, preshared key, handshake,
+    keepalive, tx, rx, protocol version, then endpoint and allowed IPs; three peers a
+    message, the last peer's allowed IPs continued in the next message under its key alone."""
+    import struct
+
+    n_ = _netlink
+    messages = []
+    for start in range(0, len(peers), 3):
+        nests = []
+        group = peers[start : start + 3]
+        for p in group:
+            attrs = n_._KEY_ATTR.pack(36, 1, p.public_key)
+            attrs += n_._KEY_ATTR.pack(36, 2, p.preshared_key or bytes(32))
+            attrs += n_._attr(6, struct.pack("=qq", handshake, 250_000_000 if handshake else 0))
+            attrs += n_._attr(5, struct.pack("=H", p.persistent_keepalive))
+            attrs += n_._attr(8, struct.pack("=Q", 4096)) + n_._attr(7, struct.pack("=Q", 8192))
+            attrs += n_._attr(10, struct.pack("=I", 1))
+            if p.endpoint is not None:
+                attrs += n_._endpoint_attr(p.endpoint)
+            texts = p.prefix_texts()[: 2 if p is group[-1] else None]
+            attrs += n_._nest(9, [n_._allowed_from_text(t) for t in texts])
+            nests.append(n_._nest(0, [attrs]))
+        body = n_._ifname("wg0") + n_._nest(8, nests)
+        messages.append(n_._genl_message(FAMILY, 2, 1, 0, body))
+        last = group[-1]
+        if len(last.prefix_texts()) > 2:  # the rest, as a continuation
+            rest = n_._nest(9, [n_._allowed_from_text(t) for t in last.prefix_texts()[2:]])
+            more = n_._nest(0, [n_._KEY_ATTR.pack(36, 1, last.public_key) + rest])
+            body = n_._ifname("wg0") + n_._nest(8, [more])
+            messages.append(n_._genl_message(FAMILY, 2, 1, 0, body))
+    return messages
+
+
+@settings(max_examples=200, deadline=None)
+@given(device=st.lists(_peer_configs, max_size=6, unique_by=lambda p: p.public_key))
+def test_the_module_s_peer_layout_is_read_in_one_unpack_and_agrees(
+    device: list[PeerConfig],
+) -> None:
+    """The fast read of a peer in the module's layout gives what the attribute loop gives."""
+    dump = _kernel_layout_dump(device, handshake=1_700_000_000)
+    state = merge_dump(dump, "wg0")
+    for p in device:
+        got = state.peers[p.public_key]
+        assert got.allowed_ips == p.allowed_ips and got.endpoint == p.endpoint
+        assert got.persistent_keepalive == p.persistent_keepalive
+        assert got.preshared_fingerprint == p.preshared_fingerprint
+        assert got.last_handshake == 1_700_000_000.25 and (got.tx_bytes, got.rx_bytes) == (
+            4096,
+            8192,
+        )
+        assert merge_dump(dump, "wg0", lazy=True).peers.unchanged(p)  # type: ignore[attr-defined]
+    # the attribute loop alone (the fast head switched off) reads the same state
+    head = _netlink._KERNEL_HEAD_EXPECTED
+    try:
+        _netlink._KERNEL_HEAD_EXPECTED = ()  # type: ignore[assignment]
+        assert merge_dump(dump, "wg0") == state
+    finally:
+        _netlink._KERNEL_HEAD_EXPECTED = head  # type: ignore[misc]
+
+
+def test_the_fast_head_matches_the_module_s_layout() -> None:
+    """The one-unpack read engages on the layout the module writes (or it would only cost)."""
+    (msg,) = _kernel_layout_dump([PeerConfig(public_key=A, allowed_ips=(n("10.0.0.0/8"),))])
+    first_peer = msg.index(A) - 4 - 4  # the peer nest's header, then the key attribute's
+    head = _netlink._KERNEL_HEAD.unpack_from(msg, first_peer + 4)
+    assert _netlink._KERNEL_HEAD_FRAME(head) == _netlink._KERNEL_HEAD_EXPECTED
