@@ -6,9 +6,10 @@ Registered by :mod:`psp._cli`; heavy imports (sqlite3, the store) happen inside 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING, Any
 
-from ._cli_common import error, now, print_json, table
+from ._cli_common import error, now
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -48,25 +49,33 @@ def _iso(ts: int) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# Fixed widths, so rows print as they are read (no pass over the whole log to size them).
+_COLUMNS: tuple[tuple[str, int], ...] = (
+    ("SEQ", 8),
+    ("TIME", 20),
+    ("HOLDER", 44),
+    ("CAP", 17),
+    ("QUERY", 17),
+    ("AS_OF", 8),
+    ("ROWS", 6),
+    ("END", 0),
+)
+
+
+def _line(cells: list[str]) -> str:
+    return "  ".join(c.ljust(w) for c, (_, w) in zip(cells, _COLUMNS, strict=True)).rstrip()
+
+
 def _vault_audit(args: argparse.Namespace) -> int:
+    import json
+
     from ppn import encode_key
 
     from ._audit import status_name
     from ._cli_common import EXIT_STORE
     from ._errors import ErrorCode
-    from ._io_audit import read_audit, read_denials
+    from ._io_audit import iter_audit, read_denials
     from ._io_store import Store, StoreError
-
-    try:
-        store = Store.open(args.store)  # also gives a store from before the log its tables
-        file = store.file
-        store.close()
-        entries = read_audit(file, since=args.since or 0)
-        denials = read_denials(file)
-    except StoreError as exc:
-        raise error(str(exc), EXIT_STORE) from None
-    except Exception as exc:  # sqlite3.Error without importing sqlite3 at the top
-        raise error(f"cannot read the audit log of {args.store}: {exc}", EXIT_STORE) from None
 
     def code_name(code: int) -> str:
         try:
@@ -74,49 +83,51 @@ def _vault_audit(args: argparse.Namespace) -> int:
         except ValueError:
             return f"code {code}"
 
-    rows: list[dict[str, Any]] = [
-        {
-            "seq": e.seq,
-            "ts": e.ts,
-            "time": _iso(e.ts),
-            "holder": encode_key(e.holder),
-            "cap": e.cap.hex(),
-            "query": e.query.hex(),
-            "qid": e.qid.hex(),
-            "as_of": e.as_of,
-            "rows": e.rows,
-            "status": status_name(e.status),
-            "hash": h.hex(),
-        }
-        for e, h in entries
-    ]
-    counted: list[dict[str, Any]] = [
-        {"code": c, "name": code_name(c), "count": n, "first": f, "last": la}
-        for c, n, f, la in denials
-    ]
+    try:
+        store = Store.open(args.store)  # also gives a store from before the log its tables
+        file = store.file
+        store.close()
+        counted: list[dict[str, Any]] = [
+            {"code": c, "name": code_name(c), "count": n, "first": f, "last": la}
+            for c, n, f, la in read_denials(file)
+        ]
+        # Printed as read, one entry at a time: a log of years is never held in memory.
+        n = 0
+        if args.json:
+            sys.stdout.write('{"entries":[')
+        for e, h in iter_audit(file, since=args.since or 0):
+            if args.json:
+                entry = {
+                    "seq": e.seq,
+                    "ts": e.ts,
+                    "time": _iso(e.ts),
+                    "holder": encode_key(e.holder),
+                    "cap": e.cap.hex(),
+                    "query": e.query.hex(),
+                    "qid": e.qid.hex(),
+                    "as_of": e.as_of,
+                    "rows": e.rows,
+                    "status": status_name(e.status),
+                    "hash": h.hex(),
+                }
+                sys.stdout.write(("," if n else "") + json.dumps(entry, separators=(",", ":")))
+            else:
+                if n == 0:
+                    print(_line([c for c, _ in _COLUMNS]))
+                    print(_line(["-" * max(w, 3) for _, w in _COLUMNS]))
+                cells = [str(e.seq), _iso(e.ts), encode_key(e.holder), e.cap.hex()[:16] + "…"]
+                cells += [e.query.hex()[:16] + "…", str(e.as_of), str(e.rows)]
+                print(_line([*cells, status_name(e.status)]))
+            n += 1
+    except StoreError as exc:
+        raise error(str(exc), EXIT_STORE) from None
+    except Exception as exc:  # sqlite3.Error without importing sqlite3 at the top
+        raise error(f"cannot read the audit log of {args.store}: {exc}", EXIT_STORE) from None
     if args.json:
-        print_json({"entries": rows, "denials": counted})
+        sys.stdout.write('],"denials":' + json.dumps(counted, separators=(",", ":")) + "}\n")
         return 0
-    if rows:
-        print(
-            table(
-                [
-                    {
-                        "seq": r["seq"],
-                        "time": r["time"],
-                        "holder": r["holder"],
-                        "cap": r["cap"][:16] + "…",
-                        "query": r["query"][:16] + "…",
-                        "as_of": r["as_of"],
-                        "rows": r["rows"],
-                        "end": r["status"],
-                    }
-                    for r in rows
-                ]
-            )
-        )
     since = f" since {_iso(args.since)}" if args.since else ""
-    print(f"{len(rows)} audit entr{'y' if len(rows) == 1 else 'ies'}{since}")
+    print(f"{n} audit entr{'y' if n == 1 else 'ies'}{since}")
     for d in counted:
         print(
             f"refused {d['count']} time(s) with {d['name']} ({d['code']}), "

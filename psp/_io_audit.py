@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,15 @@ from ._audit import (
     entry_from_row,
 )
 
-__all__ = ["AuditBatch", "AuditLog", "GroupCommit", "read_audit", "read_denials", "verify_audit"]
+__all__ = [
+    "AuditBatch",
+    "AuditLog",
+    "GroupCommit",
+    "iter_audit",
+    "read_audit",
+    "read_denials",
+    "verify_audit",
+]
 
 log = logging.getLogger("psp.audit")
 MAX_PENDING = 65536  # entries kept for a store that refuses writes, beyond which they are dropped
@@ -198,18 +207,21 @@ def _reader(file: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
 
 
-def read_audit(file: Path, *, since: int = 0) -> list[tuple[AuditEntry, bytes]]:
-    """Entries with ``ts >= since``, oldest first, each with its stored chain hash."""
+def iter_audit(file: Path, *, since: int = 0) -> Iterator[tuple[AuditEntry, bytes]]:
+    """Entries with ``ts >= since``, oldest first, each with its stored chain hash, read as they
+    are used (a log of years is never held in memory)."""
     db = _reader(file)
     try:
-        out = []
         for row in db.execute(f"SELECT {_COLUMNS} FROM audit WHERE ts >= ? ORDER BY seq", (since,)):
             parsed = entry_from_row(row)
             if not isinstance(parsed, str):
-                out.append(parsed)
-        return out
+                yield parsed
     finally:
         db.close()
+
+
+def read_audit(file: Path, *, since: int = 0) -> list[tuple[AuditEntry, bytes]]:
+    return list(iter_audit(file, since=since))
 
 
 def read_denials(file: Path) -> list[tuple[int, int, int, int]]:
