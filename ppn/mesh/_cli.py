@@ -701,15 +701,28 @@ def _add_admin(subparsers: Subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = p.add_subparsers(dest="admin_command", metavar="{grant,revoke,list}", required=True)
-    for name, text in (
-        ("grant", "give a live member admin rights (signed by the genesis node or an admin)"),
-        ("revoke", "take a member's admin rights away (an admin may also revoke its own)"),
+    for name, text, more in (
+        (
+            "grant",
+            "give a live member admin rights (signed by the genesis node or an admin)",
+            "The member may then remove members, the genesis node included, and name or "
+            "revoke admins. Name one before the genesis node can be lost: a mesh whose only "
+            "admin is gone can still admit members, but no one can remove another.",
+        ),
+        (
+            "revoke",
+            "take a member's admin rights away (an admin may also revoke its own)",
+            "What it signed while an admin still counts; acts it signs from now on do not. "
+            "To take away its membership as well, use 'ppn remove'.",
+        ),
     ):
         sub = actions.add_parser(
             name,
             help=text,
-            description=text[0].upper() + text[1:] + ".",
-            epilog=EXIT_STATUSES,
+            description=f"{text[0].upper()}{text[1:]}. {more} The act is handed to this "
+            "node's agent, which pushes it to every member (RFC-NOTES §7.14).",
+            epilog=EXIT_STATUSES
+            + f"\nexample:\n  ppn admin {name} bravo --state /var/lib/ppn --yes --json\n",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         sub.add_argument("name", metavar="NAME", help="member name, NAME.ppn, or a node id prefix")
