@@ -124,7 +124,10 @@ def with_bootstrap_peers(
     own = base.address.split("/", 1)[0]
     # Not on the signed roster (yet): the topology configured nobody, so bootstrap from every
     # preliminary member; once removed, from nobody.
-    removed = roster.view().is_removed(self_identity)
+    # A copy of this node's state from before an identity rotation is no member either.
+    removed = roster.view().is_removed(self_identity) or (
+        roster.view().successor_of(self_identity) is not None
+    )
     outsider = config is None and not removed
     for member in preliminary if not removed else ():
         signed = roster.get(member.identity)

@@ -33,7 +33,14 @@ from .. import wire
 from .._io_files import atomic_write
 from ._bootstrap import PreliminaryMember
 from ._ids import mesh_id
-from ._records import InvalidRecord, MemberRecord, Record, Tombstone, record_from_bytes
+from ._records import (
+    InvalidRecord,
+    MemberRecord,
+    Record,
+    Rotation,
+    Tombstone,
+    record_from_bytes,
+)
 from ._roster import Roster
 
 __all__ = [
@@ -255,7 +262,9 @@ def load_signed_claims(directory: Path, *, mesh: bytes, cidr: str) -> SignedClai
     # Removed by a tombstone or by a counted admin act (§7.14): such a member record stays
     # stored, but holds neither its name nor its address any more.
     removed = frozenset(r.identity for r in saved.roster.view().removed)
-    entries = [r for r in saved.roster.records() if isinstance(r, MemberRecord | Tombstone)]
+    entries = [
+        r for r in saved.roster.records() if isinstance(r, MemberRecord | Tombstone | Rotation)
+    ]
     members = [r for r in entries if isinstance(r, MemberRecord) and r.identity not in removed]
     return SignedClaims(
         addresses=frozenset(r.address for r in members),

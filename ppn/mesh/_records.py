@@ -26,6 +26,7 @@ from ._ids import ID_SIZE, mesh_id, node_id
 
 __all__ = [
     "ACT_LABEL",
+    "ROTATION_LABEL",
     "ADMISSION_LABEL",
     "act_slot",
     "MEMBER_LABEL",
@@ -33,6 +34,7 @@ __all__ = [
     "ACTS",
     "ActKind",
     "AdminAct",
+    "Rotation",
     "Admission",
     "InvalidRecord",
     "MemberRecord",
@@ -47,6 +49,7 @@ __all__ = [
     "sign_act",
     "sign_admission",
     "sign_member",
+    "sign_rotation",
     "sign_tombstone",
     "validate_name",
 ]
@@ -318,7 +321,93 @@ def act_slot(act: ActKind, subject: bytes, signer: bytes, at: int) -> bytes:
     return hashlib.sha256(_ACT_SLOT_LABEL + fields).digest()
 
 
-Record = MemberRecord | Tombstone | AdminAct
+# --- identity rotation (RFC-NOTES §7.15) ------------------------------------------------------
+
+ROTATION_LABEL = b"PPN-v1 roster rotation\x00"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rotation(_RecordBase):
+    """A member's move to a new identity key: the old identity's final record, signed by the
+    old key (``signature``) and the new one (``successor_signature``) over the same bytes.
+
+    The successor is admitted by the old identity under the same name and admission time, so
+    the chain through the old identity goes on; the view cuts the old identity's admissions
+    off at ``rotated_at`` as a removal would. Ranked above every member record (an older
+    version cannot bring the old identity back) and below every tombstone (a removal stays
+    final: a key that was removed cannot rotate itself back in)."""
+
+    successor: bytes
+    rotated_at: int
+    successor_signature: bytes = field(repr=False)
+
+    def signed_fields(self) -> dict[str, Any]:
+        return {
+            "admission": self.admission.to_value(),
+            "rotated_at": self.rotated_at,
+            "signer": self.signer,
+            "successor": self.successor,
+            "type": "rotation",
+        }
+
+    def to_value(self) -> dict[str, Any]:
+        return {
+            **self.signed_fields(),
+            "sig": self.signature,
+            "successor_sig": self.successor_signature,
+        }
+
+    @property
+    def rank(self) -> tuple[int, int, int, bytes]:
+        return (1, -1, 0, self.digest)  # above (0, …) members, below (1, 0, …) tombstones
+
+
+def sign_rotation(
+    old: IdentityKey, new: IdentityKey, *, admission: Admission, rotated_at: int
+) -> Rotation:
+    """The rotation record of ``old`` (whose admission is ``admission``) to ``new``."""
+    fields = {
+        "admission": admission.to_value(),
+        "rotated_at": rotated_at,
+        "signer": old.public,
+        "successor": new.public,
+        "type": "rotation",
+    }
+    message = ROTATION_LABEL + wire.pack_canonical(fields)
+    record = Rotation(
+        admission=admission,
+        successor=new.public,
+        rotated_at=rotated_at,
+        signer=old.public,
+        signature=old.sign(message),
+        successor_signature=new.sign(message),
+    )
+    _authored(_check_record, record)
+    return record
+
+
+def _check_rotation(record: Rotation) -> None:
+    adm = record.admission
+    if record.signer != adm.identity:
+        raise InvalidRecord("a rotation is signed by the member itself")
+    if mesh_id(adm.identity) == adm.mesh:
+        raise InvalidRecord("the genesis node's identity names the mesh and is not rotated")
+    if len(record.successor) != 32 or record.successor == adm.identity:
+        raise InvalidRecord("a rotation names a new 32-byte identity key")
+    if mesh_id(record.successor) == adm.mesh:
+        raise InvalidRecord("the genesis identity is nobody's successor")
+    if not adm.admitted_at <= record.rotated_at < _U64:
+        raise InvalidRecord("a rotation time is no earlier than the admission")
+    if len(record.encoded) > MAX_RECORD_SIZE:
+        raise InvalidRecord(f"a record is at most {MAX_RECORD_SIZE} bytes")
+    message = ROTATION_LABEL + wire.pack_canonical(record.signed_fields())
+    if not verify_signature(record.signer, message, record.signature) or not verify_signature(
+        record.successor, message, record.successor_signature
+    ):
+        raise InvalidRecord("a roster signature did not verify")
+
+
+Record = MemberRecord | Tombstone | AdminAct | Rotation
 
 
 # --- signing -----------------------------------------------------------------------------------
@@ -471,6 +560,10 @@ def _check_record(record: Record) -> None:
     adm = record.admission
     if len(record.signer) != 32:
         raise InvalidRecord("a record signer is a 32-byte key")
+    if isinstance(record, Rotation):
+        _check_rotation(record)
+        object.__setattr__(record, "checked", True)
+        return
     if isinstance(record, MemberRecord):
         if len(record.wg_key) != 32:
             raise InvalidRecord("a WireGuard key is 32 bytes")
@@ -616,8 +709,21 @@ def build_record(value: Any) -> Record:
                 signer=_expect(m["signer"], bytes, "signer"),
                 signature=_expect(m["sig"], bytes, "sig"),
             )
+        elif kind == "rotation":
+            m = _expect_map(
+                value,
+                {"admission", "rotated_at", "signer", "successor", "type", "sig", "successor_sig"},
+            )
+            record = Rotation(
+                admission=_decode_admission(m["admission"]),
+                successor=_expect(m["successor"], bytes, "successor"),
+                rotated_at=_expect(m["rotated_at"], int, "rotated_at"),
+                signer=_expect(m["signer"], bytes, "signer"),
+                signature=_expect(m["sig"], bytes, "sig"),
+                successor_signature=_expect(m["successor_sig"], bytes, "successor_sig"),
+            )
         else:
-            raise InvalidRecord("a roster record is a member, a tombstone or an act")
+            raise InvalidRecord("a roster record is a member, a tombstone, an act or a rotation")
     except wire.EncodingError as exc:
         raise InvalidRecord("a roster record has no canonical encoding") from exc
     return record

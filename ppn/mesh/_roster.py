@@ -37,6 +37,7 @@ from ._records import (
     InvalidRecord,
     MemberRecord,
     Record,
+    Rotation,
     Tombstone,
     build_record,
     check_record,

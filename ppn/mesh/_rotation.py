@@ -16,7 +16,7 @@ from enum import Enum
 from .._errors import LocalProtocolError
 from .._keys import IdentityKey
 from ._ids import mesh_id
-from ._records import MemberRecord
+from ._records import MemberRecord, Rotation, sign_admission, sign_member, sign_rotation
 from ._roster import Roster
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "KeyStatus",
     "RotationRefusal",
     "RotationRefused",
+    "sign_identity_rotation",
     "sign_wireguard_rotation",
     "wireguard_key_status",
 ]
@@ -64,6 +65,45 @@ def sign_wireguard_rotation(roster: Roster, key: IdentityKey, new_wg_key: bytes)
     if current.wg_key == new_wg_key:
         raise LocalProtocolError("the new WireGuard key is the current one")
     return roster.update_self(key, wg_key=new_wg_key)
+
+
+def sign_identity_rotation(
+    roster: Roster, old: IdentityKey, new: IdentityKey, *, now: int
+) -> tuple[Rotation, MemberRecord]:
+    """Sign and merge the move of ``old`` to ``new`` (RFC-NOTES §7.15): the rotation record
+    (signed by both) and the successor's first entry — admitted by the old identity under the
+    same name and admission time, self-signed by the new one, with the same WireGuard key,
+    address, endpoints and roles."""
+    current = _own_live_record(roster, old)
+    if mesh_id(old.public) == roster.mesh:
+        raise RotationRefused(
+            "this is the genesis node: its identity key names the mesh (the mesh id derives "
+            "from it) and is not rotated",
+            kind=RotationRefusal.GENESIS,
+        )
+    if new.public in roster:
+        raise LocalProtocolError("the new identity key is already on the roster")
+    admission = current.admission
+    rotation = sign_rotation(
+        old, new, admission=admission, rotated_at=max(now, admission.admitted_at)
+    )
+    successor = sign_member(
+        new,
+        admission=sign_admission(
+            old,
+            mesh=roster.mesh,
+            identity=new.public,
+            name=admission.name,
+            admitted_at=admission.admitted_at,
+        ),
+        wg_key=current.wg_key,
+        address=current.address,
+        endpoints=current.endpoints,
+        roles=current.roles,
+        version=1,
+    )
+    roster.merge([rotation, successor])
+    return rotation, successor
 
 
 class KeyStatus(Enum):

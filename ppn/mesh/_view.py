@@ -33,7 +33,10 @@ from enum import Enum
 
 from ._addressing import MeshNetwork, is_host_address, lowest_free
 from ._ids import short_id
-from ._records import ActKind, AdminAct, MemberRecord, Record, Tombstone
+from ._records import ActKind, AdminAct, MemberRecord, Record, Rotation, Tombstone
+
+# A member's own record: live entry, removal, or its move to a new identity (§7.15).
+_Entry = MemberRecord | Tombstone | Rotation
 
 __all__ = ["Member", "Problem", "ProblemKind", "Removed", "RosterView", "compute_view"]
 
@@ -133,6 +136,12 @@ class RosterView:
     # The latest time of what counts: chained admissions, tombstones, counted admin acts. A
     # signer stamps its next act no earlier (RFC-NOTES §7.14, "Clocks").
     clock: int = 0
+    # Identities that moved to a new key (§7.15), old -> successor; neither live nor removed.
+    rotated: tuple[tuple[bytes, bytes], ...] = ()
+
+    def successor_of(self, identity: bytes) -> bytes | None:
+        """The identity ``identity`` rotated to, if it did (RFC-NOTES §7.15)."""
+        return next((new for old, new in self.rotated if old == identity), None)
 
     def is_admin(self, identity: bytes) -> bool:
         return identity in self.admins
@@ -166,7 +175,7 @@ class RosterView:
 
 
 def _chain_status(
-    records: Mapping[bytes, MemberRecord | Tombstone], removed_at: Mapping[bytes, int]
+    records: Mapping[bytes, _Entry], removed_at: Mapping[bytes, int]
 ) -> dict[bytes, str | None]:
     """For every identity: None when its chain reaches genesis, else why not. Iterative, so
     a chain thousands of members long needs no recursion."""
@@ -214,12 +223,19 @@ def _chain_status(
 
 
 def _link_error(
-    record: MemberRecord | Tombstone, parent: MemberRecord | Tombstone, removed_at: int | None
+    record: _Entry, parent: _Entry, removed_at: int | None
 ) -> str | None:
     admitted_at = record.admission.admitted_at
     if admitted_at < parent.admission.admitted_at:
         return "it was admitted before its admitter was"
+    if isinstance(parent, Rotation) and record.identity == parent.successor:
+        # The successor continues its predecessor: same name, same place in priority.
+        if record.name != parent.name or admitted_at != parent.admission.admitted_at:
+            return "a successor keeps its predecessor's name and admission time"
+        return None
     if removed_at is not None and admitted_at > removed_at:
+        if isinstance(parent, Rotation):
+            return "it was admitted by its admitter's old key after the rotation"
         return "it was admitted after its admitter was removed"
     return None
 
@@ -230,7 +246,7 @@ def compute_view(records: Iterable[Record], network: MeshNetwork) -> RosterView:
     Admin acts are judged between a first pass of rule 1 (tombstones alone) and the final one
     (§7.14)."""
     problems: list[Problem] = []
-    entries: dict[bytes, MemberRecord | Tombstone] = {}
+    entries: dict[bytes, _Entry] = {}
     acts: list[AdminAct] = []
     for record in records:
         if isinstance(record, AdminAct):
@@ -238,6 +254,8 @@ def compute_view(records: Iterable[Record], network: MeshNetwork) -> RosterView:
         else:
             entries[record.identity] = record
     tombstoned = {k: r.removed_at for k, r in entries.items() if isinstance(r, Tombstone)}
+    # A rotation ends what the old key may do as a removal would, at rotated_at (§7.15).
+    tombstoned.update((k, r.rotated_at) for k, r in entries.items() if isinstance(r, Rotation))
     first = _chain_status(entries, tombstoned)
     timeline = _admin_timeline(entries, first, acts, problems)
     # Rule 1 again only when counted acts removed someone: otherwise the first pass stands.
@@ -266,6 +284,9 @@ def compute_view(records: Iterable[Record], network: MeshNetwork) -> RosterView:
                 *(r.admission.admitted_at for k, r in entries.items() if not first[k]),
             ]
         ),
+        rotated=tuple(
+            (k, r.successor) for k, r in sorted(entries.items()) if isinstance(r, Rotation)
+        ),
     )
 
 
@@ -283,7 +304,7 @@ _EVENT_ORDER = {ActKind.GRANT_ADMIN: 1, ActKind.REVOKE_ADMIN: 2, ActKind.REMOVE:
 
 
 def _admin_timeline(
-    entries: Mapping[bytes, MemberRecord | Tombstone],
+    entries: Mapping[bytes, _Entry],
     chain: Mapping[bytes, str | None],
     acts: list[AdminAct],
     problems: list[Problem],
@@ -293,10 +314,12 @@ def _admin_timeline(
     (tombstone or counted act) ends the member and its admin rights. Deterministic: events at
     one time are ordered by kind, then record hash."""
     chained = {k: r for k, r in entries.items() if chain.get(k) is None}
-    events: list[tuple[int, int, bytes, Tombstone | AdminAct]] = []
+    events: list[tuple[int, int, bytes, Tombstone | Rotation | AdminAct]] = []
     for record in chained.values():
         if isinstance(record, Tombstone):
             events.append((record.removed_at, 0, record.digest, record))
+        elif isinstance(record, Rotation):
+            events.append((record.rotated_at, 0, record.digest, record))
     for act in acts:
         events.append((act.at, _EVENT_ORDER[act.act], act.digest, act))
     events.sort(key=lambda e: e[:3])
@@ -310,6 +333,13 @@ def _admin_timeline(
             latest = at
             gone.add(event.identity)
             admins.discard(event.identity)
+            continue
+        if isinstance(event, Rotation):
+            # The old key's rights end here; an admin's rights pass to its successor.
+            gone.add(event.identity)
+            if event.identity in admins:
+                admins.discard(event.identity)
+                admins.add(event.successor)
             continue
         subject = chained.get(event.subject)
         if event.signer not in admins:
@@ -342,7 +372,7 @@ def _not_counted(act: AdminAct, why: str) -> Problem:
 
 
 def _by_chain(
-    entries: Mapping[bytes, MemberRecord | Tombstone],
+    entries: Mapping[bytes, _Entry],
     chain: Mapping[bytes, str | None],
     timeline: _Timeline,
     problems: list[Problem],
@@ -358,6 +388,8 @@ def _by_chain(
             problems.append(
                 Problem(kind=ProblemKind.BROKEN_CHAIN, identity=identity, detail=reason)
             )
+        elif isinstance(record, Rotation):
+            continue  # moved to its successor: neither live nor removed
         elif isinstance(record, Tombstone):
             removed.append(
                 Removed(
