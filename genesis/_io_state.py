@@ -25,7 +25,7 @@ import ipaddress
 import json
 import os
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -232,21 +232,51 @@ def staged_node_key(directory: Path, kind: str) -> bytes | None:
 
 
 def promote_node_key(directory: Path, kind: str) -> bool:
-    """Make the staged ``kind`` key the node's key: node.json first, then the rename (crash-safe
-    with :func:`load_node`'s recovery). False when nothing is staged. Raises StateError."""
+    """Make the staged ``kind`` key the node's key: this node's own entry in mesh.json first
+    (what a join ceremony hands to joiners), then node.json, then the rename — each write
+    atomic, the whole idempotent, and a crash after node.json finished by :func:`load_node`.
+    False when nothing is staged. Raises StateError."""
     staged = staged_node_key(directory, kind)
     if staged is None:
         return False
     path = directory / "node.json"
     try:
         info = _read_json(path)
-        info[_KEY_KINDS[kind]] = encode_key(_key_public(kind, staged))
+        field_name = _KEY_KINDS[kind]
+        old, new = decode_key(info[field_name]), _key_public(kind, staged)
+        _rekey_own_entry(directory, field_name, old, new)
+        info[field_name] = encode_key(new)
         atomic_write(path, _json_bytes(info))
         os.replace(directory / f"{kind}.key.next", directory / f"{kind}.key")
         _fsync_directory(directory)
-    except (OSError, TypeError) as exc:
+    except (OSError, TypeError, KeyError, KeyFormatError) as exc:
         raise StateError(f"cannot promote the new {kind} key in {directory}: {exc}") from exc
     return True
+
+
+def _rekeyed(member: MemberRecord, field_name: str, old: bytes, new: bytes) -> MemberRecord:
+    if field_name == "identity" and member.identity == old:
+        return replace(member, identity=new)
+    if field_name == "wg" and member.wg == old:
+        return replace(member, wg=new)
+    return member
+
+
+def _rekey_own_entry(directory: Path, field_name: str, old: bytes, new: bytes) -> None:
+    """Replace ``old`` by ``new`` in mesh.json: this node's roster entry and, for an identity,
+    the members it is recorded as having sponsored (so its agent still signs their admissions,
+    RFC-NOTES §7.9). No entry with ``old``: already done, nothing to write."""
+    mesh = load_mesh(directory)
+    if mesh is None or not any(getattr(m, field_name) == old for m in mesh.roster):
+        return
+    roster = tuple(_rekeyed(m, field_name, old, new) for m in mesh.roster)
+    sponsors = mesh.sponsors
+    if field_name == "identity":
+        sponsors = {(new if k == old else k): (new if v == old else v) for k, v in sponsors.items()}
+    atomic_write(
+        directory / "mesh.json",
+        _json_bytes(_mesh_json(replace(mesh, roster=roster, sponsors=sponsors))),
+    )
 
 
 def discard_staged_key(directory: Path, kind: str) -> None:

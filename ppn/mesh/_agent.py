@@ -195,10 +195,13 @@ class MeshAgent:
         """Control addresses (RFC-NOTES §7.1) this node talks PPN control with: every other live
         member, plus bootstrap addresses while no other member is known."""
         mine = node_address6(self.roster.mesh, self.identity.public)
+        view = self.roster.view()
+        # After an identity rotation this node is also its successor (RFC-NOTES §7.15).
+        me = {self.identity.public, view.current_identity(self.identity.public)}
         targets = [
             node_address6(self.roster.mesh, m.identity)
-            for m in self.roster.view().members
-            if m.identity != self.identity.public
+            for m in view.members
+            if m.identity not in me
         ]
         if not targets:
             targets = [a for a in self._bootstrap if a != mine]

@@ -79,6 +79,83 @@ def register(subparsers: Subparsers) -> None:
     _state_arg(w)
     w.add_argument("--json", action="store_true", help="print the outcome as JSON")
     w.set_defaults(handler=_rotate_wireguard)
+    i = sub.add_parser(
+        "identity",
+        help="new identity key; the mesh follows, admissions it made stay valid",
+        description=(
+            "Generate a new identity (Ed25519) key, stage it as identity.key.next, and sign a "
+            "rotation record with both the old and the new key, plus the new identity's first "
+            "entry: admitted by the old identity under the same name and admission time, with "
+            "the same WireGuard key, address, endpoints and roles. The agent delivers both to "
+            "the mesh as the old identity, then promotes the key (node.json, then "
+            "identity.key) and restarts itself under the new one: a new node id and control "
+            "address, the same tunnel. Members this node admitted stay; anything the old key "
+            "signs after the rotation (admissions, admin acts, entries) no longer counts. The "
+            "genesis node's identity names the mesh and is not rotated."
+        ),
+        epilog=ROTATE_STATUSES + "\nexample:\n  ppn rotate identity --state /var/lib/ppn --json\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _state_arg(i)
+    i.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    i.set_defaults(handler=_rotate_identity)
+
+
+def _rotate_identity(args: argparse.Namespace) -> int:
+    from genesis import StateError, stage_node_key, staged_node_key
+
+    from .._keys import IdentityKey, encode_key
+    from ._ids import node_id
+    from ._rotation import RotationRefused, identity_rotation_pending, sign_identity_rotation
+
+    files, (roster, _) = _load(args.state)
+    try:
+        staged = staged_node_key(args.state, "identity")
+    except StateError as exc:
+        raise CommandError(str(exc), EXIT_BAD_STATE) from exc
+    if staged is not None and identity_rotation_pending(
+        roster, files.identity.public, staged=IdentityKey.from_seed(staged).public
+    ):
+        raise CommandError(
+            "an earlier identity rotation is still being handed over; nothing changed",
+            EXIT_ROTATION_PENDING,
+        )
+    new = IdentityKey.generate()
+    try:
+        # Probe before staging: a refused rotation leaves no staged key behind.
+        sign_identity_rotation(roster.copy(), files.identity, new, now=int(time.time()))
+    except RotationRefused as exc:
+        raise CommandError(str(exc), EXIT_ROTATE_REFUSED) from exc
+    try:
+        stage_node_key(args.state, "identity", new.seed)
+    except StateError as exc:
+        raise CommandError(str(exc), EXIT_BAD_STATE) from exc
+    rotation, successor = sign_identity_rotation(roster, files.identity, new, now=int(time.time()))
+    outcome = _hand_over(
+        args.state,
+        files,
+        (rotation, successor),
+        lambda: _node_json_key(args.state, "identity") == new.public,
+    )
+    result = {
+        "rotated": "identity",
+        "name": files.name,
+        "old_identity": encode_key(files.identity.public),
+        "new_identity": encode_key(new.public),
+        "old_node_id": node_id(files.identity.public).hex(),
+        "new_node_id": node_id(new.public).hex(),
+        "rotated_at": rotation.rotated_at,
+        "agent": outcome,
+    }
+    _report(
+        args,
+        result,
+        done=f"rotated the identity of {files.name}: node {result['old_node_id'][:8]} -> "
+        f"{result['new_node_id'][:8]}; the members have it and the agent runs as the new one",
+        queued=f"signed the identity rotation of {files.name} (new node "
+        f"{result['new_node_id'][:8]}); the agent hands it over when 'ppn up' next runs",
+    )
+    return 0
 
 
 def _rotate_wireguard(args: argparse.Namespace) -> int:
@@ -119,7 +196,9 @@ def _rotate_wireguard(args: argparse.Namespace) -> int:
         record = sign_wireguard_rotation(roster, files.identity, new.public)
     except RotationRefused as exc:
         raise CommandError(str(exc), EXIT_ROTATE_REFUSED) from exc
-    outcome = _hand_over(args.state, files, record, lambda: _node_json_wg(args.state) == new.public)
+    outcome = _hand_over(
+        args.state, files, record, lambda: _node_json_key(args.state, "wg") == new.public
+    )
     result = {
         "rotated": "wireguard",
         "name": files.name,
@@ -128,27 +207,32 @@ def _rotate_wireguard(args: argparse.Namespace) -> int:
         "version": record.version,
         "agent": outcome,
     }
-    if args.json:
-        print(json.dumps(result, sort_keys=True))
-    elif outcome == "handed-over":
-        print(
-            f"rotated the WireGuard key of {files.name}: {result['old_key']} -> "
-            f"{result['new_key']} (entry version {record.version}); the members have it"
-        )
-    else:
-        print(
-            f"signed the new WireGuard key of {files.name} ({result['new_key']}); the agent "
-            "hands it over when 'ppn up' next runs"
-        )
+    _report(
+        args,
+        result,
+        done=f"rotated the WireGuard key of {files.name}: {result['old_key']} -> "
+        f"{result['new_key']} (entry version {record.version}); the members have it",
+        queued=f"signed the new WireGuard key of {files.name} ({result['new_key']}); the agent "
+        "hands it over when 'ppn up' next runs",
+    )
     return 0
 
 
-def _node_json_wg(state: Path) -> bytes | None:
+def _report(args: argparse.Namespace, result: dict[str, Any], *, done: str, queued: str) -> None:
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(done if result["agent"] == "handed-over" else queued)
+
+
+def _node_json_key(state: Path, field: str) -> bytes | None:
+    """The public key node.json names under ``field`` ("wg" or "identity"): it changes when
+    the agent promotes a staged key."""
     from .._keys import decode_key
 
     try:
         info = json.loads((state / "node.json").read_text())
-        return decode_key(info["wg"])
+        return decode_key(info[field])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -264,10 +264,13 @@ class DeviceWireGuard:
     def desired(self, roster: Roster, state: wg.DeviceState, now: float) -> DesiredConfig:
         observations = observations_from(state)
         local = local_networks(exclude=self.interface) if self.plumb else []
+        # Between handing an identity rotation over and restarting as the successor, this
+        # node configures itself as the successor (RFC-NOTES §7.15).
+        me = roster.view().current_identity(self.self_identity)
         topology = plan_topology(
             roster.view(),
             network=roster.network,
-            self_identity=self.self_identity,
+            self_identity=me,
             observations=observations,
             now=int(now),
             local_networks=local,
@@ -277,7 +280,7 @@ class DeviceWireGuard:
             topology.config,
             roster=roster,
             preliminary=self.preliminary(),
-            self_identity=self.self_identity,
+            self_identity=me,
             fallback_address=self.fallback_address,
             fallback_control_address=self.fallback_control_address,
             observations=observations,

@@ -25,6 +25,7 @@ __all__ = [
     "KeyStatus",
     "RotationRefusal",
     "RotationRefused",
+    "identity_rotation_pending",
     "sign_identity_rotation",
     "sign_wireguard_rotation",
     "wireguard_key_status",
@@ -124,6 +125,17 @@ def wireguard_key_status(
     if staged is not None and record.wg_key == staged and staged != current:
         return KeyStatus.PENDING
     return KeyStatus.CURRENT
+
+
+def identity_rotation_pending(
+    roster: Roster, identity: bytes, *, staged: bytes | None
+) -> Rotation | None:
+    """This node's rotation record when it names the staged identity key (signed, not yet
+    promoted: hand it over, then promote and restart as the successor); else None."""
+    record = roster.get(identity)
+    if isinstance(record, Rotation) and staged is not None and record.successor == staged:
+        return record
+    return None
 
 
 @dataclass

@@ -190,6 +190,7 @@ def plan_topology(
         i_am_natted=not me.endpoints,
         network=network,
         control_net=control_network(me.record.mesh),
+        predecessors=_predecessors(view),
     )
     peers: list[DesiredPeer] = []
     paths: list[PeerPath] = []
@@ -238,6 +239,25 @@ class _Here:
     i_am_natted: bool  # this node lists no endpoint
     network: MeshNetwork
     control_net: str
+    # successor -> the identities it rotated from (RFC-NOTES §7.15), oldest last
+    predecessors: Mapping[bytes, tuple[bytes, ...]]
+
+
+def _predecessors(view: RosterView) -> dict[bytes, tuple[bytes, ...]]:
+    """For each identity that is some rotation's successor, every identity it descends from.
+    A rotated member keeps its predecessors' control addresses routed: a node that crashed
+    between handing its rotation over and taking its new identity still reaches its peers
+    from the old control address (RFC-NOTES §7.15)."""
+    parent = {new: old for old, new in view.rotated}
+    out: dict[bytes, tuple[bytes, ...]] = {}
+    for new in parent:
+        chain: list[bytes] = []
+        current = new
+        while current in parent and len(chain) < len(parent):
+            current = parent[current]
+            chain.append(current)
+        out[new] = tuple(chain)
+    return out
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -270,7 +290,10 @@ def _see(
         natted=not member.endpoints,
         own_route=(_host_prefix(member.address),) if member.routed else (),
         # The control address never conflicts, so it is routed even when the IPv4 one is not.
-        control_route=(f"{node_address6(here.me.record.mesh, member.identity)}/128",),
+        control_route=tuple(
+            f"{node_address6(here.me.record.mesh, identity)}/128"
+            for identity in (member.identity, *here.predecessors.get(member.identity, ()))
+        ),
     )
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-from .._keys import WireGuardKeyPair, encode_key
+from .._keys import IdentityKey, WireGuardKeyPair, encode_key
 from ..ports import CONTROL_PORT, WIREGUARD_PORT
 from ._agent import PULL_INTERVAL, MeshAgent
 from ._bootstrap import sponsor_admissions
@@ -44,9 +44,15 @@ from ._io_state import (
 )
 from ._io_wg import DeviceHandle, DeviceWireGuard, ensure_device, nudge
 from ._names import hosts_fragment, replace_hosts_block
-from ._records import AdminAct, MemberRecord, Record
+from ._records import AdminAct, MemberRecord, Record, Rotation
 from ._roster import MergeResult, Roster
-from ._rotation import HANDOVER_RETRY, Handover, KeyStatus, wireguard_key_status
+from ._rotation import (
+    HANDOVER_RETRY,
+    Handover,
+    KeyStatus,
+    identity_rotation_pending,
+    wireguard_key_status,
+)
 from ._trio import MeshNode
 
 __all__ = ["AgentOptions", "NodeAgent", "run_agent"]
@@ -120,6 +126,8 @@ def _merge_queued(roster: Roster, state: Path) -> tuple[list[Record], OutboxClai
 def _describe(record: Record) -> str:
     if isinstance(record, AdminAct):
         return f"admin act {record.act.value} on {short_id(node_id(record.subject))}"
+    if isinstance(record, Rotation):
+        return f"identity rotation of {record.name}"
     kind = "removal" if not isinstance(record, MemberRecord) else "entry"
     return f"{kind} of {record.name}"
 
@@ -184,6 +192,9 @@ class NodeAgent:
         # (RFC-NOTES §7.15); a rotated key waits staged in wireguard.key.next until then.
         self.wg: WireGuardKeyPair = files.wg
         self._handover_wanted = trio.Event()
+        # Set when an identity rotation was handed over: run_agent starts again as the successor.
+        self.restart_requested = False
+        self._serve_scope: trio.CancelScope | None = None
         self.node: MeshNode | None = None  # set once the initial state is saved
         self.address = files.address  # the routed address, once the device is reconciled
         self.device = DeviceWireGuard(
@@ -319,6 +330,7 @@ class NodeAgent:
         assert node is not None, "start() builds the node"
         try:
             async with trio.open_nursery() as nursery:
+                self._serve_scope = nursery.cancel_scope
                 nursery.start_soon(self._watch_signals, nursery.cancel_scope)
                 port = await nursery.start(node.run)
                 nursery.start_soon(self._watch, node)
@@ -405,14 +417,19 @@ class NodeAgent:
 
     # --- key rotation (RFC-NOTES §7.15) ------------------------------------------------------
 
-    def _staged_wireguard(self) -> WireGuardKeyPair | None:
+    def _staged(self, kind: str) -> bytes | None:
+        """The staged ``kind`` key ("wireguard" or "identity"), or None (also when unreadable:
+        the handover then waits, and says why in the log)."""
         from genesis import StateError, staged_node_key
 
         try:
-            staged = staged_node_key(self.opts.state, "wireguard")
+            return staged_node_key(self.opts.state, kind)
         except StateError as exc:
-            log.warning("cannot read the staged WireGuard key: %s", exc)
+            log.warning("cannot read the staged %s key: %s", kind, exc)
             return None
+
+    def _staged_wireguard(self) -> WireGuardKeyPair | None:
+        staged = self._staged("wireguard")
         return None if staged is None else WireGuardKeyPair.from_private(staged)
 
     def _wireguard_status(self) -> tuple[KeyStatus, WireGuardKeyPair | None]:
@@ -426,14 +443,63 @@ class NodeAgent:
         return status, staged
 
     def _check_handover(self) -> None:
-        if self._wireguard_status()[0] is KeyStatus.PENDING:
+        if self._wireguard_status()[0] is KeyStatus.PENDING or self._identity_pending():
             self._handover_wanted.set()
+
+    def _staged_identity(self) -> IdentityKey | None:
+        staged = self._staged("identity")
+        return None if staged is None else IdentityKey.from_seed(staged)
+
+    def _identity_pending(self) -> bool:
+        staged = self._staged_identity()
+        return (
+            identity_rotation_pending(
+                self.roster,
+                self.files.identity.public,
+                staged=None if staged is None else staged.public,
+            )
+            is not None
+        )
 
     async def _hand_over_keys(self, node: MeshNode) -> None:
         while True:
             await self._handover_wanted.wait()
             self._handover_wanted = trio.Event()
             await self._hand_over_wireguard(node)
+            await self._hand_over_identity(node)
+
+    async def _hand_over_identity(self, node: MeshNode) -> None:
+        """Deliver this node's rotation and its successor's entry as the old identity (its
+        control address is the one the members route to it), then promote the new identity
+        key and restart as the successor (RFC-NOTES §7.15)."""
+        from genesis import StateError, promote_node_key
+
+        while True:
+            staged = self._staged_identity()
+            rotation = identity_rotation_pending(
+                self.roster,
+                self.files.identity.public,
+                staged=None if staged is None else staged.public,
+            )
+            successor = None if staged is None else self.roster.get(staged.public)
+            if rotation is None or successor is None:
+                return
+            acked = await node.deliver((rotation, successor))
+            if acked:
+                break
+            log.info("no member took the identity rotation yet; retrying")
+            await trio.sleep(HANDOVER_RETRY)
+        try:
+            await trio.to_thread.run_sync(promote_node_key, self.opts.state, "identity")
+        except StateError as exc:
+            log.warning("promoting the new identity key failed (retried at restart): %s", exc)
+            return
+        self.opts.progress(
+            f"identity rotated; {acked} member(s) had it first; restarting as the successor"
+        )
+        self.restart_requested = True
+        if self._serve_scope is not None:
+            self._serve_scope.cancel()
 
     async def _hand_over_wireguard(self, node: MeshNode) -> None:
         """Deliver this node's record naming the staged key, then promote the key and switch
@@ -491,6 +557,13 @@ class NodeAgent:
 async def run_agent(
     opts: AgentOptions, *, ready: Callable[[dict[str, object]], None] | None = None
 ) -> None:
-    """Run the agent until SIGTERM/SIGINT (or cancellation). Raises the I/O modules' errors."""
-    agent = await NodeAgent.start(opts)
-    await agent.serve(ready=ready)
+    """Run the agent until SIGTERM/SIGINT (or cancellation). Raises the I/O modules' errors.
+
+    After an identity rotation is handed over the agent starts again in the same process under
+    the new identity (the device is adopted as it is; RFC-NOTES §7.15)."""
+    while True:
+        agent = await NodeAgent.start(opts)
+        await agent.serve(ready=ready)
+        if not agent.restart_requested:
+            return
+        ready = None  # announced once

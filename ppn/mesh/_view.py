@@ -143,6 +143,15 @@ class RosterView:
         """The identity ``identity`` rotated to, if it did (RFC-NOTES §7.15)."""
         return next((new for old, new in self.rotated if old == identity), None)
 
+    def current_identity(self, identity: bytes) -> bytes:
+        """``identity``, or the last successor of its rotations: who a node whose agent still
+        runs under an old identity is now (same WireGuard key, same address)."""
+        seen = {identity}
+        while (successor := self.successor_of(identity)) is not None and successor not in seen:
+            seen.add(successor)
+            identity = successor
+        return identity
+
     def is_admin(self, identity: bytes) -> bool:
         return identity in self.admins
 
@@ -222,9 +231,7 @@ def _chain_status(
     return status
 
 
-def _link_error(
-    record: _Entry, parent: _Entry, removed_at: int | None
-) -> str | None:
+def _link_error(record: _Entry, parent: _Entry, removed_at: int | None) -> str | None:
     admitted_at = record.admission.admitted_at
     if admitted_at < parent.admission.admitted_at:
         return "it was admitted before its admitter was"

@@ -1,19 +1,22 @@
-"""``ppn rotate wireguard`` on real wireguard-go in three namespaces, agents running, CLI only
+"""``ppn rotate wireguard`` and ``ppn rotate identity`` on real wireguard-go in three namespaces, agents running, CLI only
 (issue 18): every member swaps the rotating node's peer (old public key gone, new one present
 with the same allowed IPs), pings keep flowing with a gap well under one handshake retry, and a
 rotation signed while the node's agent was down (the crash window between staging the key and
-publishing the record) is handed over by the next 'ppn up' without locking the node out."""
+publishing the record) is handed over by the next 'ppn up' without locking the node out; an
+identity rotation keeps the member working, the members it admitted, and its power to admit."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from interop.mesh_platform import quick_ping, start_agent, stop_agent, wait_for
+from interop.mesh_platform import Node, ceremony, quick_ping, start_agent, stop_agent, wait_for
 from interop.netns import Lab
 from interop.rotation_gap import address, build_mesh, longest_gap, peers, rotate_once
+from ppn import decode_key
 
 # One WireGuard handshake retry (REKEY_TIMEOUT): the issue's bound for the swap.
 HANDSHAKE_RETRY = 5.0
@@ -132,5 +135,77 @@ def test_members_that_took_the_record_before_a_crash_are_found_with_the_new_key(
         "bravo to find the members with its new key and promote it",
     )
     wait_for(lambda: quick_ping(g.host, address(b)), 30, "genesis to reach bravo again")
+    for node in nodes.values():
+        assert stop_agent(node) == 0
+
+
+def _join_via(lab: Lab, nodes: dict[str, Node], sponsor: str, name: str, subnet: int) -> Node:
+    """A new namespace linked to every member, admitted through ``sponsor``'s 'ppn invite'."""
+    host = lab.host(name)
+    endpoints = []
+    for i, other in enumerate(nodes.values()):
+        net = f"10.78.{subnet + i}"
+        lab.link(other.host, f"{net}.1/24", host, f"{net}.2/24")
+        endpoints.append(f"{net}.2:51820")
+        if other.name == sponsor:
+            listen = f"{net}.1:0"
+    node = Node(host, name, nodes[sponsor].state.parent / name, lab.unique_ifname("ppn"))
+    ceremony(nodes[sponsor], node, listen=listen, first=False, joiner_endpoints=endpoints)
+    start_agent(node)
+    nodes[name] = node
+    return node
+
+
+def _signed(node: Node) -> Any:
+    from ppn.mesh._io_state import load_mesh_files, load_roster
+
+    files = load_mesh_files(node.state)
+    saved = load_roster(node.state, mesh=files.mesh, cidr=files.cidr)
+    assert saved is not None
+    return saved.roster
+
+
+@pytest.mark.netns
+def test_rotate_identity_keeps_the_member_working_and_able_to_admit(
+    lab: Lab, tmp_path: Path
+) -> None:
+    nodes = build_mesh(lab, tmp_path)
+    g, b = nodes["genesis"], nodes["bravo"]
+    # delta is admitted by bravo before the rotation: it must stay.
+    delta = _join_via(lab, nodes, "bravo", "delta", 20)
+    wait_for(lambda: quick_ping(g.host, address(delta)), 60, "genesis to reach delta")
+    old_node = json.loads((b.state / "node.json").read_text())["identity"]
+    agent_pid = b.agent.pid if b.agent else None
+    out = json.loads(b.ppn("rotate", "identity", "--state", str(b.state), "--json").stdout)
+    assert out["agent"] == "handed-over" and out["old_identity"] == old_node
+    assert json.loads((b.state / "node.json").read_text())["identity"] == out["new_identity"]
+    assert not (b.state / "identity.key.next").exists()
+    assert b.agent is not None and b.agent.poll() is None and b.agent.pid == agent_pid
+    for other in (g, nodes["charlie"], delta):
+        wait_for(
+            lambda other=other: any(  # type: ignore[misc]
+                m["name"] == "bravo" and m["node_id"] == out["new_node_id"]
+                for m in other.status()["members"]
+            ),
+            30,
+            f"{other.name} to know bravo's new identity",
+        )
+        assert {m["name"] for m in other.status()["members"]} >= {"genesis", "bravo", "delta"}
+    wait_for(lambda: quick_ping(g.host, address(b)), 30, "genesis to reach bravo")
+    wait_for(lambda: quick_ping(b.host, address(g)), 30, "bravo to reach genesis")
+    wait_for(lambda: quick_ping(g.host, address(delta)), 30, "genesis to reach delta")
+    # The old identity is neither live nor removed on any member; its key's records are dead.
+    view = _signed(g).view()
+    old_raw, new_raw = decode_key(out["old_identity"]), decode_key(out["new_identity"])
+    assert view.member(old_raw) is None and view.successor_of(old_raw) == new_raw
+    assert not view.is_removed(old_raw)
+    # Still able to admit: echo joins through bravo's 'ppn invite' under the new identity.
+    echo = _join_via(lab, nodes, "bravo", "echo", 40)
+    wait_for(lambda: quick_ping(g.host, address(echo)), 60, "genesis to reach echo")
+    record = _signed(g).get(
+        decode_key(json.loads((echo.state / "node.json").read_text())["identity"])
+    )
+    assert record is not None and record.admission.admitter == new_raw
+    assert _signed(g).view().member(record.identity) is not None
     for node in nodes.values():
         assert stop_agent(node) == 0

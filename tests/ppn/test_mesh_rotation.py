@@ -155,3 +155,47 @@ def test_a_node_json_naming_an_unknown_key_is_still_refused(tmp_path: Path) -> N
     (directory / "node.json").write_text(json.dumps(info))
     with pytest.raises(StateError):
         load_node(directory)
+
+
+def test_promotion_rekeys_this_node_s_mesh_json_entry_and_its_sponsorships(tmp_path: Path) -> None:
+    from genesis._io_state import (
+        MemberRecord as CeremonyMember,
+    )
+    from genesis._io_state import (
+        MeshState,
+        load_mesh,
+        new_node,
+        write_membership,
+    )
+    from ppn import IdentityKey
+
+    node = new_node("alpha")
+    joiner = CeremonyMember(
+        name="bravo", identity=identity("bravo").public, wg=wg("bravo").public, address="10.8.0.3"
+    )
+    own = CeremonyMember(
+        name="alpha", identity=node.identity.public, wg=node.wg.public, address="10.8.0.2"
+    )
+    mesh = MeshState(
+        mesh_id=b"\x01" * 16,
+        cidr=CIDR,
+        address="10.8.0.2",
+        sponsor=identity("genesis").public,
+        roster=(own, joiner),
+        sponsors={joiner.identity: node.identity.public},
+    )
+    write_membership(tmp_path, node, mesh)
+    new_identity, new_wg = IdentityKey.generate(), WireGuardKeyPair.generate()
+    stage_node_key(tmp_path, "identity", new_identity.seed)
+    stage_node_key(tmp_path, "wireguard", new_wg.private)
+    assert promote_node_key(tmp_path, "identity") and promote_node_key(tmp_path, "wireguard")
+    after = load_mesh(tmp_path)
+    assert after is not None
+    me = after.member(new_identity.public)
+    assert me is not None and me.wg == new_wg.public and me.name == "alpha"
+    assert after.member(node.identity.public) is None
+    assert after.sponsor_of(joiner.identity) == new_identity.public
+    assert after.member(joiner.identity) == joiner
+    loaded = load_node(tmp_path)
+    assert loaded is not None
+    assert (loaded.identity.public, loaded.wg.public) == (new_identity.public, new_wg.public)

@@ -64,7 +64,7 @@ def admitted_by(fleet: Fleet, admitter: str, name: str, at: int) -> MemberRecord
 
 
 def test_the_successor_takes_over_everything_but_the_key() -> None:
-    fleet, rotation, successor = rotated_fleet()
+    fleet, rotation, _ = rotated_fleet()
     old, new = fleet.keys["alpha"].public, fleet.keys["alpha2"].public
     view = fleet.roster.view()
     assert view.member(old) is None and not view.is_removed(old)
@@ -334,5 +334,6 @@ def test_a_rotated_identity_is_never_live_and_its_successor_never_doubles_it(
     live = {m.identity for m in view.members}
     for old, new in view.rotated:
         assert old not in live
+        assert view.successor_of(old) == new
     names = [m.name for m in view.members if m.named]
     assert len(names) == len(set(names))
