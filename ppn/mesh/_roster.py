@@ -37,7 +37,6 @@ from ._records import (
     InvalidRecord,
     MemberRecord,
     Record,
-    Rotation,
     Tombstone,
     build_record,
     check_record,

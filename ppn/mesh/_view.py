@@ -343,6 +343,7 @@ def _admin_timeline(
             continue
         if isinstance(event, Rotation):
             # The old key's rights end here; an admin's rights pass to its successor.
+            latest = at
             gone.add(event.identity)
             if event.identity in admins:
                 admins.discard(event.identity)
