@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -248,11 +249,13 @@ def _up(args: argparse.Namespace) -> int:
         progress=progress,
     )
 
-    async def run() -> None:
+    async def run_once(announce: Callable[[dict[str, object]], None] | None) -> bool:
+        """One agent's life; True when it handed an identity rotation over and the agent is
+        to start again under the new identity (RFC-NOTES §7.15)."""
         agent = await NodeAgent.start(options)
         if not args.metrics:
-            await agent.serve(ready=ready)
-            return
+            await agent.serve(ready=announce)
+            return agent.restart_requested
         from ..cli._metrics import AgentCollector, Metrics
 
         metrics = Metrics(EXIT_CONTROL)
@@ -261,8 +264,14 @@ def _up(args: argparse.Namespace) -> int:
         metrics.listener("control", agent.node.guard)
         async with trio.open_nursery() as nursery:
             await nursery.start(metrics.serve, args.metrics)
-            await agent.serve(ready=ready)
+            await agent.serve(ready=announce)
             nursery.cancel_scope.cancel()
+        return agent.restart_requested
+
+    async def run() -> None:
+        announce: Callable[[dict[str, object]], None] | None = ready
+        while await run_once(announce):
+            announce = None  # 'up' is announced once per process
 
     try:
         trio_run(run)

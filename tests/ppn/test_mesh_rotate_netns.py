@@ -207,5 +207,7 @@ def test_rotate_identity_keeps_the_member_working_and_able_to_admit(
     )
     assert record is not None and record.admission.admitter == new_raw
     assert _signed(g).view().member(record.identity) is not None
+    # The same 'ppn up' process did all of it: it restarted itself in place as the successor.
+    assert b.agent is not None and b.agent.poll() is None and b.agent.pid == agent_pid
     for node in nodes.values():
         assert stop_agent(node) == 0
