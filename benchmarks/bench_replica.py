@@ -68,6 +68,7 @@ def main() -> None:
             [*PPN, "vault", "serve", "--store", "primary", "--listen", "127.0.0.1:0"],
             cwd=d,
             stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # the primary's log
             text=True,
         )
         assert server.stdout is not None

@@ -490,3 +490,42 @@ def test_a_refused_replicate_request_does_not_admit_the_connection(tmp_path: Pat
     assert [e.code for e in errors] == [ErrorCode.NOT_PERMITTED, ErrorCode.PROTOCOL]
     assert errors[1].request_id == 0 and "before admission" in errors[1].message
     vault.close()
+
+
+@pytest.mark.parametrize("server_loop", ["trio", "asyncio"])
+def test_a_primary_on_either_loop_serves_replicate(tmp_path: Path, server_loop: str) -> None:
+    """The asyncio vault server answers replicate too (its end carries the seal)."""
+    import psp
+    from tests._both_loops import served
+
+    vault = _primary(tmp_path, 5000)
+    vault.store.revoke(b"\x07" * 32, now=NOW)
+
+    async def trio_start(task_status: trio.TaskStatus[int]) -> None:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(
+                partial(psp.serve_vault, vault, "127.0.0.1", 0, clock=lambda: NOW)
+            )
+            task_status.started(listeners[0].socket.getsockname()[1])
+
+    async def asyncio_start() -> tuple[int, Any]:
+        server = await psp.serve_vault_asyncio(vault, "127.0.0.1", 0, clock=lambda: NOW)
+        return server.port, server.close
+
+    with served(server_loop, trio_start, asyncio_start) as port:
+        follower = ReplicaFollower(
+            tmp_path / "replica",
+            host="127.0.0.1",
+            port=port,
+            key=HOLDER,
+            capability=_cap(),  # type: ignore[arg-type]
+            clock=lambda: NOW,
+        )
+        status = trio.run(partial(follower.run, once=True))
+        follower.close()
+    assert status.seq == 5000
+    replica = Store.open(tmp_path / "replica")
+    assert replica.head() == vault.store.head() and replica.verify().ok
+    assert replica.new_revocations() == [b"\x07" * 32]
+    replica.close()
+    vault.close()
