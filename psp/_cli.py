@@ -314,6 +314,8 @@ def _vault_serve(args: argparse.Namespace) -> int:
         raise error(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_UNAVAILABLE
         ) from None
+    finally:
+        vault.close()  # also on Ctrl-C: denial counts not yet committed reach the store
     return 0
 
 

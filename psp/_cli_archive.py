@@ -235,8 +235,8 @@ def add_vault_restore(vsub: Any) -> None:
         ),
         epilog=(
             "exit statuses: 53 the archive is invalid, damaged or truncated; 54 the passphrase "
-            "does not open its key; 46 DIR is not empty or the disk refused the write — in each "
-            "case nothing is written.\nexample:\n  ppn vault restore v.pspvault --store v2 && ppn vault verify --store v2"
+            "does not open its key; 46 DIR is not empty or the disk refused the write; 130 "
+            "interrupted — in each case nothing is written.\nexample:\n  ppn vault restore v.pspvault --store v2 && ppn vault verify --store v2"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
