@@ -142,3 +142,37 @@ async def test_a_silent_or_slow_client_is_closed_and_a_flood_is_refused() -> Non
         }
         assert refusals[("metrics", "per_source")] == 1 and refusals[("metrics", "full")] == 0
         nursery.cancel_scope.cancel()
+
+
+def test_vault_metrics_count_into_the_right_buckets() -> None:
+    from prometheus_client.exposition import generate_latest
+
+    from ppn.cli._metrics import VaultMetrics
+    from psp import ErrorCode
+
+    registry = CollectorRegistry()
+    vault = VaultMetrics(registry)
+    for seconds in (0.0005, 0.0007, 0.003, 9.0):  # a bound itself counts in its bucket (le)
+        vault.ok(seconds)
+    vault.failed(ErrorCode.REPLAYED, 0.001, True)
+    vault.failed(ErrorCode.INTERNAL, 0.001, False)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in f.samples
+    }
+    bucket = "psp_vault_query_seconds_bucket"
+    assert samples[(bucket, (("le", "0.0005"),))] == 1
+    assert samples[(bucket, (("le", "0.001"),))] == 4
+    assert samples[(bucket, (("le", "0.0025"),))] == 4
+    assert samples[(bucket, (("le", "0.005"),))] == 5
+    assert samples[(bucket, (("le", "5.0"),))] == 5
+    assert (
+        samples[(bucket, (("le", "+Inf"),))] == samples[("psp_vault_query_seconds_count", ())] == 6
+    )
+    assert abs(samples[("psp_vault_query_seconds_sum", ())] - 9.0062) < 1e-9
+    assert samples[("psp_vault_queries_total", (("outcome", "ok"),))] == 4
+    assert samples[("psp_vault_queries_total", (("outcome", "replayed"),))] == 1
+    assert samples[("psp_vault_queries_total", (("outcome", "internal"),))] == 1
+    assert samples[("psp_vault_denials_total", (("code", "replayed"),))] == 1
+    assert ("psp_vault_denials_total", (("code", "internal"),)) not in samples
