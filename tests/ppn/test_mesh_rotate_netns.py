@@ -47,6 +47,8 @@ def test_rotate_wireguard_swaps_the_peer_everywhere_within_one_handshake(
         n: allowed_ips(nodes[n], json.loads((b.state / "node.json").read_text())["wg"])
         for n in ("genesis", "charlie")
     }
+    bravo_identity = decode_key(json.loads((b.state / "node.json").read_text())["identity"])
+    first_record = _signed(b).get(bravo_identity)
     for _ in range(2):
         rotation = rotate_once(nodes)
         assert rotation.gap < HANDSHAKE_RETRY, rotation
@@ -68,6 +70,16 @@ def test_rotate_wireguard_swaps_the_peer_everywhere_within_one_handshake(
         assert not (b.state / "wireguard.key.next").exists()
     for name, other in (("genesis", g), ("charlie", c)):
         assert allowed_ips(other, rotation.new_key) == before[name]
+    # Replay: genesis's agent takes bravo's first record again (through its outbox, verified
+    # like any record) and pushes nothing; the old key does not come back anywhere.
+    from ppn.mesh._io_state import queue_records
+
+    queue_records(g.state, [first_record])
+    wait_for(lambda: not (g.state / "outbox.bin").exists(), 20, "genesis to take the replay")
+    latest = _signed(g).get(bravo_identity)
+    assert latest is not None and latest.version > first_record.version
+    assert rotation.new_key in peers(g) and rotation.new_key in peers(c)
+    assert rotation.old_key not in peers(g) and quick_ping(g.host, address(b))
     # The ceremony's preliminary peers never come back for a member the signed roster knows.
     assert len(peers(g)) == 2 and len(peers(c)) == 2
     status = g.status()
