@@ -186,6 +186,10 @@ def test_rotate_identity_keeps_the_member_working_and_able_to_admit(
     # delta is admitted by bravo before the rotation: it must stay.
     delta = _join_via(lab, nodes, "bravo", "delta", 20)
     wait_for(lambda: quick_ping(g.host, address(delta)), 60, "genesis to reach delta")
+    # The genesis node's identity names the mesh: refused, nothing staged.
+    refused = g.ppn("rotate", "identity", "--state", str(g.state), check=False)
+    assert refused.returncode == 80 and "genesis" in refused.stderr
+    assert not (g.state / "identity.key.next").exists()
     old_node = json.loads((b.state / "node.json").read_text())["identity"]
     agent_pid = b.agent.pid if b.agent else None
     out = json.loads(b.ppn("rotate", "identity", "--state", str(b.state), "--json").stdout)
