@@ -529,3 +529,37 @@ def test_a_primary_on_either_loop_serves_replicate(tmp_path: Path, server_loop: 
     assert replica.new_revocations() == [b"\x07" * 32]
     replica.close()
     vault.close()
+
+
+# --- the command's surface -----------------------------------------------------------------------
+
+
+def test_follow_command_help_and_refusals_before_any_connection(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    ppn = [str(Path(sys.executable).parent / "ppn")]
+    shown = subprocess.run([*ppn, "vault", "follow", "--help"], capture_output=True, text=True)
+    assert shown.returncode == 0
+    for word in ("--from", "--cap", "--serve", "--once", "--json", "replicate", "exit statuses"):
+        assert word in shown.stdout
+    (tmp_path / "holder.key").write_text("not a key\n")
+    other = IdentityKey.from_seed(b"z" * 32)
+    from psp._io_vault import write_key_file
+
+    write_key_file(tmp_path / "other.key", other)
+    (tmp_path / "f.cap").write_text(_cap().to_text())  # type: ignore[attr-defined]
+    follow = [*ppn, "vault", "follow", "--from", "127.0.0.1:1", "--store", str(tmp_path / "r")]
+    for key, status, words in (
+        ("holder.key", 47, "not a PSP key file"),
+        ("other.key", 41, "HOLDER_MISMATCH"),
+    ):
+        result = subprocess.run(
+            [*follow, "--cap", str(tmp_path / "f.cap"), "--key", str(tmp_path / key)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == status and words in result.stderr
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "r").exists()
