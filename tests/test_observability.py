@@ -499,3 +499,27 @@ def test_version_and_plain_commands_skip_the_config_layers_and_logging(tmp_path:
     loaded = status.stdout.splitlines()[-1]
     assert "'ppn.mesh._cli'" in loaded and "'ppn.cli._config'" not in loaded, loaded
     assert "'ppn.cli._logging'" not in loaded, loaded
+
+
+def test_text_log_lines_and_the_level_filter(tmp_path: Path) -> None:
+    vault = make_vault(tmp_path / "v", 401, [])
+    vault.close()
+    serve = ["vault", "serve", "--store", "v", "--listen", "127.0.0.1:0"]
+    for extra, shown in (([], True), (["--log-level", "warning"], False)):
+        proc = subprocess.Popen(
+            [*PPN, *extra, *serve], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            assert "listening on 127.0.0.1:" in proc.stdout.readline()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=15)
+        lines = err.splitlines()
+        pattern = (
+            r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z info psp\.vault: vault v401 listening on "
+            r"127\.0\.0\.1:\d+ address=127\.0\.0\.1:\d+"
+        )
+        assert any(re.fullmatch(pattern, line) for line in lines) is shown, err
+        assert "Traceback" not in err
