@@ -461,6 +461,49 @@ class _StatusReport:
         ]
 
 
+def _rotations(r: _StatusReport) -> dict[str, Any]:
+    """Identities on the roster that moved to a new key, and this node's rotations that are
+    signed but not yet handed over (RFC-NOTES §7.15)."""
+    from genesis import StateError, staged_node_key
+
+    from .._keys import IdentityKey, WireGuardKeyPair
+    from ._ids import node_id
+    from ._rotation import KeyStatus, identity_rotation_pending, wireguard_key_status
+
+    me = r.files.identity.public
+    pending: list[str] = []
+    try:
+        wg_staged = staged_node_key(r.files.directory, "wireguard")
+        id_staged = staged_node_key(r.files.directory, "identity")
+    except StateError:
+        wg_staged = id_staged = None
+    if wg_staged is not None and (
+        wireguard_key_status(
+            r.roster,
+            me,
+            current=r.files.wg.public,
+            staged=WireGuardKeyPair.from_private(wg_staged).public,
+        )
+        is KeyStatus.PENDING
+    ):
+        pending.append("wireguard")
+    if id_staged is not None and identity_rotation_pending(
+        r.roster, me, staged=IdentityKey.from_seed(id_staged).public
+    ):
+        pending.append("identity")
+    rotated = []
+    for old, new in r.view.rotated:
+        record = r.roster.get(old)
+        rotated.append(
+            {
+                "name": record.name if record is not None and hasattr(record, "name") else None,
+                "old_node_id": node_id(old).hex(),
+                "new_node_id": node_id(new).hex(),
+            }
+        )
+    return {"rotated": rotated, "rotation_pending": pending}
+
+
 def _print_status_json(r: _StatusReport) -> None:
     hub = r.topology.hub
     print(
@@ -480,6 +523,7 @@ def _print_status_json(r: _StatusReport) -> None:
                 "removed": [t.name for t in r.view.removed],
                 "admins": [m.name for m in _admins(r.roster)],
                 "problems": r.problems(),
+                **_rotations(r),
             },
             indent=2,
             sort_keys=True,
@@ -522,6 +566,17 @@ def _print_status_text(r: _StatusReport) -> None:
     removed = r.view.removed
     if removed:
         print("removed: " + ", ".join(sorted(t.name for t in removed)))
+    rotations = _rotations(r)
+    for moved in rotations["rotated"]:
+        print(
+            f"rotated: {moved['name']} node {moved['old_node_id'][:8]} -> "
+            f"{moved['new_node_id'][:8]}"
+        )
+    for kind in rotations["rotation_pending"]:
+        print(
+            f"{kind} key rotation pending: signed, not handed over yet (the agent delivers it, "
+            "then switches)"
+        )
     if r.applied:
         held = _admins(r.roster)
         print("admins: " + ", ".join(m.name for m in held))

@@ -106,6 +106,7 @@ def test_rotation_signed_while_the_agent_is_down_is_handed_over_by_the_next_up(
     assert old in peers(g)
     again = b.ppn("rotate", "wireguard", "--state", str(b.state), check=False)
     assert again.returncode == 81
+    assert b.status()["rotation_pending"] == ["wireguard"]
     start_agent(b)
     wait_for(lambda: out["new_key"] in peers(g), 30, "genesis to take bravo's new key")
     wait_for(lambda: quick_ping(g.host, address(b)), 30, "genesis to reach bravo again")
@@ -215,6 +216,10 @@ def test_rotate_identity_keeps_the_member_working_and_able_to_admit(
     old_raw, new_raw = decode_key(out["old_identity"]), decode_key(out["new_identity"])
     assert view.member(old_raw) is None and view.successor_of(old_raw) == new_raw
     assert not view.is_removed(old_raw)
+    assert g.status()["rotated"] == [
+        {"name": "bravo", "old_node_id": out["old_node_id"], "new_node_id": out["new_node_id"]}
+    ]
+    assert b.status()["rotation_pending"] == []
     # Still able to admit: echo joins through bravo's 'ppn invite' under the new identity.
     echo = _join_via(lab, nodes, "bravo", "echo", 40)
     wait_for(lambda: quick_ping(g.host, address(echo)), 60, "genesis to reach echo")
