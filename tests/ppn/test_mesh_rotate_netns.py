@@ -232,3 +232,36 @@ def test_rotate_identity_keeps_the_member_working_and_able_to_admit(
     assert b.agent is not None and b.agent.poll() is None and b.agent.pid == agent_pid
     for node in nodes.values():
         assert stop_agent(node) == 0
+
+
+@pytest.mark.netns
+def test_identity_rotation_signed_while_the_agent_is_down_is_handed_over_by_the_next_up(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The identity's crash window before delivery: the records wait in roster.bin, the next
+    'ppn up' starts as the old identity, delivers, promotes and restarts as the new one."""
+    nodes = build_mesh(lab, tmp_path)
+    g, b = nodes["genesis"], nodes["bravo"]
+    assert stop_agent(b) == 0
+    out = json.loads(b.ppn("rotate", "identity", "--state", str(b.state), "--json").stdout)
+    assert out["agent"] == "queued" and (b.state / "identity.key.next").exists()
+    assert json.loads((b.state / "node.json").read_text())["identity"] == out["old_identity"]
+    assert b.status()["rotation_pending"] == ["identity"]
+    again = b.ppn("rotate", "identity", "--state", str(b.state), check=False)
+    assert again.returncode == 81
+    start_agent(b)
+    wait_for(
+        lambda: json.loads((b.state / "node.json").read_text())["identity"] == out["new_identity"],
+        60,
+        "bravo to hand its rotation over and promote the new identity",
+    )
+    wait_for(
+        lambda: any(m["node_id"] == out["new_node_id"] for m in g.status()["members"]),
+        30,
+        "genesis to know bravo's new identity",
+    )
+    wait_for(lambda: quick_ping(g.host, address(b)), 30, "genesis to reach bravo")
+    wait_for(lambda: quick_ping(b.host, address(g)), 30, "bravo to reach genesis")
+    assert b.agent is not None and b.agent.poll() is None
+    for node in nodes.values():
+        assert stop_agent(node) == 0
