@@ -265,3 +265,38 @@ def test_identity_rotation_signed_while_the_agent_is_down_is_handed_over_by_the_
     assert b.agent is not None and b.agent.poll() is None
     for node in nodes.values():
         assert stop_agent(node) == 0
+
+
+@pytest.mark.netns
+def test_members_that_took_the_identity_rotation_before_a_crash_still_route_the_old_address(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The identity's other crash window: the members hold the rotation, bravo never promoted
+    its new key. Its next 'ppn up' runs as the old identity (configuring its device as the
+    successor, whose addresses the members route to it, the old control address included),
+    delivers, promotes and restarts as the new identity."""
+    from ppn.mesh._io_state import queue_records
+
+    nodes = build_mesh(lab, tmp_path)
+    g, b, c = nodes["genesis"], nodes["bravo"], nodes["charlie"]
+    assert stop_agent(b) == 0
+    out = json.loads(b.ppn("rotate", "identity", "--state", str(b.state), "--json").stdout)
+    old, new = decode_key(out["old_identity"]), decode_key(out["new_identity"])
+    roster = _signed(b)
+    queue_records(g.state, [roster.get(old), roster.get(new)])
+    for other in (g, c):
+        wait_for(
+            lambda other=other: _signed(other).view().successor_of(old) == new,  # type: ignore[misc]
+            30,
+            f"{other.name} to hold bravo's rotation",
+        )
+    start_agent(b)
+    wait_for(
+        lambda: json.loads((b.state / "node.json").read_text())["identity"] == out["new_identity"],
+        60,
+        "bravo to deliver from its old control address and promote the new identity",
+    )
+    wait_for(lambda: quick_ping(g.host, address(b)), 30, "genesis to reach bravo")
+    wait_for(lambda: quick_ping(b.host, address(c)), 30, "bravo to reach charlie")
+    for node in nodes.values():
+        assert stop_agent(node) == 0

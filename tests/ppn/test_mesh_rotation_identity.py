@@ -337,3 +337,31 @@ def test_a_rotated_identity_is_never_live_and_its_successor_never_doubles_it(
         assert view.successor_of(old) == new
     names = [m.name for m in view.members if m.named]
     assert len(names) == len(set(names))
+
+
+def test_members_route_a_successor_s_predecessor_control_addresses_to_it() -> None:
+    """A node that crashed after its members took its rotation, before it promoted the key,
+    still reaches them from its old control address (RFC-NOTES §7.8, §7.15)."""
+    from ppn.mesh._ids import node_address6
+    from ppn.mesh._topology import plan_topology
+
+    fleet, rotation, successor = rotated_fleet()
+    fleet.keys["alpha3"] = identity("alpha3")
+    again, third = sign_identity_rotation(
+        fleet.roster, fleet.keys["alpha2"], fleet.keys["alpha3"], now=ROTATED_AT + 1
+    )
+    topology = plan_topology(
+        fleet.roster.view(),
+        network=fleet.roster.network,
+        self_identity=fleet.genesis.public,
+        observations={},
+        now=ROTATED_AT + 2,
+    )
+    config = topology.config
+    assert config is not None
+    peer = next(p for p in config.peers if p.wg_key == wg("alpha").public)
+    for ident in (rotation.identity, again.identity, third.identity):
+        assert f"{node_address6(fleet.mesh, ident)}/128" in peer.allowed_ips
+    # And the rotating node itself, still running as the oldest identity, plans as the newest.
+    assert fleet.roster.view().current_identity(rotation.identity) == third.identity
+    assert successor.identity == again.identity
