@@ -3,7 +3,7 @@
 Exit statuses (RFC-NOTES §1.4, §9.7): 40 other PSP failure, 41 authorization refused,
 42 query invalid or not permitted, 43 vault unavailable (retryable), 44 protocol error,
 45 chain verification failed, 46 store missing or refused the write, 47 bad key or capability,
-48 bad input record, 49 the store is a replica (appends refused). Heavy imports (trio, sqlite, the cores) happen inside the handlers.
+48 bad input record, 55 the store is a replica (appends refused). Heavy imports (trio, sqlite, the cores) happen inside the handlers.
 """
 
 from __future__ import annotations

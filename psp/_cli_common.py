@@ -52,7 +52,7 @@ EXIT_CHAIN_BROKEN = 45
 EXIT_STORE = 46
 EXIT_KEY = 47
 EXIT_RECORD = 48
-EXIT_REPLICA = 49  # an append to a replica's store (its entries come only from its primary)
+EXIT_REPLICA = 55  # an append to a replica's store (its entries come only from its primary)
 
 
 def _exit_for(code: ErrorCode) -> int:

@@ -183,7 +183,7 @@ def add_vault_follow(vsub: Subparsers) -> None:
             "answer leads. While the primary is ahead the follower asks again at once, else every "
             "--poll seconds; a lost primary is retried with a growing pause (up to 5 s), so a "
             "restarted primary is picked up where the replica stands. The replica refuses local "
-            "appends (exit 49) and, with --serve, answers queries itself, each answer marked as "
+            "appends (exit 55) and, with --serve, answers queries itself, each answer marked as "
             "from a replica with its as_of (RFC-NOTES §9.5.1)."
         ),
         epilog=(

@@ -218,7 +218,7 @@ def test_replica_converges_after_the_primary_is_killed_mid_stream(
     refused = _ppn(
         d, "vault", "append", "--store", "replica", "--collection", "people", "{}", check=False
     )
-    assert refused.returncode == 49 and "replica" in refused.stderr
+    assert refused.returncode == 55 and "replica" in refused.stderr
     assert _head(d / "replica") == total
 
     # Ctrl-C: 130, one line, no traceback.
