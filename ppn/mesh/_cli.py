@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -217,13 +216,15 @@ def _load(state: Path) -> tuple[Any, Any]:
 
 def _up(args: argparse.Namespace) -> int:
     import logging
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
 
     import trio
 
     from ..cli._main import trio_run
     from ._io_state import AgentAlreadyRunning, StateDirError
     from ._io_wg import MeshDeviceError
-    from ._trio_agent import AgentOptions, NodeAgent
+    from ._trio_agent import AgentOptions, NodeAgent, run_agent
 
     log = logging.getLogger("ppn.up")
 
@@ -249,29 +250,26 @@ def _up(args: argparse.Namespace) -> int:
         progress=progress,
     )
 
-    async def run_once(announce: Callable[[dict[str, object]], None] | None) -> bool:
-        """One agent's life; True when it handed an identity rotation over and the agent is
-        to start again under the new identity (RFC-NOTES §7.15)."""
-        agent = await NodeAgent.start(options)
-        if not args.metrics:
-            await agent.serve(ready=announce)
-            return agent.restart_requested
+    beside = None
+    if args.metrics:
         from ..cli._metrics import AgentCollector, Metrics
 
-        metrics = Metrics(EXIT_CONTROL)
-        AgentCollector(agent, metrics.registry)
-        assert agent.node is not None  # start() builds it
-        metrics.listener("control", agent.node.guard)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(metrics.serve, args.metrics)
-            await agent.serve(ready=announce)
-            nursery.cancel_scope.cancel()
-        return agent.restart_requested
+        @asynccontextmanager
+        async def metrics_beside(agent: NodeAgent) -> AsyncIterator[None]:
+            """The agent's metrics endpoint (RFC-NOTES §3.1), for as long as this agent runs."""
+            metrics = Metrics(EXIT_CONTROL)
+            AgentCollector(agent, metrics.registry)
+            assert agent.node is not None  # start() builds it
+            metrics.listener("control", agent.node.guard)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(metrics.serve, args.metrics)
+                yield
+                nursery.cancel_scope.cancel()
+
+        beside = metrics_beside
 
     async def run() -> None:
-        announce: Callable[[dict[str, object]], None] | None = ready
-        while await run_once(announce):
-            announce = None  # 'up' is announced once per process
+        await run_agent(options, ready=ready, beside=beside)
 
     try:
         trio_run(run)

@@ -19,6 +19,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -555,15 +556,24 @@ class NodeAgent:
 
 
 async def run_agent(
-    opts: AgentOptions, *, ready: Callable[[dict[str, object]], None] | None = None
+    opts: AgentOptions,
+    *,
+    ready: Callable[[dict[str, object]], None] | None = None,
+    beside: Callable[[NodeAgent], AbstractAsyncContextManager[object]] | None = None,
 ) -> None:
     """Run the agent until SIGTERM/SIGINT (or cancellation). Raises the I/O modules' errors.
 
     After an identity rotation is handed over the agent starts again in the same process under
-    the new identity (the device is adopted as it is; RFC-NOTES §7.15)."""
+    the new identity (the device is adopted as it is; RFC-NOTES §7.15). ``beside``, if given,
+    is entered around each agent's life (``ppn up --metrics`` serves its endpoint there), so
+    whatever runs next to the agent follows it through that restart too."""
     while True:
         agent = await NodeAgent.start(opts)
-        await agent.serve(ready=ready)
+        if beside is None:
+            await agent.serve(ready=ready)
+        else:
+            async with beside(agent):
+                await agent.serve(ready=ready)
         if not agent.restart_requested:
             return
         ready = None  # announced once
