@@ -153,6 +153,7 @@ def main() -> None:
         return run
 
     chained_rounds = exchange(right)()
+    assert chained_rounds == 1, f"two chained rosters took {chained_rounds} pulls (RFC-NOTES §7.6)"
     chained_ms = _best(exchange(right), repeat=5)
     unchained_rounds = exchange(unchained)()
     unchained_ms = _best(exchange(unchained), repeat=5)
