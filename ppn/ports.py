@@ -12,6 +12,7 @@ __all__ = [
     "FLEET_METRICS_PORT",
     "FLEET_PORT",
     "PAIRING_PORT",
+    "REPLICA_METRICS_PORT",
     "SPAWN_PORT",
     "VAULT_METRICS_PORT",
     "VAULT_PORT",
@@ -47,3 +48,5 @@ AGGREGATOR_METRICS_PORT = 9293
 """The aggregator's metrics (``ppn orchestration serve --metrics``)."""
 VAULT_METRICS_PORT = 9294
 """A vault's metrics (``ppn vault serve --metrics``)."""
+REPLICA_METRICS_PORT = 9295
+"""A vault replica's metrics (``ppn vault follow --metrics``)."""

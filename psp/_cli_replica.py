@@ -11,10 +11,10 @@ happen inside the handler.
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from typing import TYPE_CHECKING, Any
 
-from ppn.ports import VAULT_PORT
+from ppn.ports import REPLICA_METRICS_PORT, VAULT_PORT
 
 from ._cli_common import (
     EXIT_CHAIN_BROKEN,
@@ -37,10 +37,12 @@ if TYPE_CHECKING:
 
 __all__ = ["add_vault_follow"]
 
+log = logging.getLogger("psp.replica")
+
 
 class _Progress:
-    """Progress on stderr at most once a second, and a line on stdout each time the replica
-    catches up (or JSON lines with ``--json``)."""
+    """Progress as a log line on stderr at most once a second, and a line on stdout each time
+    the replica catches up (or JSON lines on stdout with ``--json``)."""
 
     def __init__(self, *, json: bool, source: str) -> None:
         self.json = json
@@ -84,16 +86,17 @@ class _Progress:
     def _say(self, event: str, fields: dict[str, Any], text: str) -> None:
         if self.json:
             print_json({"event": event, **fields})
+        elif event == "disconnected":
+            log.warning(text, extra={"event": event, **fields})
         else:
-            print(text, file=sys.stderr, flush=True)
+            log.info(text, extra={"event": event, **fields})
 
 
 def _vault_follow(args: argparse.Namespace) -> int:
-    from functools import partial
-
     import trio
 
     from ppn import encode_key
+    from ppn.cli._main import trio_run
 
     from ._errors import ErrorCode
     from ._io_store import StoreError
@@ -114,23 +117,56 @@ def _vault_follow(args: argparse.Namespace) -> int:
         report=progress,
     )
 
+    guard, observer = None, None
+    if args.metrics:
+        from ppn._trio_listener import ListenerGuard
+        from ppn.cli._metrics import Metrics, ReplicaCollector, VaultMetrics
+
+        metrics = Metrics(EXIT_UNAVAILABLE)
+        ReplicaCollector(follower, metrics.registry)
+        if args.serve:
+            guard = ListenerGuard()  # serve_vault's default limits, observed
+            metrics.listener("vault", guard)
+            observer = VaultMetrics(metrics.registry)
+
     def listening(listeners: list[trio.SocketListener]) -> None:
         for listener in listeners:
             h, p = listener.socket.getsockname()[:2]
             assert follower.vault_id is not None
-            print(
-                f"replica of {encode_key(follower.vault_id)} listening on {h}:{p}",
-                file=sys.stderr,
-                flush=True,
+            log.info(
+                "replica of %s listening on %s:%d",
+                encode_key(follower.vault_id),
+                h,
+                p,
+                extra={"event": "listening", "address": f"{h}:{p}"},
             )
 
     if not args.json:
-        print(f"following {host}:{port} into {args.store}", file=sys.stderr, flush=True)
-    run = partial(
-        follow_and_serve, follower, serve=args.serve, once=args.once, on_listening=listening
-    )
+        log.info(
+            "following %s:%d into %s",
+            host,
+            port,
+            args.store,
+            extra={"event": "following", "source": f"{host}:{port}"},
+        )
+    serve_options = {} if guard is None else {"guard": guard, "observer": observer}
+
+    async def run() -> FollowStatus | None:
+        async with trio.open_nursery() as nursery:
+            if args.metrics:
+                await nursery.start(metrics.serve, args.metrics)
+            status = await follow_and_serve(
+                follower,
+                serve=args.serve,
+                once=args.once,
+                on_listening=listening,
+                **serve_options,
+            )
+            nursery.cancel_scope.cancel()  # --once: caught up; the endpoint ends with it
+        return status
+
     try:
-        status = trio.run(run)
+        status = trio_run(run)
     except ReplicationError as exc:
         raise error(
             f"refused an answer from {host}:{port}: {exc}; nothing of it was written",
@@ -192,7 +228,8 @@ def add_vault_follow(vsub: Subparsers) -> None:
             "--ttl 365d --out follower.cap\n"
             "  ppn vault follow --from 10.0.0.5:9210 --cap follower.cap --key follower.key "
             "--store replica --serve 127.0.0.1:9212\n"
-            "exit statuses: 0 caught up (--once), 41 refused by the primary, 45 an answer did not "
+            "exit statuses: 0 caught up (--once), 41 refused by the primary, 43 the --serve or "
+            "--metrics address cannot be bound, 45 an answer did not "
             "verify (nothing written) or the chains diverged, 46 not a replica of this primary, "
             "47 bad key or capability, 130 interrupted"
         ),
@@ -246,4 +283,7 @@ def add_vault_follow(vsub: Subparsers) -> None:
         help="stop once the replica has the primary's head (a catch-up, not a follower)",
     )
     p.add_argument("--json", action="store_true", help="JSON lines: progress, caught_up, done")
-    p.set_defaults(handler=_vault_follow)
+    from ppn.cli._main import add_metrics_flag
+
+    add_metrics_flag(p, REPLICA_METRICS_PORT)
+    p.set_defaults(handler=_vault_follow, daemon=True)

@@ -128,7 +128,12 @@ class ReplicaFollower:
         self.chain: ReplicaChain | None = None
         self.primary_head = 0
         self.written = 0
-        self._started = time.monotonic()
+        # Plain counters for whoever observes the follower (``ppn vault follow --metrics``):
+        self.connected = False
+        self.reconnects = 0  # connections lost (or refused) and tried again
+        self.verify_failures = 0  # answers refused by the checks (each ends the follower)
+        self.started = time.monotonic()  # this run's start (monotonic)
+        self.caught_up_at: float | None = None  # monotonic time the replica last had the head
         self._ready = trio.Event()  # set once the replica store exists
         self._write_done = trio.Event()  # the last batch's write has ended
         self._write_done.set()
@@ -191,7 +196,7 @@ class ReplicaFollower:
             head=self.chain.head,
             primary_head=self.primary_head,
             written=self.written,
-            elapsed=time.monotonic() - self._started,
+            elapsed=time.monotonic() - self.started,
             connected=connected,
         )
 
@@ -252,6 +257,8 @@ class ReplicaFollower:
             done.set()
         self.primary_head = batch.primary_head
         self.written += len(batch.entries)
+        if self.chain is not None and self.chain.seq >= batch.primary_head:
+            self.caught_up_at = time.monotonic()
         if self.report is not None:
             self.report(self._status())
 
@@ -265,7 +272,7 @@ class ReplicaFollower:
                     with trio.fail_after(ANSWER_TIMEOUT):
                         hello = await client.hello()
                     self._open(hello.vault)
-                    pause = RETRY_FIRST
+                    pause, self.connected = RETRY_FIRST, True
                     async with _writes() as writes:
                         while True:
                             more = await self._exchange(client, writes)
@@ -281,8 +288,13 @@ class ReplicaFollower:
                     ) from None
             except RemoteProtocolError as exc:
                 raise FollowerError(f"the primary broke the protocol: {exc}", exc.code) from None
+            except ReplicationError:
+                self.verify_failures += 1
+                raise
             except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
+            self.connected = False
+            self.reconnects += 1
             # The primary is gone or restarting: try again, and say so. The next connection
             # starts from the store's head: a write cancelled before it began is asked again.
             self.chain = None if self.store is None else self._chain_from_store(self.store)

@@ -37,6 +37,7 @@ from ._main import CommandError
 
 if TYPE_CHECKING:
     from psp._errors import ErrorCode
+    from psp._trio_replica import ReplicaFollower
     from psp.aggregation._merge import VaultStatus
 
     from ..fleet._trio_controller import FleetController
@@ -48,6 +49,7 @@ __all__ = [
     "FanOutMetrics",
     "FleetCollector",
     "Metrics",
+    "ReplicaCollector",
     "VaultMetrics",
     "VmHostCollector",
 ]
@@ -304,6 +306,54 @@ class VmHostCollector(Collector):
         sent.add_metric(["missed"], self.host.heartbeats_missed)
         yield sent
         yield _gauge("ppn_vmhost_vms", "VMs this host knows", len(self.host.vms))
+
+
+# --- a vault's replica -----------------------------------------------------------------------
+
+
+class ReplicaCollector(Collector):
+    """``psp_replica_*``, read from the follower (``ppn vault follow``) at scrape time."""
+
+    def __init__(self, follower: ReplicaFollower, registry: CollectorRegistry) -> None:
+        self.follower = follower
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        f = self.follower
+        seq = f.chain.seq if f.chain is not None else 0
+        # Staleness: how long since the replica last held the primary's head (since the start
+        # while it never has): it grows while the follower is behind or the primary is gone.
+        since = f.caught_up_at if f.caught_up_at is not None else f.started
+        yield _counter(
+            "psp_replica_entries_replicated",
+            "entries written to the replica by this run",
+            f.written,
+        )
+        yield _gauge("psp_replica_head", "the replica's last entry (seq)", seq)
+        yield _gauge(
+            "psp_replica_primary_head", "the primary's head at its last answer", f.primary_head
+        )
+        yield _gauge(
+            "psp_replica_lag_entries",
+            "entries the primary had at its last answer that the replica does not",
+            max(0, f.primary_head - seq),
+        )
+        yield _gauge(
+            "psp_replica_lag_seconds",
+            "seconds since the replica last held the primary's head",
+            time.monotonic() - since,
+        )
+        yield _gauge("psp_replica_connected", "1 while connected to the primary", int(f.connected))
+        yield _counter(
+            "psp_replica_reconnects",
+            "connections to the primary lost or refused, and tried again",
+            f.reconnects,
+        )
+        yield _counter(
+            "psp_replica_verify_failures",
+            "answers refused by the checks of RFC-NOTES §9.5.1 (each ends the follower, exit 45)",
+            f.verify_failures,
+        )
 
 
 def _gauge(name: str, documentation: str, value: float) -> Metric:
