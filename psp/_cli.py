@@ -250,7 +250,7 @@ def _vault_serve(args: argparse.Namespace) -> int:
 
     from ppn import KeyFormatError, encode_key
     from ppn._trio_listener import ListenerGuard, ListenerLimits, default_max_connections
-    from ppn.cli._main import trio_run
+    from ppn.cli._main import trio_run_until_sigterm
 
     from ._io_store import StoreError
     from ._io_vault import Vault
@@ -309,13 +309,15 @@ def _vault_serve(args: argparse.Namespace) -> int:
 
     log = logging.getLogger("psp.vault")
     try:
-        trio_run(run)
+        trio_run_until_sigterm(run, f"vault {vault.store.name}")
     except OSError as exc:
         raise error(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_UNAVAILABLE
         ) from None
     finally:
-        vault.close()  # also on Ctrl-C: denial counts not yet committed reach the store
+        # Also on SIGTERM (exit 0) and Ctrl-C (130): audit entries and denial counts not yet
+        # committed reach the store.
+        vault.close()
     return 0
 
 

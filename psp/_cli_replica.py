@@ -1,10 +1,10 @@
 """``ppn vault follow``: keep a replica of a vault over PSP (RFC-NOTES §9.5.1, §9.7).
 
-Registered by :mod:`psp._cli` under ``ppn vault``. Exit statuses: 0 (``--once``: caught up),
-41 the primary refused the capability or is not the vault it names, 43 the replica's address
-cannot be served, 44 the primary broke the protocol, 45 an answer did not verify (nothing of it
-written) or the chains diverged, 46 the store is not a replica or refused the write, 47 bad key
-or capability, 130 interrupted. An unreachable primary is retried, never an exit. Heavy imports
+Registered by :mod:`psp._cli` under ``ppn vault``. Exit statuses: 0 (``--once``: caught up; or
+stopped by SIGTERM), 41 the primary refused the capability or is not the vault it names, 43 the
+replica's or the metrics' address cannot be served, 44 the primary broke the protocol, 45 an
+answer did not verify (nothing of it written) or the chains diverged, 46 the store is not a
+replica or refused the write, 47 bad key or capability, 130 interrupted. An unreachable primary is retried, never an exit. Heavy imports
 happen inside the handler.
 """
 
@@ -96,7 +96,7 @@ def _vault_follow(args: argparse.Namespace) -> int:
     import trio
 
     from ppn import encode_key
-    from ppn.cli._main import trio_run
+    from ppn.cli._main import trio_run_until_sigterm
 
     from ._errors import ErrorCode
     from ._io_store import StoreError
@@ -166,7 +166,7 @@ def _vault_follow(args: argparse.Namespace) -> int:
         return status
 
     try:
-        status = trio_run(run)
+        status = trio_run_until_sigterm(run, "replica")
     except ReplicationError as exc:
         raise error(
             f"refused an answer from {host}:{port}: {exc}; nothing of it was written",
@@ -228,7 +228,7 @@ def add_vault_follow(vsub: Subparsers) -> None:
             "--ttl 365d --out follower.cap\n"
             "  ppn vault follow --from 10.0.0.5:9210 --cap follower.cap --key follower.key "
             "--store replica --serve 127.0.0.1:9212\n"
-            "exit statuses: 0 caught up (--once), 41 refused by the primary, 43 the --serve or "
+            "exit statuses: 0 caught up (--once) or stopped by SIGTERM, 41 refused by the primary, 43 the --serve or "
             "--metrics address cannot be bound, 45 an answer did not "
             "verify (nothing written) or the chains diverged, 46 not a replica of this primary, "
             "47 bad key or capability, 130 interrupted"

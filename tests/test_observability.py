@@ -252,10 +252,10 @@ def test_vault_and_orchestration_metrics_and_json_logs(tmp_path: Path, roles: li
     assert value(scrape(roles[1].metrics), "psp_vault_queries_total", outcome="ok") == 1
 
     for role in roles:
-        assert role.stop() in (0, -signal.SIGTERM)  # (the vault dies of SIGTERM, as before)
+        assert role.stop() == 0  # SIGTERM: a clean stop (RFC-NOTES §1.4)
         records = json_log(role.log_path)
         events = {r["event"] for r in records}
-        assert {"metrics", "listening"} <= events, events
+        assert {"metrics", "listening", "stopping"} <= events, events
         assert not any("traceback" in r for r in records)
 
 
@@ -334,7 +334,7 @@ def test_fleet_controller_and_vmhost_metrics(tmp_path: Path, roles: list[Role]) 
     assert value(scrape(controller.metrics), "ppn_fleet_live_nodes") == 0
     assert controller.stop() == 0
     events = [r["event"] for r in json_log(controller.log_path)]
-    assert "listening" in events and "metrics" in events
+    assert "listening" in events and "metrics" in events and "stopping" in events
     assert any(
         r["level"] == "warning" and "evicted" in r["message"] for r in json_log(controller.log_path)
     )

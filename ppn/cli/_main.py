@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from importlib import import_module
 from typing import Any, TypeVar
 
-__all__ = ["CommandError", "build_parser", "main", "trio_run"]
+__all__ = ["CommandError", "build_parser", "main", "trio_run", "trio_run_until_sigterm"]
 
 T = TypeVar("T")
 
@@ -171,6 +171,40 @@ def trio_run(async_fn: Callable[[], Awaitable[T]]) -> T:
         if len(leaves) != 1:
             raise
         raise leaves[0] from None
+
+
+def trio_run_until_sigterm(async_fn: Callable[[], Awaitable[T]], role: str) -> T | None:
+    """:func:`trio_run` for a long-running role, which systemd stops with SIGTERM (RFC-NOTES
+    §1.4): the signal cancels the service, so it stops accepting and its cleanup runs as on
+    the way out of any cancellation (a vault's ``finally`` commits its pending audit entries
+    and denial counts, work on threads is never abandoned); one log line says so, and the
+    result is None, so the command exits 0. Ctrl-C stays an interruption (130)."""
+    import logging
+    import signal
+
+    import trio
+
+    async def until_sigterm() -> T | None:
+        result: list[T] = []
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        logging.getLogger("ppn").info(
+                            "%s stopping on SIGTERM",
+                            role,
+                            extra={"event": "stopping", "signal": "SIGTERM"},
+                        )
+                        nursery.cancel_scope.cancel()
+                        return
+
+            nursery.start_soon(watch)
+            result.append(await async_fn())
+            nursery.cancel_scope.cancel()  # the service ended by itself: stop watching
+        return result[0] if result else None
+
+    return trio_run(until_sigterm)
 
 
 def _family_of(argv: Sequence[str]) -> str | None:

@@ -160,6 +160,8 @@ def render_unit(role: Role, executable: str, *, config: str = CONFIG_FILE) -> st
         "Type=notify",
         "NotifyAccess=main",
         f"ExecStart={exec_start}",
+        # Stopped with systemd's default SIGTERM, which every role answers by committing what
+        # is pending and exiting 0 (RFC-NOTES §1.4): no KillSignal= or SuccessExitStatus=.
         "Restart=on-failure",
         "RestartSec=2s",
         # A usage error (2) or a bad configuration (73) stays bad on every restart: fail the

@@ -504,25 +504,15 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger().setLevel(logging.DEBUG)
 
 
-def _serve(run: Any, metrics: Any = None, address: tuple[str, int] | None = None) -> int:
-    """Run a service until SIGTERM/SIGINT; with ``metrics`` (``ppn.cli._metrics.Metrics``), its
-    endpoint on ``address`` first."""
-    import signal
-
+def _serve(run: Any, role: str, metrics: Any = None, address: tuple[str, int] | None = None) -> int:
+    """Run a service until SIGTERM (exit 0, RFC-NOTES §1.4) or Ctrl-C (130); with ``metrics``
+    (``ppn.cli._metrics.Metrics``), its endpoint on ``address`` first."""
     import trio
 
-    from ..cli._main import trio_run
+    from ..cli._main import trio_run_until_sigterm
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-
-            async def stop_on_signal() -> None:
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                    async for _ in signals:
-                        nursery.cancel_scope.cancel()
-                        return
-
-            nursery.start_soon(stop_on_signal)
             if metrics is not None:
                 await nursery.start(metrics.serve, address)
             await nursery.start(run)
@@ -531,7 +521,7 @@ def _serve(run: Any, metrics: Any = None, address: tuple[str, int] | None = None
             notify_ready()
 
     try:
-        trio_run(main)
+        trio_run_until_sigterm(main, role)
     except OSError as exc:
         raise CommandError(f"cannot serve: {exc.strerror or exc}", EXIT_CONFIG) from exc
     return 0
@@ -592,7 +582,7 @@ def _cmd_fleet_serve(args: argparse.Namespace) -> int:
         metrics = Metrics(EXIT_CONFIG)
         FleetCollector(controller, metrics.registry)
         metrics.listener("heartbeat", controller.guard)
-    return _serve(controller.run, metrics, args.metrics)
+    return _serve(controller.run, "fleet controller", metrics, args.metrics)
 
 
 def _cmd_vmhost_serve(args: argparse.Namespace) -> int:
@@ -628,7 +618,7 @@ def _cmd_vmhost_serve(args: argparse.Namespace) -> int:
         metrics = Metrics(EXIT_CONFIG)
         VmHostCollector(service, metrics.registry)
         metrics.listener("spawn", service.guard)
-    return _serve(service.run, metrics, args.metrics)
+    return _serve(service.run, "vm-host", metrics, args.metrics)
 
 
 def _cmd_fleet_keygen(args: argparse.Namespace) -> int:

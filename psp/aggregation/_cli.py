@@ -361,7 +361,7 @@ def _serve(args: argparse.Namespace) -> int:
     import trio
 
     from ppn._trio_listener import ListenerGuard, ListenerLimits, default_max_connections
-    from ppn.cli._main import trio_run
+    from ppn.cli._main import trio_run_until_sigterm
 
     from ._trio_server import RequestLimits, serve_orchestration
 
@@ -422,7 +422,7 @@ def _serve(args: argparse.Namespace) -> int:
     import logging
 
     try:
-        trio_run(run)
+        trio_run_until_sigterm(run, "orchestration")
     except OSError as exc:
         raise error(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_AGGREGATOR

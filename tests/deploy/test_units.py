@@ -46,6 +46,9 @@ def test_every_unit_is_notify_restarting_and_hardened(role: object) -> None:
     assert unit["CapabilityBoundingSet"] == caps
     assert unit["AmbientCapabilities"] == caps
     assert unit["ExecStart"].split()[:2] == [EXE, role.command[0]]
+    # systemd stops with SIGTERM, which every role answers with a clean exit 0 (RFC-NOTES §1.4,
+    # tests/test_sigterm.py): no other stop signal, no other status to count as success.
+    assert "KillSignal" not in unit and "SuccessExitStatus" not in unit
 
 
 def test_the_descriptor_limit_lets_a_listener_reach_its_cap() -> None:

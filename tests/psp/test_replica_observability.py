@@ -104,9 +104,13 @@ def test_follower_metrics_and_json_logs(site: tuple[Path, list[_Proc]]) -> None:
     assert value(s, "psp_replica_connected") == 1
     assert _head(d / "replica") == ENTRIES + 1
 
+    # SIGTERM (systemd's stop) is a clean stop: exit 0 and one log line.
+    assert follower.stop(signal.SIGTERM) == 0
+    _wait_for("the last log line", lambda: any('"event": "stopping"' in x for x in follower.err))
     # Every stderr line is a JSON log record; the follower's own events are among them.
-    events = {r["event"] for r in _records(follower.err)}
-    assert {"following", "listening", "metrics", "disconnected"} <= events, events
+    events = [r["event"] for r in _records(follower.err)]
+    assert {"following", "listening", "metrics", "disconnected"} <= set(events), events
+    assert events.count("stopping") == 1
 
 
 def test_a_busy_address_is_one_sentence(site: tuple[Path, list[_Proc]]) -> None:
