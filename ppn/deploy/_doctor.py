@@ -101,6 +101,19 @@ _PORT_FLAGS: tuple[tuple[str, str, str, str, int], ...] = (
 )
 
 
+# The roles' metrics endpoints (RFC-NOTES §3.1): off unless a ``metrics`` value is configured,
+# then checked on the port it gives (HOST alone means the role's default, which the flag's own
+# parsing has already filled in).
+_METRICS_COMMANDS = (
+    "up",
+    "fleet serve",
+    "vmhost serve",
+    "vault serve",
+    "vault follow",
+    "orchestration serve",
+)
+
+
 def _port_of(value: Any, default: int) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -116,8 +129,10 @@ def service_ports(
 
     ``config`` maps (command, flag) to (effective value, where it came from: "default", a file
     and line, a variable), as ``ppn config show`` reports it; ``endpoints`` are the node's own
-    (the agent's WireGuard port is the first one's, RFC-NOTES §7.11). Port 0 (any free port)
-    binds nothing fixed and is left out; two services on one port are one row naming both."""
+    (the agent's WireGuard port is the first one's, RFC-NOTES §7.11). A role's metrics port is
+    checked only where its ``metrics`` is configured (they are off by default). Port 0 (any free
+    port) binds nothing fixed and is left out; two services on one port are one row naming
+    both."""
 
     def where(command: str, flag: str) -> str:
         source = config.get((command, flag), (None, "default"))[1]
@@ -134,6 +149,13 @@ def service_ports(
         port = _port_of(config.get((command, flag), (None, "default"))[0], default)
         if port:
             rows.setdefault((proto, port), []).append(what + where(command, flag))
+    for command in _METRICS_COMMANDS:
+        value = config.get((command, "metrics"), (None, "default"))[0]
+        port = _port_of(value, 0) if value is not None else 0
+        if port:
+            rows.setdefault(("tcp", port), []).append(
+                f"metrics (ppn {command}){where(command, 'metrics')}"
+            )
     return [(proto, port, " and ".join(whats)) for (proto, port), whats in rows.items()]
 
 

@@ -332,6 +332,36 @@ def test_doctor_checks_the_ports_the_configuration_gives(tmp_path: Path) -> None
     assert f"TCP {ports.AGGREGATOR_PORT}" in checked  # not moved: its default
 
 
+def test_doctor_checks_the_metrics_ports_the_configuration_turns_on(tmp_path: Path) -> None:
+    """Metrics are off by default (no port checked); a role's ``metrics`` in ppn.toml or a
+    variable is checked on the port it gives, or the role's default for a bare HOST (issue 17)."""
+    assert not [r for r in service_ports({}) if "metrics" in r[2]]
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    with socket.socket() as tcp:
+        tcp.bind(("0.0.0.0", 0))
+        tcp.listen()
+        held = tcp.getsockname()[1]
+        conf = tmp_path / "ppn.toml"
+        conf.write_text(f'[vault.serve]\nmetrics = "127.0.0.1:{held}"\n')
+        env = {**os.environ, "PPN_VAULT_FOLLOW_METRICS": "127.0.0.1"}
+        done = _doctor(state, "--config", str(conf), env=env)
+    assert done.returncode == 70, done.stderr
+    rows = [f for f in json.loads(done.stdout)["findings"] if f["check"] == "ports"]
+    taken = [f["message"] for f in rows if f["severity"] == "FAIL"]
+    assert any(
+        m.startswith(
+            f"TCP {held} (metrics (ppn vault serve), set in {conf} line 2) is taken by pid "
+        )
+        for m in taken
+    ), taken
+    # A bare HOST: the role's default port (free or not on this machine, it is the one checked).
+    replica = f"TCP {ports.REPLICA_METRICS_PORT} (metrics (ppn vault follow), set in env "
+    assert len([m for m in rows if m["message"].startswith(replica)]) == 1, rows
+    checked = {m["message"].split(" (")[0] for m in rows}
+    assert f"TCP {ports.AGENT_METRICS_PORT}" not in checked  # not turned on: not checked
+
+
 def test_the_wireguard_port_follows_the_nodes_endpoint(tmp_path: Path) -> None:
     directory, _ = genesis_dir(tmp_path / "g")
     endpoints = wireguard_port_endpoints(directory)
