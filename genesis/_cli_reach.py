@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextvars
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -377,19 +376,11 @@ async def _join_discovered(
 
 def run_up(state: Path, say: Say) -> int:
     """Go on as ``ppn up --state DIR`` (the node agent, until SIGTERM)."""
+    from ppn.cli._main import build_parser
     from ppn.mesh import _cli as mesh_cli
-    from ppn.ports import CONTROL_PORT
 
     say("starting the node agent (ppn up) ...")
-    args = argparse.Namespace(
-        state=state,
-        interface=None,
-        endpoint=None,
-        role=[],
-        listen_port=None,
-        control_port=CONTROL_PORT,
-        control_listen=None,
-        hosts_file=None,
-        json=False,
-    )
+    # Parsed by the real ``ppn up`` parser, so every option it grows has its default here too
+    # (a hand-built Namespace missed ``--metrics`` and the agent crashed after the join).
+    args = build_parser(["ppn.mesh._cli"]).parse_args(["up", "--state", str(state)])
     return int(mesh_cli._up(args))
