@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -144,10 +145,28 @@ def test_a_broken_config_file_stops_the_script_with_its_status(tmp_path: Path) -
     assert not (tmp_path / "s").exists()  # no ceremony ran
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="runs as root here")
-def test_not_root_is_a_missing_prerequisite(tmp_path: Path) -> None:
-    done = _run(ONPREM, "--genesis", "--state", str(tmp_path / "s"))
-    assert done.returncode == 3 and "run as root" in done.stderr
+def test_not_root_is_a_missing_prerequisite() -> None:
+    # CI runs as root: drop to nobody there (util-linux setpriv), so the check runs everywhere.
+    # nobody may not reach the checkout or tmp_path (0700 under root): run a copy of deploy/ from
+    # a directory anyone can read.
+    as_user = ["--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else None
+    shared = Path(tempfile.mkdtemp(prefix="ppn-provision-"))
+    try:
+        shared.chmod(0o755)
+        shutil.copytree(ONPREM.parent, shared / "deploy")
+        argv = [str(shared / "deploy" / ONPREM.name), "--genesis", "--state", str(shared / "s")]
+        done = subprocess.run(
+            ["setpriv", *as_user, *argv] if as_user else argv,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PPN": f"{sys.executable} -m ppn"},
+            stdin=subprocess.DEVNULL,
+        )
+        assert done.returncode == 3 and "run as root" in done.stderr, done.stderr
+        assert not (shared / "s").exists()
+    finally:
+        shutil.rmtree(shared)
 
 
 def _fake_prerequisites(tmp_path: Path) -> dict[str, str]:
