@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import trio
 
 from psp import Capability, ErrorCode, Query, VaultError
@@ -85,13 +86,26 @@ def test_orchestration_serve_exits_0_on_sigterm(tmp_path: Path) -> None:
     assert "orchestration listening on" in role.proc.stdout.read()
 
 
-def test_ctrl_c_is_still_an_interruption(tmp_path: Path) -> None:
-    role = Role(
-        "orchestration",
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["vault", "serve", "--store", "v", "--listen", "127.0.0.1:0"],
         ["orchestration", "serve", "--listen", "127.0.0.1:0", "--any-target"],
-        tmp_path,
-    )
-    role.event("listening")
-    role.proc.send_signal(signal.SIGINT)
-    assert role.proc.wait(timeout=30) == 130
-    assert '"event": "stopping"' not in role.log_path.read_text()
+    ],
+    ids=["vault", "orchestration"],
+)
+def test_ctrl_c_is_still_an_interruption_logged_as_json(tmp_path: Path, argv: list[str]) -> None:
+    """SIGINT: exit 130, no ``stopping`` line, and under --log-format json the ``interrupted``
+    line is a JSON record too (RFC-NOTES §1.4, §1.5), so every stderr line parses."""
+    make_vault(tmp_path / "v", 502, [{"name": "a"}]).close()
+    role = Role(argv[0], argv, tmp_path)
+    try:
+        role.event("listening")
+        role.proc.send_signal(signal.SIGINT)
+        assert role.proc.wait(timeout=30) == 130
+    finally:
+        role.stop()
+    records = json_log(role.log_path)  # fails on any line that is not a JSON object
+    assert all(r["event"] != "stopping" for r in records), records
+    assert records[-1]["event"] == "interrupted" and records[-1]["status"] == 130, records
+    assert "ppn: interrupted" not in role.log_path.read_text()

@@ -284,13 +284,13 @@ def _main(argv: Sequence[str] | None) -> int:
         _failed(args, exc.message, exc.status)
         return exc.status
     except KeyboardInterrupt:
-        return _interrupted()
+        return _interrupted(args)
     except BaseExceptionGroup as group:
         # trio (strict exception groups) delivers Ctrl-C wrapped in the nursery's group; the
         # services' own cleanup ran on the way out, so it is the same clean interruption.
         if group.subgroup(KeyboardInterrupt) is None:
             return _crashed(args, group)
-        return _interrupted()
+        return _interrupted(args)
     except BrokenPipeError:
         raise  # main() handles it: a reader that went away is no bug
     except Exception as exc:
@@ -329,8 +329,19 @@ def _crashed(args: argparse.Namespace, exc: BaseException) -> int:
     return EXIT_FAILURE
 
 
-def _interrupted() -> int:
-    print("\nppn: interrupted", file=sys.stderr)
+def _interrupted(args: argparse.Namespace) -> int:
+    """Ctrl-C: one line, ``ppn: interrupted`` (RFC-NOTES §1.4); under ``--log-format json`` a
+    log record (event ``interrupted``, status 130) instead, so every stderr line parses (§1.5)."""
+    if args.log_format == "json":
+        import logging
+
+        if not logging.getLogger().handlers:
+            _configure_logging(args)
+        logging.getLogger("ppn").warning(
+            "interrupted", extra={"event": "interrupted", "status": EXIT_INTERRUPTED}
+        )
+    else:
+        print("\nppn: interrupted", file=sys.stderr)
     return EXIT_INTERRUPTED
 
 

@@ -92,7 +92,8 @@ def _add_up(subparsers: Subparsers) -> None:
             f"serve PPN control (TCP {CONTROL_PORT} on this node's IPv6 control address in the mesh), push roster changes to every "
             "member, pull from every member every 30 s, reconcile WireGuard peers with minimal "
             "changes every 5 s, and admit members that a 'ppn invite' on this node let in. "
-            "SIGTERM stops the agent and leaves the tunnel up; running it again changes nothing "
+            "SIGTERM stops the agent (exit 0) and Ctrl-C interrupts it (130); either way the "
+            "tunnel stays up, and running it again changes nothing "
             "on a correctly configured interface."
         ),
         epilog=EXIT_STATUSES
@@ -216,6 +217,7 @@ def _load(state: Path) -> tuple[Any, Any]:
 
 def _up(args: argparse.Namespace) -> int:
     import logging
+    import signal
     from collections.abc import AsyncIterator
     from contextlib import asynccontextmanager
 
@@ -268,11 +270,11 @@ def _up(args: argparse.Namespace) -> int:
 
         beside = metrics_beside
 
-    async def run() -> None:
-        await run_agent(options, ready=ready, beside=beside)
+    async def run() -> signal.Signals | None:
+        return await run_agent(options, ready=ready, beside=beside)
 
     try:
-        trio_run(run)
+        stopped_by = trio_run(run)
     except AgentAlreadyRunning as exc:
         raise CommandError(str(exc), EXIT_AGENT_RUNNING) from exc
     except StateDirError as exc:
@@ -281,6 +283,11 @@ def _up(args: argparse.Namespace) -> int:
         raise CommandError(str(exc), EXIT_WIREGUARD) from exc
     except OSError as exc:
         raise CommandError(f"cannot open PPN control: {exc.strerror or exc}", EXIT_CONTROL) from exc
+    if stopped_by is signal.SIGINT:
+        # Ctrl-C is an interruption like everywhere else (RFC-NOTES §1.4): the agent stopped
+        # and saved as on SIGTERM, the tunnel stays up, and ppn's one handler of interruptions
+        # prints ``ppn: interrupted`` (a JSON record under --log-format json) and exits 130.
+        raise KeyboardInterrupt
     return 0
 
 

@@ -9,7 +9,8 @@ change, watch ``mesh.json`` for members admitted by a ceremony on this node, and
 that commands signed (``ppn remove``'s tombstones) from ``outbox.bin``.
 
 SIGTERM or SIGINT stops the agent after saving; the device and its peers stay as they are, so
-traffic keeps flowing and a restart finds nothing to change.
+traffic keeps flowing and a restart finds nothing to change. SIGTERM is the clean stop (exit 0),
+SIGINT an interruption (exit 130; :func:`run_agent` returns the signal, the command reports it).
 """
 
 from __future__ import annotations
@@ -195,6 +196,7 @@ class NodeAgent:
         self._handover_wanted = trio.Event()
         # Set when an identity rotation was handed over: run_agent starts again as the successor.
         self.restart_requested = False
+        self.stopped_by: signal.Signals | None = None  # the signal that ended serve(), if one did
         self._serve_scope: trio.CancelScope | None = None
         self.node: MeshNode | None = None  # set once the initial state is saved
         self.address = files.address  # the routed address, once the device is reconciled
@@ -546,11 +548,15 @@ class NodeAgent:
         await trio.to_thread.run_sync(nudge, targets)
 
     async def _watch_signals(self, cancel: trio.CancelScope) -> None:
+        # Both signals stop the agent the same way (a cancellation, so the final save runs and
+        # the device is left up); only the exit differs (RFC-NOTES §1.4): SIGTERM is the clean
+        # stop (its progress line, exit 0), SIGINT an interruption (``ppn: interrupted``, 130),
+        # which the command reports from ``stopped_by``.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                self.opts.progress(
-                    f"stopping on {signal.Signals(signum).name}; the tunnel stays up"
-                )
+                self.stopped_by = signal.Signals(signum)
+                if self.stopped_by is signal.SIGTERM:
+                    self.opts.progress("stopping on SIGTERM; the tunnel stays up")
                 cancel.cancel()
                 return
 
@@ -560,8 +566,9 @@ async def run_agent(
     *,
     ready: Callable[[dict[str, object]], None] | None = None,
     beside: Callable[[NodeAgent], AbstractAsyncContextManager[object]] | None = None,
-) -> None:
-    """Run the agent until SIGTERM/SIGINT (or cancellation). Raises the I/O modules' errors.
+) -> signal.Signals | None:
+    """Run the agent until SIGTERM/SIGINT (or cancellation) and return the signal that stopped
+    it (None after a cancellation). Raises the I/O modules' errors.
 
     After an identity rotation is handed over the agent starts again in the same process under
     the new identity (the device is adopted as it is; RFC-NOTES §7.15). ``beside``, if given,
@@ -575,5 +582,5 @@ async def run_agent(
             async with beside(agent):
                 await agent.serve(ready=ready)
         if not agent.restart_requested:
-            return
+            return agent.stopped_by
         ready = None  # announced once
