@@ -1,8 +1,12 @@
-"""Every ``--help`` that lists exit statuses lists 130, interrupted (RFC-NOTES §1.4)."""
+"""Every ``--help`` that lists exit statuses lists 130, interrupted, and Ctrl-C before a command's
+handler runs is that same one line (RFC-NOTES §1.4)."""
 
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
+
+import pytest
 
 from ppn.cli._main import build_parser
 
@@ -28,3 +32,17 @@ def test_each_epilog_listing_exit_statuses_lists_130() -> None:
     assert {"ppn join", "ppn up", "ppn wg sync", "ppn service"} <= {p for p, _ in listing}
     missing = [path for path, epilog in listing if "130 interrupted" not in epilog]
     assert not missing, missing
+
+
+def test_ctrl_c_before_the_handler_runs_is_one_line_and_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while the parser is built (command families import, ppn.toml loads): no traceback."""
+    from ppn.cli import _main
+
+    def interrupted(*_args: object, **_kwargs: object) -> NoReturn:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_main, "build_parser", interrupted)
+    assert _main.main(["status"]) == 130
+    assert capsys.readouterr().err.strip() == "ppn: interrupted"

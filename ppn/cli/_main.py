@@ -248,6 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        # Ctrl-C before a handler ran (while the parser or the configuration loads): the same
+        # one line as any interruption, never a traceback (RFC-NOTES §1.4).
+        print("\nppn: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _main(argv: Sequence[str] | None) -> int:
