@@ -128,6 +128,9 @@ class ReplicaFollower:
         self.chain: ReplicaChain | None = None
         self.primary_head = 0
         self.written = 0
+        # The last entry on disk. ``chain.seq`` runs ahead of it while a checked batch is being
+        # written (the next request starts from the checked head), so observers read this one.
+        self.stored_seq = 0
         # Plain counters for whoever observes the follower (``ppn vault follow --metrics``):
         self.connected = False
         self.reconnects = 0  # connections lost (or refused) and tried again
@@ -168,6 +171,7 @@ class ReplicaFollower:
         self.vault_id = hello_vault
         if self.chain is None:
             self.chain = self._chain_from_store(self.store)
+            self.stored_seq = self.chain.seq
         self._ready.set()
 
     @staticmethod
@@ -253,10 +257,12 @@ class ReplicaFollower:
     async def _write(self, store: Store, batch: VerifiedBatch, done: trio.Event) -> None:
         try:
             await trio.to_thread.run_sync(partial(write_batch, store, batch, now=self.clock()))
+            # Together, with no await between, so a scrape sees all three or none.
+            self.stored_seq = batch.seq
+            self.primary_head = batch.primary_head
+            self.written += len(batch.entries)
         finally:
             done.set()
-        self.primary_head = batch.primary_head
-        self.written += len(batch.entries)
         if self.chain is not None and self.chain.seq >= batch.primary_head:
             self.caught_up_at = time.monotonic()
         if self.report is not None:

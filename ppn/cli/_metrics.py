@@ -320,7 +320,7 @@ class ReplicaCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         f = self.follower
-        seq = f.chain.seq if f.chain is not None else 0
+        seq = f.stored_seq  # what is on disk, not what is checked and still being written
         # Staleness: how long since the replica last held the primary's head (since the start
         # while it never has): it grows while the follower is behind or the primary is gone.
         since = f.caught_up_at if f.caught_up_at is not None else f.started
