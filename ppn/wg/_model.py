@@ -552,8 +552,13 @@ class InterfaceConfig:
         # Kept by the config itself (a planner asks on every pass; X25519 costs ~30 us).
         return None if self.private_key is None else public_key_of(self.private_key)
 
-    def peer_map(self) -> dict[bytes, PeerConfig]:
-        return {p.public_key: p for p in self.peers}
+    def peer_map(self) -> Mapping[bytes, PeerConfig]:
+        """The peers by public key, built once (the state is frozen; a planner asks each pass)."""
+        found: dict[bytes, PeerConfig] | None = self.__dict__.get("_peer_map")
+        if found is None:
+            found = {p.public_key: p for p in self.peers}
+            object.__setattr__(self, "_peer_map", found)
+        return found
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 import operator
 import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, KeysView, Mapping, Sequence
 
 from .._errors import LocalProtocolError
 from ._model import (
@@ -415,13 +415,23 @@ class DumpMemo:
     """What earlier reads decoded, by the bytes it came from, kept by a backend from one read
     to the next: a peer's allowed IPs (the whole nest: its prefix texts, and the networks when
     asked for) and endpoints. A device read again yields the *same* objects, so the planner's
-    comparisons short-cut on identity, and nothing is decoded twice (RFC-NOTES §6.10)."""
+    comparisons short-cut on identity, and nothing is decoded twice (RFC-NOTES §6.10).
+
+    ``matched`` maps a public key to the desired ``PeerConfig`` last found unchanged on the
+    device and the stable tail of the nest it was found in (:meth:`KernelPeers.unchanged`).
+    """
 
     def __init__(self, *, limit: int = 1 << 16) -> None:
         self.limit = limit
         self._texts: dict[bytes, tuple[str, ...]] = {}
         self._nets: dict[tuple[str, ...], tuple[IPNetwork, ...]] = {}
         self._endpoints: dict[bytes, Endpoint | None] = {}
+        self.matched: dict[bytes, tuple[PeerConfig, bytes]] = {}
+
+    def remember(self, key: bytes, peer: PeerConfig, tail: bytes) -> None:
+        if len(self.matched) >= self.limit and key not in self.matched:
+            self.matched.clear()
+        self.matched[key] = (peer, tail)
 
     def prefix_texts(self, parts: list[bytes]) -> tuple[str, ...]:
         """The canonical texts of a peer's allowed IPs, from its allowed-IPs nests' payloads
@@ -469,9 +479,13 @@ class DumpMemo:
 class _RawPeer:
     """One peer of a dump, its fields kept as read (the preshared key as its fingerprint)."""
 
-    __slots__ = ("allowed", "endpoint", "handshake", "keepalive", "psk", "rx", "tx", "version")
+    __slots__ = (
+        "allowed", "endpoint", "handshake", "keepalive", "kernel_layout", "psk", "rx", "tx",
+        "version",
+    )  # fmt: skip
 
     def __init__(self) -> None:
+        self.kernel_layout = False  # one nest, its head as the module writes it
         self.allowed: list[bytes] = []
         self.endpoint: bytes | None = None
         self.psk: bytes | None = None
@@ -485,22 +499,50 @@ class _RawPeer:
 class KernelPeers(Mapping[bytes, PeerState]):
     """The peers of a dump, each turned into a :class:`PeerState` on first access.
 
+    A read only indexes the dump: per peer its public key and where its nest lies (a peer
+    continued in a later message, or laid out otherwise, is merged and kept as read instead).
     ``unchanged(peer)`` (the planner's :class:`~ppn.wg._plan.QuickCheck`) answers "does the
-    device already hold exactly this configuration for the peer?" from the fields as read:
-    keepalive, preshared-key fingerprint, endpoint (when one is desired) and the allowed IPs'
-    canonical texts in order, without building network objects. A mismatch (another order,
-    say) only means the planner compares field by field.
+    device already hold exactly this configuration for the peer?":
+
+    * first on bytes, without reading the peer: when this very ``PeerConfig`` object was found
+      unchanged on an earlier read (:attr:`DumpMemo.matched` keeps the stable tail of the nest
+      it matched: protocol version, endpoint, allowed IPs), the nest is in the module's layout
+      (every attribute header where ``get_peer`` puts it), and its preshared key, keepalive and
+      tail are byte for byte the expected ones. Only the volatile fields (handshake time, byte
+      counters) are not looked at, as the field comparison does not look at them either;
+    * otherwise from the fields as read: keepalive, preshared-key fingerprint, endpoint (when
+      one is desired) and the allowed IPs' canonical texts in order, without building network
+      objects. A mismatch (another order, say) only means the planner compares field by field.
     """
 
-    def __init__(self, raw: dict[bytes, _RawPeer], memo: DumpMemo) -> None:
+    def __init__(
+        self,
+        index: dict[bytes, int],
+        messages: list[bytes],
+        raw: dict[bytes, _RawPeer],
+        memo: DumpMemo,
+    ) -> None:
+        self._index = index
+        self._messages = messages
         self._raw = raw
         self._memo = memo
         self._decoded: dict[bytes, PeerState] = {}
 
+    def _raw_peer(self, key: bytes) -> _RawPeer:
+        """The peer's fields as read (decoding its nest now if the read only indexed it)."""
+        code = self._index[key]
+        if code < 0:
+            return self._raw[key]
+        data = self._messages[code >> 48]
+        start = (code >> 16) & 0xFFFFFFFF
+        one: dict[bytes, _RawPeer] = {}
+        _read_peer(data, start, start + (code & 0xFFFF), one)
+        return one[key]
+
     def __getitem__(self, key: bytes) -> PeerState:
         found = self._decoded.get(key)
         if found is None:
-            r = self._raw[key]
+            r = self._raw_peer(key)
             memo = self._memo
             texts = memo.prefix_texts(r.allowed) if r.allowed else ()
             found = self._decoded[key] = PeerState(
@@ -517,13 +559,16 @@ class KernelPeers(Mapping[bytes, PeerState]):
         return found
 
     def __contains__(self, key: object) -> bool:
-        return key in self._raw
+        return key in self._index
+
+    def keys(self) -> KeysView[bytes]:
+        return self._index.keys()  # membership and iteration without a Python-level call
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._raw)
+        return iter(self._index)
 
     def __len__(self) -> int:
-        return len(self._raw)
+        return len(self._index)
 
     def __repr__(self) -> str:
         return repr(dict(self.items()))
@@ -534,8 +579,35 @@ class KernelPeers(Mapping[bytes, PeerState]):
     __hash__ = None  # type: ignore[assignment]
 
     def unchanged(self, peer: PeerConfig) -> bool:
-        r = self._raw.get(peer.public_key)
-        if r is None or r.keepalive != peer.persistent_keepalive:
+        key = peer.public_key
+        code = self._index.get(key)
+        if code is None:
+            return False
+        matched = self._memo.matched.get(key)
+        if code >= 0 and matched is not None and matched[0] is peer:
+            data = self._messages[code >> 48]
+            at = (code >> 16) & 0xFFFFFFFF  # the nest's payload: the key attribute comes first
+            tail = matched[1]
+            if (
+                (code & 0xFFFF) == _STABLE_TAIL_AT + len(tail)
+                and data.startswith(tail, at + _STABLE_TAIL_AT)
+                and data.startswith(
+                    _NO_PSK_HEAD
+                    if peer.preshared_key is None
+                    else _psk_and_handshake_head(peer.preshared_key),
+                    at + 36,
+                )
+                and data.startswith(
+                    _NO_KEEPALIVE_HEAD
+                    if not peer.persistent_keepalive
+                    else _keepalive_and_tx_head(peer.persistent_keepalive),
+                    at + 92,
+                )
+                and data.startswith(_RX_HEAD, at + 112)
+            ):
+                return True
+        r = self._raw_peer(key)
+        if r.keepalive != peer.persistent_keepalive:
             return False
         if (r.psk is not None or peer.preshared_key is not None) and (
             r.psk != peer.preshared_fingerprint
@@ -544,7 +616,14 @@ class KernelPeers(Mapping[bytes, PeerState]):
         if peer.endpoint is not None and self._memo.endpoint(r.endpoint) != peer.endpoint:
             return False
         texts = self._memo.prefix_texts(r.allowed) if r.allowed else ()
-        return texts == peer.prefix_texts()
+        if texts != peer.prefix_texts():
+            return False
+        if code >= 0 and r.kernel_layout:
+            # Remembered for the next read: the nest's stable tail, as read and found equal.
+            data = self._messages[code >> 48]
+            at = (code >> 16) & 0xFFFFFFFF
+            self._memo.remember(key, peer, data[at + _STABLE_TAIL_AT : at + (code & 0xFFFF)])
+        return True
 
 
 def _key(data: bytes, start: int, end: int, what: str) -> bytes:
@@ -571,7 +650,7 @@ _KERNEL_HEAD_EXPECTED = (
 
 
 def _read_peer(data: bytes, at: int, end: int, peers: dict[bytes, _RawPeer]) -> None:
-    """One peer nest ``data[at:end]`` into ``peers`` (merged by public key)."""
+    """One peer nest's payload ``data[at:end]`` into ``peers`` (merged by public key)."""
     r: _RawPeer | None = None
     if end - at >= _KERNEL_HEAD.size:
         head = _KERNEL_HEAD.unpack_from(data, at)
@@ -580,6 +659,9 @@ def _read_peer(data: bytes, at: int, end: int, peers: dict[bytes, _RawPeer]) -> 
             r = peers.get(key)
             if r is None:
                 r = peers[key] = _RawPeer()
+                r.kernel_layout = True
+            else:
+                r.kernel_layout = False
             psk = head[5]
             r.psk = None if psk == _ZERO_KEY else key_fingerprint(psk)
             sec, nsec = head[8], head[9]
@@ -596,10 +678,14 @@ def _read_peer(data: bytes, at: int, end: int, peers: dict[bytes, _RawPeer]) -> 
         s, e = at + 4, at + size
         at += (size + 3) & ~3
         if kind == WGPEER_A_PUBLIC_KEY:
+            if r is not None:
+                raise UAPIProtocolError("a peer in a netlink dump has two public keys")
             key = _key(data, s, e, "peer public key")
             r = peers.get(key)
             if r is None:
                 r = peers[key] = _RawPeer()
+            else:
+                r.kernel_layout = False  # continued: its allowed IPs span two nests
         elif r is None:
             if kind:  # padding (type 0) may come first; anything else needs the key first
                 raise UAPIProtocolError("a peer in a netlink dump does not start with its key")
@@ -624,6 +710,81 @@ def _read_peer(data: bytes, at: int, end: int, peers: dict[bytes, _RawPeer]) -> 
             r.version = _U32.unpack_from(data, s)[0]
 
 
+# The fixed offsets of the module's layout within a peer nest's payload (see _KERNEL_HEAD):
+# key attribute at 0, preshared key at 36, handshake time at 72, keepalive at 92, tx bytes at
+# 100, rx bytes at 112, protocol version at 124; what follows (version, endpoint, allowed IPs)
+# is the stable tail a quick check compares as bytes.
+_STABLE_TAIL_AT = 124
+_PUBLIC_KEY_HEAD = _NLA.pack(36, WGPEER_A_PUBLIC_KEY)
+_HANDSHAKE_HEAD = _NLA.pack(20, WGPEER_A_LAST_HANDSHAKE_TIME)
+_TX_HEAD = _NLA.pack(12, WGPEER_A_TX_BYTES)
+_RX_HEAD = _NLA.pack(12, WGPEER_A_RX_BYTES)
+
+
+def _psk_and_handshake_head(psk: bytes | None) -> bytes:
+    """The bytes from the preshared-key attribute to the handshake time's header."""
+    return _KEY_ATTR.pack(36, WGPEER_A_PRESHARED_KEY, psk or _ZERO_KEY) + _HANDSHAKE_HEAD
+
+
+def _keepalive_and_tx_head(keepalive: int) -> bytes:
+    """The bytes from the keepalive attribute to the tx counter's header."""
+    return _KEEPALIVE_ATTR.pack(6, WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL, keepalive) + _TX_HEAD
+
+
+_NO_PSK_HEAD = _psk_and_handshake_head(None)
+_NO_KEEPALIVE_HEAD = _keepalive_and_tx_head(0)
+
+
+def _first_key(data: bytes, at: int, end: int) -> bytes | None:
+    """The public key of a peer nest's payload ``data[at:end]`` that does not start with it."""
+    for kind, start, stop in _attrs(data, at, end):
+        if kind == WGPEER_A_PUBLIC_KEY:
+            return _key(data, start, stop, "peer public key")
+    return None
+
+
+def _index_peers(
+    messages: list[bytes],
+    slot: int,
+    at: int,
+    end: int,
+    index: dict[bytes, int],
+    raw: dict[bytes, _RawPeer],
+) -> None:
+    """Index the peer nests of one ``WGDEVICE_A_PEERS`` nest ``messages[slot][at:end]``.
+
+    A peer seen for the first time with its key attribute first is only located: message,
+    payload offset and length in one integer (which the collector does not track). Any other
+    nest (a continuation of a peer's allowed IPs, another layout) is read now and merged by key
+    into ``raw``, with the peer's earlier nest if it was only located; its index value is -1.
+    """
+    data = messages[slot]
+    unpack = _NLA.unpack_from
+    where = slot << 48
+    while at + 4 <= end:
+        size, _kind = unpack(data, at)
+        if size < 4 or at + size > end:
+            raise UAPIProtocolError("a netlink attribute overruns its message")
+        start, stop = at + 4, at + size
+        at += (size + 3) & ~3
+        key: bytes | None
+        if size >= 40 and data.startswith(_PUBLIC_KEY_HEAD, start):
+            key = data[start + 4 : start + 36]
+            if key not in index:
+                index[key] = where | (start << 16) | (size - 4)
+                continue
+        else:
+            key = _first_key(data, start, stop)
+        if key is not None:
+            code = index.get(key, -1)
+            if code >= 0:  # located before: read that nest first, then merge this one
+                first = messages[code >> 48]
+                first_start = (code >> 16) & 0xFFFFFFFF
+                _read_peer(first, first_start, first_start + (code & 0xFFFF), raw)
+            index[key] = -1
+        _read_peer(data, start, stop, raw)
+
+
 def merge_dump(
     messages: Iterable[bytes], name: str, *, memo: DumpMemo | None = None, lazy: bool = False
 ) -> DeviceState:
@@ -636,7 +797,9 @@ def merge_dump(
     listen_port = 0
     fwmark = 0
     raw: dict[bytes, _RawPeer] = {}
-    for data in messages:
+    index: dict[bytes, int] = {}
+    kept = messages if isinstance(messages, list) else list(messages)
+    for slot, data in enumerate(kept):
         for kind, start, end in _attrs(data, _HEADERS):
             if kind == WGDEVICE_A_PRIVATE_KEY:
                 private = _key(data, start, end, "private key")
@@ -650,13 +813,12 @@ def merge_dump(
             elif kind == WGDEVICE_A_FWMARK and end - start >= 4:
                 fwmark = _U32.unpack_from(data, start)[0]
             elif kind == WGDEVICE_A_PEERS:
-                for _, p_start, p_end in _attrs(data, start, end):
-                    _read_peer(data, p_start, p_end, raw)
-    peers = KernelPeers(raw, memo)
+                _index_peers(kept, slot, start, end, index, raw)
+    peers = KernelPeers(index, kept, raw, memo)
     return DeviceState(
         name=name,
         public_key=public_key,
         listen_port=listen_port,
         fwmark=fwmark,
-        peers=peers if lazy else {key: peers[key] for key in raw},
+        peers=peers if lazy else {key: peers[key] for key in index},
     )

@@ -145,6 +145,9 @@ def check_prefixes(
     says ``desired`` itself was found free of duplicates before (a long-lived caller re-plans
     the same frozen state pass after pass: :class:`~ppn.wg.Reconciler` remembers it).
     """
+    # A frozen state found free of duplicates stays so: the mark is kept on the object itself
+    # (a long-lived caller re-plans one state pass after pass, whichever Reconciler runs it).
+    checked = checked or desired.__dict__.get("_prefixes_distinct", False)
     # Keyed by canonical text: equal prefixes have equal texts, and a parsed peer's texts
     # come without building network objects.
     owner: dict[str, bytes] = {}
@@ -157,6 +160,7 @@ def check_prefixes(
                         f"prefix {net} is claimed by two peers ({short_key(other)} and "
                         f"{short_key(peer.public_key)}); nothing was changed"
                     )
+        object.__setattr__(desired, "_prefixes_distinct", True)
     for state in (foreign or {}).values():
         for net in map(network_text, state.allowed_ips):
             if net in owner:
@@ -187,12 +191,18 @@ def plan(
     is_owned = _owner_predicate(owned)
     wanted = desired.peer_map()
     peers = current.peers
-    foreign = {k: peers[k] for k in peers if k not in wanted and not is_owned(k)}
-    for key in wanted:
-        if not is_owned(key):
-            raise DesiredStateError(
-                f"peer {short_key(key)} is in the desired state but not owned by this node"
-            )
+    # Membership through the keys view: a backend's lazy mapping offers its index's own.
+    present = peers.keys()
+    extra = [k for k in present if k not in wanted]
+    if owned is None:
+        foreign: dict[bytes, PeerState] = {}
+    else:
+        foreign = {k: peers[k] for k in extra if not is_owned(k)}
+        for key in wanted:
+            if not is_owned(key):
+                raise DesiredStateError(
+                    f"peer {short_key(key)} is in the desired state but not owned by this node"
+                )
     check_prefixes(desired, foreign, checked=prefixes_checked)
     own_key = current.public_key if desired.private_key is None else desired.public_key
     if own_key is not None and own_key in wanted:
@@ -204,15 +214,13 @@ def plan(
     if iface is not None:
         ops.append(iface)
     # Removals first: they free prefixes that later additions may take over.
-    for key in peers:
-        if key not in wanted and key not in foreign:
-            ops.append(RemovePeer(public_key=key))
+    ops.extend(RemovePeer(public_key=key) for key in extra if key not in foreign)
     kept: list[bytes] = []
     # A backend may offer a cheap exact "already configured like this" test (the UAPI reader
     # compares text); a miss only means the full comparison below decides.
     unchanged = _quick_check(peers)
     for key, peer in wanted.items():
-        if key not in peers:
+        if key not in present:
             ops.append(AddPeer(peer=peer))
             continue
         if unchanged is not None and unchanged(peer):

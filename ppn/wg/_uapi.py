@@ -12,7 +12,7 @@ key and a ``preshared_key`` line a fingerprint; the secret itself is never store
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, KeysView, Mapping
 from typing import NamedTuple
 
 from .._errors import LocalProtocolError
@@ -280,6 +280,9 @@ class LazyPeers(Mapping[bytes, PeerState]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._blocks
+
+    def keys(self) -> KeysView[bytes]:
+        return self._blocks.keys()  # membership and iteration without a Python-level call
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._blocks)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyroute2.netlink.generic.wireguard import (
@@ -400,7 +401,9 @@ def test_the_kernel_path_loads_no_pyroute2() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def _kernel_layout_dump(peers: list[PeerConfig], *, handshake: int = 0) -> list[bytes]:
+def _kernel_layout_dump(
+    peers: list[PeerConfig], *, handshake: int = 0, trailing: dict[bytes, str] | None = None
+) -> list[bytes]:
     """A dump as the module writes one (netlink.c get_peer): key, preshared key, handshake,
     keepalive, tx, rx, protocol version, then endpoint and allowed IPs; three peers a
     message, the last peer's allowed IPs continued in the next message under its key alone."""
@@ -422,6 +425,8 @@ def _kernel_layout_dump(peers: list[PeerConfig], *, handshake: int = 0) -> list[
                 attrs += n_._endpoint_attr(p.endpoint)
             texts = p.prefix_texts()[: 2 if p is group[-1] else None]
             attrs += n_._nest(9, [n_._allowed_from_text(t) for t in texts])
+            if trailing and p.public_key in trailing:  # a second allowed-IPs nest after it
+                attrs += n_._nest(9, [n_._allowed_from_text(trailing[p.public_key])])
             nests.append(n_._nest(0, [attrs]))
         body = n_._ifname("wg0") + n_._nest(8, nests)
         messages.append(n_._genl_message(FAMILY, 2, 1, 0, body))
@@ -467,3 +472,108 @@ def test_the_fast_head_matches_the_module_s_layout() -> None:
     first_peer = msg.index(A) - 4 - 4  # the peer nest's header, then the key attribute's
     head = _netlink._KERNEL_HEAD.unpack_from(msg, first_peer + 4)
     assert _netlink._KERNEL_HEAD_FRAME(head) == _netlink._KERNEL_HEAD_EXPECTED
+
+
+def _changed(p: PeerConfig, change: str) -> PeerConfig:
+    """``p`` as the device might hold it after someone else wrote to it."""
+    import dataclasses
+
+    texts = p.prefix_texts()
+    if change == "keepalive":
+        return dataclasses.replace(p, persistent_keepalive=25 - p.persistent_keepalive)
+    if change == "psk":
+        return dataclasses.replace(p, preshared_key=None if p.preshared_key else bytes([9]) * 32)
+    if change == "endpoint":
+        port = 1 if p.endpoint is None else p.endpoint.port % 65535 + 1
+        return dataclasses.replace(p, endpoint=Endpoint(host="192.0.2.77", port=port))
+    if change == "no endpoint":
+        return dataclasses.replace(p, endpoint=None)
+    if change == "prefixes":
+        more = texts[:-1] if texts else ("10.99.0.0/16",)
+        return dataclasses.replace(p, allowed_ips=tuple(ipaddress.ip_network(t) for t in more))
+    if change == "order" and len(texts) > 1:
+        return dataclasses.replace(p, allowed_ips=tuple(reversed(p.allowed_ips)))
+    return p
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    device=st.lists(_peer_configs, max_size=6, unique_by=lambda p: p.public_key),
+    changes=st.lists(
+        st.sampled_from(
+            ["same", "keepalive", "psk", "endpoint", "no endpoint", "prefixes", "order", "trailing"]
+        ),
+        min_size=6,
+        max_size=6,
+    ),
+)
+def test_a_remembered_peer_is_checked_on_bytes_and_never_changes_a_plan(
+    device: list[PeerConfig], changes: list[str]
+) -> None:
+    """A backend keeps, per peer, the desired object last found unchanged and the stable tail
+    of its nest (``DumpMemo.matched``). Holding that desired state while the device changes
+    under it (any stable field, and always the handshake time and counters), the next read's
+    byte check plans exactly what a full decode plans."""
+    from hypothesis import assume
+
+    from ppn.wg import DesiredStateError, InterfaceConfig, plan
+
+    want = InterfaceConfig(peers=tuple(device))
+    memo = _netlink.DumpMemo()
+    first = merge_dump(_kernel_layout_dump(device), "wg0", memo=memo, lazy=True)
+    try:
+        assert not plan(want, first, now=0.0)
+    except DesiredStateError:  # a prefix in two peers: refused before any check
+        assume(False)
+    # every peer read from one nest in the module's layout is remembered with its object
+    whole = {k for k, c in first.peers._index.items() if c >= 0}  # type: ignore[attr-defined]
+    assert {k for k, (p, _tail) in memo.matched.items() if want.peer_map()[k] is p} == whole
+    pairs = list(zip(device, changes, strict=False))
+    held = [_changed(p, c) for p, c in pairs]
+    more = {p.public_key: "10.98.0.0/16" for p, c in pairs if c == "trailing"}
+    dump = _kernel_layout_dump(held, handshake=1_700_000_000, trailing=more)
+    lazy = merge_dump(dump, "wg0", memo=memo, lazy=True)
+    eager = merge_dump(dump, "wg0")
+    for now in (1_700_000_001.0, 1_800_000_000.0):  # the handshake fresh, then stale
+        assert plan(want, lazy, now=now) == plan(want, eager, now=now)
+
+
+def test_an_unchanged_device_is_planned_without_decoding_a_peer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second read of an unchanged device (only its handshake times and counters moved)
+    decodes no peer: each is recognised on bytes."""
+    from ppn.wg import InterfaceConfig, plan
+
+    peers = [
+        PeerConfig(
+            public_key=bytes([i]) * 32,
+            allowed_ips=(n(f"10.0.{i}.0/24"), n(f"fd00::{i:x}/128")),
+            endpoint=Endpoint(host=f"192.0.2.{i}", port=51820) if i % 2 else None,
+            persistent_keepalive=25 if i % 3 else 0,
+            preshared_key=bytes([i]) * 32 if i % 5 == 0 else None,
+        )
+        for i in range(1, 20)
+    ]
+    want = InterfaceConfig(peers=tuple(peers))
+    memo = _netlink.DumpMemo()
+    assert not plan(
+        want, merge_dump(_kernel_layout_dump(peers), "wg0", memo=memo, lazy=True), now=0
+    )
+    decoded: list[int] = []
+    real = _netlink._read_peer
+
+    def counting(*args: object) -> None:
+        decoded.append(1)
+        real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_netlink, "_read_peer", counting)
+    dump = _kernel_layout_dump(peers, handshake=1_700_000_000)
+    assert not plan(want, merge_dump(dump, "wg0", memo=memo, lazy=True), now=1_700_000_001)
+    assert decoded == []
+    # a new desired object for one peer (equal, but not the one remembered) is decoded once
+    import dataclasses
+
+    again = InterfaceConfig(peers=(dataclasses.replace(peers[0]), *peers[1:]))
+    assert not plan(again, merge_dump(dump, "wg0", memo=memo, lazy=True), now=1_700_000_001)
+    assert decoded == [1]
