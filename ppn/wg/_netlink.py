@@ -504,12 +504,13 @@ class KernelPeers(Mapping[bytes, PeerState]):
     ``unchanged(peer)`` (the planner's :class:`~ppn.wg._plan.QuickCheck`) answers "does the
     device already hold exactly this configuration for the peer?":
 
-    * first on bytes, without reading the peer: when this very ``PeerConfig`` object was found
-      unchanged on an earlier read (:attr:`DumpMemo.matched` keeps the stable tail of the nest
+    * first on bytes, without reading the peer: when this ``PeerConfig`` (or one with the same
+      endpoint and allowed IPs, as a desired state built afresh has) was found unchanged on an
+      earlier read (:attr:`DumpMemo.matched` keeps the object and the stable tail of the nest
       it matched: protocol version, endpoint, allowed IPs), the nest is in the module's layout
-      (every attribute header where ``get_peer`` puts it), and its preshared key, keepalive and
-      tail are byte for byte the expected ones. Only the volatile fields (handshake time, byte
-      counters) are not looked at, as the field comparison does not look at them either;
+      (every attribute header where ``get_peer`` puts it), and its preshared key, keepalive
+      and tail are byte for byte the expected ones. Only the volatile fields (handshake time,
+      byte counters) are not looked at, as the field comparison does not look at them either;
     * otherwise from the fields as read: keepalive, preshared-key fingerprint, endpoint (when
       one is desired) and the allowed IPs' canonical texts in order, without building network
       objects. A mismatch (another order, say) only means the planner compares field by field.
@@ -531,13 +532,14 @@ class KernelPeers(Mapping[bytes, PeerState]):
     def _raw_peer(self, key: bytes) -> _RawPeer:
         """The peer's fields as read (decoding its nest now if the read only indexed it)."""
         code = self._index[key]
-        if code < 0:
+        if code < 0 or key in self._raw:
             return self._raw[key]
         data = self._messages[code >> 48]
         start = (code >> 16) & 0xFFFFFFFF
         one: dict[bytes, _RawPeer] = {}
         _read_peer(data, start, start + (code & 0xFFFF), one)
-        return one[key]
+        found = self._raw[key] = one[key]  # read once: a quick check, then the full comparison
+        return found
 
     def __getitem__(self, key: bytes) -> PeerState:
         found = self._decoded.get(key)
@@ -584,7 +586,9 @@ class KernelPeers(Mapping[bytes, PeerState]):
         if code is None:
             return False
         matched = self._memo.matched.get(key)
-        if code >= 0 and matched is not None and matched[0] is peer:
+        if code >= 0 and matched is not None and _same_check(matched[0], peer):
+            if matched[0] is not peer:  # an equal desired object built afresh: next time by id
+                matched = self._memo.matched[key] = (peer, matched[1])
             data = self._messages[code >> 48]
             at = (code >> 16) & 0xFFFFFFFF  # the nest's payload: the key attribute comes first
             tail = matched[1]
@@ -624,6 +628,16 @@ class KernelPeers(Mapping[bytes, PeerState]):
             at = (code >> 16) & 0xFFFFFFFF
             self._memo.remember(key, peer, data[at + _STABLE_TAIL_AT : at + (code & 0xFFFF)])
         return True
+
+
+def _same_check(seen: PeerConfig, peer: PeerConfig) -> bool:
+    """Whether :meth:`KernelPeers.unchanged` decides ``peer`` as it decided ``seen`` (a peer
+    with the same key) from the same nest tail: the same endpoint (or none) and the same
+    allowed IPs in order. The preshared key and keepalive are compared on the bytes anyway."""
+    return seen is peer or (
+        seen.prefix_texts() == peer.prefix_texts()
+        and (seen.endpoint is peer.endpoint or seen.endpoint == peer.endpoint)
+    )
 
 
 def _key(data: bytes, start: int, end: int, what: str) -> bytes:

@@ -506,14 +506,21 @@ def _changed(p: PeerConfig, change: str) -> PeerConfig:
         min_size=6,
         max_size=6,
     ),
+    wanted=st.lists(
+        st.sampled_from(["same", "keepalive", "psk", "endpoint", "no endpoint", "prefixes"]),
+        min_size=6,
+        max_size=6,
+    ),
 )
 def test_a_remembered_peer_is_checked_on_bytes_and_never_changes_a_plan(
-    device: list[PeerConfig], changes: list[str]
+    device: list[PeerConfig], changes: list[str], wanted: list[str]
 ) -> None:
     """A backend keeps, per peer, the desired object last found unchanged and the stable tail
     of its nest (``DumpMemo.matched``). Holding that desired state while the device changes
     under it (any stable field, and always the handshake time and counters), the next read's
     byte check plans exactly what a full decode plans."""
+    import dataclasses
+
     from hypothesis import assume
 
     from ppn.wg import DesiredStateError, InterfaceConfig, plan
@@ -532,10 +539,25 @@ def test_a_remembered_peer_is_checked_on_bytes_and_never_changes_a_plan(
     held = [_changed(p, c) for p, c in pairs]
     more = {p.public_key: "10.98.0.0/16" for p, c in pairs if c == "trailing"}
     dump = _kernel_layout_dump(held, handshake=1_700_000_000, trailing=more)
-    lazy = merge_dump(dump, "wg0", memo=memo, lazy=True)
     eager = merge_dump(dump, "wg0")
-    for now in (1_700_000_001.0, 1_800_000_000.0):  # the handshake fresh, then stale
-        assert plan(want, lazy, now=now) == plan(want, eager, now=now)
+    # the held objects, then ones built afresh (equal ones are recognised by value; the
+    # others differ as ``wanted`` says), then the held ones again
+    fresh = InterfaceConfig(
+        peers=tuple(
+            dataclasses.replace(_changed(p, c)) for p, c in zip(device, wanted, strict=False)
+        )
+    )
+
+    def outcome(desired: InterfaceConfig, state: object, now: float) -> object:
+        try:
+            return plan(desired, state, now=now)  # type: ignore[arg-type]
+        except DesiredStateError as exc:  # a prefix in two desired peers: refused either way
+            return str(exc)
+
+    for desired in (want, fresh, want):
+        lazy = merge_dump(dump, "wg0", memo=memo, lazy=True)
+        for now in (1_700_000_001.0, 1_800_000_000.0):  # the handshake fresh, then stale
+            assert outcome(desired, lazy, now) == outcome(desired, eager, now)
 
 
 def test_an_unchanged_device_is_planned_without_decoding_a_peer(
@@ -571,9 +593,15 @@ def test_an_unchanged_device_is_planned_without_decoding_a_peer(
     dump = _kernel_layout_dump(peers, handshake=1_700_000_000)
     assert not plan(want, merge_dump(dump, "wg0", memo=memo, lazy=True), now=1_700_000_001)
     assert decoded == []
-    # a new desired object for one peer (equal, but not the one remembered) is decoded once
+    # an equal desired object built afresh is recognised by value, and remembered instead
     import dataclasses
 
-    again = InterfaceConfig(peers=(dataclasses.replace(peers[0]), *peers[1:]))
+    fresh = dataclasses.replace(peers[0])
+    again = InterfaceConfig(peers=(fresh, *peers[1:]))
     assert not plan(again, merge_dump(dump, "wg0", memo=memo, lazy=True), now=1_700_000_001)
+    assert decoded == [] and memo.matched[fresh.public_key][0] is fresh
+    # one whose endpoint differs is read (and planned: the device keeps the old endpoint)
+    moved = dataclasses.replace(peers[0], endpoint=Endpoint(host="192.0.2.200", port=1))
+    other = InterfaceConfig(peers=(moved, *peers[1:]))
+    assert plan(other, merge_dump(dump, "wg0", memo=memo, lazy=True), now=1_800_000_000)
     assert decoded == [1]
