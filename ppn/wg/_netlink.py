@@ -586,7 +586,11 @@ class KernelPeers(Mapping[bytes, PeerState]):
         if code is None:
             return False
         matched = self._memo.matched.get(key)
-        if code >= 0 and matched is not None and _same_check(matched[0], peer):
+        if (
+            code >= 0
+            and matched is not None
+            and (matched[0] is peer or _same_check(matched[0], peer))
+        ):
             if matched[0] is not peer:  # an equal desired object built afresh: next time by id
                 matched = self._memo.matched[key] = (peer, matched[1])
             data = self._messages[code >> 48]
@@ -634,9 +638,8 @@ def _same_check(seen: PeerConfig, peer: PeerConfig) -> bool:
     """Whether :meth:`KernelPeers.unchanged` decides ``peer`` as it decided ``seen`` (a peer
     with the same key) from the same nest tail: the same endpoint (or none) and the same
     allowed IPs in order. The preshared key and keepalive are compared on the bytes anyway."""
-    return seen is peer or (
-        seen.prefix_texts() == peer.prefix_texts()
-        and (seen.endpoint is peer.endpoint or seen.endpoint == peer.endpoint)
+    return seen.prefix_texts() == peer.prefix_texts() and (
+        seen.endpoint is peer.endpoint or seen.endpoint == peer.endpoint
     )
 
 

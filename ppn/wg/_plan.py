@@ -151,6 +151,13 @@ def check_prefixes(
     # Keyed by canonical text: equal prefixes have equal texts, and a parsed peer's texts
     # come without building network objects.
     owner: dict[str, bytes] = {}
+    if not checked and not foreign:
+        # The common case at C speed: no text twice. Otherwise the loop below names the peers
+        # (a peer that lists one prefix twice is not a conflict, only slower).
+        texts = [net for peer in desired.peers for net in peer.prefix_texts()]
+        if len(set(texts)) == len(texts):
+            object.__setattr__(desired, "_prefixes_distinct", True)
+            return
     if not checked or foreign:
         for peer in desired.peers:
             for net in peer.prefix_texts():

@@ -376,3 +376,21 @@ def test_a_reconciler_skips_the_duplicate_check_only_for_the_state_it_checked() 
         reconciler.sync(bad, now=2.0)
     with pytest.raises(DesiredStateError, match="claimed by two peers"):
         reconciler.sync(bad, now=3.0)  # a refused state is never remembered as checked
+
+
+def test_the_duplicate_check_names_the_peers_and_allows_a_repeat_within_one() -> None:
+    """The duplicate check's set shortcut (no prefix text twice) and its loop agree: two
+    peers claiming a prefix are named, one peer listing a prefix twice is no conflict, and
+    only a state found clean is marked checked."""
+    from ppn.wg import DesiredStateError, InterfaceConfig
+    from ppn.wg._plan import check_prefixes
+
+    twice = InterfaceConfig(peers=(peer(1, "10.0.0.1/32", "10.0.0.1/32"), peer(2, "10.0.0.2/32")))
+    check_prefixes(twice)
+    assert twice.__dict__["_prefixes_distinct"] is True
+    clash = InterfaceConfig(peers=(peer(1, "10.0.0.1/32"), peer(2, "10.0.0.9/32", "10.0.0.1/32")))
+    with pytest.raises(DesiredStateError, match=r"prefix 10\.0\.0\.1/32 is claimed by two peers"):
+        check_prefixes(clash)
+    assert "_prefixes_distinct" not in clash.__dict__
+    with pytest.raises(DesiredStateError):
+        check_prefixes(clash)  # still refused: a refusal is never remembered
