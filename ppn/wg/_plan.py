@@ -285,8 +285,9 @@ def check_applied(
             op for op in applied.operations if isinstance(op, RemovePeer) and op.public_key in peers
         )
     unchanged = _quick_check(peers)
+    present = peers.keys()  # a lazy mapping's own index view, as in plan()
     for key, peer in wanted.items():
-        if key not in peers:
+        if key not in present:
             if whole_set or key in written:
                 missing.append(AddPeer(peer=peer))
         elif key in written and not (unchanged is not None and unchanged(peer)):
