@@ -427,3 +427,90 @@ def test_refusals_by_the_module_map_to_exit_statuses(lab: Lab, tmp_path: Path) -
     assert missing.returncode == 21 and "Traceback" not in missing.stderr
     shown = first.cli("show", "nosuchwg9", env=env, check=False)
     assert shown.returncode == 21 and "Traceback" not in shown.stderr
+
+
+def test_a_held_state_is_recognised_on_the_module_s_bytes_and_changes_behind_it_planned(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's quick check on the module's own dump bytes (RFC-NOTES §6.10, ARCHITECTURE
+    §8.1): once a pass has found the device as desired, every peer is recognised without being
+    decoded while live traffic moves one peer's handshake time and counters; a desired state
+    built afresh is recognised too; and what ``wg set`` changes behind the agent's back
+    (keepalive, allowed IPs, preshared key, endpoint) is planned exactly, peer by peer."""
+    import dataclasses
+
+    from ppn.wg import Endpoint, UpdatePeer, _netlink
+
+    ha, hb = lab.host("qa"), lab.host("qb")
+    lab.link(ha, "192.168.79.1/24", hb, "192.168.79.2/24")
+    a = KernelNode(lab, ha, "10.8.0.1/24")
+    b = KernelNode(lab, hb, "10.8.0.2/24")
+    others = [
+        PeerConfig(
+            public_key=WireGuardKeyPair.generate().public,
+            endpoint=Endpoint.parse(f"192.0.2.{i}:51820"),
+            allowed_ips=(parse_network(f"10.9.{i}.0/24"), parse_network(f"fd09::{i:x}/128")),
+            persistent_keepalive=25 if i % 2 else 0,
+            preshared_key=os.urandom(32) if i % 3 == 0 else None,
+        )
+        for i in range(1, 41)
+    ]
+    desired = a.config([b.peer_entry("192.168.79.2:51820", "10.8.0.2/32"), *others])
+    agent = Reconciler(a.backend)
+    assert len(agent.sync(desired, now=time.time()).plan) == 1 + 1 + len(others)
+    configure_interface(a.ifname, addresses=[a.mesh_address], netns=ha.netns)
+    b.up([a.peer_entry("192.168.79.1:51820", "10.8.0.0/24")])
+    assert hb.ping(a.mesh_ip, count=2, timeout=3)
+    # This pass verifies the writes on its read; each peer then matched and is remembered.
+    assert not agent.sync(desired, now=time.time()).plan
+    matched = a.backend._memo.matched
+    assert all(matched[p.public_key][0] is p for p in desired.peers)
+
+    decoded: list[bytes] = []
+    real_read_peer = _netlink._read_peer
+
+    def counting(data: bytes, at: int, end: int, peers: dict[bytes, object]) -> None:
+        decoded.append(data[at + 4 : at + 36])
+        real_read_peer(data, at, end, peers)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_netlink, "_read_peer", counting)
+    before = a.backend.read().peers[b.keys.public]
+    assert hb.ping(a.mesh_ip, count=3, timeout=3)  # b's counters (and maybe handshake) move
+    decoded.clear()
+    assert not agent.sync(desired, now=time.time()).plan
+    assert decoded == []  # every peer recognised on bytes, counters notwithstanding
+    after = a.backend.read().peers[b.keys.public]
+    assert after.rx_bytes > before.rx_bytes  # the volatile fields did move under the check
+    fresh = a.config([dataclasses.replace(p) for p in desired.peers])
+    decoded.clear()
+    assert not agent.sync(fresh, now=time.time()).plan
+    assert decoded == []  # equal objects built afresh: recognised by value, still no decoding
+
+    # Behind the agent's back.
+    def wg_set(peer: PeerConfig, *args: str) -> None:
+        ha.run(["wg", "set", a.ifname, "peer", encode_key(peer.public_key), *args])
+
+    psk_file = tmp_path / "psk"
+    psk_file.write_text(encode_key(os.urandom(32)) + "\n")
+    wg_set(others[0], "persistent-keepalive", "7")
+    wg_set(others[1], "allowed-ips", "10.9.2.0/24,fd09::2/128,10.77.0.0/16")
+    wg_set(others[2], "preshared-key", str(psk_file))
+    wg_set(others[3], "endpoint", "192.0.2.200:1")
+    wg_set(others[4], "allowed-ips", "fd09::5/128,10.9.5.0/24")  # the same set, another order
+    decoded.clear()
+    report = agent.sync(fresh, now=time.time())
+    touched = {op.public_key for op in report.plan if isinstance(op, UpdatePeer)}
+    assert touched == {p.public_key for p in others[:4]}
+    assert len(report.plan) == 4
+    # decoded: the changed peers (and the reordered one, if the module lists the new order),
+    # nothing else
+    changed_keys = {p.public_key for p in others[:4]}
+    assert changed_keys <= set(decoded) <= changed_keys | {others[4].public_key}
+    assert not agent.sync(fresh, now=time.time()).plan  # verified, and converged
+    rows = {row[1]: row for row in a.dump()[1:]}
+    for p in others[:4]:
+        row = rows[encode_key(p.public_key)]
+        assert row[2] == (encode_key(p.preshared_key) if p.preshared_key else "(none)")
+        assert row[3] == str(p.endpoint)
+        assert set(row[4].split(",")) == set(p.prefix_texts())
+        assert row[8] == (str(p.persistent_keepalive) if p.persistent_keepalive else "off")
