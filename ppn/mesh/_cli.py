@@ -385,7 +385,9 @@ def _observe_device(interface: str) -> tuple[dict[Any, Any], str]:
         if choice.backend is not None and choice.running:
             return observations_from(choice.backend.read()), choice.kind
         return {}, "down"
-    except (wg.DeviceError, OSError) as exc:
+    # A malformed answer (either reader may report it when a peer is first decoded, here in
+    # observations_from) is one more way a device cannot be read.
+    except (wg.DeviceError, wg.UAPIProtocolError, OSError) as exc:
         return {}, f"unreadable ({exc})"
 
 
