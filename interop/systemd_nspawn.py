@@ -50,6 +50,10 @@ def unavailable_reason() -> str | None:
         return f"no container tree at {rootfs()} and no debootstrap to make one"
     if not Path("/dev/net/tun").exists():
         return "needs /dev/net/tun (wireguard-go)"
+    if any(ROOT.is_relative_to(private) for private in (Path("/tmp"), Path("/var/tmp"))):
+        # The checkout is bound into the container at its own path, and the units run its
+        # ppn with PrivateTmp=yes: they would see an empty /tmp and fail with 203/EXEC.
+        return f"the checkout {ROOT} is under /tmp or /var/tmp, which the units cannot see"
     return None
 
 

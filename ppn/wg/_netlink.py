@@ -522,12 +522,20 @@ class KernelPeers(Mapping[bytes, PeerState]):
         messages: list[bytes],
         raw: dict[bytes, _RawPeer],
         memo: DumpMemo,
+        clean: dict[bytes, PeerConfig] | None = None,
     ) -> None:
         self._index = index
         self._messages = messages
         self._raw = raw
         self._memo = memo
         self._decoded: dict[bytes, PeerState] = {}
+        self._clean: dict[bytes, PeerConfig] = {} if clean is None else clean
+
+    @property
+    def known_unchanged(self) -> Mapping[bytes, PeerConfig]:
+        """Peers whose nest the read found byte for byte as the desired object given here was
+        found before (the planner skips a desired peer that *is* that object)."""
+        return self._clean
 
     def _raw_peer(self, key: bytes) -> _RawPeer:
         """The peer's fields as read (decoding its nest now if the read only indexed it)."""
@@ -585,35 +593,21 @@ class KernelPeers(Mapping[bytes, PeerState]):
         code = self._index.get(key)
         if code is None:
             return False
-        matched = self._memo.matched.get(key)
-        if (
-            code >= 0
-            and matched is not None
-            and (matched[0] is peer or _same_check(matched[0], peer))
+        seen = self._clean.get(key)
+        if seen is not None and (
+            seen is peer
+            or (
+                seen.preshared_key == peer.preshared_key
+                and seen.persistent_keepalive == peer.persistent_keepalive
+                and _same_check(seen, peer)
+            )
         ):
-            if matched[0] is not peer:  # an equal desired object built afresh: next time by id
-                matched = self._memo.matched[key] = (peer, matched[1])
-            data = self._messages[code >> 48]
-            at = (code >> 16) & 0xFFFFFFFF  # the nest's payload: the key attribute comes first
-            tail = matched[1]
-            if (
-                (code & 0xFFFF) == _STABLE_TAIL_AT + len(tail)
-                and data.startswith(tail, at + _STABLE_TAIL_AT)
-                and data.startswith(
-                    _NO_PSK_HEAD
-                    if peer.preshared_key is None
-                    else _psk_and_handshake_head(peer.preshared_key),
-                    at + 36,
-                )
-                and data.startswith(
-                    _NO_KEEPALIVE_HEAD
-                    if not peer.persistent_keepalive
-                    else _keepalive_and_tx_head(peer.persistent_keepalive),
-                    at + 92,
-                )
-                and data.startswith(_RX_HEAD, at + 112)
-            ):
-                return True
+            if seen is not peer:  # an equal desired object built afresh: next time by identity
+                self._clean[key] = peer
+                entry = self._memo.matched.get(key)
+                if entry is not None and entry[0] is seen:
+                    self._memo.remember(key, peer, entry[1])
+            return True
         r = self._raw_peer(key)
         if r.keepalive != peer.persistent_keepalive:
             return False
@@ -767,16 +761,26 @@ def _index_peers(
     end: int,
     index: dict[bytes, int],
     raw: dict[bytes, _RawPeer],
+    matched: dict[bytes, tuple[PeerConfig, bytes]],
+    clean: dict[bytes, PeerConfig],
 ) -> None:
     """Index the peer nests of one ``WGDEVICE_A_PEERS`` nest ``messages[slot][at:end]``.
 
     A peer seen for the first time with its key attribute first is only located: message,
-    payload offset and length in one integer (which the collector does not track). Any other
-    nest (a continuation of a peer's allowed IPs, another layout) is read now and merged by key
-    into ``raw``, with the peer's earlier nest if it was only located; its index value is -1.
+    payload offset and length in one integer (which the collector does not track); and if the
+    backend remembers a desired peer found unchanged in an earlier nest (``matched``), this
+    nest is compared with it on bytes, here where it lies at hand: in the module's layout
+    (every attribute header where ``get_peer`` puts it), the remembered preshared key and
+    keepalive, the remembered stable tail (protocol version, endpoint, allowed IPs). Only the
+    volatile fields (handshake time, counters) are skipped. A match goes into ``clean``.
+    Any other nest (a continuation of a peer's allowed IPs, another layout) is read now and
+    merged by key into ``raw``, with the peer's earlier nest if it was only located; its index
+    value is -1.
     """
     data = messages[slot]
     unpack = _NLA.unpack_from
+    recall = matched.get
+    startswith = data.startswith
     where = slot << 48
     while at + 4 <= end:
         size, _kind = unpack(data, at)
@@ -785,10 +789,30 @@ def _index_peers(
         start, stop = at + 4, at + size
         at += (size + 3) & ~3
         key: bytes | None
-        if size >= 40 and data.startswith(_PUBLIC_KEY_HEAD, start):
+        if size >= 40 and startswith(_PUBLIC_KEY_HEAD, start):
             key = data[start + 4 : start + 36]
             if key not in index:
                 index[key] = where | (start << 16) | (size - 4)
+                seen = recall(key)
+                if seen is not None:
+                    peer, tail = seen
+                    psk, keepalive = peer.preshared_key, peer.persistent_keepalive
+                    if (
+                        size - 4 == _STABLE_TAIL_AT + len(tail)
+                        and startswith(tail, start + _STABLE_TAIL_AT)
+                        and startswith(
+                            _NO_PSK_HEAD if psk is None else _psk_and_handshake_head(psk),
+                            start + 36,
+                        )
+                        and startswith(
+                            _NO_KEEPALIVE_HEAD
+                            if not keepalive
+                            else _keepalive_and_tx_head(keepalive),
+                            start + 92,
+                        )
+                        and startswith(_RX_HEAD, start + 112)
+                    ):
+                        clean[key] = peer
                 continue
         else:
             key = _first_key(data, start, stop)
@@ -799,6 +823,7 @@ def _index_peers(
                 first_start = (code >> 16) & 0xFFFFFFFF
                 _read_peer(first, first_start, first_start + (code & 0xFFFF), raw)
             index[key] = -1
+            clean.pop(key, None)  # its first nest matched, but the peer continues here
         _read_peer(data, start, stop, raw)
 
 
@@ -815,6 +840,7 @@ def merge_dump(
     fwmark = 0
     raw: dict[bytes, _RawPeer] = {}
     index: dict[bytes, int] = {}
+    clean: dict[bytes, PeerConfig] = {}
     kept = messages if isinstance(messages, list) else list(messages)
     for slot, data in enumerate(kept):
         for kind, start, end in _attrs(data, _HEADERS):
@@ -830,8 +856,8 @@ def merge_dump(
             elif kind == WGDEVICE_A_FWMARK and end - start >= 4:
                 fwmark = _U32.unpack_from(data, start)[0]
             elif kind == WGDEVICE_A_PEERS:
-                _index_peers(kept, slot, start, end, index, raw)
-    peers = KernelPeers(index, kept, raw, memo)
+                _index_peers(kept, slot, start, end, index, raw, memo.matched, clean)
+    peers = KernelPeers(index, kept, raw, memo, clean)
     return DeviceState(
         name=name,
         public_key=public_key,

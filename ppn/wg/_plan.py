@@ -38,6 +38,7 @@ from ._model import (
 )
 
 __all__ = [
+    "KnownUnchanged",
     "QuickCheck",
     "AddPeer",
     "Operation",
@@ -133,6 +134,21 @@ def _quick_check(peers: Mapping[bytes, PeerState]) -> Callable[[PeerConfig], boo
     return peers.unchanged if isinstance(peers, QuickCheck) else None
 
 
+@runtime_checkable
+class KnownUnchanged(Protocol):
+    """What a device state's peer mapping may also offer: the peers its read already found
+    configured exactly as a given desired object (the kernel reader compares each nest on
+    bytes with what the backend remembers, ARCHITECTURE §8.1). A desired peer that *is* the
+    object mapped to its key needs no further look; any other is asked :class:`QuickCheck`."""
+
+    @property
+    def known_unchanged(self) -> Mapping[bytes, PeerConfig]: ...
+
+
+def _known_unchanged(peers: Mapping[bytes, PeerState]) -> Mapping[bytes, PeerConfig]:
+    return peers.known_unchanged if isinstance(peers, KnownUnchanged) else {}
+
+
 def check_prefixes(
     desired: InterfaceConfig,
     foreign: Mapping[bytes, PeerState] | None = None,
@@ -226,7 +242,10 @@ def plan(
     # A backend may offer a cheap exact "already configured like this" test (the UAPI reader
     # compares text); a miss only means the full comparison below decides.
     unchanged = _quick_check(peers)
+    known = _known_unchanged(peers).get
     for key, peer in wanted.items():
+        if known(key) is peer:
+            continue
         if key not in present:
             ops.append(AddPeer(peer=peer))
             continue

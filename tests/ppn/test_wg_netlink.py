@@ -474,6 +474,11 @@ def test_the_fast_head_matches_the_module_s_layout() -> None:
     assert _netlink._KERNEL_HEAD_FRAME(head) == _netlink._KERNEL_HEAD_EXPECTED
 
 
+_DEVICE_CHANGES = [
+    "same", "keepalive", "psk", "endpoint", "no endpoint", "prefixes", "more", "order", "trailing",
+]  # fmt: skip
+
+
 def _changed(p: PeerConfig, change: str) -> PeerConfig:
     """``p`` as the device might hold it after someone else wrote to it."""
     import dataclasses
@@ -491,6 +496,9 @@ def _changed(p: PeerConfig, change: str) -> PeerConfig:
     if change == "prefixes":
         more = texts[:-1] if texts else ("10.99.0.0/16",)
         return dataclasses.replace(p, allowed_ips=tuple(ipaddress.ip_network(t) for t in more))
+    if change == "more":  # one more at the end: continued in the next message if it is last
+        more = (*texts, f"10.98.{p.public_key[0]}.0/24")
+        return dataclasses.replace(p, allowed_ips=tuple(ipaddress.ip_network(t) for t in more))
     if change == "order" and len(texts) > 1:
         return dataclasses.replace(p, allowed_ips=tuple(reversed(p.allowed_ips)))
     return p
@@ -500,9 +508,7 @@ def _changed(p: PeerConfig, change: str) -> PeerConfig:
 @given(
     device=st.lists(_peer_configs, max_size=6, unique_by=lambda p: p.public_key),
     changes=st.lists(
-        st.sampled_from(
-            ["same", "keepalive", "psk", "endpoint", "no endpoint", "prefixes", "order", "trailing"]
-        ),
+        st.sampled_from(_DEVICE_CHANGES),
         min_size=6,
         max_size=6,
     ),

@@ -364,6 +364,16 @@ def test_the_planner_s_quick_check_is_a_declared_protocol() -> None:
     assert not isinstance({}, QuickCheck)
 
 
+def test_the_kernel_reader_declares_what_its_read_found_unchanged() -> None:
+    from ppn.wg import merge_dump
+    from ppn.wg._plan import KnownUnchanged, QuickCheck
+    from ppn.wg._uapi import LazyPeers
+
+    peers = merge_dump([], "wg0", lazy=True).peers
+    assert isinstance(peers, KnownUnchanged) and isinstance(peers, QuickCheck)
+    assert not isinstance(LazyPeers({}), KnownUnchanged) and not isinstance({}, KnownUnchanged)
+
+
 def test_a_reconciler_skips_the_duplicate_check_only_for_the_state_it_checked() -> None:
     from ppn.wg import DesiredStateError, FakeBackend, InterfaceConfig, Reconciler
 
