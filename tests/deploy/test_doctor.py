@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -282,6 +283,16 @@ def test_a_failed_unit_blocks_and_an_inactive_one_warns() -> None:
     assert starting.severity is Severity.WARNS
 
 
+def _blocked_ports(
+    done: subprocess.CompletedProcess[str],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """A doctor run that found a blocking port (exit 70): its port findings, and the messages
+    of those that FAIL."""
+    assert done.returncode == 70, done.stderr
+    rows = [f for f in json.loads(done.stdout)["findings"] if f["check"] == "ports"]
+    return rows, [f["message"] for f in rows if f["severity"] == "FAIL"]
+
+
 def test_a_unit_that_keeps_failing_and_restarting_blocks() -> None:
     # What systemd 252 showed for a unit exiting 1 every time, restarted every 2 s: it never
     # hit the start limit, so it was never "failed" (found under a real systemd, RFC-NOTES §13.4).
@@ -312,9 +323,7 @@ def test_doctor_checks_the_ports_the_configuration_gives(tmp_path: Path) -> None
         conf.write_text(f"[up]\ncontrol-port = {held}\nlisten-port = {held_udp}\n")
         env = {**os.environ, "PPN_VAULT_SERVE_LISTEN": f"127.0.0.1:{held}"}
         done = _doctor(state, "--config", str(conf), env=env)
-    assert done.returncode == 70, done.stderr
-    rows = [f for f in json.loads(done.stdout)["findings"] if f["check"] == "ports"]
-    taken = [f["message"] for f in rows if f["severity"] == "FAIL"]
+    rows, taken = _blocked_ports(done)
     assert any(
         m.startswith(
             f"TCP {held} (PPN control (ppn up), set in {conf} line 2 and vault (ppn vault serve), "
@@ -346,9 +355,7 @@ def test_doctor_checks_the_metrics_ports_the_configuration_turns_on(tmp_path: Pa
         conf.write_text(f'[vault.serve]\nmetrics = "127.0.0.1:{held}"\n')
         env = {**os.environ, "PPN_VAULT_FOLLOW_METRICS": "127.0.0.1"}
         done = _doctor(state, "--config", str(conf), env=env)
-    assert done.returncode == 70, done.stderr
-    rows = [f for f in json.loads(done.stdout)["findings"] if f["check"] == "ports"]
-    taken = [f["message"] for f in rows if f["severity"] == "FAIL"]
+    rows, taken = _blocked_ports(done)
     assert any(
         m.startswith(
             f"TCP {held} (metrics (ppn vault serve), set in {conf} line 2) is taken by pid "
