@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 import operator
 import struct
-from collections.abc import Iterable, Iterator, KeysView, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, KeysView, Mapping, Sequence
 
 from .._errors import LocalProtocolError
 from ._model import (
@@ -419,6 +419,7 @@ class DumpMemo:
 
     ``matched`` maps a public key to the desired ``PeerConfig`` last found unchanged on the
     device and the stable tail of the nest it was found in (:meth:`KernelPeers.unchanged`).
+    ``pages`` keeps, per message of the dump, what indexing it found (:class:`_Page`).
     """
 
     def __init__(self, *, limit: int = 1 << 16) -> None:
@@ -427,6 +428,9 @@ class DumpMemo:
         self._nets: dict[tuple[str, ...], tuple[IPNetwork, ...]] = {}
         self._endpoints: dict[bytes, Endpoint | None] = {}
         self.matched: dict[bytes, tuple[PeerConfig, bytes]] = {}
+        # By message position in the dump: what indexing that message's peers found, kept
+        # while the message comes back the same (see _Page).
+        self.pages: dict[int, _Page] = {}
 
     def remember(self, key: bytes, peer: PeerConfig, tail: bytes) -> None:
         if len(self.matched) >= self.limit and key not in self.matched:
@@ -476,6 +480,88 @@ class DumpMemo:
         return found
 
 
+class _Page:
+    """What indexing the peers of one dump message found, for the next read of the device.
+
+    A device that did not change is dumped again into the same messages, byte for byte but
+    for each peer's handshake time and counters. So a message is compared with the one
+    recorded here: first as a whole (an idle device's, one C-level compare), then, if that
+    differs, on its *stable* bytes only (everything but those volatile payloads: every
+    header, key, preshared key, keepalive, endpoint and allowed IP; one slice-and-compare).
+    When they are equal, its peers' index values are the recorded ones (same message
+    position, same offsets), and so is ``clean``: a nest found configured exactly as a
+    desired ``PeerConfig`` stays so while its stable bytes are the same (the objects are
+    immutable). :meth:`KernelPeers.unchanged` keeps ``clean`` in step when it finds an equal
+    desired object built afresh, so the next read offers that one.
+
+    Only messages whose every peer nest was simply located are recorded (a peer continued
+    across messages, or a nest that does not start with its key, is merged as it is read).
+    """
+
+    __slots__ = ("body", "clean", "codes", "end", "stable", "stable_of", "start")
+
+    def __init__(
+        self,
+        data: bytes,
+        start: int,
+        end: int,
+        codes: dict[bytes, int],
+        clean: dict[bytes, PeerConfig],
+    ) -> None:
+        self.start, self.end = start, end
+        self.body = data[start:end]
+        self.codes = codes
+        self.clean = clean  # the clean peers of these nests (a dict of the page's own)
+        # Built when a message first differs from the recorded one (counters moved).
+        self.stable_of: Callable[[bytes], object] | None = None
+        self.stable: object = None
+
+    def _stable_parts(self) -> Callable[[bytes], object]:
+        """Slices of a body that cover all but the volatile payloads of every nest in the
+        module's layout (header positions as get_peer writes them: the headers are among
+        the stable bytes, so the layout holds for any body that matches)."""
+        cuts: list[slice] = []
+        at, body, start = 0, self.body, self.start
+        for code in self.codes.values():
+            nest = ((code >> 16) & 0xFFFFFFFF) - start
+            if (
+                (code & 0xFFFF) >= _STABLE_TAIL_AT
+                and body.startswith(_HANDSHAKE_HEAD, nest + 72)
+                and body.startswith(_TX_HEAD, nest + 100)
+                and body.startswith(_RX_HEAD, nest + 112)
+            ):
+                cuts += (slice(at, nest + 76), slice(nest + 92, nest + 104))
+                cuts.append(slice(nest + 112, nest + 116))
+                at = nest + _STABLE_TAIL_AT
+        cuts.append(slice(at, len(body)))
+        return operator.itemgetter(*cuts)
+
+    def matches(self, data: bytes, start: int, end: int) -> bool:
+        """Whether ``data[start:end]`` indexes as recorded (the caller checks the keys are new)."""
+        if start != self.start or end != self.end:
+            return False
+        if not data.startswith(self.body, start):
+            # Up to the first volatile payload (the first nest's header, key and preshared
+            # key) first: a message that holds other peers differs there, and is not
+            # worth building the stable parts for.
+            if not data.startswith(self.body[:76], start):
+                return False
+            if self.stable_of is None:
+                self.stable_of = self._stable_parts()
+                self.stable = self.stable_of(self.body)
+            body = data[start:end]
+            if self.stable_of(body) != self.stable:
+                return False
+            self.body = body  # the counters as now: an idle peer's next dump is equal whole
+        return True
+
+    def keep(self, key: bytes, peer: PeerConfig) -> None:
+        """``key``'s nest in this message holds exactly ``peer``'s configuration (the caller
+        compared them)."""
+        if key in self.codes:
+            self.clean[key] = peer
+
+
 class _RawPeer:
     """One peer of a dump, its fields kept as read (the preshared key as its fingerprint)."""
 
@@ -523,6 +609,7 @@ class KernelPeers(Mapping[bytes, PeerState]):
         raw: dict[bytes, _RawPeer],
         memo: DumpMemo,
         clean: dict[bytes, PeerConfig] | None = None,
+        pages: dict[int, _Page] | None = None,
     ) -> None:
         self._index = index
         self._messages = messages
@@ -530,6 +617,7 @@ class KernelPeers(Mapping[bytes, PeerState]):
         self._memo = memo
         self._decoded: dict[bytes, PeerState] = {}
         self._clean: dict[bytes, PeerConfig] = {} if clean is None else clean
+        self._pages: dict[int, _Page] = {} if pages is None else pages  # by message, this read's
 
     @property
     def known_unchanged(self) -> Mapping[bytes, PeerConfig]:
@@ -590,24 +678,34 @@ class KernelPeers(Mapping[bytes, PeerState]):
 
     def unchanged(self, peer: PeerConfig) -> bool:
         key = peer.public_key
+        seen = self._clean.get(key)
+        if seen is not None:  # the read found the nest as ``seen`` expects it (so it exists)
+            if seen is peer:
+                return True
+            # An equal desired object built afresh (a changed file, a mesh agent's pass):
+            # what the byte check compared, compared on the objects, then next time by
+            # identity. Inline: this runs for every peer of such a pass. Equal attribute
+            # dicts (one C-level compare, but for the endpoints' own __eq__) are equal
+            # configurations; dicts that differ in what is cached (networks built on one
+            # side) are compared field by field.
+            if seen.__dict__ == peer.__dict__ or (
+                seen.persistent_keepalive == peer.persistent_keepalive
+                and seen.preshared_key == peer.preshared_key
+                and seen.prefix_texts() == peer.prefix_texts()
+                and (seen.endpoint is peer.endpoint or seen.endpoint == peer.endpoint)
+            ):
+                self._clean[key] = peer
+                matched = self._memo.matched
+                entry = matched.get(key)
+                if entry is not None and entry[0] is seen:  # replaced: the memo cannot grow
+                    matched[key] = (peer, entry[1])
+                page = self._pages.get(self._index[key] >> 48)
+                if page is not None and key in page.codes:  # page.keep(key, peer), inline
+                    page.clean[key] = peer
+                return True
         code = self._index.get(key)
         if code is None:
             return False
-        seen = self._clean.get(key)
-        if seen is not None and (
-            seen is peer
-            or (
-                seen.preshared_key == peer.preshared_key
-                and seen.persistent_keepalive == peer.persistent_keepalive
-                and _same_check(seen, peer)
-            )
-        ):
-            if seen is not peer:  # an equal desired object built afresh: next time by identity
-                self._clean[key] = peer
-                entry = self._memo.matched.get(key)
-                if entry is not None and entry[0] is seen:
-                    self._memo.remember(key, peer, entry[1])
-            return True
         r = self._raw_peer(key)
         if r.keepalive != peer.persistent_keepalive:
             return False
@@ -625,16 +723,10 @@ class KernelPeers(Mapping[bytes, PeerState]):
             data = self._messages[code >> 48]
             at = (code >> 16) & 0xFFFFFFFF
             self._memo.remember(key, peer, data[at + _STABLE_TAIL_AT : at + (code & 0xFFFF)])
+        page = self._pages.get(code >> 48) if code >= 0 else None
+        if page is not None:  # what the nest was just found to hold, for the next read
+            page.keep(key, peer)
         return True
-
-
-def _same_check(seen: PeerConfig, peer: PeerConfig) -> bool:
-    """Whether :meth:`KernelPeers.unchanged` decides ``peer`` as it decided ``seen`` (a peer
-    with the same key) from the same nest tail: the same endpoint (or none) and the same
-    allowed IPs in order. The preshared key and keepalive are compared on the bytes anyway."""
-    return seen.prefix_texts() == peer.prefix_texts() and (
-        seen.endpoint is peer.endpoint or seen.endpoint == peer.endpoint
-    )
 
 
 def _key(data: bytes, start: int, end: int, what: str) -> bytes:
@@ -763,8 +855,12 @@ def _index_peers(
     raw: dict[bytes, _RawPeer],
     matched: dict[bytes, tuple[PeerConfig, bytes]],
     clean: dict[bytes, PeerConfig],
-) -> None:
-    """Index the peer nests of one ``WGDEVICE_A_PEERS`` nest ``messages[slot][at:end]``.
+    found: dict[bytes, PeerConfig],
+) -> dict[bytes, int] | None:
+    """Index the peer nests of one ``WGDEVICE_A_PEERS`` nest ``messages[slot][at:end]``; the
+    index values it added when every nest was simply located (what a :class:`_Page` keeps),
+    else None. The clean peers of these nests go into ``found`` (the caller adds them to
+    ``clean``, the clean peers of the earlier messages).
 
     A peer seen for the first time with its key attribute first is only located: message,
     payload offset and length in one integer (which the collector does not track); and if the
@@ -772,7 +868,7 @@ def _index_peers(
     nest is compared with it on bytes, here where it lies at hand: in the module's layout
     (every attribute header where ``get_peer`` puts it), the remembered preshared key and
     keepalive, the remembered stable tail (protocol version, endpoint, allowed IPs). Only the
-    volatile fields (handshake time, counters) are skipped. A match goes into ``clean``.
+    volatile fields (handshake time, counters) are skipped. A match goes into ``found``.
     Any other nest (a continuation of a peer's allowed IPs, another layout) is read now and
     merged by key into ``raw``, with the peer's earlier nest if it was only located; its index
     value is -1.
@@ -782,6 +878,8 @@ def _index_peers(
     recall = matched.get
     startswith = data.startswith
     where = slot << 48
+    located: dict[bytes, int] = {}
+    simple = True
     while at + 4 <= end:
         size, _kind = unpack(data, at)
         if size < 4 or at + size > end:
@@ -792,7 +890,7 @@ def _index_peers(
         if size >= 40 and startswith(_PUBLIC_KEY_HEAD, start):
             key = data[start + 4 : start + 36]
             if key not in index:
-                index[key] = where | (start << 16) | (size - 4)
+                located[key] = index[key] = where | (start << 16) | (size - 4)
                 seen = recall(key)
                 if seen is not None:
                     peer, tail = seen
@@ -812,10 +910,11 @@ def _index_peers(
                         )
                         and startswith(_RX_HEAD, start + 112)
                     ):
-                        clean[key] = peer
+                        found[key] = peer
                 continue
         else:
             key = _first_key(data, start, stop)
+        simple = False
         if key is not None:
             code = index.get(key, -1)
             if code >= 0:  # located before: read that nest first, then merge this one
@@ -823,8 +922,12 @@ def _index_peers(
                 first_start = (code >> 16) & 0xFFFFFFFF
                 _read_peer(first, first_start, first_start + (code & 0xFFFF), raw)
             index[key] = -1
-            clean.pop(key, None)  # its first nest matched, but the peer continues here
+            # Its first nest (in this message or an earlier one) matched, but the peer
+            # continues here: read as merged instead.
+            if found.pop(key, None) is None:
+                clean.pop(key, None)
         _read_peer(data, start, stop, raw)
+    return located if simple else None
 
 
 def merge_dump(
@@ -842,6 +945,7 @@ def merge_dump(
     index: dict[bytes, int] = {}
     clean: dict[bytes, PeerConfig] = {}
     kept = messages if isinstance(messages, list) else list(messages)
+    pages, used = memo.pages, {}
     for slot, data in enumerate(kept):
         for kind, start, end in _attrs(data, _HEADERS):
             if kind == WGDEVICE_A_PRIVATE_KEY:
@@ -856,8 +960,28 @@ def merge_dump(
             elif kind == WGDEVICE_A_FWMARK and end - start >= 4:
                 fwmark = _U32.unpack_from(data, start)[0]
             elif kind == WGDEVICE_A_PEERS:
-                _index_peers(kept, slot, start, end, index, raw, memo.matched, clean)
-    peers = KernelPeers(index, kept, raw, memo, clean)
+                page = pages.get(slot)
+                if (
+                    page is not None
+                    and page.matches(data, start, end)
+                    and index.keys().isdisjoint(page.codes)
+                ):
+                    index.update(page.codes)  # the same message as last read: as found then
+                    clean.update(page.clean)
+                    used[slot] = page
+                    continue
+                found: dict[bytes, PeerConfig] = {}
+                located = _index_peers(
+                    kept, slot, start, end, index, raw, memo.matched, clean, found
+                )
+                clean.update(found)
+                if located is None:
+                    pages.pop(slot, None)
+                else:
+                    pages[slot] = used[slot] = _Page(data, start, end, located, found)
+    for slot in [slot for slot in pages if slot >= len(kept)]:
+        del pages[slot]
+    peers = KernelPeers(index, kept, raw, memo, clean, used)
     return DeviceState(
         name=name,
         public_key=public_key,

@@ -290,11 +290,11 @@ def check_applied(
     iface = _interface_op(desired, after)
     if iface is not None:
         missing.append(iface)
-    written = {
+    written = dict.fromkeys(  # a set in the plan's order
         op.peer.public_key if isinstance(op, AddPeer) else op.public_key
         for op in applied.operations
         if isinstance(op, (AddPeer, UpdatePeer))
-    }
+    )
     if whole_set:
         missing.extend(
             RemovePeer(public_key=key) for key in peers if key not in wanted and is_owned(key)
@@ -305,7 +305,11 @@ def check_applied(
         )
     unchanged = _quick_check(peers)
     present = peers.keys()  # a lazy mapping's own index view, as in plan()
-    for key, peer in wanted.items():
+    # Only the desired peers the plan wrote need a look, and unless the whole set is checked,
+    # only they are looked at (in the plan's order): a pass that wrote a few peers of many
+    # does not walk them all.
+    looked_at = wanted.items() if whole_set else ((k, wanted[k]) for k in written if k in wanted)
+    for key, peer in looked_at:
         if key not in present:
             if whole_set or key in written:
                 missing.append(AddPeer(peer=peer))

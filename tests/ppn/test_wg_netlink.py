@@ -611,3 +611,97 @@ def test_an_unchanged_device_is_planned_without_decoding_a_peer(
     other = InterfaceConfig(peers=(moved, *peers[1:]))
     assert plan(other, merge_dump(dump, "wg0", memo=memo, lazy=True), now=1_800_000_000)
     assert decoded == [1]
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Count the calls of ``_netlink.<name>`` (the real function still runs)."""
+    calls: list[int] = []
+    real = getattr(_netlink, name)
+
+    def counted(*args: object) -> object:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(_netlink, name, counted)
+    return calls
+
+
+def test_a_message_dumped_again_is_not_indexed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message of the dump that comes back the same (but for handshake times and counters)
+    is taken as indexed last time: no peer of it is looked at again, and its peers' volatile
+    fields are read from the new message. A message with a changed peer is indexed again,
+    alone, and the change is planned."""
+    import dataclasses
+
+    from ppn.wg import InterfaceConfig, plan
+
+    peers = [
+        PeerConfig(
+            public_key=bytes([i]) * 32,
+            allowed_ips=(n(f"10.0.{i}.0/24"), n(f"fd00::{i:x}/128")),
+            endpoint=Endpoint(host=f"192.0.2.{i}", port=51820) if i % 2 else None,
+            persistent_keepalive=25 if i % 3 else 0,
+            preshared_key=bytes([i]) * 32 if i % 5 == 0 else None,
+        )
+        for i in range(1, 20)
+    ]  # 7 messages of up to 3 peers
+    want = InterfaceConfig(peers=tuple(peers))
+    memo = _netlink.DumpMemo()
+    assert not plan(
+        want, merge_dump(_kernel_layout_dump(peers), "wg0", memo=memo, lazy=True), now=0
+    )
+    indexed = _counting(monkeypatch, "_index_peers")
+    decoded = _counting(monkeypatch, "_read_peer")
+    dump = _kernel_layout_dump(peers, handshake=1_700_000_000)
+    for _ in range(2):  # counters moved, then the same bytes again
+        state = merge_dump(dump, "wg0", memo=memo, lazy=True)
+        assert not plan(want, state, now=1_700_000_001)
+        assert indexed == [] and decoded == []
+        assert state.peers.known_unchanged == want.peer_map()  # type: ignore[attr-defined]
+        got = state.peers[peers[7].public_key]  # decoded now, from this read's message
+        assert (got.last_handshake, got.tx_bytes, got.rx_bytes) == (1_700_000_000.25, 4096, 8192)
+        assert got.allowed_ips == peers[7].allowed_ips and got.endpoint == peers[7].endpoint
+        decoded.clear()
+    # a desired state built afresh, equal: recognised by value, and the pages kept in step
+    fresh = InterfaceConfig(peers=tuple(dataclasses.replace(p) for p in peers))
+    assert not plan(fresh, merge_dump(dump, "wg0", memo=memo, lazy=True), now=1_700_000_001)
+    state = merge_dump(dump, "wg0", memo=memo, lazy=True)
+    assert indexed == [] and decoded == []
+    assert all(
+        state.peers.known_unchanged[k] is p  # type: ignore[attr-defined]
+        for k, p in fresh.peer_map().items()
+    )
+    # someone else changes peer 5's keepalive (the second peer of the second message): that
+    # message alone is indexed again (the others differ only in handshake times), and the
+    # change is planned from that peer alone
+    held = list(peers)
+    for keepalive in (7, 8):
+        held[4] = dataclasses.replace(peers[4], persistent_keepalive=keepalive)
+        state = merge_dump(
+            _kernel_layout_dump(held, handshake=keepalive), "wg0", memo=memo, lazy=True
+        )
+        assert len(indexed) == 1
+        (op,) = plan(fresh, state, now=1_700_000_010)
+        assert op == UpdatePeer(public_key=peers[4].public_key, persistent_keepalive=25)
+        assert decoded == [1]
+        indexed.clear()
+        decoded.clear()
+
+
+def test_a_message_dumped_again_never_hides_a_peer_merged_before_it() -> None:
+    """A peer whose nest comes back the same in its message, but now also appears in an
+    earlier message, is merged from both (as a fresh read merges it), not taken as recorded."""
+    a = PeerConfig(public_key=A, allowed_ips=(n("10.0.1.0/24"),))
+    b = PeerConfig(public_key=B, allowed_ips=(n("10.0.2.0/24"),))
+    c = PeerConfig(public_key=C, allowed_ips=(n("10.0.3.0/24"),))
+    c_more = PeerConfig(public_key=C, allowed_ips=(n("10.0.33.0/24"),))
+    first, second = _kernel_layout_dump([a, b, c, c])[:1], _kernel_layout_dump([c])
+    memo = _netlink.DumpMemo()
+    assert merge_dump(_kernel_layout_dump([a, b, a]) + second, "wg0", memo=memo).peers[
+        C
+    ].allowed_ips == (n("10.0.3.0/24"),)
+    again = _kernel_layout_dump([a, b, c_more])[:1] + second
+    assert first != again[:1]
+    merged = merge_dump(again, "wg0", memo=memo, lazy=True).peers[C]
+    assert merged.allowed_ips == (n("10.0.33.0/24"), n("10.0.3.0/24"))
+    assert merged == merge_dump(again, "wg0").peers[C]
