@@ -21,6 +21,10 @@ an installed ``ppn`` does not pay; the start-up line shows both. After the table
 The device lives in a network namespace this benchmark creates; the peers' endpoints are in
 127.0.0.0/8 inside that namespace, with no keepalive and no traffic, so no packet is sent.
 Needs root, wireguard-go and wg; says why and returns otherwise.
+
+``PPN_BENCH_WG_KERNEL=1`` (set by ``python -m interop.kernel_vm --bench``) benchmarks a kernel
+interface instead. ``PPN_BENCH_WG_PEERS``, ``PPN_BENCH_WG_TOOLS``, ``PPN_BENCH_WG_REPEATS``
+choose sizes, ppn columns and repeats (see below); ``PPN_BENCH_WG_ALL=1`` prints every repeat.
 """
 
 from __future__ import annotations
@@ -44,6 +48,13 @@ from ppn._keys import WireGuardKeyPair
 REPEATS = {1000: 3, 10000: 2}
 # PPN_BENCH_WG_PEERS=1000 runs one size only (a short run in the emulated kernel VM).
 SIZES = tuple(int(n) for n in os.environ.get("PPN_BENCH_WG_PEERS", "1000,10000").split(","))
+# PPN_BENCH_WG_TOOLS=agent runs the wg column and the agent's only (wg is always run: every
+# figure is a ratio to it), PPN_BENCH_WG_REPEATS=5 more repeats per size: in the emulated VM,
+# the lib and cli columns take most of the time, and more repeats steady the medians.
+_CHOSEN = os.environ.get("PPN_BENCH_WG_TOOLS", "agent,lib,cli").split(",")
+TOOLS = ("wg", *(t for t in ("agent", "lib", "cli") if t in _CHOSEN))
+if "PPN_BENCH_WG_REPEATS" in os.environ:
+    REPEATS = dict.fromkeys(SIZES, int(os.environ["PPN_BENCH_WG_REPEATS"]))
 
 
 def _peer_lines(index: int, key: bytes) -> str:
@@ -107,7 +118,7 @@ def _print_goals(
     print("initial <= 1 s at 1k, each <= wg syncconf; per ppn column, 'ok' or what was missed:")
     for (n, case), row in medians.items():
         verdicts = []
-        for tool in ("agent", "lib", "cli"):
+        for tool in TOOLS[1:]:
             missed = []
             limit = GOALS.get((n, case))
             if limit is not None and row[tool] > limit:
@@ -292,7 +303,8 @@ def main() -> None:
             _write_config(churn, private_b64, churned)
             times: dict[tuple[str, str], list[float]] = {}
             writes: dict[str, int] = {}
-            tools = (("wg", wg), ("agent", ppn_agent), ("lib", ppn_lib), ("cli", ppn_cli))
+            makers = {"wg": wg, "agent": ppn_agent, "lib": ppn_lib, "cli": ppn_cli}
+            tools = [(tool, makers[tool]) for tool in TOOLS]
             for _ in range(REPEATS.get(n, 2)):
                 for tool, make in tools:
                     reset()
@@ -309,21 +321,28 @@ def main() -> None:
                             agent_box[0].verify(after, now=time.time())
                             took += time.perf_counter() - t0
                         times.setdefault((case, tool), []).append(took)
-                        if tool == "lib":
-                            writes[case] = ops_done["lib"]
+                        if tool == TOOLS[-1] != "wg":  # lib's count; the agent's if alone
+                            writes[case] = ops_done[tool]
                     state = backend.read()
                     assert len(state.peers) == n, (tool, len(state.peers))
             for case in ("initial", "no-change", "1% churn"):
-                w, agent, lib, cli = (
-                    statistics.median(times[(case, t)]) for t in ("wg", "agent", "lib", "cli")
+                row = {t: statistics.median(times[(case, t)]) for t in TOOLS}
+                medians[(n, case)] = row
+                no_change_writes[n] = writes.get("no-change", 0)
+                w = row["wg"]
+                ms = "".join(
+                    f" {row[t] * 1000:>5.0f} ms" if t in row else f" {'-':>8}"
+                    for t in ("agent", "lib", "cli")
                 )
-                medians[(n, case)] = {"wg": w, "agent": agent, "lib": lib, "cli": cli}
-                no_change_writes[n] = writes["no-change"]
-                print(
-                    f"{n:>6} {case:<10} {w * 1000:>8.0f} ms {agent * 1000:>5.0f} ms"
-                    f" {lib * 1000:>5.0f} ms {cli * 1000:>5.0f} ms"
-                    f" {agent / w:>8.2f} {lib / w:>7.2f} {cli / w:>7.2f}  {writes[case]}"
+                ratios = "".join(
+                    f" {row[t] / w:>{width}.2f}" if t in row else f" {'-':>{width}}"
+                    for t, width in (("agent", 8), ("lib", 7), ("cli", 7))
                 )
+                print(f"{n:>6} {case:<10} {w * 1000:>8.0f} ms{ms}{ratios}  {writes.get(case, '-')}")
+                if os.environ.get("PPN_BENCH_WG_ALL") == "1":  # every repeat, for the notes
+                    for t in TOOLS:
+                        each = ", ".join(f"{x * 1000:.0f}" for x in times[(case, t)])
+                        print(f"{'':>6} {'':<10} {t}: {each} ms")
         _print_goals(medians, no_change_writes)
         parse_check = parse_config(base.read_text())
         assert len(parse_check.peers) == SIZES[-1]
