@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -474,17 +475,34 @@ def test_a_held_state_is_recognised_on_the_module_s_bytes_and_changes_behind_it_
         real_read_peer(data, at, end, peers)  # type: ignore[arg-type]
 
     monkeypatch.setattr(_netlink, "_read_peer", counting)
+    indexed: list[int] = []  # dump messages indexed peer by peer (not taken as recorded)
+    real_index_peers = _netlink._index_peers
+
+    def counting_index(*args: Any) -> Any:
+        indexed.append(1)
+        return real_index_peers(*args)
+
+    monkeypatch.setattr(_netlink, "_index_peers", counting_index)
     before = a.backend.read().peers[b.keys.public]
     assert hb.ping(a.mesh_ip, count=3, timeout=3)  # b's counters (and maybe handshake) move
     decoded.clear()
+    indexed.clear()
     assert not agent.sync(desired, now=time.time()).plan
     assert decoded == []  # every peer recognised on bytes, counters notwithstanding
+    # The module dumped the same messages again, byte for byte but for the volatile fields:
+    # each was taken as recorded, without a look at its peers.
+    assert indexed == []
     after = a.backend.read().peers[b.keys.public]
     assert after.rx_bytes > before.rx_bytes  # the volatile fields did move under the check
     fresh = a.config([dataclasses.replace(p) for p in desired.peers])
     decoded.clear()
     assert not agent.sync(fresh, now=time.time()).plan
     assert decoded == []  # equal objects built afresh: recognised by value, still no decoding
+    assert hb.ping(a.mesh_ip, count=2, timeout=3)
+    state = a.backend.read()  # and the pages now offer the fresh objects
+    assert indexed == [] and decoded == []
+    offered = state.peers.known_unchanged  # type: ignore[attr-defined]
+    assert all(offered[p.public_key] is p for p in fresh.peers)
 
     # Behind the agent's back.
     def wg_set(peer: PeerConfig, *args: str) -> None:
