@@ -480,6 +480,9 @@ class DumpMemo:
         return found
 
 
+_Continued = tuple[bytes, int, int]  # a nest continuing a peer: its key, payload start and end
+
+
 class _Page:
     """What indexing the peers of one dump message found, for the next read of the device.
 
@@ -494,11 +497,17 @@ class _Page:
     immutable). :meth:`KernelPeers.unchanged` keeps ``clean`` in step when it finds an equal
     desired object built afresh, so the next read offers that one.
 
-    Only messages whose every peer nest was simply located are recorded (a peer continued
-    across messages, or a nest that does not start with its key, is merged as it is read).
+    A nest that continues a peer met before is recorded as such (``continued``), and merged
+    again on every read, as a full read merges it: the module continues a peer's allowed IPs
+    in the next message when one fills up, so most messages of a large dump start with one.
+    It counts as continued only while its peer is met before (in this message, or in an
+    earlier one: ``earlier``). A message with a nest that does not start with its key is not
+    recorded.
     """
 
-    __slots__ = ("body", "clean", "codes", "end", "stable", "stable_of", "start")
+    __slots__ = (
+        "body", "clean", "codes", "continued", "earlier", "end", "stable", "stable_of", "start",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -506,11 +515,14 @@ class _Page:
         start: int,
         end: int,
         codes: dict[bytes, int],
+        continued: list[_Continued],
         clean: dict[bytes, PeerConfig],
     ) -> None:
         self.start, self.end = start, end
         self.body = data[start:end]
         self.codes = codes
+        self.continued = continued
+        self.earlier = [key for key, _start, _end in continued if key not in codes]
         self.clean = clean  # the clean peers of these nests (a dict of the page's own)
         # Built when a message first differs from the recorded one (counters moved).
         self.stable_of: Callable[[bytes], object] | None = None
@@ -856,11 +868,12 @@ def _index_peers(
     matched: dict[bytes, tuple[PeerConfig, bytes]],
     clean: dict[bytes, PeerConfig],
     found: dict[bytes, PeerConfig],
-) -> dict[bytes, int] | None:
-    """Index the peer nests of one ``WGDEVICE_A_PEERS`` nest ``messages[slot][at:end]``; the
-    index values it added when every nest was simply located (what a :class:`_Page` keeps),
-    else None. The clean peers of these nests go into ``found`` (the caller adds them to
-    ``clean``, the clean peers of the earlier messages).
+) -> tuple[dict[bytes, int], list[_Continued]] | None:
+    """Index the peer nests of one ``WGDEVICE_A_PEERS`` nest ``messages[slot][at:end]``.
+    Returns what a :class:`_Page` keeps: the index values it added and the nests that
+    continue a peer met before, in order; or None if a nest does not start with its key. The
+    clean peers of these nests go into ``found`` (the caller adds them to ``clean``, the
+    clean peers of the earlier messages).
 
     A peer seen for the first time with its key attribute first is only located: message,
     payload offset and length in one integer (which the collector does not track); and if the
@@ -879,6 +892,7 @@ def _index_peers(
     startswith = data.startswith
     where = slot << 48
     located: dict[bytes, int] = {}
+    continued: list[_Continued] = []
     simple = True
     while at + 4 <= end:
         size, _kind = unpack(data, at)
@@ -912,22 +926,34 @@ def _index_peers(
                     ):
                         found[key] = peer
                 continue
+            continued.append((key, start, stop))  # a later nest of a peer met before
         else:
             key = _first_key(data, start, stop)
-        simple = False
+            simple = False
         if key is not None:
-            code = index.get(key, -1)
-            if code >= 0:  # located before: read that nest first, then merge this one
-                first = messages[code >> 48]
-                first_start = (code >> 16) & 0xFFFFFFFF
-                _read_peer(first, first_start, first_start + (code & 0xFFFF), raw)
-            index[key] = -1
-            # Its first nest (in this message or an earlier one) matched, but the peer
-            # continues here: read as merged instead.
-            if found.pop(key, None) is None:
-                clean.pop(key, None)
+            found.pop(key, None)
+            _continue_peer(messages, index, raw, clean, key)
         _read_peer(data, start, stop, raw)
-    return located if simple else None
+    return (located, continued) if simple else None
+
+
+def _continue_peer(
+    messages: list[bytes],
+    index: dict[bytes, int],
+    raw: dict[bytes, _RawPeer],
+    clean: dict[bytes, PeerConfig],
+    key: bytes,
+) -> None:
+    """Another nest of ``key`` follows (the caller reads it into ``raw`` next): its first nest
+    is read now if it was only located, so the two merge; the peer is then neither located
+    (index value -1) nor clean (its first nest may have matched, but it continues)."""
+    code = index.get(key, -1)
+    if code >= 0:
+        first = messages[code >> 48]
+        first_start = (code >> 16) & 0xFFFFFFFF
+        _read_peer(first, first_start, first_start + (code & 0xFFFF), raw)
+    index[key] = -1
+    clean.pop(key, None)
 
 
 def merge_dump(
@@ -964,21 +990,27 @@ def merge_dump(
                 if (
                     page is not None
                     and page.matches(data, start, end)
-                    and index.keys().isdisjoint(page.codes)
+                    and index.keys().isdisjoint(page.codes)  # its peers are new here
+                    and all(map(index.__contains__, page.earlier))  # its continued ones not
                 ):
                     index.update(page.codes)  # the same message as last read: as found then
                     clean.update(page.clean)
+                    for key, s, e in page.continued:  # merged again, as a full read merges
+                        _continue_peer(kept, index, raw, clean, key)
+                        _read_peer(data, s, e, raw)
                     used[slot] = page
                     continue
                 found: dict[bytes, PeerConfig] = {}
-                located = _index_peers(
+                indexed = _index_peers(
                     kept, slot, start, end, index, raw, memo.matched, clean, found
                 )
                 clean.update(found)
-                if located is None:
+                if indexed is None:
                     pages.pop(slot, None)
                 else:
-                    pages[slot] = used[slot] = _Page(data, start, end, located, found)
+                    located, continued = indexed
+                    page = _Page(data, start, end, located, continued, found)
+                    pages[slot] = used[slot] = page
     for slot in [slot for slot in pages if slot >= len(kept)]:
         del pages[slot]
     peers = KernelPeers(index, kept, raw, memo, clean, used)

@@ -402,17 +402,24 @@ def test_the_kernel_path_loads_no_pyroute2() -> None:
 
 
 def _kernel_layout_dump(
-    peers: list[PeerConfig], *, handshake: int = 0, trailing: dict[bytes, str] | None = None
+    peers: list[PeerConfig],
+    *,
+    handshake: int = 0,
+    trailing: dict[bytes, str] | None = None,
+    carry: bool = False,
 ) -> list[bytes]:
     """A dump as the module writes one (netlink.c get_peer): key, preshared key, handshake,
     keepalive, tx, rx, protocol version, then endpoint and allowed IPs; three peers a
-    message, the last peer's allowed IPs continued in the next message under its key alone."""
+    message, the last peer's allowed IPs past its second continued in the next message under
+    its key alone: a message of its own, or with ``carry`` (as the module does when a message
+    fills up) at the start of the next group's message."""
     import struct
 
     n_ = _netlink
     messages = []
+    carried: list[bytes] = []
     for start in range(0, len(peers), 3):
-        nests = []
+        nests, carried = carried, []
         group = peers[start : start + 3]
         for p in group:
             attrs = n_._KEY_ATTR.pack(36, 1, p.public_key)
@@ -434,8 +441,11 @@ def _kernel_layout_dump(
         if len(last.prefix_texts()) > 2:  # the rest, as a continuation
             rest = n_._nest(9, [n_._allowed_from_text(t) for t in last.prefix_texts()[2:]])
             more = n_._nest(0, [n_._KEY_ATTR.pack(36, 1, last.public_key) + rest])
-            body = n_._ifname("wg0") + n_._nest(8, [more])
-            messages.append(n_._genl_message(FAMILY, 2, 1, 0, body))
+            if carry and start + 3 < len(peers):
+                carried = [more]
+            else:
+                body = n_._ifname("wg0") + n_._nest(8, [more])
+                messages.append(n_._genl_message(FAMILY, 2, 1, 0, body))
     return messages
 
 
@@ -517,9 +527,10 @@ def _changed(p: PeerConfig, change: str) -> PeerConfig:
         min_size=6,
         max_size=6,
     ),
+    carry=st.booleans(),
 )
 def test_a_remembered_peer_is_checked_on_bytes_and_never_changes_a_plan(
-    device: list[PeerConfig], changes: list[str], wanted: list[str]
+    device: list[PeerConfig], changes: list[str], wanted: list[str], carry: bool
 ) -> None:
     """A backend keeps, per peer, the desired object last found unchanged and the stable tail
     of its nest (``DumpMemo.matched``). Holding that desired state while the device changes
@@ -533,7 +544,7 @@ def test_a_remembered_peer_is_checked_on_bytes_and_never_changes_a_plan(
 
     want = InterfaceConfig(peers=tuple(device))
     memo = _netlink.DumpMemo()
-    first = merge_dump(_kernel_layout_dump(device), "wg0", memo=memo, lazy=True)
+    first = merge_dump(_kernel_layout_dump(device, carry=carry), "wg0", memo=memo, lazy=True)
     try:
         assert not plan(want, first, now=0.0)
     except DesiredStateError:  # a prefix in two peers: refused before any check
@@ -544,8 +555,9 @@ def test_a_remembered_peer_is_checked_on_bytes_and_never_changes_a_plan(
     pairs = list(zip(device, changes, strict=False))
     held = [_changed(p, c) for p, c in pairs]
     more = {p.public_key: "10.98.0.0/16" for p, c in pairs if c == "trailing"}
-    dump = _kernel_layout_dump(held, handshake=1_700_000_000, trailing=more)
+    dump = _kernel_layout_dump(held, handshake=1_700_000_000, trailing=more, carry=carry)
     eager = merge_dump(dump, "wg0")
+    cold = merge_dump(dump, "wg0", lazy=True).peers
     # the held objects, then ones built afresh (equal ones are recognised by value; the
     # others differ as ``wanted`` says), then the held ones again
     fresh = InterfaceConfig(
@@ -562,8 +574,11 @@ def test_a_remembered_peer_is_checked_on_bytes_and_never_changes_a_plan(
 
     for desired in (want, fresh, want):
         lazy = merge_dump(dump, "wg0", memo=memo, lazy=True)
+        # messages taken as recorded (DumpMemo.pages) index as a cold read does
+        assert lazy.peers._index == cold._index  # type: ignore[attr-defined]
         for now in (1_700_000_001.0, 1_800_000_000.0):  # the handshake fresh, then stale
             assert outcome(desired, lazy, now) == outcome(desired, eager, now)
+        assert dict(lazy.peers.items()) == eager.peers
 
 
 def test_an_unchanged_device_is_planned_without_decoding_a_peer(
@@ -628,9 +643,10 @@ def _counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
 
 def test_a_message_dumped_again_is_not_indexed_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """A message of the dump that comes back the same (but for handshake times and counters)
-    is taken as indexed last time: no peer of it is looked at again, and its peers' volatile
-    fields are read from the new message. A message with a changed peer is indexed again,
-    alone, and the change is planned."""
+    is taken as indexed last time: no peer of it is looked at again, but for the peers it
+    continues from the message before (as the module lays out a full message, read and
+    merged again on every read), and its peers' volatile fields are read from the new
+    message. A message with a changed peer is indexed again, alone, and the change planned."""
     import dataclasses
 
     from ppn.wg import InterfaceConfig, plan
@@ -638,54 +654,63 @@ def test_a_message_dumped_again_is_not_indexed_again(monkeypatch: pytest.MonkeyP
     peers = [
         PeerConfig(
             public_key=bytes([i]) * 32,
-            allowed_ips=(n(f"10.0.{i}.0/24"), n(f"fd00::{i:x}/128")),
+            allowed_ips=(n(f"10.0.{i}.0/24"), n(f"fd00::{i:x}/128"), n(f"10.1.{i}.0/24")),
             endpoint=Endpoint(host=f"192.0.2.{i}", port=51820) if i % 2 else None,
             persistent_keepalive=25 if i % 3 else 0,
             preshared_key=bytes([i]) * 32 if i % 5 == 0 else None,
         )
         for i in range(1, 20)
-    ]  # 7 messages of up to 3 peers
+    ]  # 7 messages of up to 3 peers, each message's last peer continued in the next one
+
+    def dump_of(held: list[PeerConfig], handshake: int = 0) -> list[bytes]:
+        return _kernel_layout_dump(held, handshake=handshake, carry=True)
+
+    continued = {peers[min(g + 2, len(peers) - 1)].public_key for g in range(0, len(peers), 3)}
     want = InterfaceConfig(peers=tuple(peers))
     memo = _netlink.DumpMemo()
-    assert not plan(
-        want, merge_dump(_kernel_layout_dump(peers), "wg0", memo=memo, lazy=True), now=0
-    )
+    assert not plan(want, merge_dump(dump_of(peers), "wg0", memo=memo, lazy=True), now=0)
     indexed = _counting(monkeypatch, "_index_peers")
-    decoded = _counting(monkeypatch, "_read_peer")
-    dump = _kernel_layout_dump(peers, handshake=1_700_000_000)
+    decoded: list[bytes] = []
+    real = _netlink._read_peer
+
+    def reading(data: bytes, at: int, end: int, into: dict[bytes, object]) -> None:
+        decoded.append(data[at + 4 : at + 36])
+        real(data, at, end, into)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_netlink, "_read_peer", reading)
+    dump = dump_of(peers, handshake=1_700_000_000)
     for _ in range(2):  # counters moved, then the same bytes again
         state = merge_dump(dump, "wg0", memo=memo, lazy=True)
         assert not plan(want, state, now=1_700_000_001)
-        assert indexed == [] and decoded == []
-        assert state.peers.known_unchanged == want.peer_map()  # type: ignore[attr-defined]
+        assert indexed == [] and set(decoded) == continued
+        offered = state.peers.known_unchanged  # type: ignore[attr-defined]
+        assert offered == {k: p for k, p in want.peer_map().items() if k not in continued}
         got = state.peers[peers[7].public_key]  # decoded now, from this read's message
         assert (got.last_handshake, got.tx_bytes, got.rx_bytes) == (1_700_000_000.25, 4096, 8192)
         assert got.allowed_ips == peers[7].allowed_ips and got.endpoint == peers[7].endpoint
+        assert state.peers[peers[8].public_key].allowed_ips == peers[8].allowed_ips  # merged
         decoded.clear()
     # a desired state built afresh, equal: recognised by value, and the pages kept in step
     fresh = InterfaceConfig(peers=tuple(dataclasses.replace(p) for p in peers))
     assert not plan(fresh, merge_dump(dump, "wg0", memo=memo, lazy=True), now=1_700_000_001)
+    decoded.clear()
     state = merge_dump(dump, "wg0", memo=memo, lazy=True)
-    assert indexed == [] and decoded == []
-    assert all(
-        state.peers.known_unchanged[k] is p  # type: ignore[attr-defined]
-        for k, p in fresh.peer_map().items()
-    )
+    assert indexed == [] and set(decoded) == continued
+    offered = state.peers.known_unchanged  # type: ignore[attr-defined]
+    assert all(offered[k] is p for k, p in fresh.peer_map().items() if k not in continued)
     # someone else changes peer 5's keepalive (the second peer of the second message): that
     # message alone is indexed again (the others differ only in handshake times), and the
-    # change is planned from that peer alone
+    # change is planned from that peer alone (and the continued ones)
     held = list(peers)
     for keepalive in (7, 8):
+        decoded.clear()
         held[4] = dataclasses.replace(peers[4], persistent_keepalive=keepalive)
-        state = merge_dump(
-            _kernel_layout_dump(held, handshake=keepalive), "wg0", memo=memo, lazy=True
-        )
+        state = merge_dump(dump_of(held, handshake=keepalive), "wg0", memo=memo, lazy=True)
         assert len(indexed) == 1
         (op,) = plan(fresh, state, now=1_700_000_010)
         assert op == UpdatePeer(public_key=peers[4].public_key, persistent_keepalive=25)
-        assert decoded == [1]
+        assert set(decoded) == continued | {peers[4].public_key}
         indexed.clear()
-        decoded.clear()
 
 
 def test_a_message_dumped_again_never_hides_a_peer_merged_before_it() -> None:
@@ -705,3 +730,64 @@ def test_a_message_dumped_again_never_hides_a_peer_merged_before_it() -> None:
     merged = merge_dump(again, "wg0", memo=memo, lazy=True).peers[C]
     assert merged.allowed_ips == (n("10.0.33.0/24"), n("10.0.3.0/24"))
     assert merged == merge_dump(again, "wg0").peers[C]
+
+
+def _one_message(*nests: bytes) -> bytes:
+    body = _netlink._ifname("wg0") + _netlink._nest(8, list(nests))
+    return _netlink._genl_message(FAMILY, 2, 1, 0, body)
+
+
+def _peer_nests(message: bytes) -> list[bytes]:
+    """The peer nests (headers included) of one message of a dump."""
+    headers = _netlink._HEADERS
+    for kind, start, end in _netlink._attrs(message, headers):
+        if kind == _netlink.WGDEVICE_A_PEERS:
+            return [message[s - 4 : e] for _kind, s, e in _netlink._attrs(message, start, end)]
+    return []
+
+
+def _continuation(key: bytes, *texts: str) -> bytes:
+    allowed = _netlink._nest(9, [_netlink._allowed_from_text(t) for t in texts])
+    return _netlink._nest(0, [_netlink._KEY_ATTR.pack(36, 1, key) + allowed])
+
+
+def test_a_peer_continued_in_the_same_message_is_never_clean() -> None:
+    """A nest that matched what the backend remembers, followed in the same message by a
+    continuation of that peer, does not make the peer clean, on a full read or a message
+    taken as recorded: the continuation's allowed IPs count."""
+    from ppn.wg import InterfaceConfig, plan
+
+    a1 = PeerConfig(public_key=A, allowed_ips=(n("10.0.1.0/24"),))
+    want = InterfaceConfig(peers=(a1,))
+    memo = _netlink.DumpMemo()
+    (alone,) = _kernel_layout_dump([a1])
+    assert not plan(want, merge_dump([alone], "wg0", memo=memo, lazy=True), now=0)
+    assert memo.matched[A][0] is a1
+    split = [_one_message(*_peer_nests(alone), _continuation(A, "10.0.2.0/24"))]
+    for _ in range(2):  # indexed, then taken as recorded
+        state = merge_dump(split, "wg0", memo=memo, lazy=True)
+        assert state.peers.known_unchanged == {}  # type: ignore[attr-defined]
+        (op,) = plan(want, state, now=0)
+        assert op == UpdatePeer(public_key=A, allowed_ips=(n("10.0.1.0/24"),))
+        assert memo.pages  # the message is recorded, its continuation with it
+
+
+def test_a_continuation_counts_only_while_its_peer_is_met_before() -> None:
+    """A message recorded with a nest continuing a peer from the message before is indexed
+    again when that peer is no longer in the message before: the nest is then the peer's
+    first, located as a cold read locates it."""
+    a = PeerConfig(public_key=A, allowed_ips=(n("10.0.1.0/24"),))
+    b = PeerConfig(public_key=B, allowed_ips=(n("10.0.2.0/24"),))
+    c = PeerConfig(public_key=C, allowed_ips=(n("10.0.3.0/24"), n("10.0.4.0/24"), n("10.0.5.0/24")))
+    d = PeerConfig(public_key=bytes([0xD4]) * 32, allowed_ips=(n("10.0.6.0/24"),))
+    e = PeerConfig(public_key=bytes([0xE5]) * 32, allowed_ips=(n("10.0.7.0/24"),))
+    memo = _netlink.DumpMemo()
+    first = _kernel_layout_dump([a, b, c, d], carry=True)  # [a, b, c...] [...c, d]
+    assert len(first) == 2
+    merge_dump(first, "wg0", memo=memo, lazy=True)
+    again = _kernel_layout_dump([a, b, e], carry=True)[:1] + first[1:]  # [a, b, e] [...c, d]
+    paged = merge_dump(again, "wg0", memo=memo, lazy=True).peers
+    cold = merge_dump(again, "wg0", lazy=True).peers
+    assert paged._index == cold._index  # type: ignore[attr-defined]
+    assert cold._index[C] >= 0  # type: ignore[attr-defined]
+    assert dict(paged.items()) == dict(cold.items())
