@@ -506,7 +506,8 @@ class _Page:
     """
 
     __slots__ = (
-        "body", "clean", "codes", "continued", "earlier", "end", "stable", "stable_of", "start",
+        "body", "clean", "codes", "continued", "earlier", "end", "last_key", "last_key_at",
+        "stable", "stable_of", "start",
     )  # fmt: skip
 
     def __init__(
@@ -523,6 +524,9 @@ class _Page:
         self.codes = codes
         self.continued = continued
         self.earlier = [key for key, _start, _end in continued if key not in codes]
+        last = next(reversed(codes.items()), None)  # the last nest located here, if any
+        self.last_key = b"" if last is None else last[0]
+        self.last_key_at = 0 if last is None else ((last[1] >> 16) & 0xFFFFFFFF) + 4
         self.clean = clean  # the clean peers of these nests (a dict of the page's own)
         # Built when a message first differs from the recorded one (counters moved).
         self.stable_of: Callable[[bytes], object] | None = None
@@ -554,9 +558,12 @@ class _Page:
             return False
         if not data.startswith(self.body, start):
             # Up to the first volatile payload (the first nest's header, key and preshared
-            # key) first: a message that holds other peers differs there, and is not
-            # worth building the stable parts for.
-            if not data.startswith(self.body[:76], start):
+            # key), and the last peer's key: a message that holds other peers (shifted by a
+            # removal, say) differs there, and is not worth building the stable parts for.
+            if not (
+                data.startswith(self.body[:76], start)
+                and data.startswith(self.last_key, self.last_key_at)
+            ):
                 return False
             if self.stable_of is None:
                 self.stable_of = self._stable_parts()
