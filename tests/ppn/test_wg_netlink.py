@@ -791,3 +791,54 @@ def test_a_continuation_counts_only_while_its_peer_is_met_before() -> None:
     assert paged._index == cold._index  # type: ignore[attr-defined]
     assert cold._index[C] >= 0  # type: ignore[attr-defined]
     assert dict(paged.items()) == dict(cold.items())
+
+
+def test_a_desired_state_parsed_again_is_recognised_in_one_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A config file parsed again (new, equal objects) is recognised as a whole before the
+    planner's loop: every peer then *is* the object its nest is clean for, in the read, the
+    memo and the message's page, and none is decoded. A peer whose endpoint changed in the
+    file is not taken for its old self, and is planned."""
+    from ppn.wg import parse_config, plan
+
+    lines = ["[Interface]\n"]
+    for i in range(1, 12):
+        lines.append(
+            f"[Peer]\nPublicKey = {base64.b64encode(bytes([i]) * 32).decode()}\n"
+            f"AllowedIPs = 10.0.{i}.0/24, fd00::{i:x}/128, 10.1.{i}.0/24\n"
+            f"Endpoint = 192.0.2.{i}:51820\n"
+        )
+    text = "\n".join(lines)
+    held = parse_config(text)
+    memo = _netlink.DumpMemo()
+    dump = _kernel_layout_dump(list(held.peers), carry=True)
+    assert not plan(held, merge_dump(dump, "wg0", memo=memo, lazy=True), now=0)
+    decoded = _counting(monkeypatch, "_read_peer")
+    asked: list[bytes] = []  # the planner's per-peer question, left for what is not clean
+    real_unchanged = _netlink.KernelPeers.unchanged
+
+    def asking(self: _netlink.KernelPeers, peer: PeerConfig) -> bool:
+        asked.append(peer.public_key)
+        return real_unchanged(self, peer)
+
+    monkeypatch.setattr(_netlink.KernelPeers, "unchanged", asking)
+    again = parse_config(text)
+    state = merge_dump(dump, "wg0", memo=memo, lazy=True)
+    assert not plan(again, state, now=0)
+    continued = {p.public_key for p in held.peers[2::3]} | {held.peers[-1].public_key}
+    assert len(decoded) == 2 * len(continued)  # only the continued peers' two nests, merged
+    assert set(asked) == continued
+    fresh = {k: p for k, p in again.peer_map().items() if k not in continued}
+    offered = state.peers.known_unchanged  # type: ignore[attr-defined]
+    assert all(offered[k] is p for k, p in fresh.items())
+    assert all(memo.matched[k][0] is p for k, p in fresh.items())
+    page_clean = {k: p for page in memo.pages.values() for k, p in page.clean.items()}
+    assert all(page_clean[k] is p for k, p in fresh.items())
+    # one endpoint changed in the file: that peer keeps its old object, and is planned
+    moved = parse_config(text.replace("192.0.2.5:51820", "192.0.2.55:51820"))
+    five = moved.peers[4]
+    state = merge_dump(dump, "wg0", memo=memo, lazy=True)
+    (op,) = plan(moved, state, now=0)
+    assert op == UpdatePeer(public_key=five.public_key, endpoint=five.endpoint)
+    assert state.peers.known_unchanged[five.public_key] is not five  # type: ignore[attr-defined]
