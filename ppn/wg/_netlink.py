@@ -25,8 +25,6 @@ import ipaddress
 import operator
 import struct
 from collections.abc import Callable, Iterable, Iterator, KeysView, Mapping, Sequence
-from itertools import compress, repeat
-from typing import cast
 
 from .._errors import LocalProtocolError
 from ._model import (
@@ -645,43 +643,6 @@ class KernelPeers(Mapping[bytes, PeerState]):
         """Peers whose nest the read found byte for byte as the desired object given here was
         found before (the planner skips a desired peer that *is* that object)."""
         return self._clean
-
-    def recognise(self, desired: Mapping[bytes, PeerConfig]) -> None:
-        """Put each desired peer that equals, but is not, the object its nest was found clean
-        for in that object's place (here, in the memo and in its message's page), so the
-        planner skips it by identity: what :meth:`unchanged` does peer by peer, for a whole
-        desired state built afresh at once (a changed file parsed again, a mesh agent's pass),
-        in C-level passes but for the page bookkeeping. Equal means equal attribute dicts
-        (the endpoints compared by their ``__eq__``); anything else is left to
-        :meth:`unchanged`."""
-        clean = self._clean
-        keys = desired.keys()
-        # The desired peers not clean as themselves (most often none: one C-level pass).
-        other = list(compress(keys, map(operator.is_not, map(clean.get, keys), desired.values())))
-        if not other:
-            return
-        seen = list(map(clean.get, other))
-        known = list(map(operator.is_not, seen, repeat(None)))  # not the peers new here
-        other = list(compress(other, known))
-        olds = cast("list[PeerConfig]", list(compress(seen, known)))  # the Nones left out
-        news = list(map(desired.__getitem__, other))
-        same = list(map(operator.eq, map(vars, olds), map(vars, news)))
-        keys_ = list(compress(other, same))
-        if not keys_:
-            return
-        olds, news = list(compress(olds, same)), list(compress(news, same))
-        clean.update(zip(keys_, news, strict=True))
-        # The memo's entry moves to the new object where it was the old one (same preshared
-        # key, keepalive and tail: the nest checks the same way; the memo cannot grow), and
-        # the message's page records it.
-        matched, index, pages = self._memo.matched, self._index, self._pages
-        for key, old, new in zip(keys_, olds, news, strict=True):
-            entry = matched.get(key)
-            if entry is not None and entry[0] is old:
-                matched[key] = (new, entry[1])
-            page = pages.get(index[key] >> 48)
-            if page is not None and key in page.codes:
-                page.clean[key] = new
 
     def _raw_peer(self, key: bytes) -> _RawPeer:
         """The peer's fields as read (decoding its nest now if the read only indexed it)."""

@@ -144,18 +144,9 @@ class KnownUnchanged(Protocol):
     @property
     def known_unchanged(self) -> Mapping[bytes, PeerConfig]: ...
 
-    def recognise(self, desired: Mapping[bytes, PeerConfig]) -> None:
-        """Map to the desired objects themselves the peers mapped to equal objects (a desired
-        state built afresh), in one pass over ``desired``."""
 
-
-def _known_unchanged(
-    peers: Mapping[bytes, PeerState], desired: Mapping[bytes, PeerConfig]
-) -> Mapping[bytes, PeerConfig]:
-    if not isinstance(peers, KnownUnchanged):
-        return {}
-    peers.recognise(desired)
-    return peers.known_unchanged
+def _known_unchanged(peers: Mapping[bytes, PeerState]) -> Mapping[bytes, PeerConfig]:
+    return peers.known_unchanged if isinstance(peers, KnownUnchanged) else {}
 
 
 def check_prefixes(
@@ -251,7 +242,7 @@ def plan(
     # A backend may offer a cheap exact "already configured like this" test (the UAPI reader
     # compares text); a miss only means the full comparison below decides.
     unchanged = _quick_check(peers)
-    known = _known_unchanged(peers, wanted).get
+    known = _known_unchanged(peers).get
     for key, peer in wanted.items():
         if known(key) is peer:
             continue
