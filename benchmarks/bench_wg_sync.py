@@ -304,6 +304,7 @@ def main() -> None:
             times: dict[tuple[str, str], list[float]] = {}
             writes: dict[str, int] = {}
             makers = {"wg": wg, "agent": ppn_agent, "lib": ppn_lib, "cli": ppn_cli}
+            counted = "lib" if "lib" in TOOLS else "agent"  # whose operations the table shows
             tools = [(tool, makers[tool]) for tool in TOOLS]
             for _ in range(REPEATS.get(n, 2)):
                 for tool, make in tools:
@@ -321,7 +322,7 @@ def main() -> None:
                             agent_box[0].verify(after, now=time.time())
                             took += time.perf_counter() - t0
                         times.setdefault((case, tool), []).append(took)
-                        if tool == TOOLS[-1] != "wg":  # lib's count; the agent's if alone
+                        if tool == counted:
                             writes[case] = ops_done[tool]
                     state = backend.read()
                     assert len(state.peers) == n, (tool, len(state.peers))
