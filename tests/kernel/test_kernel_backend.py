@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -33,6 +32,7 @@ from ppn.wg import (
     reconcile,
     select_backend,
 )
+from tests._wg_spies import decoded_keys, indexed_messages
 
 from ._support import KernelNode, cli_env
 
@@ -440,7 +440,7 @@ def test_a_held_state_is_recognised_on_the_module_s_bytes_and_changes_behind_it_
     (keepalive, allowed IPs, preshared key, endpoint) is planned exactly, peer by peer."""
     import dataclasses
 
-    from ppn.wg import Endpoint, UpdatePeer, _netlink
+    from ppn.wg import Endpoint, UpdatePeer
 
     ha, hb = lab.host("qa"), lab.host("qb")
     lab.link(ha, "192.168.79.1/24", hb, "192.168.79.2/24")
@@ -467,22 +467,8 @@ def test_a_held_state_is_recognised_on_the_module_s_bytes_and_changes_behind_it_
     matched = a.backend._memo.matched
     assert all(matched[p.public_key][0] is p for p in desired.peers)
 
-    decoded: list[bytes] = []
-    real_read_peer = _netlink._read_peer
-
-    def counting(data: bytes, at: int, end: int, peers: dict[bytes, object]) -> None:
-        decoded.append(data[at + 4 : at + 36])
-        real_read_peer(data, at, end, peers)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(_netlink, "_read_peer", counting)
-    indexed: list[int] = []  # dump messages indexed peer by peer (not taken as recorded)
-    real_index_peers = _netlink._index_peers
-
-    def counting_index(*args: Any) -> Any:
-        indexed.append(1)
-        return real_index_peers(*args)
-
-    monkeypatch.setattr(_netlink, "_index_peers", counting_index)
+    decoded = decoded_keys(monkeypatch)
+    indexed = indexed_messages(monkeypatch)  # messages indexed peer by peer, not as recorded
     before = a.backend.read().peers[b.keys.public]
     assert hb.ping(a.mesh_ip, count=3, timeout=3)  # b's counters (and maybe handshake) move
     decoded.clear()

@@ -48,6 +48,7 @@ from ppn.wg._netlink import (
     link_kind,
     split_messages,
 )
+from tests._wg_spies import decoded_keys, indexed_messages
 
 FAMILY = 0x21  # any generic-netlink message type: the kernel assigns wireguard's at load
 
@@ -669,15 +670,8 @@ def test_a_message_dumped_again_is_not_indexed_again(monkeypatch: pytest.MonkeyP
     want = InterfaceConfig(peers=tuple(peers))
     memo = _netlink.DumpMemo()
     assert not plan(want, merge_dump(dump_of(peers), "wg0", memo=memo, lazy=True), now=0)
-    indexed = _counting(monkeypatch, "_index_peers")
-    decoded: list[bytes] = []
-    real = _netlink._read_peer
-
-    def reading(data: bytes, at: int, end: int, into: dict[bytes, object]) -> None:
-        decoded.append(data[at + 4 : at + 36])
-        real(data, at, end, into)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(_netlink, "_read_peer", reading)
+    indexed = indexed_messages(monkeypatch)
+    decoded = decoded_keys(monkeypatch)
     dump = dump_of(peers, handshake=1_700_000_000)
     for _ in range(2):  # counters moved, then the same bytes again
         state = merge_dump(dump, "wg0", memo=memo, lazy=True)
